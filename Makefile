@@ -1,0 +1,51 @@
+# VisionInApp developer entry points. Everything installs into one virtual environment that is
+# reused across clones (torch alone is 5.5 GB), so a second run is fast.
+SHELL := /bin/bash
+VENV ?= $(HOME)/.venvs/visioninapp
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+DEPS_STAMP := $(VENV)/.deps-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
+
+.PHONY: help install test test-fast lint crds demo bench clean
+
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(DEPS_STAMP): | $(PY)
+	$(PIP) install -q -c constraints.txt torch torchvision
+	$(PIP) install -q -c constraints.txt -e '.[all,dev]'
+	touch $@
+
+install: $(DEPS_STAMP) ## Install the project and every extra (reuses what is installed)
+	@# The editable install points at this clone; redo it cheaply in every clone.
+	$(PIP) install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v -i warning || true
+	@$(PY) -c "import visioninapp.operator, visioninapp.trainer" || { echo "install failed" >&2; exit 1; }
+
+test: install ## Install what the tests need, start the services and run the whole suite
+	$(PY) -m pytest
+
+test-fast: install ## The unit tests only
+	$(PY) -m pytest tests/unit -m "not slow"
+
+lint: install ## ruff and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check visioninapp
+	$(VENV)/bin/mypy
+
+crds: install ## Regenerate crds/ from the typed models
+	$(VENV)/bin/visioninapp crds generate
+
+demo: install ## Validate the example manifests and generate a synthetic dataset
+	$(VENV)/bin/visioninapp crds check
+	$(VENV)/bin/visioninapp validate -f manifests/examples/
+	$(VENV)/bin/visioninapp datasets synth -o .visioninapp/datasets/shapes
+
+bench: install ## Run the benchmarks (prints ratios against in-run baselines)
+	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean: ## Remove build outputs of this clone (keeps the shared virtual environment)
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .visioninapp

@@ -1,0 +1,1 @@
+"""The inference runtime on each edge node (`visioninapp-edge`)."""

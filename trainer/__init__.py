@@ -1,0 +1,1 @@
+"""The program inside the trainer pod (`visioninapp-trainer`)."""

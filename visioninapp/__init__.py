@@ -1,0 +1,43 @@
+"""VisionInApp: train, register, roll out and observe YOLO detectors on Kubernetes."""
+
+from __future__ import annotations
+
+import sys
+from importlib.machinery import ModuleSpec
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+__version__ = "0.1.0"
+
+
+class _SourceOperatorFinder:
+    """Finds `visioninapp.operator` in the repository's `operator/` folder in an editable install.
+
+    `operator/` has no `__init__.py`, so that it never shadows the standard library's `operator`
+    (DESIGN.md section 3). A wheel installs it at `visioninapp/operator/`, where the normal import
+    system finds it; setuptools' editable finder maps the folder but cannot load a package without
+    `__init__.py` below a mapped package, so this finder returns the namespace spec for it.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def find_spec(
+        self, fullname: str, path: Any = None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        if fullname != f"{__name__}.operator":
+            return None
+        spec = ModuleSpec(fullname, None, is_package=True)
+        spec.submodule_search_locations = [str(self.folder)]
+        return spec
+
+
+def _install_source_operator_finder() -> None:
+    here = Path(__file__).resolve().parent
+    folder = here.parent / "operator"
+    if not (here / "operator").is_dir() and folder.is_dir() and (here.parent / "pyproject.toml").is_file():
+        sys.meta_path.append(_SourceOperatorFinder(folder))
+
+
+_install_source_operator_finder()

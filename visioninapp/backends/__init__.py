@@ -1,0 +1,1 @@
+"""Interfaces for shared services and their embedded backends."""

@@ -1,0 +1,168 @@
+"""Event bus on RabbitMQ Streams (rstream), the production backend of `EventBus`.
+
+rstream is asyncio; the bus owns one event loop in a daemon thread so that synchronous callers
+(the trainer's callbacks, CLI tools) can use it, and async callers can run it in an executor.
+Deduplication is the server's: messages carry explicit publishing ids under a publisher name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+from rstream import (
+    AMQPMessage,
+    Consumer,
+    ConsumerOffsetSpecification,
+    MessageContext,
+    OffsetType,
+    Producer,
+    RawMessage,
+)
+
+from visioninapp.backends.events import EventBus, StreamMessage
+
+__all__ = ["RabbitStreamBus"]
+
+T = TypeVar("T")
+READ_IDLE_SECONDS = 0.5  # a read returns once the stream has been quiet this long
+OPERATION_TIMEOUT = 30.0
+
+
+class RabbitStreamBus(EventBus):
+    def __init__(
+        self, host: str, port: int = 5552, user: str = "guest", password: str = "guest", vhost: str = "/"
+    ) -> None:
+        self._connection = {
+            "host": host,
+            "port": port,
+            "username": user,
+            "password": password,
+            "vhost": vhost,
+        }
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="rstream", daemon=True)
+        self._thread.start()
+        self._producer: Producer | None = None
+        self._consumer: Consumer | None = None
+        self._streams: set[str] = set()
+
+    def _run(self, coroutine: Coroutine[Any, Any, T], timeout: float = OPERATION_TIMEOUT) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    async def _get_producer(self) -> Producer:
+        if self._producer is None:
+            producer = Producer(**self._connection)  # type: ignore[arg-type]
+            await producer.start()
+            self._producer = producer
+        return self._producer
+
+    async def _get_consumer(self) -> Consumer:
+        if self._consumer is None:
+            consumer = Consumer(**self._connection)  # type: ignore[arg-type]
+            await consumer.start()
+            self._consumer = consumer
+        return self._consumer
+
+    async def _ensure_stream(self, stream: str) -> Producer:
+        producer = await self._get_producer()
+        if stream not in self._streams:
+            await producer.create_stream(stream, exists_ok=True)
+            self._streams.add(stream)
+        return producer
+
+    def ensure_stream(self, stream: str) -> None:
+        self._run(self._ensure_stream(stream))
+
+    def publish(self, stream: str, producer: str, messages: Sequence[tuple[int, bytes]]) -> int:
+        async def send() -> int:
+            client = await self._ensure_stream(stream)
+            last = await self._last_publishing_id(stream, producer)
+            fresh = [RawMessage(body, publishing_id=pid) for pid, body in messages if pid > last]
+            if fresh:
+                confirmed: asyncio.Future[None] = self._loop.create_future()
+                pending = {m.publishing_id for m in fresh}
+
+                async def on_confirm(status: Any) -> None:
+                    pending.discard(status.message_id)
+                    if not pending and not confirmed.done():
+                        confirmed.set_result(None)
+
+                await client.send_batch(stream, fresh, publisher_name=producer, on_publish_confirm=on_confirm)
+                await asyncio.wait_for(confirmed, OPERATION_TIMEOUT)
+            return len(fresh)
+
+        return self._run(send(), OPERATION_TIMEOUT + 5)
+
+    async def _last_publishing_id(self, stream: str, producer: str) -> int:
+        client = await (await self._get_producer())._get_or_create_client(stream)
+        return int(await client.query_publisher_sequence(stream, producer))
+
+    def last_publishing_id(self, stream: str, producer: str) -> int:
+        async def query() -> int:
+            await self._ensure_stream(stream)
+            return await self._last_publishing_id(stream, producer)
+
+        return self._run(query())
+
+    def read(self, stream: str, offset: int, limit: int = 1000) -> list[StreamMessage]:
+        async def collect() -> list[StreamMessage]:
+            await self._ensure_stream(stream)
+            consumer = await self._get_consumer()
+            received: list[StreamMessage] = []
+            arrived = asyncio.Event()
+
+            async def on_message(body: AMQPMessage, context: MessageContext) -> None:
+                if context.offset >= offset and len(received) < limit:
+                    received.append(StreamMessage(context.offset, bytes(body)))
+                    arrived.set()
+
+            subscriber = await consumer.subscribe(
+                stream,
+                on_message,
+                offset_specification=ConsumerOffsetSpecification(OffsetType.OFFSET, offset),
+                initial_credit=max(10, min(limit, 1000)),
+            )
+            try:
+                while len(received) < limit:
+                    arrived.clear()
+                    try:
+                        await asyncio.wait_for(arrived.wait(), READ_IDLE_SECONDS)
+                    except TimeoutError:
+                        break
+            finally:
+                await consumer.unsubscribe(subscriber)
+            return sorted(received, key=lambda m: m.offset)
+
+        return self._run(collect(), OPERATION_TIMEOUT + 60)
+
+    def store_offset(self, stream: str, consumer: str, offset: int) -> None:
+        async def store() -> None:
+            await (await self._get_consumer()).store_offset(stream, consumer, offset)
+
+        self._run(store())
+
+    def query_offset(self, stream: str, consumer: str) -> int:
+        async def query() -> int:
+            try:
+                return int(await (await self._get_consumer()).query_offset(stream, consumer))
+            except Exception as error:  # rstream raises OffsetNotFound before the first store
+                if type(error).__name__ == "OffsetNotFound":
+                    return 0
+                raise
+
+        return self._run(query())
+
+    def close(self) -> None:
+        async def shutdown() -> None:
+            for client in (self._producer, self._consumer):
+                if client is not None:
+                    await client.close()
+
+        try:
+            self._run(shutdown(), 10)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)

@@ -1,0 +1,216 @@
+"""EdgeDeployment (`ed`): a staged, health-gated rollout of a ModelArtifact to Jetson edge nodes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from visioninapp.resources.base import (
+    CelRule,
+    Condition,
+    DnsSubdomain,
+    KubeModel,
+    NodeSelector,
+    Quantity,
+    StorageUri,
+    Toleration,
+)
+
+__all__ = [
+    "EDGE_NODE_LABEL",
+    "CanaryStrategy",
+    "DeploymentFormat",
+    "EdgeDeploymentPhase",
+    "EdgeDeploymentSpec",
+    "EdgeDeploymentStatus",
+    "FeedbackSpec",
+    "HealthGate",
+    "NodeStatus",
+    "RevisionRecord",
+    "RolloutStrategy",
+    "RuntimeSpec",
+]
+
+EDGE_NODE_LABEL = "visioninapp.io/edge"
+DeploymentFormat = Literal["onnx", "onnx-int8", "tensorrt"]
+EdgeDeploymentPhase = Literal["Progressing", "Healthy", "Degraded", "RolledBack", "Paused"]
+MAX_CANARY_STEPS = 10
+
+
+class EdgeResources(KubeModel):
+    """Resources of the edge runtime container."""
+
+    cpu: Quantity = Field("1", description="CPU request.")
+    memory: Quantity = Field("1Gi", description="Memory request and limit.")
+    gpu: int = Field(
+        0,
+        ge=0,
+        le=1,
+        description="`nvidia.com/gpu` limit; 0 on Jetsons, which share the iGPU via "
+        "the NVIDIA container runtime.",
+    )
+
+
+class RuntimeSpec(KubeModel):
+    """How the edge runtime serves the model."""
+
+    image: str | None = Field(
+        None, max_length=512, description="Edge runtime image; the operator's default when empty."
+    )
+    port: int = Field(8080, ge=1, le=65535, description="HTTP port of the runtime.")
+    resources: EdgeResources = Field(default_factory=EdgeResources, description="Container resources.")
+    confidence: float = Field(0.25, ge=0, le=1, description="Default confidence threshold.")
+    iou: float = Field(0.45, gt=0, le=1, description="IoU threshold of non-maximum suppression.")
+    precision: Literal["fp32", "fp16"] = Field(
+        "fp32", description="Precision on the GPU providers (TensorRT, CUDA); the CPU is always fp32."
+    )
+
+
+class FeedbackSpec(KubeModel):
+    """Hard frames sent back for the next training run."""
+
+    cel_rules = (
+        CelRule(
+            rule="self.minScore < self.maxScore",
+            message="feedback.minScore must be lower than feedback.maxScore",
+            field_path=".minScore",
+            reason="FieldValueInvalid",
+        ),
+    )
+
+    enabled: bool = Field(False, description="Upload low-confidence frames.")
+    min_score: float = Field(0.25, ge=0, le=1, description="Lower end of the low-confidence range.")
+    max_score: float = Field(0.5, ge=0, le=1, description="Upper end of the low-confidence range.")
+    sample_rate: float = Field(0.1, ge=0, le=1, description="Fraction of low-confidence frames kept.")
+    max_frames_per_hour: int = Field(60, ge=0, le=36000, description="Upload budget per node and hour.")
+    uri: StorageUri | None = Field(
+        None,
+        description="Prefix for frames (`<uri>/<deployment>/<node>/`); the operator's default when empty.",
+    )
+
+
+class CanaryStrategy(KubeModel):
+    """Canary waves as percentages of the matching nodes."""
+
+    steps: Annotated[
+        list[Annotated[int, Field(ge=1, le=100)]], Field(min_length=1, max_length=MAX_CANARY_STEPS)
+    ] = Field(
+        default_factory=lambda: [10, 50, 100],
+        description="Cumulative percentage of nodes updated after each step; strictly "
+        "increasing, the last one 100.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                CelRule(
+                    # No index loop in standard CEL: a bounded literal range stands in for one.
+                    rule="[1, 2, 3, 4, 5, 6, 7, 8, 9].all(i, i >= size(self) || self[i] > self[i - 1])",
+                    message="canary steps must be strictly increasing, e.g. [10, 50, 100]",
+                    reason="FieldValueInvalid",
+                ).to_schema(),
+                CelRule(
+                    rule="self[size(self) - 1] == 100",
+                    message="the last canary step must be 100 (every node)",
+                    reason="FieldValueInvalid",
+                ).to_schema(),
+            ]
+        },
+    )
+
+
+class HealthGate(KubeModel):
+    """What a step's new pods must show before the rollout goes on."""
+
+    min_ready_seconds: int = Field(60, ge=0, le=86400, description="Pods must stay Ready this long.")
+    max_restarts: int = Field(2, ge=0, le=100, description="Container restarts tolerated per pod.")
+    max_error_rate: float = Field(0.05, ge=0, le=1, description="Highest tolerated error rate.")
+    max_p95_latency_ms: float = Field(
+        500, gt=0, le=60000, description="Highest tolerated p95 latency of `/v1/detect`, ms."
+    )
+
+
+class RolloutStrategy(KubeModel):
+    """How the model reaches the fleet."""
+
+    canary: CanaryStrategy = Field(default_factory=CanaryStrategy, description="Canary waves.")
+    max_unavailable: (
+        Annotated[int, Field(ge=1, le=10000)]
+        | Annotated[str, Field(max_length=4, pattern=r"^([1-9][0-9]?|100)%$")]
+    ) = Field("25%", description="Nodes updating at once: a count or a percentage of the matching nodes.")
+    step_timeout_seconds: int = Field(
+        900, ge=30, le=86400, description="A step that is not healthy in this time fails."
+    )
+    health_gate: HealthGate = Field(default_factory=HealthGate, description="Health gate of each step.")
+    auto_rollback: bool = Field(
+        True, description="Roll back when the gate fails; false pauses the rollout instead."
+    )
+
+
+class EdgeDeploymentSpec(KubeModel):
+    """Desired state of an EdgeDeployment."""
+
+    model_ref: DnsSubdomain = Field(description="Name of the ModelArtifact to deploy (same namespace).")
+    format: DeploymentFormat = Field(
+        "onnx",
+        description="`onnx`, `onnx-int8`, or `tensorrt` (an engine built on the device from `onnx`).",
+    )
+    node_selector: NodeSelector = Field(
+        default_factory=lambda: {EDGE_NODE_LABEL: "true"}, description="Labels of the target nodes."
+    )
+    tolerations: Annotated[list[Toleration], Field(max_length=16)] = Field(
+        default_factory=lambda: [Toleration(key=EDGE_NODE_LABEL, operator="Exists", effect="NoSchedule")],
+        description="Taints the runtime tolerates (the edge taint by default).",
+    )
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec, description="Runtime settings.")
+    feedback: FeedbackSpec = Field(default_factory=FeedbackSpec, description="Hard-frame feedback.")
+    strategy: RolloutStrategy = Field(default_factory=RolloutStrategy, description="Rollout strategy.")
+    paused: bool = Field(False, description="Freeze the rollout where it is.")
+    revision_history_limit: int = Field(10, ge=0, le=100, description="Revisions kept in status.")
+
+
+class NodeStatus(KubeModel):
+    """One node of the fleet, as the rollout sees it."""
+
+    name: str = Field(max_length=253, description="Node name.")
+    revision: str | None = Field(None, max_length=64, description="Template revision the node runs.")
+    ready: bool = Field(False, description="The runtime serves the desired model.")
+    last_heartbeat: datetime | None = Field(None, description="Last health event from the node.")
+    failure_reason: str | None = Field(None, max_length=1024, description="Why the node failed.")
+
+
+class RevisionRecord(KubeModel):
+    """One revision in the rollout history."""
+
+    revision: str = Field(max_length=64, description="Hash of the pod template.")
+    model: DnsSubdomain = Field(description="ModelArtifact of the revision.")
+    format: DeploymentFormat = Field(description="Format deployed.")
+    time: datetime = Field(description="When the revision was first rolled out.")
+    outcome: Literal["Progressing", "Completed", "RolledBack", "Superseded"] = Field(
+        description="How the revision ended."
+    )
+
+
+class EdgeDeploymentStatus(KubeModel):
+    """Observed state of an EdgeDeployment, written only by the operator."""
+
+    observed_generation: int | None = Field(None, ge=0, description="Generation last reconciled.")
+    phase: EdgeDeploymentPhase = Field("Progressing", description="Rollout phase.")
+    conditions: Annotated[list[Condition], Field(max_length=16)] = Field(
+        default_factory=list, description="Available, Progressing, RolledBack, ModelReady, ..."
+    )
+    current_model: DnsSubdomain | None = Field(None, description="Model the fleet is moving to or runs.")
+    previous_model: DnsSubdomain | None = Field(None, description="Model before the current one.")
+    revision: str | None = Field(None, max_length=64, description="Current template revision.")
+    history: Annotated[list[RevisionRecord], Field(max_length=100)] = Field(
+        default_factory=list, description="Recent revisions, newest first."
+    )
+    current_step: int | None = Field(None, ge=0, le=MAX_CANARY_STEPS, description="Canary step index.")
+    desired_nodes: int = Field(0, ge=0, description="Nodes matching the selector.")
+    updated_nodes: int = Field(0, ge=0, description="Nodes running the current revision.")
+    ready_nodes: int = Field(0, ge=0, description="Updated nodes that are Ready.")
+    failed_nodes: int = Field(0, ge=0, description="Nodes whose new pod failed the gate.")
+    pending_nodes: int = Field(0, ge=0, description="Offline nodes to update when they return.")
+    nodes: Annotated[list[NodeStatus], Field(max_length=100)] = Field(
+        default_factory=list,
+        description="Per-node detail, failing and pending nodes first, capped at 100 for large fleets.",
+    )

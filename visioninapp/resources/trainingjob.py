@@ -44,6 +44,7 @@ ARCHITECTURES = (
     *(f"yolov10{s}" for s in ("n", "s", "m", "b", "l", "x")),
     *(f"yolo11{s}" for s in "nsmlx"),
     *(f"yolo12{s}" for s in "nsmlx"),
+    *(f"yolo26{s}" for s in "nsmlx"),
 )
 Architecture = Literal[ARCHITECTURES]  # type: ignore[valid-type]
 

@@ -1,0 +1,294 @@
+"""The trainer for real: moto's S3 server over HTTP, RabbitMQ Streams, ultralytics on the CPU."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+
+from visioninapp.backends.rabbitmq import RabbitStreamBus
+from visioninapp.events import TrainerResult, TrainingEvent
+from visioninapp.synth import generate_dataset
+
+pytestmark = [pytest.mark.services]
+NETGUARD = Path(__file__).parent / "netguard"
+TRAINER = [sys.executable, "-m", "visioninapp.trainer.main"]
+
+
+@pytest.fixture(scope="module")
+def s3(s3_endpoint: str) -> Any:
+    return boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+
+
+@pytest.fixture(scope="module")
+def dataset_uri(s3: Any, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The synth dataset, uploaded to the S3 server."""
+    root = tmp_path_factory.mktemp("synth")
+    generate_dataset(root, train=16, val=8, imgsz=96, seed=1)
+    bucket = f"datasets-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    for path in root.rglob("*"):
+        if path.is_file():
+            s3.upload_file(str(path), bucket, f"shapes/v1/{path.relative_to(root)}")
+    return f"s3://{bucket}/shapes/v1"
+
+
+@pytest.fixture
+def stream() -> str:
+    return f"training-events-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def bus(rabbitmq_stream_port: int) -> Iterator[RabbitStreamBus]:
+    bus = RabbitStreamBus("127.0.0.1", rabbitmq_stream_port)
+    yield bus
+    bus.close()
+
+
+def _config(tmp_path: Path, dataset: str, output: str, attempt: int = 1, **hyper: Any) -> Path:
+    config = {
+        "name": "shapes",
+        "namespace": "ci",
+        "attempt": attempt,
+        "outputUri": output,
+        "terminationLog": str(tmp_path / f"termination-{attempt}.txt"),
+        "workDir": str(tmp_path / "work"),
+        "spec": {
+            "model": {"architecture": "yolo11n"},
+            "dataset": {"uri": dataset},
+            "hyperparameters": {"epochs": 2, "imgsz": 96, "batch": 8, "workers": 0, **hyper},
+            "resources": {"gpu": {"count": 0}},
+            "checkpointEvery": 1,
+        },
+    }
+    path = tmp_path / f"config-{attempt}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _env(s3_endpoint: str, stream: str, tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": str(NETGUARD),
+        "NETGUARD_RECORD": str(tmp_path / "netguard.log"),
+        "VISIONINAPP_S3_ENDPOINT_URL": s3_endpoint,
+        "VISIONINAPP_RABBITMQ_HOST": "127.0.0.1",
+        "VISIONINAPP_TRAINING_STREAM": stream,
+        "VISIONINAPP_DATA_DIR": str(tmp_path / "data"),
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        **extra,
+    }
+
+
+def _epoch_events(bus: RabbitStreamBus, stream: str) -> list[TrainingEvent]:
+    events = [TrainingEvent.model_validate_json(m.body) for m in bus.read(stream, 0, limit=10_000)]
+    return [e for e in events if e.type == "epoch"]
+
+
+def _object_sha256(s3: Any, uri: str) -> str:
+    bucket, key = uri.removeprefix("s3://").split("/", 1)
+    return hashlib.sha256(s3.get_object(Bucket=bucket, Key=key)["Body"].read()).hexdigest()
+
+
+@pytest.mark.slow
+def test_trains_publishes_exports_and_uploads(
+    s3: Any, s3_endpoint: str, dataset_uri: str, bus: RabbitStreamBus, stream: str, tmp_path: Path
+) -> None:
+    bucket = f"models-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    output = f"s3://{bucket}/ci/shapes"
+    config = _config(tmp_path, dataset_uri, output)
+    result = subprocess.run(
+        [*TRAINER, "--config", str(config)],
+        env=_env(s3_endpoint, stream, tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (tmp_path / "netguard.log").exists(), (tmp_path / "netguard.log").read_text()
+
+    trainer_result = TrainerResult.from_termination_message((tmp_path / "termination-1.txt").read_text())
+    assert {f.format for f in trainer_result.formats} == {"pt", "onnx"}
+    assert trainer_result.class_names == ["circle", "square", "triangle", "cross"]
+    assert trainer_result.imgsz == 96 and trainer_result.epochs_run == 2
+    for fmt in trainer_result.formats:
+        assert fmt.uri.startswith(output) and _object_sha256(s3, fmt.uri) == fmt.sha256
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key="ci/shapes/manifest.json")["Body"].read())
+    assert manifest["formats"] == [f.wire() for f in trainer_result.formats]
+
+    epochs = _epoch_events(bus, stream)
+    assert [e.epoch for e in epochs] == [1, 2]
+    for event in epochs:
+        assert event.attempt == 1 and event.epochs == 2
+        assert set(event.losses) == {"box", "cls", "dfl"}
+        assert event.map50_95 is not None and event.lr is not None and event.images_per_second
+    logs = [TrainingEvent.model_validate_json(m.body) for m in bus.read(stream, 0, 10_000)]
+    assert any(e.type == "log" and "exporting ONNX" in (e.message or "") for e in logs)
+
+
+def _wait_for_checkpoint(s3: Any, bucket: str, min_epoch: int, process: subprocess.Popen[str]) -> int:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the trainer ended before it could be killed"
+        try:
+            marker = json.loads(
+                s3.get_object(Bucket=bucket, Key="ci/shapes/checkpoints/checkpoint.json")["Body"].read()
+            )
+            if marker["epoch"] >= min_epoch:
+                return int(marker["epoch"])
+        except s3.exceptions.NoSuchKey:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("no checkpoint appeared")
+
+
+@pytest.mark.slow
+def test_killed_trainer_resumes_from_its_checkpoint_without_duplicate_events(
+    s3: Any, s3_endpoint: str, dataset_uri: str, bus: RabbitStreamBus, stream: str, tmp_path: Path
+) -> None:
+    bucket = f"models-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    output = f"s3://{bucket}/ci/shapes"
+    env = _env(s3_endpoint, stream, tmp_path)
+    first = subprocess.Popen(
+        [*TRAINER, "--config", str(_config(tmp_path, dataset_uri, output, 1, epochs=5))],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        killed_after = _wait_for_checkpoint(s3, bucket, 2, first)
+        first.send_signal(signal.SIGKILL)  # preemption: no cleanup, no goodbye
+    finally:
+        first.wait(30)
+    assert killed_after < 5
+    second = subprocess.run(
+        [*TRAINER, "--config", str(_config(tmp_path, dataset_uri, output, 2, epochs=5))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming from the checkpoint of epoch" in second.stdout
+    result = TrainerResult.from_termination_message((tmp_path / "termination-2.txt").read_text())
+    assert result.attempt == 2 and result.epochs_run == 5
+
+    epochs = [e.epoch for e in _epoch_events(bus, stream)]
+    assert epochs == [1, 2, 3, 4, 5], f"duplicated or missing epoch events: {epochs}"
+    resumed = [e for e in _epoch_events(bus, stream) if e.attempt == 2]
+    assert resumed and min(e.epoch or 0 for e in resumed) > killed_after - 1
+
+
+def _fails_with(tmp_path: Path, config: Path, env: dict[str, str], *expected: str) -> str:
+    termination_log = tmp_path / "termination-failed.txt"  # an invalid config cannot name its own
+    result = subprocess.run(
+        [*TRAINER, "--config", str(config), "--termination-log", str(termination_log)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    for text in expected:
+        assert text in errors[0], errors[0]
+    assert termination_log.read_text() == errors[0]
+    return errors[0]
+
+
+def _upload_dataset(s3: Any, bucket: str, root: Path) -> str:
+    for path in root.rglob("*"):
+        if path.is_file():
+            s3.upload_file(str(path), bucket, f"bad/{path.relative_to(root)}")
+    return f"s3://{bucket}/bad"
+
+
+def _assert_nothing_marked_done(s3: Any, bucket: str) -> None:
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert not any(k.endswith(("manifest.json", "checkpoint.json")) for k in keys), keys
+
+
+@pytest.mark.parametrize("case", ["missing-dataset", "malformed-yaml", "label-out-of-range", "unknown-arch"])
+def test_bad_input_fails_with_one_line(
+    case: str, s3: Any, s3_endpoint: str, stream: str, tmp_path: Path, rabbitmq_stream_port: int
+) -> None:
+    bucket = f"bad-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    root = tmp_path / "ds"
+    generate_dataset(root, train=4, val=2, imgsz=64, seed=2)
+    expected: tuple[str, ...]
+    if case == "missing-dataset":
+        dataset, expected = f"s3://{bucket}/nothing-here", ("dataset not found", "nothing-here/data.yaml")
+    elif case == "malformed-yaml":
+        (root / "data.yaml").write_text("train: [images/train\nnames: {0: a")
+        dataset, expected = _upload_dataset(s3, bucket, root), ("data.yaml is not valid YAML",)
+    elif case == "label-out-of-range":
+        (root / "labels" / "train" / "train_00001.txt").write_text("7 0.5 0.5 0.2 0.2\n")
+        dataset, expected = _upload_dataset(s3, bucket, root), ("train_00001.txt", "class id 7 out of range")
+    else:
+        dataset, expected = _upload_dataset(s3, bucket, root), ("model.architecture", "yolox")
+    config = _config(tmp_path, dataset, f"s3://{bucket}/out")
+    if case == "unknown-arch":
+        raw = yaml.safe_load(config.read_text())
+        raw["spec"]["model"]["architecture"] = "yolox-s"
+        config.write_text(yaml.safe_dump(raw))
+    _fails_with(tmp_path, config, _env(s3_endpoint, stream, tmp_path), *expected)
+    _assert_nothing_marked_done(s3, bucket)
+
+
+def test_wrong_s3_credentials_fail_clearly(tmp_path: Path, stream: str) -> None:
+    """An S3 server that checks credentials (moto with IAM auth on) refuses unknown keys."""
+    from tests.services import free_port, wait_for_port
+
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, 30, "moto server with auth")
+        config = _config(tmp_path, "s3://datasets/shapes/v1", "s3://models/ci/shapes")
+        env = _env(
+            f"http://127.0.0.1:{port}",
+            stream,
+            tmp_path,
+            AWS_ACCESS_KEY_ID="AKIAWRONG",
+            AWS_SECRET_ACCESS_KEY="wrong",
+        )
+        _fails_with(tmp_path, config, env, "S3 refused the credentials", "InvalidAccessKeyId")
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_bad_config_fails_before_anything_else(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("name: x\n")
+    result = subprocess.run(
+        [*TRAINER, "--config", str(config), "--termination-log", str(tmp_path / "t.txt")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("error: invalid config: ")
+    assert (tmp_path / "t.txt").read_text().startswith("error: invalid config")

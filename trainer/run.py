@@ -1,0 +1,298 @@
+"""One attempt of a TrainingJob: data in, checkpoints while training, weights and ONNX out.
+
+Output layout under `config.output_uri` (`<output.uri>/<namespace>/<name>`):
+    checkpoints/last.pt, checkpoints/checkpoint.json   newest checkpoint; the JSON is written last
+    weights/best.pt, weights/model.onnx                 final weights
+    manifest.json                                       every detail; written last, it marks success
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from visioninapp.trainer.config import TrainerConfig
+from visioninapp.trainer.dataset import fetch_dataset, validate_dataset
+from visioninapp.trainer.offline import prepare_offline_ultralytics
+from visioninapp.trainer.publisher import EventPublisher
+
+from visioninapp.backends.storage import ArtifactStore, ObjectNotFound, StoredObject, join_uri
+from visioninapp.events import TrainerResult, TrainingEvent
+from visioninapp.resources.modelartifact import ArtifactFormat
+from visioninapp.resources.trainingjob import TrainingMetrics
+
+__all__ = ["Checkpoint", "TrainerError", "run_training"]
+
+log = logging.getLogger("visioninapp.trainer")
+
+METRIC_KEYS = {
+    "map50": "metrics/mAP50(B)",
+    "map50_95": "metrics/mAP50-95(B)",
+    "precision": "metrics/precision(B)",
+    "recall": "metrics/recall(B)",
+}
+
+
+class TrainerError(RuntimeError):
+    """A failure with a message that says what went wrong and what to do."""
+
+
+class Checkpoint:
+    """The newest checkpoint of a job in the store: `last.pt` plus a JSON marker written after it."""
+
+    def __init__(self, store: ArtifactStore, output_uri: str) -> None:
+        self.store = store
+        self.weights_uri = join_uri(output_uri, "checkpoints", "last.pt")
+        self.marker_uri = join_uri(output_uri, "checkpoints", "checkpoint.json")
+
+    def latest(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.store.get_bytes(self.marker_uri))  # type: ignore[no-any-return]
+        except ObjectNotFound:
+            return None
+
+    def download(self, marker: dict[str, Any], path: Path) -> Path:
+        return self.store.get_file(self.weights_uri, path, sha256=marker["sha256"])
+
+    def upload(self, path: Path, epoch: int, attempt: int) -> None:
+        stored = self.store.put_file(path, self.weights_uri)
+        marker = {
+            "epoch": epoch,
+            "attempt": attempt,
+            "sha256": stored.sha256,
+            "size": stored.size,
+            "time": datetime.now(UTC).isoformat(),
+        }
+        self.store.put_bytes(json.dumps(marker).encode(), self.marker_uri)
+
+
+def _metrics_from(values: dict[str, Any], losses: dict[str, float]) -> TrainingMetrics:
+    fields = {name: float(values[key]) for name, key in METRIC_KEYS.items() if key in values}
+    return TrainingMetrics(**fields, losses=losses)
+
+
+def _losses(trainer: Any) -> dict[str, float]:
+    """Mean training losses of the epoch by short name (`box`, `cls`, `dfl`)."""
+    tloss = trainer.tloss
+    if tloss is None:
+        return {}
+    if isinstance(tloss, dict):  # ultralytics >= 8.4
+        pairs = list(tloss.items())
+    else:
+        values = tloss.tolist() if hasattr(tloss, "tolist") else tloss
+        pairs = list(zip(trainer.loss_names, values if isinstance(values, list) else [values], strict=False))
+    return {name.removesuffix("_loss"): round(float(value), 5) for name, value in pairs}
+
+
+class _Callbacks:
+    """ultralytics callbacks: epoch events, throughput and periodic checkpoint uploads."""
+
+    def __init__(
+        self, config: TrainerConfig, publisher: EventPublisher, checkpoint: Checkpoint, staging: Path
+    ) -> None:
+        self.config, self.publisher, self.checkpoint, self.staging = config, publisher, checkpoint, staging
+        self.uploads = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-upload")
+        self.pending: list[Future[None]] = []
+        self.epoch_started = time.perf_counter()
+        self.images_per_second: float | None = None
+        self.published_epoch = 0
+
+    def on_train_epoch_start(self, trainer: Any) -> None:
+        self.epoch_started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: Any) -> None:
+        seconds = time.perf_counter() - self.epoch_started
+        images = len(trainer.train_loader.dataset)
+        self.images_per_second = images / seconds if seconds > 0 else None
+
+    def on_model_save(self, trainer: Any) -> None:
+        epoch = trainer.epoch + 1
+        final = epoch >= trainer.epochs
+        if epoch % self.config.spec.checkpoint_every and not final:
+            return
+        # ultralytics overwrites last.pt next epoch: upload a copy, in the background.
+        copy = self.staging / f"last-{epoch}.pt"
+        shutil.copyfile(trainer.last, copy)
+        self.pending.append(self.uploads.submit(self._upload, copy, epoch))
+
+    def _upload(self, copy: Path, epoch: int) -> None:
+        self.checkpoint.upload(copy, epoch, self.config.attempt)
+        copy.unlink(missing_ok=True)
+        log.info("checkpoint of epoch %d uploaded", epoch)
+
+    def on_fit_epoch_end(self, trainer: Any) -> None:
+        epoch = trainer.epoch + 1
+        if epoch > trainer.epochs or epoch <= self.published_epoch:
+            return  # ultralytics calls this once more after its final validation
+        self.published_epoch = epoch
+        losses = _losses(trainer)
+        metrics = _metrics_from(trainer.metrics or {}, losses)
+        gpu_memory = None
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                gpu_memory = round(torch.cuda.max_memory_reserved() / 1e9, 3)
+        except ImportError:  # pragma: no cover - torch is always there with ultralytics
+            pass
+        self.publisher.epoch(
+            TrainingEvent(
+                type="epoch",
+                namespace=self.config.namespace,
+                training_job=self.config.name,
+                attempt=self.config.attempt,
+                epoch=epoch,
+                epochs=trainer.epochs,
+                losses=losses,
+                map50=metrics.map50,
+                map50_95=metrics.map50_95,
+                precision=metrics.precision,
+                recall=metrics.recall,
+                lr=float(next(iter(trainer.lr.values()))) if trainer.lr else None,
+                images_per_second=self.images_per_second,
+                gpu_memory_gb=gpu_memory,
+            )
+        )
+
+    def register(self, model: Any) -> None:
+        for name in ("on_train_epoch_start", "on_train_epoch_end", "on_model_save", "on_fit_epoch_end"):
+            model.add_callback(name, getattr(self, name))
+
+    def wait_for_uploads(self) -> None:
+        for future in self.pending:
+            future.result()  # an upload failure fails the run: a checkpoint must not be lost silently
+        self.uploads.shutdown()
+
+
+def _device(config: TrainerConfig) -> str:
+    import torch
+
+    gpus = config.spec.resources.gpu.count
+    if gpus > 0 and torch.cuda.is_available():
+        return ",".join(str(i) for i in range(min(gpus, torch.cuda.device_count())))
+    if gpus > 0:
+        log.warning("%d GPU(s) requested but CUDA is not available: training on the CPU", gpus)
+    return "cpu"
+
+
+def run_training(config: TrainerConfig, store: ArtifactStore, publisher: EventPublisher) -> TrainerResult:
+    """Train, checkpoint, export and upload; returns the result for the termination message."""
+    work = config.work_dir / config.namespace / config.name
+    work.mkdir(parents=True, exist_ok=True)
+    prepare_offline_ultralytics(config.work_dir / "ultralytics-config")
+    from ultralytics import YOLO
+
+    spec = config.spec
+    publisher.log_line(f"attempt {config.attempt} of {config.namespace}/{config.name} starting")
+    dataset_root = fetch_dataset(store, spec.dataset.uri, spec.dataset.data_yaml, work / "dataset")
+    class_names = validate_dataset(dataset_root, spec.dataset.data_yaml, work / "data.resolved.yaml")
+
+    checkpoint = Checkpoint(store, config.output_uri)
+    marker = checkpoint.latest()
+    hp = spec.hyperparameters
+    train_args: dict[str, Any] = {
+        "data": str(work / "data.resolved.yaml"),
+        "epochs": hp.epochs,
+        "imgsz": hp.imgsz,
+        "batch": hp.batch,
+        "lr0": hp.lr0,
+        "lrf": hp.lrf,
+        "momentum": hp.momentum,
+        "weight_decay": hp.weight_decay,
+        "warmup_epochs": hp.warmup_epochs,
+        "optimizer": hp.optimizer,
+        "cos_lr": hp.cos_lr,
+        "close_mosaic": hp.close_mosaic,
+        "patience": hp.patience,
+        "seed": hp.seed,
+        "deterministic": hp.deterministic,
+        "workers": hp.workers,
+        "amp": hp.amp,
+        "device": _device(config),
+        "project": str(work / "runs"),
+        "name": "train",
+        "exist_ok": True,
+        "plots": False,
+        "verbose": False,
+    }
+    if marker is not None:
+        log.info("resuming from the checkpoint of epoch %d (attempt %d)", marker["epoch"], marker["attempt"])
+        publisher.log_line(f"resuming from the checkpoint of epoch {marker['epoch']}")
+        publisher.start_from_epoch(marker["epoch"])
+        weights = checkpoint.download(marker, work / "resume" / "last.pt")
+        model = YOLO(str(weights))
+        train_args = {
+            "resume": str(weights),
+            "data": train_args["data"],
+            "device": train_args["device"],
+            "workers": hp.workers,
+            "save_dir": str(work / "runs" / "train"),
+        }
+    elif config.base_weights is not None:
+        base = store.get_file(config.base_weights.uri, work / "base.pt", sha256=config.base_weights.sha256)
+        model = YOLO(str(base))
+    else:
+        model = YOLO(f"{spec.model.architecture}.yaml")
+
+    callbacks = _Callbacks(config, publisher, checkpoint, work / "staging")
+    (work / "staging").mkdir(exist_ok=True)
+    callbacks.register(model)
+    model.train(**train_args)
+    callbacks.wait_for_uploads()
+    trainer = model.trainer
+    best = Path(trainer.best if Path(trainer.best).exists() else trainer.last)
+    final_metrics = _metrics_from(trainer.metrics or {}, {})
+    epochs_run = int(trainer.epoch) + 1
+    imgsz = int(trainer.args.imgsz)
+
+    publisher.log_line("exporting ONNX")
+    onnx_path = Path(
+        YOLO(str(best)).export(
+            format="onnx",
+            opset=spec.export.opset,
+            simplify=spec.export.simplify,
+            dynamic=spec.export.dynamic,
+            half=spec.export.half,
+            imgsz=imgsz,
+            device=train_args["device"],
+            verbose=False,
+        )
+    )
+    uploads: list[tuple[str, StoredObject]] = [
+        ("pt", store.put_file(best, join_uri(config.output_uri, "weights", "best.pt"))),
+        ("onnx", store.put_file(onnx_path, join_uri(config.output_uri, "weights", "model.onnx"))),
+    ]
+    formats = [ArtifactFormat(format=f, uri=o.uri, sha256=o.sha256, size=o.size) for f, o in uploads]  # type: ignore[arg-type]
+    manifest_uri = join_uri(config.output_uri, "manifest.json")
+    manifest = {
+        "namespace": config.namespace,
+        "trainingJob": config.name,
+        "attempt": config.attempt,
+        "architecture": spec.model.architecture,
+        "baseModel": spec.model.base_model,
+        "dataset": spec.dataset.uri,
+        "classNames": class_names,
+        "imgsz": imgsz,
+        "epochsRun": epochs_run,
+        "export": spec.export.wire(),
+        "formats": [f.wire() for f in formats],
+        "metrics": final_metrics.wire(),
+        "createdAt": datetime.now(UTC).isoformat(),
+    }
+    store.put_bytes(json.dumps(manifest, indent=2).encode(), manifest_uri)
+    publisher.log_line(f"done: mAP50-95 {final_metrics.map50_95}, {len(formats)} files uploaded")
+    return TrainerResult(
+        formats=formats,
+        manifest_uri=manifest_uri,
+        metrics=final_metrics,
+        class_names=class_names,
+        imgsz=imgsz,
+        epochs_run=epochs_run,
+        attempt=config.attempt,
+    )

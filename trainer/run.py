@@ -201,6 +201,7 @@ def run_training(config: TrainerConfig, store: ArtifactStore, publisher: EventPu
         "epochs": hp.epochs,
         "imgsz": hp.imgsz,
         "batch": hp.batch,
+        "nbs": hp.nominal_batch,
         "lr0": hp.lr0,
         "lrf": hp.lrf,
         "momentum": hp.momentum,

@@ -85,6 +85,13 @@ class Hyperparameters(KubeModel):
     epochs: int = Field(100, ge=1, le=10000, description="Number of training epochs.")
     imgsz: int = Field(640, ge=32, le=4096, multiple_of=32, description="Square input size in pixels.")
     batch: int = Field(16, ge=-1, le=1024, description="Batch size; -1 lets ultralytics pick for the GPU.")
+    nominal_batch: int = Field(
+        64,
+        ge=1,
+        le=1024,
+        description="Nominal batch size (ultralytics `nbs`): gradients are accumulated up to it, and "
+        "weight decay is scaled by it. Lower it for tiny datasets, where 64 means one step per epoch.",
+    )
     lr0: float = Field(0.01, gt=0, le=1, description="Initial learning rate.")
     lrf: float = Field(0.01, gt=0, le=1, description="Final learning rate as a fraction of `lr0`.")
     momentum: float = Field(0.937, ge=0, lt=1, description="SGD momentum / Adam beta1.")

@@ -91,10 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--termination-log", type=Path, help="override the result path from the config")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level, stream=sys.stdout, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     config: TrainerConfig | None = None
     termination = args.termination_log or Path("/dev/termination-log")
     publisher: EventPublisher | None = None
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except Exception as error:
         reason = describe_failure(error, config)
-        log.debug("failure", exc_info=True) if settings.log_level == "DEBUG" else None
+        log.debug("failure", exc_info=True)  # the traceback, with VISIONINAPP_LOG_LEVEL=DEBUG
         print(f"error: {reason}", file=sys.stderr)
         _write_termination(termination, f"error: {reason}")
         if publisher is not None:

@@ -109,17 +109,17 @@ def structural_schema(schema: dict[str, Any], defs: dict[str, Any] | None = None
     return out
 
 
-def _spec_schema(resource: ResourceKind, model: type, mode: str) -> dict[str, Any]:
+def _model_schema(model: type) -> dict[str, Any]:
     raw = model.model_json_schema(  # type: ignore[attr-defined]
-        by_alias=True, mode=mode, schema_generator=_KubeJsonSchema
+        by_alias=True, mode="validation", schema_generator=_KubeJsonSchema
     )
     return structural_schema(raw)
 
 
 def crd_for(resource: ResourceKind) -> dict[str, Any]:
     """The CustomResourceDefinition of one resource kind."""
-    spec_schema = _spec_schema(resource, resource.spec_model, "validation")
-    status_schema = _spec_schema(resource, resource.status_model, "validation")
+    spec_schema = _model_schema(resource.spec_model)
+    status_schema = _model_schema(resource.status_model)
     status_schema.pop("required", None)
     _check_rules(spec_schema)
     schema = {

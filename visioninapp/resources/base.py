@@ -212,11 +212,6 @@ class Condition(KubeModel):
     )
 
 
-def is_valid_storage_uri(uri: str) -> bool:
-    """Whether `uri` passes the CRDs' storage URI rule (the same CEL rule, evaluated here)."""
-    return evaluate_rule(STORAGE_URI_RULE.rule, uri)
-
-
 _SAFE_NAME = re.compile(r"[^a-z0-9-]+")
 
 

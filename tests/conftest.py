@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,47 @@ def s3_endpoint() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def rabbitmq_stream_port() -> int:
     return ensure_rabbitmq_streams()
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """yolo11n exported by ultralytics to ONNX twice (two sizes: two distinct, valid model files)."""
+
+    dataset: Path
+    weights: Path
+    onnx: Path
+    onnx_small: Path
+    imgsz: int
+
+
+@pytest.fixture(scope="session")
+def exported_model(tmp_path_factory: pytest.TempPathFactory) -> ExportedModel:
+    """An untrained yolo11n whose class biases are zeroed, so every image yields many boxes.
+
+    Scores then spread around 0.5 instead of ~0.003: the inference tests exercise decoding, NMS and
+    rescaling on hundreds of boxes per image, in seconds, without a training run.
+    """
+    from visioninapp.synth import CLASS_NAMES, generate_dataset
+    from visioninapp.trainer.offline import prepare_offline_ultralytics
+
+    root = tmp_path_factory.mktemp("exported")
+    generate_dataset(root / "ds", train=4, val=8, imgsz=96, seed=5)
+    prepare_offline_ultralytics(root / "ultralytics")
+    import torch
+    from ultralytics import YOLO
+    from ultralytics.nn.tasks import DetectionModel
+
+    model = YOLO("yolo11n.yaml")
+    model.model = DetectionModel("yolo11n.yaml", nc=len(CLASS_NAMES), verbose=False)
+    head = model.model.model[-1]
+    with torch.no_grad():
+        for branch in head.cv3:
+            branch[-1].bias.zero_()
+    model.model.names = dict(enumerate(CLASS_NAMES))
+    weights = root / "zeroed.pt"
+    model.save(str(weights))
+    exported = {}
+    for name, size in (("model.onnx", 96), ("small.onnx", 64)):  # each export writes zeroed.onnx: move it
+        path = YOLO(str(weights)).export(format="onnx", imgsz=size, opset=17, simplify=True, verbose=False)
+        exported[name] = Path(path).rename(root / name)
+    return ExportedModel(root / "ds", weights, exported["model.onnx"], exported["small.onnx"], 96)

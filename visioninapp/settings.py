@@ -68,6 +68,37 @@ class Settings(BaseSettings):
     kube_context_rollout: str | None = Field(
         None, description="Kubeconfig context of the edge cluster (same as training when empty)."
     )
+    # Edge runtime (set by the operator in the pod template; by hand or a config file on a bare device)
+    namespace: str = Field("default", description="Namespace of the EdgeDeployment (downward API).")
+    deployment: str = Field("standalone", description="EdgeDeployment name this runtime serves.")
+    node_name: str = Field("localhost", description="Node the runtime runs on (downward API).")
+    revision: str = Field("none", description="Pod template revision of the rollout.")
+    edge_model_uri: str | None = Field(None, description="Desired model: URI of its file.")
+    edge_model_sha256: str | None = Field(None, description="Desired model: sha256 of its file.")
+    edge_model_format: Literal["onnx", "onnx-int8", "tensorrt"] = Field("onnx", description="Desired format.")
+    edge_model_version: str | None = Field(None, description="Desired model: ModelArtifact name.")
+    edge_model_config: Path | None = Field(
+        None, description="A watched YAML/JSON file with uri, sha256, format, version (bare devices)."
+    )
+    edge_cache_dir: Path | None = Field(
+        None, description="Model cache shared by successive pods (hostPath); data_dir/edge-cache when empty."
+    )
+    edge_port: int = Field(8080, description="HTTP port of the edge runtime.")
+    edge_confidence: float = Field(0.25, description="Default confidence threshold.")
+    edge_iou: float = Field(0.45, description="Default NMS IoU threshold.")
+    edge_precision: Literal["fp32", "fp16"] = Field("fp32", description="Precision on GPU providers.")
+    edge_summary_interval_seconds: float = Field(15.0, description="EdgeEvent window length.")
+    edge_admin_token: str | None = Field(
+        None, description="Bearer token for the admin API (model swap); loopback only when empty."
+    )
+    feedback_enabled: bool = Field(False, description="Upload low-confidence frames.")
+    feedback_min_score: float = Field(0.25, description="Low-confidence range, lower end.")
+    feedback_max_score: float = Field(0.5, description="Low-confidence range, upper end.")
+    feedback_sample_rate: float = Field(0.1, description="Fraction of low-confidence frames kept.")
+    feedback_max_frames_per_hour: int = Field(60, description="Upload budget per hour.")
+    feedback_uri: str | None = Field(
+        None, description="Prefix for frames; artifacts_uri/feedback when empty."
+    )
     # Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     log_format: Literal["text", "json"] = Field("text", description="`json` for structured logs.")
@@ -75,6 +106,14 @@ class Settings(BaseSettings):
     @property
     def resolved_artifacts_uri(self) -> str:
         return self.artifacts_uri or (self.data_dir / "artifacts").resolve().as_uri()
+
+    @property
+    def resolved_edge_cache_dir(self) -> Path:
+        return self.edge_cache_dir or self.data_dir / "edge-cache"
+
+    @property
+    def resolved_feedback_uri(self) -> str:
+        return self.feedback_uri or self.resolved_artifacts_uri.rstrip("/") + "/feedback"
 
     @property
     def resolved_database_url(self) -> str:

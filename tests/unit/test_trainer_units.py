@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,8 @@ from visioninapp.trainer.config import ConfigError, load_config
 from visioninapp.trainer.dataset import DatasetError, fetch_dataset, validate_dataset
 from visioninapp.trainer.publisher import BUFFER_LIMIT, EventPublisher
 
-from visioninapp.backends.events import EventBus, LocalEventLog, StreamMessage
+from tests.helpers import SwitchableBus
+from visioninapp.backends.events import LocalEventLog
 from visioninapp.backends.storage import LocalArtifactStore
 from visioninapp.events import TrainingEvent
 from visioninapp.synth import generate_dataset
@@ -117,32 +117,8 @@ def test_resumed_attempt_does_not_duplicate_epoch_events(tmp_path: Path) -> None
     assert epochs == [(1, 1), (2, 1), (3, 1), (4, 2)]
 
 
-class _DownBus(EventBus):
-    """A broker that is down until `up` is set."""
-
-    def __init__(self, inner: EventBus) -> None:
-        self.inner, self.up = inner, False
-
-    def publish(self, stream: str, producer: str, messages: Sequence[tuple[int, bytes]]) -> int:
-        if not self.up:
-            raise ConnectionError("broker unreachable")
-        return self.inner.publish(stream, producer, messages)
-
-    def last_publishing_id(self, stream: str, producer: str) -> int:
-        return self.inner.last_publishing_id(stream, producer)
-
-    def read(self, stream: str, offset: int, limit: int = 1000) -> list[StreamMessage]:
-        return self.inner.read(stream, offset, limit)
-
-    def store_offset(self, stream: str, consumer: str, offset: int) -> None:
-        self.inner.store_offset(stream, consumer, offset)
-
-    def query_offset(self, stream: str, consumer: str) -> int:
-        return self.inner.query_offset(stream, consumer)
-
-
 def test_events_wait_in_a_bounded_buffer_while_the_broker_is_down(tmp_path: Path) -> None:
-    bus = _DownBus(LocalEventLog(tmp_path))
+    bus = SwitchableBus(LocalEventLog(tmp_path), up=False)
     publisher = EventPublisher(bus, "training-events", "ns", "tj", attempt=1)
     publisher.epoch(_epoch(1))  # no exception: training goes on
     publisher.epoch(_epoch(2))

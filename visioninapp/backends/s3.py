@@ -65,16 +65,25 @@ class S3ArtifactStore(ArtifactStore):
         return StoredObject(uri, digest, len(data))
 
     def get_file(self, uri: str, path: Path, sha256: str | None = None) -> Path:
+        """Stream to a `.partial` file that a later call resumes with a ranged GET (flaky edge links)."""
         bucket, key = split_s3_uri(uri)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.partial")
+        offset = partial.stat().st_size if partial.exists() else 0
         try:
-            self.client.download_file(bucket, key, str(partial), Config=self.transfer)
+            extra = {"Range": f"bytes={offset}-"} if offset else {}
+            body = self.client.get_object(Bucket=bucket, Key=key, **extra)["Body"]
         except ClientError as error:
-            partial.unlink(missing_ok=True)
-            if _code(error) in _NOT_FOUND:
+            code = _code(error)
+            if code in _NOT_FOUND:
+                partial.unlink(missing_ok=True)
                 raise ObjectNotFound(uri) from None
-            raise
+            if code != "InvalidRange":  # InvalidRange: the partial file is already complete
+                raise
+        else:
+            with partial.open("ab" if offset else "wb") as handle:
+                for chunk in body.iter_chunks(CHUNK):
+                    handle.write(chunk)
         replace_verified(partial, path, sha256)
         return path
 

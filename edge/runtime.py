@@ -1,0 +1,296 @@
+"""The edge runtime: model lifecycle, detection, metrics, health events and feedback, wired once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import cv2
+import yaml
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from visioninapp.edge.inference import DetectionResult, decode_image
+from visioninapp.edge.models import ModelManager, ModelSpec
+from visioninapp.edge.telemetry import FeedbackPolicy, FeedbackSpool, Spool, WindowStats, publish_spool
+
+from visioninapp.backends.events import EventBus
+from visioninapp.backends.storage import ArtifactStore
+from visioninapp.factory import artifact_store_for, build_event_bus
+from visioninapp.settings import Settings
+
+__all__ = ["EdgeRuntime", "NoModelError"]
+
+log = logging.getLogger(__name__)
+RETRY_SECONDS = 30.0
+LATENCY_BUCKETS_MS = (2, 5, 10, 20, 30, 50, 75, 100, 150, 250, 500, 1000, 2500)
+
+
+class NoModelError(RuntimeError):
+    """No model is loaded yet."""
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.latency = Histogram(
+            "visioninapp_edge_detect_latency_ms",
+            "End-to-end /v1/detect latency (ms)",
+            buckets=LATENCY_BUCKETS_MS,
+            registry=r,
+        )
+        self.requests = Counter("visioninapp_edge_requests", "Detect requests", registry=r)
+        self.errors = Counter("visioninapp_edge_errors", "Failed detect requests", ["reason"], registry=r)
+        self.low_confidence = Counter(
+            "visioninapp_edge_low_confidence", "Requests with a low top score", registry=r
+        )
+        self.ready = Gauge("visioninapp_edge_ready", "1 while the desired model serves", registry=r)
+        self.model = Gauge(
+            "visioninapp_edge_model_info", "The model serving", ["sha256", "version", "provider"], registry=r
+        )
+        self.rejections = Counter("visioninapp_edge_model_rejections", "Desired models rejected", registry=r)
+        self.spooled_events = Gauge("visioninapp_edge_spooled_events", "Health events waiting", registry=r)
+        self.spooled_frames = Gauge("visioninapp_edge_spooled_frames", "Feedback frames waiting", registry=r)
+
+
+class EdgeRuntime:
+    def __init__(self, settings: Settings, bus: EventBus | None = None) -> None:
+        self.settings = settings
+        self.metrics = _Metrics()
+        state = settings.data_dir / "edge-state"
+        self.models = ModelManager(
+            settings.resolved_edge_cache_dir,
+            self._store_for,
+            settings.edge_precision,
+            on_change=self._model_changed,
+        )
+        self.window = WindowStats()
+        self.events = Spool(state / "events", ".json")
+        self.feedback = FeedbackSpool(
+            state / "feedback", settings.resolved_feedback_uri, settings.deployment, settings.node_name
+        )
+        self.policy = FeedbackPolicy(
+            settings.feedback_enabled,
+            settings.feedback_min_score,
+            settings.feedback_max_score,
+            settings.feedback_sample_rate,
+            settings.feedback_max_frames_per_hour,
+        )
+        self.bus = bus
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._config_mtime: float | None = None
+        self._last_rejections = 0
+        self._last_try = 0.0
+        self._sync_lock = threading.Lock()
+
+    # --- wiring -------------------------------------------------------------------------------
+
+    def _store_for(self, uri: str) -> ArtifactStore:
+        return artifact_store_for(uri, self.settings)
+
+    def _model_changed(self) -> None:
+        self.metrics.model.clear()
+        current = self.models.current
+        if current is not None:
+            self.metrics.model.labels(current.spec.sha256, current.spec.label, current.detector.provider).set(
+                1
+            )
+        self.metrics.ready.set(1 if self.models.ready else 0)
+        self.metrics.rejections.inc(self.models.rejections - self._last_rejections)
+        self._last_rejections = self.models.rejections
+
+    def desired_from_settings(self) -> ModelSpec | None:
+        s = self.settings
+        if s.edge_model_uri and s.edge_model_sha256:
+            return ModelSpec(s.edge_model_uri, s.edge_model_sha256, s.edge_model_format, s.edge_model_version)
+        return None
+
+    def _desired_from_config_file(self) -> ModelSpec | None:
+        path = self.settings.edge_model_config
+        if path is None or not path.exists():
+            return None
+        mtime = path.stat().st_mtime
+        if mtime == self._config_mtime:
+            return None
+        self._config_mtime = mtime
+        try:
+            raw = yaml.safe_load(path.read_text())
+            return ModelSpec(
+                uri=raw["uri"],
+                sha256=raw["sha256"],
+                format=raw.get("format", "onnx"),
+                version=raw.get("version"),
+            )
+        except (OSError, yaml.YAMLError, KeyError, TypeError) as error:
+            log.error("model config %s unusable (need uri and sha256): %s", path, error)
+            return None
+
+    # --- life ---------------------------------------------------------------------------------
+
+    def start(self, sync_interval: float = 1.0) -> None:
+        """Serve the last-good model now; fetch the desired one and sync in the background."""
+        if self.bus is None:
+            try:
+                self.bus = build_event_bus(self.settings)
+            except Exception as error:  # events stay spooled until a bus works
+                log.error("event bus unavailable: %s", error)
+        self.models.load_last_good()
+        self._model_changed()
+        self._thread = threading.Thread(
+            target=self._background, args=(sync_interval,), name="edge-sync", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(10)
+        self.close_window()
+        self.sync_once()
+        if self.bus is not None:
+            self.bus.close()
+
+    def _background(self, interval: float) -> None:
+        desired = self.desired_from_settings()
+        while not self._stop.is_set():
+            desired = self._desired_from_config_file() or desired
+            if desired is not None and self._should_try(desired):
+                self._last_try = time.monotonic()
+                self.models.set_desired(desired)
+            if (time.time() - self.window.started.timestamp()) >= self.settings.edge_summary_interval_seconds:
+                self.close_window()
+            self.sync_once()
+            self._stop.wait(interval)
+
+    def _should_try(self, desired: ModelSpec) -> bool:
+        """A new desired model now; an unavailable one (network) every 30 s; a rejected one never."""
+        if self.models.desired != desired:
+            return True
+        if self.models.ready or not self.models.retryable:
+            return False
+        return time.monotonic() - self._last_try >= RETRY_SECONDS
+
+    def close_window(self) -> None:
+        current = self.models.current
+        event = self.window.close(
+            namespace=self.settings.namespace,
+            deployment=self.settings.deployment,
+            node=self.settings.node_name,
+            revision=self.settings.revision,
+            model_sha256=current.spec.sha256 if current else None,
+            model_version=current.spec.label if current else None,
+            provider=current.detector.provider if current else None,
+            ready=self.models.ready,
+            reason=self.models.not_ready_reason,
+        )
+        self.events.add(event.to_bytes())
+
+    def sync_once(self) -> None:
+        """Publish spooled events and upload spooled frames; whatever fails waits for the next pass."""
+        with self._sync_lock:  # the background loop and stop() must not send the same file twice
+            self._sync()
+
+    def _sync(self) -> None:
+        if self.bus is not None:
+            producer = f"edge.{self.settings.namespace}.{self.settings.deployment}.{self.settings.node_name}"
+            publish_spool(self.events, self.bus, self.settings.edge_stream, producer)
+        if self.feedback.spool.items():
+            try:
+                self.feedback.upload(self._store_for(self.feedback.prefix))
+            except Exception as error:  # a misconfigured store must not stop the runtime
+                log.error("feedback upload failed: %s", error)
+        self.metrics.spooled_events.set(len(self.events.items()))
+        self.metrics.spooled_frames.set(len(self.feedback.spool.items()))
+
+    # --- requests -----------------------------------------------------------------------------
+
+    def detect(self, data: bytes, conf: float | None = None, iou: float | None = None) -> dict[str, Any]:
+        """Bytes in, response dict out. Raises ImageError (client's fault) or NoModelError."""
+        started = time.perf_counter()
+        self.metrics.requests.inc()
+        loaded = self.models.current  # this request uses this model, whatever swaps meanwhile
+        try:
+            if loaded is None:
+                raise NoModelError("no model loaded yet: the runtime is fetching its model")
+            image = decode_image(data)
+            result = loaded.detector.detect(
+                image,
+                self.settings.edge_confidence if conf is None else conf,
+                self.settings.edge_iou if iou is None else iou,
+            )
+        except Exception as error:
+            self.metrics.errors.labels(type(error).__name__).inc()
+            self.window.record((time.perf_counter() - started) * 1e3, True, [], False)
+            raise
+        elapsed_ms = (time.perf_counter() - started) * 1e3
+        response = self._response(loaded.spec, loaded.detector.provider, result, elapsed_ms)
+        low = self.policy.is_low_confidence(result.top_score)
+        self.metrics.latency.observe(elapsed_ms)
+        if low:
+            self.metrics.low_confidence.inc()
+        self.window.record(elapsed_ms, False, [d.class_name for d in result.detections], low)
+        if self.policy.keep(result.top_score):
+            self.feedback.add(self._jpeg(data), response["detections"], loaded.spec.label)
+        return response
+
+    @staticmethod
+    def _jpeg(data: bytes) -> bytes:
+        image = decode_image(data)
+        ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 92])
+        return encoded.tobytes() if ok else data
+
+    @staticmethod
+    def _response(
+        spec: ModelSpec, provider: str, result: DetectionResult, elapsed_ms: float
+    ) -> dict[str, Any]:
+        return {
+            "model": {
+                "version": spec.label,
+                "sha256": spec.sha256,
+                "format": spec.format,
+                "provider": provider,
+            },
+            "image": {"width": result.width, "height": result.height},
+            "detections": [
+                {
+                    "box": [round(v, 2) for v in d.box],
+                    "score": round(d.score, 5),
+                    "classId": d.class_id,
+                    "className": d.class_name,
+                }
+                for d in result.detections
+            ],
+            "timingsMs": {
+                **{k: round(v, 3) for k, v in result.timings_ms.items()},
+                "total": round(elapsed_ms, 3),
+            },
+        }
+
+    def model_info(self) -> dict[str, Any]:
+        current, desired = self.models.current, self.models.desired
+        return {
+            "serving": None
+            if current is None
+            else {
+                "version": current.spec.label,
+                "sha256": current.spec.sha256,
+                "format": current.spec.format,
+                "uri": current.spec.uri,
+                "provider": current.detector.provider,
+                "classNames": current.detector.class_names,
+                "imgsz": list(current.detector.imgsz),
+                "head": current.detector.head,
+            },
+            "desired": None
+            if desired is None
+            else {
+                "version": desired.label,
+                "sha256": desired.sha256,
+                "uri": desired.uri,
+                "format": desired.format,
+            },
+            "ready": self.models.ready,
+            "reason": self.models.not_ready_reason,
+        }

@@ -1,0 +1,182 @@
+"""Health summaries and hard-frame feedback, spooled on disk so that nothing is lost offline.
+
+Every window the runtime writes one `EdgeEvent` into a spool directory; a sync pass publishes the
+spool to `edge-events` with the spool number as publishing id (a resend after a crash is dropped by
+the stream) and deletes what was confirmed. Low-confidence frames are sampled, rate-limited, and
+spooled the same way until their upload to `<feedback uri>/<deployment>/<node>/` succeeds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from visioninapp.backends.events import EventBus
+from visioninapp.backends.storage import ArtifactStore, join_uri
+from visioninapp.events import EdgeEvent
+
+__all__ = ["FeedbackPolicy", "FeedbackSpool", "Spool", "WindowStats"]
+
+log = logging.getLogger(__name__)
+MAX_SPOOLED = 100_000
+
+
+class Spool:
+    """Numbered files in a directory, oldest first; the numbers survive restarts."""
+
+    def __init__(self, directory: Path, suffix: str) -> None:
+        self.directory, self.suffix = directory, suffix
+        directory.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._next = max((self._number(p) for p in self.items()), default=0) + 1
+        state = directory / "last-number"
+        if state.exists():
+            self._next = max(self._next, int(state.read_text() or 0) + 1)
+
+    def _number(self, path: Path) -> int:
+        return int(path.name.split(".")[0])
+
+    def items(self) -> list[Path]:
+        return sorted(self.directory.glob(f"*{self.suffix}"), key=self._number)
+
+    def add(self, payload: bytes, extra: dict[str, bytes] | None = None) -> int:
+        with self._lock:
+            number = self._next
+            self._next += 1
+            (self.directory / "last-number").write_text(str(number))
+        for suffix, data in (extra or {}).items():
+            (self.directory / f"{number:012d}{suffix}").write_bytes(data)
+        partial = self.directory / f".{number:012d}{self.suffix}.partial"
+        partial.write_bytes(payload)
+        partial.replace(self.directory / f"{number:012d}{self.suffix}")  # complete or absent
+        items = self.items()
+        for old in items[: max(0, len(items) - MAX_SPOOLED)]:
+            self.remove(old)  # bounded disk: the oldest goes first
+        return number
+
+    def remove(self, path: Path) -> None:
+        stem = path.name.split(".")[0]
+        for sibling in self.directory.glob(f"{stem}.*"):
+            sibling.unlink(missing_ok=True)
+
+
+@dataclass
+class _Request:
+    latency_ms: float
+    error: bool
+    classes: list[str]
+    low_confidence: bool
+
+
+class WindowStats:
+    """Requests of the current window, summarised into an EdgeEvent at its end."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: list[_Request] = []
+        self.started = datetime.now(UTC)
+
+    def record(self, latency_ms: float, error: bool, classes: list[str], low_confidence: bool) -> None:
+        with self._lock:
+            self._requests.append(_Request(latency_ms, error, classes, low_confidence))
+
+    def close(self, **identity: object) -> EdgeEvent:
+        with self._lock:
+            requests, self._requests = self._requests, []
+            start, self.started = self.started, datetime.now(UTC)
+        latencies = np.array([r.latency_ms for r in requests if not r.error])
+        detections = Counter(name for r in requests for name in r.classes)
+        return EdgeEvent(
+            window_start=start,
+            window_end=self.started,
+            requests=len(requests),
+            errors=sum(r.error for r in requests),
+            p50_ms=float(np.percentile(latencies, 50)) if latencies.size else None,
+            p95_ms=float(np.percentile(latencies, 95)) if latencies.size else None,
+            detections_per_class=dict(detections),
+            low_confidence=sum(r.low_confidence for r in requests),
+            **identity,  # type: ignore[arg-type]
+        )
+
+
+def publish_spool(spool: Spool, bus: EventBus, stream: str, producer: str) -> int:
+    """Send spooled events in order; returns how many were confirmed. Raises nothing."""
+    sent = 0
+    for path in spool.items():
+        number = int(path.name.split(".")[0])
+        try:
+            bus.publish(stream, producer, [(number, path.read_bytes())])
+        except Exception as error:  # offline: try again at the next sync
+            log.info("edge events spooled (%d): %s", len(spool.items()), error)
+            break
+        spool.remove(path)
+        sent += 1
+    return sent
+
+
+@dataclass
+class FeedbackPolicy:
+    """Which frames to keep: top score in [min_score, max_score], sampled, within an hourly budget."""
+
+    enabled: bool
+    min_score: float
+    max_score: float
+    sample_rate: float
+    max_frames_per_hour: int
+    clock: Callable[[], float] = time.monotonic
+    rng: random.Random = random.Random(0)  # noqa: RUF009 - one generator per runtime is fine
+
+    def __post_init__(self) -> None:
+        self._hour_start = self.clock()
+        self._kept = 0
+
+    def is_low_confidence(self, top_score: float) -> bool:
+        return self.min_score <= top_score <= self.max_score
+
+    def keep(self, top_score: float) -> bool:
+        if not (self.enabled and self.is_low_confidence(top_score)):
+            return False
+        if self.clock() - self._hour_start >= 3600:
+            self._hour_start, self._kept = self.clock(), 0
+        if self._kept >= self.max_frames_per_hour or self.rng.random() >= self.sample_rate:
+            return False
+        self._kept += 1
+        return True
+
+
+class FeedbackSpool:
+    """Hard frames waiting for upload (image + detections JSON)."""
+
+    def __init__(self, directory: Path, uri: str, deployment: str, node: str) -> None:
+        self.spool = Spool(directory, ".json")
+        self.prefix = join_uri(uri, deployment, node)
+
+    def add(self, image: bytes, detections: list[dict[str, object]], model: str | None) -> None:
+        record = {"time": datetime.now(UTC).isoformat(), "model": model, "detections": detections}
+        self.spool.add(json.dumps(record).encode(), {".jpg": image})
+
+    def upload(self, store: ArtifactStore) -> int:
+        uploaded = 0
+        for path in self.spool.items():
+            stem = path.name.split(".")[0]
+            image = path.with_name(f"{stem}.jpg")
+            try:
+                if image.exists():
+                    store.put_file(image, join_uri(self.prefix, f"{stem}.jpg"))
+                store.put_file(path, join_uri(self.prefix, f"{stem}.json"))
+            except Exception as error:  # offline: keep the frame
+                log.info("feedback frames spooled (%d): %s", len(self.spool.items()), error)
+                break
+            self.spool.remove(path)
+            uploaded += 1
+        return uploaded

@@ -38,10 +38,8 @@ def _images(model: ExportedModel) -> list[Path]:
     import ultralytics
 
     assets = Path(ultralytics.__file__).parent / "assets"
-    return sorted((model.dataset / "images" / "val").glob("*.jpg"))[:6] + [
-        assets / "bus.jpg",
-        assets / "zidane.jpg",
-    ]
+    synth = sorted((model.dataset / "images" / "val").glob("*.jpg"))[:6]
+    return [*synth, assets / "bus.jpg", assets / "zidane.jpg"]
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from visioninapp.edge.inference import Detector, ModelError
 
 from visioninapp.backends.storage import ArtifactStore, ChecksumMismatch, ObjectNotFound, sha256_file
+from visioninapp.edge.inference import Detector, ModelError
 
 __all__ = ["LoadedModel", "ModelManager", "ModelSpec"]
 

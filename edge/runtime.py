@@ -10,12 +10,12 @@ from typing import Any
 import cv2
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from visioninapp.edge.inference import DetectionResult, decode_image
-from visioninapp.edge.models import ModelManager, ModelSpec
-from visioninapp.edge.telemetry import FeedbackPolicy, FeedbackSpool, Spool, WindowStats, publish_spool
 
 from visioninapp.backends.events import EventBus
 from visioninapp.backends.storage import ArtifactStore
+from visioninapp.edge.inference import DetectionResult, decode_image
+from visioninapp.edge.models import ModelManager, ModelSpec
+from visioninapp.edge.telemetry import FeedbackPolicy, FeedbackSpool, Spool, WindowStats, publish_spool
 from visioninapp.factory import artifact_store_for, build_event_bus
 from visioninapp.settings import Settings
 

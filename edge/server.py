@@ -19,11 +19,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import generate_latest
 from pydantic import BaseModel, Field
+
+from visioninapp.backends.auth import is_loopback
 from visioninapp.edge.inference import ImageError
 from visioninapp.edge.models import ModelSpec
 from visioninapp.edge.runtime import EdgeRuntime, NoModelError
-
-from visioninapp.backends.auth import is_loopback
 from visioninapp.settings import Settings
 
 __all__ = ["create_app", "main"]

@@ -60,9 +60,8 @@ def exported_model(tmp_path_factory: pytest.TempPathFactory) -> ExportedModel:
     Scores then spread around 0.5 instead of ~0.003: the inference tests exercise decoding, NMS and
     rescaling on hundreds of boxes per image, in seconds, without a training run.
     """
-    from visioninapp.trainer.offline import prepare_offline_ultralytics
-
     from visioninapp.synth import CLASS_NAMES, generate_dataset
+    from visioninapp.trainer.offline import prepare_offline_ultralytics
 
     root = tmp_path_factory.mktemp("exported")
     generate_dataset(root / "ds", train=4, val=8, imgsz=96, seed=5)

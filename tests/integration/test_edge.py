@@ -16,14 +16,14 @@ import pytest
 import requests
 import uvicorn
 from onnx import TensorProto, helper
-from visioninapp.edge.inference import Detector
-from visioninapp.edge.runtime import EdgeRuntime
-from visioninapp.edge.server import create_app
 
 from tests.conftest import ExportedModel
 from tests.helpers import SwitchableBus
 from tests.services import free_port, wait_for_port
 from visioninapp.backends.events import LocalEventLog
+from visioninapp.edge.inference import Detector
+from visioninapp.edge.runtime import EdgeRuntime
+from visioninapp.edge.server import create_app
 from visioninapp.events import EdgeEvent
 from visioninapp.settings import Settings
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from visioninapp.trainer.config import ConfigError, load_config
-from visioninapp.trainer.dataset import DatasetError, fetch_dataset, validate_dataset
-from visioninapp.trainer.publisher import BUFFER_LIMIT, EventPublisher
 
 from tests.helpers import SwitchableBus
 from visioninapp.backends.events import LocalEventLog
 from visioninapp.backends.storage import LocalArtifactStore
 from visioninapp.events import TrainingEvent
 from visioninapp.synth import generate_dataset
+from visioninapp.trainer.config import ConfigError, load_config
+from visioninapp.trainer.dataset import DatasetError, fetch_dataset, validate_dataset
+from visioninapp.trainer.publisher import BUFFER_LIMIT, EventPublisher
 
 
 @pytest.fixture

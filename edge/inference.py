@@ -235,6 +235,7 @@ class Detector:
         conf: float,
         iou: float,
         max_det: int = 300,
+        multi_label: bool = False,
     ) -> list[Detection]:
         prediction = output[0].astype(np.float32)
         if self.head == "end2end":
@@ -247,10 +248,14 @@ class Detector:
                 class_scores = prediction[:, 4:]
             else:
                 class_scores = prediction[:, 5:] * prediction[:, 4:5]
-            classes = class_scores.argmax(1)
-            scores = class_scores[np.arange(len(classes)), classes]
-            keep = scores > conf
-            xywh, scores, classes = prediction[keep, :4], scores[keep], classes[keep]
+            if multi_label:  # every (anchor, class) above the threshold, as validators count them
+                anchors, classes = np.nonzero(class_scores > conf)
+                xywh, scores = prediction[anchors, :4], class_scores[anchors, classes]
+            else:
+                classes = class_scores.argmax(1)
+                scores = class_scores[np.arange(len(classes)), classes]
+                keep = scores > conf
+                xywh, scores, classes = prediction[keep, :4], scores[keep], classes[keep]
             if len(scores) > MAX_NMS_CANDIDATES:
                 top = np.argsort(-scores, kind="stable")[:MAX_NMS_CANDIDATES]
                 xywh, scores, classes = xywh[top], scores[top], classes[top]
@@ -273,13 +278,15 @@ class Detector:
             for box, score, cls in zip(boxes, scores, classes, strict=True)
         ]
 
-    def detect(self, image: np.ndarray, conf: float = 0.25, iou: float = 0.45) -> DetectionResult:
+    def detect(
+        self, image: np.ndarray, conf: float = 0.25, iou: float = 0.45, multi_label: bool = False
+    ) -> DetectionResult:
         started = time.perf_counter()
         tensor, gain, pad = self.preprocess(image)
         prepared = time.perf_counter()
         output = self.run(tensor)
         inferred = time.perf_counter()
-        detections = self.postprocess(output, gain, pad, image.shape[:2], conf, iou)
+        detections = self.postprocess(output, gain, pad, image.shape[:2], conf, iou, multi_label=multi_label)
         done = time.perf_counter()
         return DetectionResult(
             detections,

@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 from visioninapp.backends.storage import ObjectNotFound
+from visioninapp.datasets import DatasetError
 from visioninapp.factory import ConfigurationError, artifact_store_for, build_event_bus
 from visioninapp.settings import Settings
 from visioninapp.trainer.config import ConfigError, TrainerConfig, load_config
-from visioninapp.trainer.dataset import DatasetError
 from visioninapp.trainer.publisher import EventPublisher
 from visioninapp.trainer.run import TrainerError, run_training
 

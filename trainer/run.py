@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from visioninapp.backends.storage import ArtifactStore, ObjectNotFound, StoredObject, join_uri
+from visioninapp.datasets import fetch_dataset, validate_dataset
 from visioninapp.events import TrainerResult, TrainingEvent
 from visioninapp.resources.modelartifact import ArtifactFormat
 from visioninapp.resources.trainingjob import TrainingMetrics
 from visioninapp.trainer.config import TrainerConfig
-from visioninapp.trainer.dataset import fetch_dataset, validate_dataset
 from visioninapp.trainer.offline import prepare_offline_ultralytics
 from visioninapp.trainer.publisher import EventPublisher
 

@@ -20,8 +20,10 @@ crds_app = typer.Typer(
     help="The CustomResourceDefinitions generated from the typed models.", no_args_is_help=True
 )
 datasets_app = typer.Typer(help="Datasets in YOLO format.", no_args_is_help=True)
+models_app = typer.Typer(help="Model versions (ModelArtifacts).", no_args_is_help=True)
 app.add_typer(crds_app, name="crds")
 app.add_typer(datasets_app, name="datasets")
+app.add_typer(models_app, name="models")
 
 REPO_CRDS = Path("crds")
 
@@ -158,6 +160,134 @@ def datasets_synth(
             out, train=train, val=val, imgsz=imgsz, seed=seed, on_image=lambda: progress.advance(task)
         )
     typer.echo(f"wrote {train} train and {val} val images: {data_yaml}")
+
+
+@models_app.command("quantize")
+def models_quantize(
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data",
+            "-d",
+            help="Local YOLO dataset (its data.yaml): train images calibrate, val images gate.",
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the INT8 model and the new CR.")],
+    model: Annotated[Path | None, typer.Option("--model", "-m", help="FP32 ONNX file to quantize.")] = None,
+    artifact: Annotated[
+        Path | None,
+        typer.Option(
+            "--artifact",
+            "-a",
+            help="ModelArtifact YAML (e.g. `kubectl get ma NAME -o yaml`): its onnx format is "
+            "fetched and verified, and a passing INT8 model becomes a new version next to it.",
+        ),
+    ] = None,
+    max_drop: Annotated[float, typer.Option(help="Largest mAP50-95 loss accepted, in points.", min=0)] = 1.0,
+    calibration_images: Annotated[int, typer.Option(help="Training images used to calibrate.", min=1)] = 64,
+    method: Annotated[str, typer.Option(help="Calibration: minmax, percentile or entropy.")] = "minmax",
+) -> None:
+    """Make an INT8 ONNX model; keep it only if its mAP50-95 stays within --max-drop of the FP32 one."""
+    from rich.console import Console
+
+    from visioninapp.datasets import DatasetError, split_images
+    from visioninapp.edge.quantize import quantize_with_gate
+
+    if (model is None) == (artifact is None):
+        raise _fail("give exactly one of --model FILE or --artifact MODELARTIFACT.yaml")
+    source = _load_artifact(artifact) if artifact else None
+    fp32 = model if model is not None else _fetch_onnx(source, out)  # type: ignore[arg-type]
+    if not fp32.is_file():
+        raise _fail(f"{fp32}: no such model file")
+    try:
+        calibration = split_images(data, "train")[:calibration_images]
+        validation = split_images(data, "val")
+    except DatasetError as error:
+        raise _fail(str(error)) from None
+    console = Console(stderr=True)
+    with console.status("quantizing") as status:
+        report = quantize_with_gate(
+            fp32, out / "model-int8.onnx", calibration, validation, max_drop, method, progress=status.update
+        )
+    typer.echo(
+        f"mAP50-95: FP32 {report.fp32.map50_95:.4f}, INT8 {report.int8.map50_95:.4f} "
+        f"(drop {report.drop:.2f} points, limit {max_drop})"
+    )
+    typer.echo(f"mAP50:    FP32 {report.fp32.map50:.4f}, INT8 {report.int8.map50:.4f}")
+    typer.echo(
+        f"latency:  FP32 {report.fp32_ms:.2f} ms, INT8 {report.int8_ms:.2f} ms ({report.speedup:.2f}x)"
+    )
+    if not report.passed:
+        report.int8_path.unlink(missing_ok=True)
+        raise _fail(
+            f"accuracy gate failed: mAP50-95 dropped {report.drop:.2f} points (> {max_drop}); "
+            "no INT8 version was created. Try --method percentile or more --calibration-images."
+        )
+    typer.echo(f"wrote {report.int8_path}")
+    if source is not None:
+        manifest = _register_int8(source, report, out)
+        typer.echo(f"wrote {manifest}: apply it with `kubectl apply -f {manifest}`")
+
+
+def _load_artifact(path: Path) -> dict[str, Any]:
+    from visioninapp.validation import validate as validate_object
+
+    try:
+        obj = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise _fail(f"cannot read {path}: {error}") from None
+    if not isinstance(obj, dict) or obj.get("kind") != "ModelArtifact":
+        raise _fail(f"{path}: not a ModelArtifact")
+    errors = validate_object(obj)
+    if errors:
+        raise _fail("; ".join(map(str, errors)))
+    return obj
+
+
+def _fetch_onnx(artifact: dict[str, Any], out: Path) -> Path:
+    from visioninapp.factory import artifact_store_for
+    from visioninapp.settings import Settings
+
+    onnx = next((f for f in artifact["spec"]["formats"] if f["format"] == "onnx"), None)
+    if onnx is None:
+        raise _fail(f"ModelArtifact {artifact['metadata']['name']} has no onnx format to quantize")
+    store = artifact_store_for(onnx["uri"], Settings())
+    return store.get_file(onnx["uri"], out / "model-fp32.onnx", sha256=onnx["sha256"])
+
+
+def _register_int8(artifact: dict[str, Any], report: Any, out: Path) -> Path:
+    """Upload the INT8 file beside the FP32 one and write the new ModelArtifact (lineage included)."""
+    from visioninapp.factory import artifact_store_for
+    from visioninapp.resources import ModelArtifact
+    from visioninapp.settings import Settings
+
+    spec, name = artifact["spec"], artifact["metadata"]["name"]
+    onnx_uri = next(f["uri"] for f in spec["formats"] if f["format"] == "onnx")
+    int8_uri = onnx_uri.rsplit("/", 1)[0] + "/model-int8.onnx"
+    stored = artifact_store_for(int8_uri, Settings()).put_file(report.int8_path, int8_uri)
+    new = ModelArtifact.model_validate(
+        {
+            "metadata": {
+                "name": f"{name[:248]}-int8",
+                "namespace": artifact["metadata"].get("namespace"),
+                "labels": {"visioninapp.io/quantized-from": name[:63]},
+            },
+            "spec": {
+                "model": spec["model"],
+                "version": f"{spec['version'][:58]}-int8",
+                "formats": [
+                    {"format": "onnx-int8", "uri": stored.uri, "sha256": stored.sha256, "size": stored.size}
+                ],
+                "classNames": spec["classNames"],
+                "imgsz": spec.get("imgsz", 640),
+                "metrics": {"mAP50": report.int8.map50, "mAP50_95": report.int8.map50_95},
+                "source": {**spec.get("source", {}), "quantizedFrom": name},
+            },
+        }
+    )
+    path = out / f"{new.metadata.name}.yaml"
+    path.write_text(yaml.safe_dump(new.wire(), sort_keys=False))
+    return path
 
 
 def main() -> None:

@@ -9,10 +9,10 @@ import pytest
 from tests.helpers import SwitchableBus
 from visioninapp.backends.events import LocalEventLog
 from visioninapp.backends.storage import LocalArtifactStore
+from visioninapp.datasets import DatasetError, fetch_dataset, validate_dataset
 from visioninapp.events import TrainingEvent
 from visioninapp.synth import generate_dataset
 from visioninapp.trainer.config import ConfigError, load_config
-from visioninapp.trainer.dataset import DatasetError, fetch_dataset, validate_dataset
 from visioninapp.trainer.publisher import BUFFER_LIMIT, EventPublisher
 
 

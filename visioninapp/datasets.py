@@ -1,4 +1,4 @@
-"""Fetch a YOLO-format dataset from the artifact store and check it before any GPU time is spent."""
+"""YOLO-format datasets: fetch from the artifact store, check before any GPU time is spent, list splits."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import yaml
 
 from visioninapp.backends.storage import ArtifactStore, LocalArtifactStore, join_uri
 
-__all__ = ["DatasetError", "fetch_dataset", "validate_dataset"]
+__all__ = ["DatasetError", "fetch_dataset", "split_images", "validate_dataset"]
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -155,3 +155,14 @@ def validate_dataset(root: Path, data_yaml: str, resolved_yaml: Path) -> list[st
     resolved_yaml.write_text(yaml.safe_dump(resolved, sort_keys=False))
     log.info("dataset ok: %d images, %d classes", len(expected_labels), len(names))
     return names
+
+
+def split_images(root: Path, split: str, data_yaml: str = "data.yaml") -> list[Path]:
+    """Image paths of one split (`train`, `val`) of a local dataset."""
+    try:
+        data = yaml.safe_load((root / data_yaml).read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise DatasetError(f"cannot read {root / data_yaml}: {error}") from None
+    if not isinstance(data, dict) or split not in data:
+        raise DatasetError(f"{root / data_yaml}: no `{split}` split")
+    return _split_images(root, data[split], split)

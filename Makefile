@@ -39,10 +39,9 @@ lint: install ## ruff and mypy
 crds: install ## Regenerate crds/ from the typed models
 	$(VENV)/bin/visioninapp crds generate
 
-demo: install ## Validate the example manifests and generate a synthetic dataset
-	$(VENV)/bin/visioninapp crds check
+demo: install ## Validate the examples, then train, serve and detect on this machine (about 4 minutes)
 	$(VENV)/bin/visioninapp validate -f manifests/examples/
-	$(VENV)/bin/visioninapp datasets synth -o .visioninapp/datasets/shapes
+	$(VENV)/bin/visioninapp demo --dir .visioninapp/demo
 
 bench: install ## Run the benchmarks (prints ratios against in-run baselines)
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

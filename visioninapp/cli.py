@@ -162,6 +162,24 @@ def datasets_synth(
     typer.echo(f"wrote {train} train and {val} val images: {data_yaml}")
 
 
+@app.command()
+def demo(
+    directory: Annotated[Path, typer.Option("--dir", help="Where the demo keeps its data.")] = Path(
+        ".visioninapp/demo"
+    ),
+    keep_serving: Annotated[bool, typer.Option(help="Leave the edge runtime serving until Ctrl-C.")] = False,
+) -> None:
+    """The loop on this machine, no cluster: synthetic data, CPU training, edge serving, detection."""
+    from visioninapp.demo import run_demo
+
+    try:
+        summary = run_demo(directory, keep_serving)
+    except RuntimeError as error:
+        raise _fail(str(error)) from None
+    if not summary["classesDetected"]:
+        raise _fail("the trained model detected nothing on the sample images")
+
+
 @models_app.command("quantize")
 def models_quantize(
     data: Annotated[

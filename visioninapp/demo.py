@@ -189,9 +189,9 @@ def run_demo(root: Path, keep_serving: bool, console: Console | None = None) -> 
         for d in response["detections"] or [{"className": "-", "score": 0, "box": []}]:
             table.add_row(path.name, d["className"], f"{d['score']:.2f}", str(d["box"]), ", ".join(truth))
             found.append(d["className"])
-        cv2.imwrite(
-            str(root / f"annotated-{path.stem}.jpg"), _annotate(cv2.imread(str(path)), response["detections"])
-        )
+        image = cv2.imread(str(path))
+        if image is not None:
+            cv2.imwrite(str(root / f"annotated-{path.stem}.jpg"), _annotate(image, response["detections"]))
     console.print(table)
     summary = {
         "mAP50": result.metrics.map50,

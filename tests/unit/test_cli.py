@@ -81,6 +81,9 @@ def test_crds_check_fails_on_a_stale_file(repo: Path, tmp_path: Path) -> None:
         ["datasets"],
         ["datasets", "synth"],
         ["version"],
+        ["demo"],
+        ["models"],
+        ["models", "quantize"],
     ],
 )
 def test_help_everywhere(command: list[str]) -> None:

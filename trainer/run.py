@@ -169,6 +169,30 @@ class _Callbacks:
         self.uploads.shutdown()
 
 
+def _carry_spec_changes(weights: Path, epochs: int, patience: int) -> None:
+    """Apply spec changes made since the checkpoint (e.g. more epochs) to the resumed run.
+
+    ultralytics resumes with the arguments stored in the checkpoint and ignores new ones; a
+    TrainingJob's editable fields must take effect on its next attempt, so they are written into
+    the checkpoint before resuming.
+    """
+    import torch
+
+    checkpoint = torch.load(weights, map_location="cpu", weights_only=False)
+    args = checkpoint.get("train_args", {})
+    if args.get("epochs") == epochs and args.get("patience") == patience:
+        return
+    log.info(
+        "resuming with epochs=%d, patience=%d (checkpoint had %s, %s)",
+        epochs,
+        patience,
+        args.get("epochs"),
+        args.get("patience"),
+    )
+    checkpoint["train_args"] = {**args, "epochs": epochs, "patience": patience}
+    torch.save(checkpoint, weights)
+
+
 def _device(config: TrainerConfig) -> str:
     import torch
 
@@ -226,6 +250,7 @@ def run_training(config: TrainerConfig, store: ArtifactStore, publisher: EventPu
         publisher.log_line(f"resuming from the checkpoint of epoch {marker['epoch']}")
         publisher.start_from_epoch(marker["epoch"])
         weights = checkpoint.download(marker, work / "resume" / "last.pt")
+        _carry_spec_changes(weights, hp.epochs, hp.patience)
         model = YOLO(str(weights))
         train_args = {
             "resume": str(weights),

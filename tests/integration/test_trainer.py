@@ -177,8 +177,9 @@ def test_killed_trainer_resumes_from_its_checkpoint_without_duplicate_events(
     finally:
         first.wait(30)
     assert killed_after < 5
+    # The spec asked for one more epoch meanwhile: it takes effect on the resumed attempt.
     second = subprocess.run(
-        [*TRAINER, "--config", str(_config(tmp_path, dataset_uri, output, 2, epochs=5))],
+        [*TRAINER, "--config", str(_config(tmp_path, dataset_uri, output, 2, epochs=6))],
         env=env,
         capture_output=True,
         text=True,
@@ -187,10 +188,10 @@ def test_killed_trainer_resumes_from_its_checkpoint_without_duplicate_events(
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming from the checkpoint of epoch" in second.stdout
     result = TrainerResult.from_termination_message((tmp_path / "termination-2.txt").read_text())
-    assert result.attempt == 2 and result.epochs_run == 5
+    assert result.attempt == 2 and result.epochs_run == 6
 
     epochs = [e.epoch for e in _epoch_events(bus, stream)]
-    assert epochs == [1, 2, 3, 4, 5], f"duplicated or missing epoch events: {epochs}"
+    assert epochs == [1, 2, 3, 4, 5, 6], f"duplicated or missing epoch events: {epochs}"
     resumed = [e for e in _epoch_events(bus, stream) if e.attempt == 2]
     assert resumed and min(e.epoch or 0 for e in resumed) > killed_after - 1
 

@@ -173,9 +173,12 @@ class Detector:
         class_names: list[str] | None = None,
         head: Head | None = None,
         providers: list[Any] | None = None,
+        spinning: bool = True,
     ) -> None:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not spinning:  # idle threads sleep: fair when several sessions share the cores
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         chosen = providers or choose_providers(ort.get_available_providers(), precision, engine_cache)
         try:
             self.session = ort.InferenceSession(str(path), options, providers=chosen)

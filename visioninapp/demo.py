@@ -31,14 +31,15 @@ from visioninapp.events import TrainerResult, TrainingEvent
 from visioninapp.settings import Settings
 from visioninapp.synth import CLASS_NAMES, generate_dataset
 
-__all__ = ["run_demo"]
+__all__ = ["generate_demo_dataset", "run_demo", "trainer_config"]
 
 EPOCHS = 40
 COLOURS = [(66, 135, 245), (245, 158, 66), (80, 200, 120), (220, 80, 200)]
 
 
-def _train(root: Path, settings: Settings, console: Console) -> TrainerResult:
-    config = {
+def trainer_config(root: Path) -> dict[str, Any]:
+    """The trainer's config for the demo: what a TrainingJob sized for a 2-core CPU gives it."""
+    return {
         "name": "shapes",
         "namespace": "demo",
         "attempt": 1,
@@ -60,6 +61,14 @@ def _train(root: Path, settings: Settings, console: Console) -> TrainerResult:
             "checkpointEvery": 10,
         },
     }
+
+
+def generate_demo_dataset(root: Path) -> Path:
+    return generate_dataset(root / "datasets" / "shapes", train=128, val=32, imgsz=128, seed=0)
+
+
+def _train(root: Path, settings: Settings, console: Console) -> TrainerResult:
+    config = trainer_config(root)
     (root / "trainer.yaml").write_text(yaml.safe_dump(config))
     log = root / "trainer.log"
     env = {**os.environ, "VISIONINAPP_DATA_DIR": str(settings.data_dir)}
@@ -155,7 +164,7 @@ def run_demo(root: Path, keep_serving: bool, console: Console | None = None) -> 
     dataset = root / "datasets" / "shapes"
     if not (dataset / "data.yaml").exists():
         with console.status("drawing the synthetic shapes dataset"):
-            generate_dataset(dataset, train=128, val=32, imgsz=128, seed=0)
+            generate_demo_dataset(root)
     console.print(f"dataset: {dataset} ({len(CLASS_NAMES)} classes: {', '.join(CLASS_NAMES)})")
 
     result = _train(root, settings, console)

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import cv2
+import numpy as np
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -232,12 +233,11 @@ class EdgeRuntime:
             self.metrics.low_confidence.inc()
         self.window.record(elapsed_ms, False, [d.class_name for d in result.detections], low)
         if self.policy.keep(result.top_score):
-            self.feedback.add(self._jpeg(data), response["detections"], loaded.spec.label)
+            self.feedback.add(self._jpeg(image, data), response["detections"], loaded.spec.label)
         return response
 
     @staticmethod
-    def _jpeg(data: bytes) -> bytes:
-        image = decode_image(data)
+    def _jpeg(image: np.ndarray, data: bytes) -> bytes:
         ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 92])
         return encoded.tobytes() if ok else data
 

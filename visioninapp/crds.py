@@ -199,8 +199,3 @@ def write_crds(directory: Path) -> list[Path]:
         path.write_text(crd_yaml(resource))
         written.append(path)
     return written
-
-
-def bundled_crds() -> list[dict[str, Any]]:
-    """The CRDs as dicts, generated from the models (what `crds/` must contain)."""
-    return [crd_for(resource) for resource in RESOURCES]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -46,6 +47,12 @@ def test_component_packages_import_from_the_installed_project(repo: Path) -> Non
 
 @pytest.mark.slow
 def test_built_wheel_contains_and_imports_the_components(repo: Path, tmp_path: Path) -> None:
+    # Build from a copy of the tracked files: setuptools writes build/ into the source tree.
+    source = tmp_path / "source"
+    tracked = subprocess.run(["git", "ls-files"], cwd=repo, capture_output=True, text=True, check=True)
+    for name in tracked.stdout.splitlines():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(repo / name, source / name)
     subprocess.run(
         [
             sys.executable,
@@ -57,7 +64,7 @@ def test_built_wheel_contains_and_imports_the_components(repo: Path, tmp_path: P
             "-q",
             "-w",
             str(tmp_path),
-            str(repo),
+            str(source),
         ],
         check=True,
         capture_output=True,

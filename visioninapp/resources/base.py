@@ -39,7 +39,6 @@ __all__ = [
     "Quantity",
     "StorageUri",
     "Toleration",
-    "cel_errors",
 ]
 
 GROUP = "visioninapp.io"
@@ -97,17 +96,6 @@ class CelRule:
         return value
 
 
-def cel_errors(rules: tuple[CelRule, ...], self_value: Any, old_self: Any = None) -> list[CelRule]:
-    """The rules of `rules` that `self_value` breaks (transition rules only when `old_self` is given)."""
-    broken = []
-    for rule in rules:
-        if rule.is_transition and old_self is None:
-            continue
-        if not evaluate_rule(rule.rule, self_value, old_self):
-            broken.append(rule)
-    return broken
-
-
 class KubeModel(BaseModel):
     """Base of every spec/status model: camelCase on the wire, unknown fields rejected.
 
@@ -137,10 +125,12 @@ class KubeModel(BaseModel):
 
     @model_validator(mode="after")
     def _check_cel_rules(self) -> KubeModel:
-        if self.cel_rules:
-            broken = cel_errors(self.cel_rules, self.wire())
-            if broken:
-                raise ValueError("; ".join(rule.message for rule in broken))
+        wire = self.wire() if self.cel_rules else {}
+        broken = [
+            r.message for r in self.cel_rules if not r.is_transition and not evaluate_rule(r.rule, wire)
+        ]
+        if broken:
+            raise ValueError("; ".join(broken))
         return self
 
     def wire(self) -> dict[str, Any]:

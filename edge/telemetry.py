@@ -15,7 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -134,7 +134,7 @@ class FeedbackPolicy:
     sample_rate: float
     max_frames_per_hour: int
     clock: Callable[[], float] = time.monotonic
-    rng: random.Random = random.Random(0)  # noqa: RUF009 - one generator per runtime is fine
+    rng: random.Random = field(default_factory=random.Random)
 
     def __post_init__(self) -> None:
         self._hour_start = self.clock()

@@ -52,10 +52,6 @@ def describe_failure(error: BaseException, config: TrainerConfig | None) -> str:
         return str(error)
     if isinstance(error, ObjectNotFound):
         return f"object not found: {error}"
-    try:
-        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
-    except ImportError:  # pragma: no cover - s3 extra absent
-        ClientError = EndpointConnectionError = NoCredentialsError = ()  # type: ignore[assignment,misc]
     where = config.spec.dataset.uri if config else "S3"
     if isinstance(error, NoCredentialsError):
         return f"no S3 credentials for {where}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a role"

@@ -213,8 +213,9 @@ def models_quantize(
 
     if (model is None) == (artifact is None):
         raise _fail("give exactly one of --model FILE or --artifact MODELARTIFACT.yaml")
-    source = _load_artifact(artifact) if artifact else None
-    fp32 = model if model is not None else _fetch_onnx(source, out)  # type: ignore[arg-type]
+    source = _load_artifact(artifact) if artifact is not None else None
+    fp32 = _fetch_onnx(source, out) if source is not None else model
+    assert fp32 is not None  # exactly one of the two was given
     if not fp32.is_file():
         raise _fail(f"{fp32}: no such model file")
     try:

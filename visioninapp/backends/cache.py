@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 __all__ = ["Cache", "MemoryCache"]
 
@@ -30,14 +31,14 @@ class Cache(ABC):
 class MemoryCache(Cache):
     """A dict with expiry times; for one process (local mode)."""
 
-    def __init__(self, clock: object = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._items: dict[str, tuple[float, bytes]] = {}
         self._counters: dict[str, tuple[float, int]] = {}
         self._lock = threading.Lock()
 
     def _now(self) -> float:
-        return self._clock()  # type: ignore[operator, no-any-return]
+        return self._clock()
 
     def get(self, key: str) -> bytes | None:
         with self._lock:

@@ -11,6 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
+from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
 from visioninapp.backends.storage import ObjectNotFound
 from visioninapp.datasets import DatasetError
 from visioninapp.factory import ConfigurationError, artifact_store_for, build_event_bus

@@ -15,6 +15,18 @@ REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse to test another checkout's code (the shared venv's editable install points at one)."""
+    import visioninapp
+
+    installed = Path(visioninapp.__file__).resolve().parent.parent
+    if installed != REPO:
+        raise pytest.UsageError(
+            f"visioninapp is installed from {installed}, not from this checkout ({REPO}): "
+            "run `make install` here first"
+        )
+
+
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO

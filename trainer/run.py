@@ -43,11 +43,16 @@ class TrainerError(RuntimeError):
 
 
 class Checkpoint:
-    """The newest checkpoint of a job in the store: `last.pt` plus a JSON marker written after it."""
+    """The newest checkpoint of a job in the store: `last.pt` plus a JSON marker written after it.
+
+    When training ends, `best.pt` and a `finished` marker (with the final metrics) replace it, so
+    an attempt that fails later (export, upload) is retried without training again.
+    """
 
     def __init__(self, store: ArtifactStore, output_uri: str) -> None:
         self.store = store
         self.weights_uri = join_uri(output_uri, "checkpoints", "last.pt")
+        self.best_uri = join_uri(output_uri, "checkpoints", "best.pt")
         self.marker_uri = join_uri(output_uri, "checkpoints", "checkpoint.json")
 
     def latest(self) -> dict[str, Any] | None:
@@ -66,6 +71,19 @@ class Checkpoint:
             "attempt": attempt,
             "sha256": stored.sha256,
             "size": stored.size,
+            "time": datetime.now(UTC).isoformat(),
+        }
+        self.store.put_bytes(json.dumps(marker).encode(), self.marker_uri)
+
+    def finish(self, best: Path, epochs_run: int, imgsz: int, metrics: TrainingMetrics, attempt: int) -> None:
+        stored = self.store.put_file(best, self.best_uri)
+        marker = {
+            "finished": True,
+            "epoch": epochs_run,
+            "imgsz": imgsz,
+            "attempt": attempt,
+            "bestSha256": stored.sha256,
+            "metrics": metrics.wire(),
             "time": datetime.now(UTC).isoformat(),
         }
         self.store.put_bytes(json.dumps(marker).encode(), self.marker_uri)
@@ -204,20 +222,18 @@ def _device(config: TrainerConfig) -> str:
     return "cpu"
 
 
-def run_training(config: TrainerConfig, store: ArtifactStore, publisher: EventPublisher) -> TrainerResult:
-    """Train, checkpoint, export and upload; returns the result for the termination message."""
-    work = config.work_dir / config.namespace / config.name
-    work.mkdir(parents=True, exist_ok=True)
-    prepare_offline_ultralytics(config.work_dir / "ultralytics-config")
+def _train(
+    config: TrainerConfig,
+    store: ArtifactStore,
+    publisher: EventPublisher,
+    checkpoint: Checkpoint,
+    marker: dict[str, Any] | None,
+    work: Path,
+) -> tuple[Path, TrainingMetrics, int, int]:
+    """Train (resuming from `marker` if given); returns best weights, final metrics, epochs, imgsz."""
     from ultralytics import YOLO
 
     spec = config.spec
-    publisher.log_line(f"attempt {config.attempt} of {config.namespace}/{config.name} starting")
-    dataset_root = fetch_dataset(store, spec.dataset.uri, spec.dataset.data_yaml, work / "dataset")
-    class_names = validate_dataset(dataset_root, spec.dataset.data_yaml, work / "data.resolved.yaml")
-
-    checkpoint = Checkpoint(store, config.output_uri)
-    marker = checkpoint.latest()
     hp = spec.hyperparameters
     train_args: dict[str, Any] = {
         "data": str(work / "data.resolved.yaml"),
@@ -275,6 +291,33 @@ def run_training(config: TrainerConfig, store: ArtifactStore, publisher: EventPu
     final_metrics = _metrics_from(trainer.metrics or {}, {})
     epochs_run = int(trainer.epoch) + 1
     imgsz = int(trainer.args.imgsz)
+    checkpoint.finish(best, epochs_run, imgsz, final_metrics, config.attempt)
+    return best, final_metrics, epochs_run, imgsz
+
+
+def run_training(config: TrainerConfig, store: ArtifactStore, publisher: EventPublisher) -> TrainerResult:
+    """Train, checkpoint, export and upload; returns the result for the termination message."""
+    work = config.work_dir / config.namespace / config.name
+    work.mkdir(parents=True, exist_ok=True)
+    prepare_offline_ultralytics(config.work_dir / "ultralytics-config")
+    from ultralytics import YOLO
+
+    spec = config.spec
+    publisher.log_line(f"attempt {config.attempt} of {config.namespace}/{config.name} starting")
+    dataset_root = fetch_dataset(store, spec.dataset.uri, spec.dataset.data_yaml, work / "dataset")
+    class_names = validate_dataset(dataset_root, spec.dataset.data_yaml, work / "data.resolved.yaml")
+
+    checkpoint = Checkpoint(store, config.output_uri)
+    marker = checkpoint.latest()
+    if marker is not None and marker.get("finished"):
+        # Training ended in an earlier attempt that failed afterwards: export its best weights.
+        log.info("training finished in attempt %d: exporting its best weights", marker["attempt"])
+        publisher.log_line(f"training finished in attempt {marker['attempt']}; exporting its best weights")
+        best = store.get_file(checkpoint.best_uri, work / "finished" / "best.pt", sha256=marker["bestSha256"])
+        final_metrics = TrainingMetrics.model_validate(marker["metrics"])
+        epochs_run, imgsz = int(marker["epoch"]), int(marker["imgsz"])
+    else:
+        best, final_metrics, epochs_run, imgsz = _train(config, store, publisher, checkpoint, marker, work)
 
     publisher.log_line("exporting ONNX")
     onnx_path = Path(
@@ -285,7 +328,7 @@ def run_training(config: TrainerConfig, store: ArtifactStore, publisher: EventPu
             dynamic=spec.export.dynamic,
             half=spec.export.half,
             imgsz=imgsz,
-            device=train_args["device"],
+            device=_device(config),
             verbose=False,
         )
     )

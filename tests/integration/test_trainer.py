@@ -139,6 +139,20 @@ def test_trains_publishes_exports_and_uploads(
     logs = [TrainingEvent.model_validate_json(m.body) for m in bus.read(stream, 0, 10_000)]
     assert any(e.type == "log" and "exporting ONNX" in (e.message or "") for e in logs)
 
+    # The Job's pod is retried after training ended (say the upload had failed): no second training.
+    retry = subprocess.run(
+        [*TRAINER, "--config", str(_config(tmp_path, dataset_uri, output, attempt=2))],
+        env=_env(s3_endpoint, stream, tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert retry.returncode == 0, retry.stderr[-3000:]
+    assert "training finished in attempt 1" in retry.stdout
+    again = TrainerResult.from_termination_message((tmp_path / "termination-2.txt").read_text())
+    assert again.metrics == trainer_result.metrics and again.epochs_run == 2
+    assert [e.epoch for e in _epoch_events(bus, stream)] == [1, 2]
+
 
 def _wait_for_checkpoint(s3: Any, bucket: str, min_epoch: int, process: subprocess.Popen[str]) -> int:
     deadline = time.monotonic() + 300

@@ -17,14 +17,15 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Refuse to test another checkout's code (the shared venv's editable install points at one)."""
-    import visioninapp
+    import importlib
 
-    installed = Path(visioninapp.__file__).resolve().parent.parent
-    if installed != REPO:
-        raise pytest.UsageError(
-            f"visioninapp is installed from {installed}, not from this checkout ({REPO}): "
-            "run `make install` here first"
-        )
+    for name in ("visioninapp", "visioninapp.trainer", "visioninapp.edge"):
+        location = Path(importlib.import_module(name).__file__ or "").resolve()
+        if REPO not in location.parents:
+            raise pytest.UsageError(
+                f"{name} is imported from {location}, not from this checkout ({REPO}): "
+                "run `make install` here"
+            )
 
 
 @pytest.fixture(scope="session")

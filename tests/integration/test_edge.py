@@ -283,3 +283,29 @@ def test_offline_restart_serves_the_cache_and_uploads_resume(
     finally:
         second.stop()
         s3_server.stop()
+
+
+def test_watched_model_config_file_drives_the_swap(exported_model: ExportedModel, tmp_path: Path) -> None:
+    config = tmp_path / "model.yaml"
+    config.write_text(
+        f"uri: {exported_model.onnx.as_uri()}\nsha256: {_sha(exported_model.onnx)}\nversion: v1\n"
+    )
+    runtime = EdgeRuntime(
+        _settings(tmp_path, edge_model_config=config), bus=LocalEventLog(tmp_path / "events")
+    )
+    runtime.start(sync_interval=0.1)
+    try:
+        _wait(lambda: runtime.models.ready and runtime.model_info()["serving"]["version"] == "v1")
+        small = exported_model.onnx_small
+        config.write_text(f"uri: {small.as_uri()}\nsha256: {_sha(small)}\nversion: v2\n")
+        os.utime(config, (time.time() + 5, time.time() + 5))  # a new mtime even within the same second
+        _wait(lambda: runtime.models.ready and runtime.model_info()["serving"]["version"] == "v2")
+    finally:
+        runtime.stop()
+
+
+def _wait(condition: Any, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)

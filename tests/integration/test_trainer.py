@@ -98,6 +98,19 @@ def _epoch_events(bus: RabbitStreamBus, stream: str) -> list[TrainingEvent]:
     return [e for e in events if e.type == "epoch"]
 
 
+def _run_trainer(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*TRAINER, "--config", str(config)], env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def _new_output(s3: Any) -> tuple[str, str]:
+    """A fresh bucket and the job's output URI in it."""
+    bucket = f"models-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    return bucket, f"s3://{bucket}/ci/shapes"
+
+
 def _object_sha256(s3: Any, uri: str) -> str:
     bucket, key = uri.removeprefix("s3://").split("/", 1)
     return hashlib.sha256(s3.get_object(Bucket=bucket, Key=key)["Body"].read()).hexdigest()
@@ -107,17 +120,9 @@ def _object_sha256(s3: Any, uri: str) -> str:
 def test_trains_publishes_exports_and_uploads(
     s3: Any, s3_endpoint: str, dataset_uri: str, bus: RabbitStreamBus, stream: str, tmp_path: Path
 ) -> None:
-    bucket = f"models-{uuid.uuid4().hex[:8]}"
-    s3.create_bucket(Bucket=bucket)
-    output = f"s3://{bucket}/ci/shapes"
+    bucket, output = _new_output(s3)
     config = _config(tmp_path, dataset_uri, output)
-    result = subprocess.run(
-        [*TRAINER, "--config", str(config)],
-        env=_env(s3_endpoint, stream, tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = _run_trainer(config, _env(s3_endpoint, stream, tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     assert not (tmp_path / "netguard.log").exists(), (tmp_path / "netguard.log").read_text()
 
@@ -140,12 +145,8 @@ def test_trains_publishes_exports_and_uploads(
     assert any(e.type == "log" and "exporting ONNX" in (e.message or "") for e in logs)
 
     # The Job's pod is retried after training ended (say the upload had failed): no second training.
-    retry = subprocess.run(
-        [*TRAINER, "--config", str(_config(tmp_path, dataset_uri, output, attempt=2))],
-        env=_env(s3_endpoint, stream, tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=600,
+    retry = _run_trainer(
+        _config(tmp_path, dataset_uri, output, attempt=2), _env(s3_endpoint, stream, tmp_path)
     )
     assert retry.returncode == 0, retry.stderr[-3000:]
     assert "training finished in attempt 1" in retry.stdout
@@ -174,9 +175,7 @@ def _wait_for_checkpoint(s3: Any, bucket: str, min_epoch: int, process: subproce
 def test_killed_trainer_resumes_from_its_checkpoint_without_duplicate_events(
     s3: Any, s3_endpoint: str, dataset_uri: str, bus: RabbitStreamBus, stream: str, tmp_path: Path
 ) -> None:
-    bucket = f"models-{uuid.uuid4().hex[:8]}"
-    s3.create_bucket(Bucket=bucket)
-    output = f"s3://{bucket}/ci/shapes"
+    bucket, output = _new_output(s3)
     env = _env(s3_endpoint, stream, tmp_path)
     first = subprocess.Popen(
         [*TRAINER, "--config", str(_config(tmp_path, dataset_uri, output, 1, epochs=5))],
@@ -192,13 +191,7 @@ def test_killed_trainer_resumes_from_its_checkpoint_without_duplicate_events(
         first.wait(30)
     assert killed_after < 5
     # The spec asked for one more epoch meanwhile: it takes effect on the resumed attempt.
-    second = subprocess.run(
-        [*TRAINER, "--config", str(_config(tmp_path, dataset_uri, output, 2, epochs=6))],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    second = _run_trainer(_config(tmp_path, dataset_uri, output, 2, epochs=6), env)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming from the checkpoint of epoch" in second.stdout
     result = TrainerResult.from_termination_message((tmp_path / "termination-2.txt").read_text())

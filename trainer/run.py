@@ -295,6 +295,11 @@ def _train(
     return best, final_metrics, epochs_run, imgsz
 
 
+def _log_download(done: int, total: int) -> None:
+    if done == total or done % max(1, total // 10) == 0:
+        log.info("dataset download: %d of %d files", done, total)
+
+
 def run_training(config: TrainerConfig, store: ArtifactStore, publisher: EventPublisher) -> TrainerResult:
     """Train, checkpoint, export and upload; returns the result for the termination message."""
     work = config.work_dir / config.namespace / config.name
@@ -304,7 +309,9 @@ def run_training(config: TrainerConfig, store: ArtifactStore, publisher: EventPu
 
     spec = config.spec
     publisher.log_line(f"attempt {config.attempt} of {config.namespace}/{config.name} starting")
-    dataset_root = fetch_dataset(store, spec.dataset.uri, spec.dataset.data_yaml, work / "dataset")
+    dataset_root = fetch_dataset(
+        store, spec.dataset.uri, spec.dataset.data_yaml, work / "dataset", progress=_log_download
+    )
     class_names = validate_dataset(dataset_root, spec.dataset.data_yaml, work / "data.resolved.yaml")
 
     checkpoint = Checkpoint(store, config.output_uri)

@@ -165,7 +165,9 @@ def quantize_with_gate(
     if progress:
         progress("calibrating and quantizing")
     quantize_model(fp32, out, calibration, method)
-    reference, quantized = Detector(fp32), Detector(out)
+    # Sessions without spinning threads: two sessions taking turns on the same cores would otherwise
+    # steal time from each other (timing ratios swung 1.2-1.6x).
+    reference, quantized = Detector(fp32, spinning=False), Detector(out, spinning=False)
     if progress:
         progress("evaluating FP32")
     fp32_eval = evaluate(reference, validation)
@@ -173,8 +175,5 @@ def quantize_with_gate(
         progress("evaluating INT8")
     int8_eval = evaluate(quantized, validation)
     image = cv2.imread(str(validation[0]))
-    # Timed apart from the evaluation sessions, without spinning threads: two sessions taking turns
-    # on the same cores would otherwise steal time from each other (ratios swung 1.2-1.6x).
-    timed = [Detector(fp32, spinning=False), Detector(out, spinning=False)]
-    fp32_ms, int8_ms = _median_ms(timed, image, rounds)
+    fp32_ms, int8_ms = _median_ms([reference, quantized], image, rounds)
     return QuantizationReport(fp32_eval, int8_eval, fp32_ms, int8_ms, max_drop, out)

@@ -109,18 +109,23 @@ class WindowStats:
         )
 
 
-def publish_spool(spool: Spool, bus: EventBus, stream: str, producer: str) -> int:
-    """Send spooled events in order; returns how many were confirmed. Raises nothing."""
+def publish_spool(spool: Spool, bus: EventBus, stream: str, producer: str, batch: int = 500) -> int:
+    """Send spooled events in order, a batch per round trip; returns how many were confirmed.
+
+    Raises nothing: what could not be sent stays spooled for the next sync.
+    """
     sent = 0
-    for path in spool.items():
-        number = int(path.name.split(".")[0])
+    items = spool.items()
+    for start in range(0, len(items), batch):
+        chunk = items[start : start + batch]
         try:
-            bus.publish(stream, producer, [(number, path.read_bytes())])
+            bus.publish(stream, producer, [(int(p.name.split(".")[0]), p.read_bytes()) for p in chunk])
         except Exception as error:  # offline: try again at the next sync
-            log.info("edge events spooled (%d): %s", len(spool.items()), error)
+            log.info("edge events spooled (%d): %s", len(items) - sent, error)
             break
-        spool.remove(path)
-        sent += 1
+        for path in chunk:
+            spool.remove(path)
+        sent += len(chunk)
     return sent
 
 

@@ -80,7 +80,7 @@ class EdgeRuntime:
         )
         self.bus = bus
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._config_mtime: float | None = None
         self._last_rejections = 0
         self._last_try = 0.0
@@ -139,29 +139,44 @@ class EdgeRuntime:
                 log.error("event bus unavailable: %s", error)
         self.models.load_last_good()
         self._model_changed()
-        self._thread = threading.Thread(
-            target=self._background, args=(sync_interval,), name="edge-sync", daemon=True
+        # Separate loops: a long model download or an upload retrying against an unreachable store
+        # must hold up neither the other nor the health windows, which close on time.
+        loops = (
+            (self._watch_models, "edge-models"),
+            (self._close_windows, "edge-windows"),
+            (self._sync_loop, "edge-sync"),
         )
-        self._thread.start()
+        for target, name in loops:
+            thread = threading.Thread(target=target, args=(sync_interval,), name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread:
-            self._thread.join(10)
+        for thread in self._threads:
+            thread.join(10)
         self.close_window()
         self.sync_once()
         if self.bus is not None:
             self.bus.close()
 
-    def _background(self, interval: float) -> None:
+    def _watch_models(self, interval: float) -> None:
         desired = self.desired_from_settings()
         while not self._stop.is_set():
             desired = self._desired_from_config_file() or desired
             if desired is not None and self._should_try(desired):
                 self._last_try = time.monotonic()
                 self.models.set_desired(desired)
+            self._stop.wait(interval)
+
+    def _close_windows(self, interval: float) -> None:
+        while not self._stop.is_set():
             if (time.time() - self.window.started.timestamp()) >= self.settings.edge_summary_interval_seconds:
                 self.close_window()
+            self._stop.wait(interval)
+
+    def _sync_loop(self, interval: float) -> None:
+        while not self._stop.is_set():
             self.sync_once()
             self._stop.wait(interval)
 

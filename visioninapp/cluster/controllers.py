@@ -1,0 +1,539 @@
+"""Simulated cluster controllers for the emulator: Job controller, scheduler and a kubelet stand-in.
+
+They act on the store directly (in the emulator's event loop), as Kubernetes' controllers act on
+etcd through the API server, so the operator under test sees the same objects and watch events it
+would see on a cluster. The pod runner runs a pod either from a script (fast tests) or as the real
+local process of its first container (the trainer end to end, local mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from visioninapp.cluster.store import ApiError, Obj, ResourceType, Store, now_iso
+
+__all__ = ["Controllers", "Outcome", "PodScript", "quantity"]
+
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+GPU = "nvidia.com/gpu"
+LOG_TAIL_BYTES = 2048  # kubelet's FallbackToLogsOnError keeps at most 80 lines / 2048 bytes
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a scripted pod ends: after `seconds`, with this exit code and termination message."""
+
+    exit_code: int = 0
+    message: str = ""
+    seconds: float = 0.0
+    reason: str | None = None  # defaults to Completed / Error
+
+
+# A script decides per pod: an Outcome (scripted), or None to run the pod's command for real.
+PodScript = Callable[[Obj], "Outcome | Awaitable[Outcome | None] | None"]
+
+
+def quantity(value: Any) -> float:
+    """A Kubernetes quantity as a number: `2`, `500m`, `16Gi`."""
+    text = str(value)
+    units = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    for suffix in sorted(units, key=len, reverse=True):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * units[suffix]
+    return float(text)
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def _condition(type_: str, status: str, reason: str = "", message: str = "") -> Obj:
+    now = now_iso()
+    return {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": now,
+        "lastProbeTime": now,
+    }
+
+
+def _tolerates(tolerations: list[Obj], taint: Obj) -> bool:
+    for toleration in tolerations:
+        if toleration.get("effect") not in (None, "", taint.get("effect")):
+            continue
+        if toleration.get("operator") == "Exists" and toleration.get("key") in (None, "", taint.get("key")):
+            return True
+        if toleration.get("key") == taint.get("key") and toleration.get("value", "") == taint.get(
+            "value", ""
+        ):
+            return True
+    return False
+
+
+def _gpu_request(pod: Obj) -> float:
+    total = 0.0
+    for container in pod["spec"].get("containers", []):
+        resources = container.get("resources") or {}
+        value = (resources.get("limits") or {}).get(GPU) or (resources.get("requests") or {}).get(GPU)
+        total += quantity(value) if value is not None else 0
+    return total
+
+
+@dataclass
+class _Process:
+    process: asyncio.subprocess.Process
+    log_path: Path
+    termination_path: Path
+
+
+@dataclass
+class Controllers:
+    """Job controller (with the TTL controller), scheduler and pod runner over one store."""
+
+    store: Store
+    work_dir: Path
+    script: PodScript | None = None  # None: every pod runs its command as a local process
+    resync_seconds: float = 0.5
+    _dirty: set[tuple[str, str, str]] = field(default_factory=set)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _running: dict[tuple[str, str], asyncio.Task[None]] = field(default_factory=dict)
+    _processes: dict[tuple[str, str], _Process] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.jobs = self.store.types[("batch", "jobs")]
+        self.pods = self.store.types[("", "pods")]
+        self.nodes = self.store.types[("", "nodes")]
+        self.store.on_change(self._changed)
+
+    def _changed(self, rtype: ResourceType, event: str, obj: Obj) -> None:
+        meta = obj["metadata"]
+        if rtype is self.jobs:
+            self._dirty.add(("job", meta["namespace"], meta["name"]))
+        elif rtype is self.pods:
+            job = (meta.get("labels") or {}).get(JOB_NAME_LABEL)
+            if job:
+                self._dirty.add(("job", meta["namespace"], job))
+            if event == "DELETED":
+                self._stop_pod(meta["namespace"], meta["name"])
+            self._dirty.add(("schedule", "", ""))
+        elif rtype is self.nodes:
+            self._dirty.add(("schedule", "", ""))
+        else:
+            return
+        self._wake.set()
+
+    # the loop
+
+    async def run(self) -> None:
+        """Reconcile whatever changed, and everything every `resync_seconds` (deadlines, TTLs)."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.resync_seconds)
+            self._wake.clear()
+            dirty, self._dirty = self._dirty, set()
+            if not dirty:  # periodic resync
+                dirty = {
+                    ("job", j["metadata"]["namespace"], j["metadata"]["name"])
+                    for j in self.store.select(self.jobs)
+                }
+                dirty.add(("schedule", "", ""))
+            for kind, namespace, name in sorted(dirty):
+                try:
+                    if kind == "job":
+                        self.reconcile_job(namespace, name)
+                    else:
+                        self.schedule()
+                except ApiError as error:  # a conflict or a vanished object: the next round fixes it
+                    if error.code not in (404, 409):
+                        raise
+
+    async def stop(self) -> None:
+        for key in list(self._processes):
+            self._stop_pod(*key)
+        for task in list(self._running.values()):
+            task.cancel()
+        await asyncio.gather(*self._running.values(), return_exceptions=True)
+
+    # Job controller
+
+    def reconcile_job(self, namespace: str, name: str) -> None:
+        job = self.store.peek(self.jobs, namespace, name)
+        if job is None or job["metadata"].get("deletionTimestamp"):
+            return
+        spec, status = job["spec"], dict(job.get("status") or {})
+        conditions = list(status.get("conditions") or [])
+        finished = next(
+            (c for c in conditions if c["type"] in ("Complete", "Failed") and c["status"] == "True"), None
+        )
+        pods = [p for p in self.store.select(self.pods, namespace, f"{JOB_NAME_LABEL}={name}")]
+        active = [p for p in pods if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
+        if finished:
+            self._expire(job, finished)
+            return
+        succeeded = sum(1 for p in pods if (p.get("status") or {}).get("phase") == "Succeeded")
+        failed = sum(1 for p in pods if (p.get("status") or {}).get("phase") == "Failed")
+        conditions = [c for c in conditions if c["type"] != "Suspended"]
+        if spec.get("suspend"):
+            for pod in active:
+                self.store.delete(self.pods, namespace, pod["metadata"]["name"])
+            conditions.append(_condition("Suspended", "True", "JobSuspended", "Job suspended"))
+            status.pop("startTime", None)
+            active = []
+        elif succeeded >= spec.get("completions", 1):
+            conditions += [
+                _condition(
+                    "SuccessCriteriaMet",
+                    "True",
+                    "CompletionsReached",
+                    "Reached expected number of succeeded pods",
+                ),
+                _condition(
+                    "Complete", "True", "CompletionsReached", "Reached expected number of succeeded pods"
+                ),
+            ]
+            status["completionTime"] = now_iso()
+        elif failed > spec.get("backoffLimit", 6):
+            conditions += [
+                _condition(
+                    "FailureTarget",
+                    "True",
+                    "BackoffLimitExceeded",
+                    "Job has reached the specified backoff limit",
+                ),
+                _condition(
+                    "Failed", "True", "BackoffLimitExceeded", "Job has reached the specified backoff limit"
+                ),
+            ]
+        elif self._past_deadline(spec, status):
+            for pod in active:
+                self.store.delete(self.pods, namespace, pod["metadata"]["name"])
+            active = []
+            conditions += [
+                _condition(
+                    "FailureTarget",
+                    "True",
+                    "DeadlineExceeded",
+                    "Job was active longer than specified deadline",
+                ),
+                _condition(
+                    "Failed", "True", "DeadlineExceeded", "Job was active longer than specified deadline"
+                ),
+            ]
+        elif not active:
+            active = [self._create_pod(job)]
+            status.setdefault("startTime", now_iso())
+        ready = sum(1 for p in active if _is_ready(p))
+        status.update(
+            active=len(active), succeeded=succeeded, failed=failed, ready=ready, conditions=conditions
+        )
+        if status != (job.get("status") or {}):
+            self.store.update(self.jobs, namespace, name, {**job, "status": status}, subresource="status")
+
+    @staticmethod
+    def _past_deadline(spec: Obj, status: Obj) -> bool:
+        deadline, started = spec.get("activeDeadlineSeconds"), status.get("startTime")
+        if deadline is None or started is None:
+            return False
+        return (datetime.now(UTC) - _parse_time(started)).total_seconds() >= deadline
+
+    def _expire(self, job: Obj, finished: Obj) -> None:
+        """The TTL-after-finished controller: delete the Job and its pods once the TTL has passed."""
+        ttl = job["spec"].get("ttlSecondsAfterFinished")
+        if ttl is None:
+            return
+        age = (datetime.now(UTC) - _parse_time(finished["lastTransitionTime"])).total_seconds()
+        if age >= ttl:
+            meta = job["metadata"]
+            self.store.delete(self.jobs, meta["namespace"], meta["name"], "Background")
+
+    def _create_pod(self, job: Obj) -> Obj:
+        meta, template = job["metadata"], job["spec"]["template"]
+        labels = {
+            **(template.get("metadata") or {}).get("labels", {}),
+            JOB_NAME_LABEL: meta["name"],
+            "job-name": meta["name"],
+            "controller-uid": meta["uid"],
+        }
+        pod = {
+            "metadata": {
+                **(template.get("metadata") or {}),
+                "generateName": f"{meta['name']}-",
+                "labels": labels,
+                "ownerReferences": [
+                    {
+                        "apiVersion": "batch/v1",
+                        "kind": "Job",
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
+            },
+            "spec": template["spec"],
+            "status": {"phase": "Pending"},
+        }
+        return self.store.create(self.pods, meta["namespace"], pod, keep_status=True)
+
+    # scheduler
+
+    def schedule(self) -> None:
+        nodes = [n for n in self.store.select(self.nodes) if _is_ready(n)]
+        gpus_used: dict[str, float] = {}
+        pods = list(self.store.select(self.pods))
+        for pod in pods:
+            if pod["spec"].get("nodeName") and (pod.get("status") or {}).get("phase") in (
+                "Pending",
+                "Running",
+            ):
+                node_name = pod["spec"]["nodeName"]
+                gpus_used[node_name] = gpus_used.get(node_name, 0) + _gpu_request(pod)
+        for pod in pods:
+            if pod["spec"].get("nodeName") or (pod.get("status") or {}).get("phase") != "Pending":
+                continue
+            if pod["metadata"].get("deletionTimestamp"):
+                continue
+            node, reasons = self._fit(pod, nodes, gpus_used)
+            meta = pod["metadata"]
+            if node is None:
+                total = len(list(self.store.select(self.nodes)))
+                message = (
+                    f"0/{total} nodes are available: "
+                    + ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items()))
+                    + "."
+                )
+                condition = _condition("PodScheduled", "False", "Unschedulable", message)
+                current = next(
+                    (c for c in pod["status"].get("conditions", []) if c["type"] == "PodScheduled"), None
+                )
+                if current is None or current["message"] != message:
+                    status = {**pod["status"], "conditions": [condition]}
+                    self.store.update(
+                        self.pods,
+                        meta["namespace"],
+                        meta["name"],
+                        {**pod, "status": status},
+                        subresource="status",
+                    )
+                continue
+            gpus_used[node] = gpus_used.get(node, 0) + _gpu_request(pod)
+            bound = self.store.update(
+                self.pods, meta["namespace"], meta["name"], {**pod, "spec": {**pod["spec"], "nodeName": node}}
+            )
+            status = {**bound["status"], "conditions": [_condition("PodScheduled", "True")]}
+            self.store.update(
+                self.pods, meta["namespace"], meta["name"], {**bound, "status": status}, subresource="status"
+            )
+            self._start_pod(meta["namespace"], meta["name"])
+
+    def _fit(
+        self, pod: Obj, nodes: list[Obj], gpus_used: dict[str, float]
+    ) -> tuple[str | None, dict[str, int]]:
+        spec, reasons = pod["spec"], {}
+        selector = spec.get("nodeSelector") or {}
+        tolerations = spec.get("tolerations") or []
+        wanted_gpus = _gpu_request(pod)
+        for node in sorted(nodes, key=lambda n: n["metadata"]["name"]):
+            labels = node["metadata"].get("labels") or {}
+            if any(labels.get(k) != v for k, v in selector.items()):
+                reasons["node(s) didn't match Pod's node affinity/selector"] = (
+                    reasons.get("node(s) didn't match Pod's node affinity/selector", 0) + 1
+                )
+                continue
+            taints = [
+                t for t in node["spec"].get("taints") or [] if t.get("effect") in ("NoSchedule", "NoExecute")
+            ]
+            untolerated = [t for t in taints if not _tolerates(tolerations, t)]
+            if untolerated:
+                taint = untolerated[0]
+                reason = f"node(s) had untolerated taint {{{taint['key']}: {taint.get('value', '')}}}"
+                reasons[reason] = reasons.get(reason, 0) + 1
+                continue
+            if wanted_gpus:
+                capacity = quantity((node.get("status") or {}).get("allocatable", {}).get(GPU, 0))
+                if gpus_used.get(node["metadata"]["name"], 0) + wanted_gpus > capacity:
+                    reasons[f"Insufficient {GPU}"] = reasons.get(f"Insufficient {GPU}", 0) + 1
+                    continue
+            return node["metadata"]["name"], reasons
+        if not nodes:
+            reasons["node(s) were not ready"] = len(list(self.store.select(self.nodes)))
+        return None, reasons
+
+    # pod runner (the kubelet's part)
+
+    def _start_pod(self, namespace: str, name: str) -> None:
+        self._running[(namespace, name)] = asyncio.get_running_loop().create_task(
+            self._run_pod(namespace, name)
+        )
+
+    def _set_pod_status(self, namespace: str, name: str, **changes: Any) -> None:
+        pod = self.store.peek(self.pods, namespace, name)
+        if pod is not None:
+            status = {**pod["status"], **changes}
+            self.store.update(self.pods, namespace, name, {**pod, "status": status}, subresource="status")
+
+    async def _run_pod(self, namespace: str, name: str) -> None:
+        pod = self.store.get(self.pods, namespace, name)
+        container = pod["spec"]["containers"][0]
+        image = {"image": container.get("image", ""), "imageID": ""}
+        started = now_iso()
+        self._set_pod_status(
+            namespace,
+            name,
+            phase="Running",
+            startTime=started,
+            podIP="127.0.0.1",
+            conditions=[_condition("PodScheduled", "True"), _condition("Ready", "True")],
+            containerStatuses=[
+                {
+                    **image,
+                    "name": container["name"],
+                    "ready": True,
+                    "restartCount": 0,
+                    "state": {"running": {"startedAt": started}},
+                }
+            ],
+        )
+        outcome = self.script(pod) if self.script else None
+        if asyncio.iscoroutine(outcome) or isinstance(outcome, Awaitable):
+            outcome = await outcome
+        if outcome is None:
+            outcome = await self._run_process(pod)
+        elif outcome.seconds:
+            await asyncio.sleep(outcome.seconds)
+        self._processes.pop((namespace, name), None)
+        terminated = {
+            "exitCode": outcome.exit_code,
+            "reason": outcome.reason or ("Completed" if outcome.exit_code == 0 else "Error"),
+            "message": outcome.message[:4096],
+            "startedAt": started,
+            "finishedAt": now_iso(),
+        }
+        self._set_pod_status(
+            namespace,
+            name,
+            phase="Succeeded" if outcome.exit_code == 0 else "Failed",
+            conditions=[_condition("PodScheduled", "True"), _condition("Ready", "False", "PodCompleted")],
+            containerStatuses=[
+                {
+                    **image,
+                    "name": container["name"],
+                    "ready": False,
+                    "restartCount": 0,
+                    "state": {"terminated": terminated},
+                }
+            ],
+        )
+        self._running.pop((namespace, name), None)
+
+    async def _run_process(self, pod: Obj) -> Outcome:
+        meta, container = pod["metadata"], pod["spec"]["containers"][0]
+        pod_dir = self.work_dir / "pods" / meta["namespace"] / meta["name"]
+        pod_dir.mkdir(parents=True, exist_ok=True)
+        termination = pod_dir / "termination-log"
+        command = [*container.get("command", []), *container.get("args", [])]
+        if not command:
+            return Outcome(
+                exit_code=128, message="the container has no command to run locally", reason="StartError"
+            )
+        executable = shutil.which(
+            command[0], path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+        )
+        if executable is None:
+            return Outcome(exit_code=127, message=f"{command[0]!r} not found on PATH", reason="StartError")
+        env = {**os.environ, **self._env(pod, container), "VISIONINAPP_TERMINATION_LOG": str(termination)}
+        log_path = pod_dir / "output.log"
+        with log_path.open("ab") as log_file:
+            process = await asyncio.create_subprocess_exec(
+                executable,
+                *command[1:],
+                env=env,
+                cwd=pod_dir,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._processes[(meta["namespace"], meta["name"])] = _Process(process, log_path, termination)
+        code = await process.wait()
+        message = termination.read_text() if termination.is_file() else ""
+        if not message and code != 0 and container.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+            message = log_path.read_bytes()[-LOG_TAIL_BYTES:].decode(errors="replace")
+        if code < 0:  # killed by a signal, as the kubelet reports it
+            return Outcome(exit_code=128 - code, message=message, reason="Error")
+        return Outcome(exit_code=code, message=message)
+
+    def _env(self, pod: Obj, container: Obj) -> dict[str, str]:
+        env: dict[str, str] = {}
+        for source in container.get("envFrom", []):
+            ref = source.get("secretRef") or source.get("configMapRef") or {}
+            data = self._data_of(
+                "secrets" if "secretRef" in source else "configmaps", pod, ref.get("name", "")
+            )
+            env.update(data)
+        for item in container.get("env", []):
+            if "value" in item:
+                env[item["name"]] = str(item["value"])
+                continue
+            value_from = item.get("valueFrom") or {}
+            if "fieldRef" in value_from:
+                path = value_from["fieldRef"]["fieldPath"].split(".")
+                value: Any = pod
+                for step in path:
+                    value = value.get(step, "") if isinstance(value, dict) else ""
+                env[item["name"]] = "127.0.0.1" if path[-1] == "podIP" else str(value)
+            for kind, ref_key in (("secrets", "secretKeyRef"), ("configmaps", "configMapKeyRef")):
+                if ref_key in value_from:
+                    ref = value_from[ref_key]
+                    data = self._data_of(kind, pod, ref["name"])
+                    if ref["key"] in data:
+                        env[item["name"]] = data[ref["key"]]
+        return env
+
+    def _data_of(self, plural: str, pod: Obj, name: str) -> dict[str, str]:
+        obj = self.store.peek(self.store.types[("", plural)], pod["metadata"]["namespace"], name)
+        if obj is None:
+            return {}
+        if plural == "secrets":
+            decoded = {k: base64.b64decode(v).decode() for k, v in (obj.get("data") or {}).items()}
+            return {**decoded, **(obj.get("stringData") or {})}
+        return dict(obj.get("data") or {})
+
+    def _stop_pod(self, namespace: str, name: str) -> None:
+        """The pod was deleted: stop its process (SIGTERM to the group) or its script."""
+        entry = self._processes.pop((namespace, name), None)
+        if entry is not None and entry.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(entry.process.pid, signal.SIGTERM)
+            asyncio.get_running_loop().call_later(10, _kill_group, entry.process)
+        task = self._running.pop((namespace, name), None)
+        if task is not None and entry is None:
+            task.cancel()
+
+    def pod_log(self, namespace: str, name: str) -> str | None:
+        path = self.work_dir / "pods" / namespace / name / "output.log"
+        return path.read_text(errors="replace") if path.is_file() else None
+
+
+def _kill_group(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def _is_ready(obj: Obj) -> bool:
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)

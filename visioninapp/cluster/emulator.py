@@ -1,0 +1,324 @@
+"""A Kubernetes API over real HTTP for tests and local mode: kmock's emulator on an indexed store.
+
+kmock's `KubernetesEmulator` gives us the HTTP server, discovery and Kubernetes-style errors; this
+subclass routes object requests to `Store`, which keeps the semantics our operator relies on (see
+store.py) and indexes objects so that the emulator is never the bottleneck. Custom resources are
+registered by creating their CRDs, as on a cluster; our own kinds are validated with the
+foundation's validator (schema and CEL), as the API server would with the generated CRDs.
+It imitates Kubernetes for tests and local mode; it does not replace it in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp.web
+import attrs
+from kmock._internal import k8s, references, rendering
+
+from visioninapp.cluster.store import (
+    ApiError,
+    Obj,
+    ResourceType,
+    Store,
+    object_matches,
+    parse_field_selector,
+    parse_label_selector,
+)
+from visioninapp.validation import apply_defaults, validate
+
+__all__ = ["ClusterEmulator"]
+
+log = logging.getLogger(__name__)
+DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+WATCH_IDLE_CHECK_SECONDS = 5.0
+
+
+def _parse_path(path: str) -> tuple[str | None, str | None, str | None, str | None, str | None, str | None]:
+    """`/api/v1/namespaces/ns/pods/name/status` → (group, version, namespace, plural, name, subresource)."""
+    parts = [p for p in path.split("/") if p]
+    if len(parts) >= 2 and parts[0] == "api":
+        group, version, rest = "", parts[1], parts[2:]
+    elif len(parts) >= 3 and parts[0] == "apis":
+        group, version, rest = parts[1], parts[2], parts[3:]
+    elif len(parts) == 2 and parts[0] == "apis":
+        return parts[1], None, None, None, None, None
+    else:
+        return None, None, None, None, None, None
+    namespace = None
+    # /namespaces/X/<plural>... is namespaced; /namespaces, /namespaces/X[/status|finalize] is the Namespace.
+    if (
+        len(rest) >= 3
+        and rest[0] == "namespaces"
+        and not (len(rest) == 3 and rest[2] in ("status", "finalize"))
+    ):
+        namespace, rest = rest[1], rest[2:]
+    plural = rest[0] if rest else None
+    name = rest[1] if len(rest) > 1 else None
+    subresource = "/".join(rest[2:]) or None
+    return group, version, namespace, plural, name, subresource
+
+
+def validate_ours(rtype: ResourceType, new: Obj, old: Obj | None) -> None:
+    """Admission for our CRs: defaults, then the CRD's schema and CEL rules (as the API server would)."""
+    if rtype.group != "visioninapp.io":
+        return
+    defaulted = apply_defaults(new)
+    new["spec"] = defaulted.get("spec", new.get("spec"))
+    errors = validate(new, old)
+    if errors:
+        name = (new.get("metadata") or {}).get("name", "")
+        causes = [{"reason": "FieldValueInvalid", "message": e.message, "field": e.path} for e in errors]
+        summary = "; ".join(f"{e.path}: {e.message}" for e in errors)
+        raise ApiError(
+            422,
+            "Invalid",
+            f'{rtype.kind}.{rtype.group} "{name}" is invalid: {summary}',
+            {"name": name, "group": rtype.group, "kind": rtype.kind, "causes": causes},
+        )
+
+
+@attrs.define(kw_only=True)
+class ClusterEmulator(k8s.KubernetesEmulator):
+    """The emulated API server. Use `Harness` (harness.py) to serve it with its controllers."""
+
+    store: Store = attrs.field(factory=Store)
+    request_limit: int = 1000  # how many requests are kept for assertions (kmock keeps all)
+    request_counts: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    log_reader: Callable[[str, str], str | None] | None = None  # (namespace, pod) → its output
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self._requests = collections.deque(maxlen=self.request_limit)  # type: ignore[assignment]
+        self.resources.load_bundled()
+        for resource in list(self.resources):
+            info = self.resources[resource]
+            assert isinstance(resource, references.resource)
+            if resource.group in (None, "metrics.k8s.io") or not resource.plural or not resource.version:
+                continue
+            self.store.register(
+                ResourceType(
+                    resource.group,
+                    resource.version,
+                    resource.plural,
+                    info.kind or resource.plural,
+                    bool(info.namespaced),
+                    "status" in info.subresources,
+                )
+            )
+        self.store.admission.append(validate_ours)
+        self.store.admission.append(self._admit_crd)
+        namespaces = self.store.types[("", "namespaces")]
+        for name in DEFAULT_NAMESPACES:
+            self.store.create(namespaces, None, {"metadata": {"name": name}})
+
+    # CRDs register their resources, as on a cluster
+
+    def _admit_crd(self, rtype: ResourceType, new: Obj, old: Obj | None) -> None:
+        if rtype.key != ("apiextensions.k8s.io", "customresourcedefinitions"):
+            return
+        spec, names = new.get("spec", {}), new.get("spec", {}).get("names", {})
+        for version in spec.get("versions", []):
+            if not version.get("served", True):
+                continue
+            subresources = set((version.get("subresources") or {}).keys())
+            self.store.register(
+                ResourceType(
+                    spec["group"],
+                    version["name"],
+                    names["plural"],
+                    names["kind"],
+                    spec.get("scope", "Namespaced") == "Namespaced",
+                    "status" in subresources,
+                )
+            )
+            self.resources[f"{spec['group']}/{version['name']}/{names['plural']}"] = {
+                "namespaced": spec.get("scope", "Namespaced") == "Namespaced",
+                "kind": names["kind"],
+                "singular": names.get("singular", names["kind"].lower()),
+                "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+                "shortnames": names.get("shortNames", []),
+                "categories": names.get("categories", []),
+                "subresources": subresources,
+            }
+
+    # HTTP
+
+    async def __call__(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        body = await raw.read()
+        try:
+            data = json.loads(body) if body else None
+        except ValueError:
+            return self._error(ApiError(400, "BadRequest", "the request body is not valid JSON"))
+        group, version, namespace, plural, name, subresource = _parse_path(raw.path)
+        resource = references.resource(group, version, plural) if group is not None and version else None
+        request = rendering.Request(
+            id=self.request_counts.total(),
+            method=raw.method,
+            url=raw.url,
+            params=dict(raw.query),
+            headers=dict(raw.headers),
+            body=body,
+            data=data,
+            resource=resource,
+            namespace=namespace,
+            name=name,
+            subresource=subresource,
+            raw_request=raw,
+        )
+        self._requests.append(request)
+        watch = raw.query.get("watch") in ("true", "1")
+        self.request_counts[f"{'WATCH' if watch else raw.method} {plural or raw.path}"] += 1
+        try:
+            if group is None or plural is None:
+                return await self._discovery(request, raw.path, group, version)
+            rtype = self.store.type_for(group, plural)
+            if watch:
+                return await self._watch(raw, rtype, namespace)
+            if raw.method == "GET" and subresource == "log" and name is not None:
+                return aiohttp.web.Response(text=self._pod_log(namespace or "", name))
+            status = 201 if raw.method == "POST" else 200
+            return aiohttp.web.json_response(
+                self._serve(raw, rtype, namespace, name, subresource, data), status=status
+            )
+        except ApiError as error:
+            return self._error(error)
+        except Exception as error:  # a bug here must reach the client as a 500, not a hang
+            log.exception("emulator failed on %s %s", raw.method, raw.path_qs)
+            return self._error(ApiError(500, "InternalError", f"{type(error).__name__}: {error}"))
+
+    @staticmethod
+    def _error(error: ApiError) -> aiohttp.web.Response:
+        return aiohttp.web.json_response(error.status(), status=error.code)
+
+    async def _discovery(
+        self, request: rendering.Request, path: str, group: str | None, version: str | None
+    ) -> aiohttp.web.StreamResponse:
+        try:
+            if path.rstrip("/") in ("", "/version", "/api", "/apis"):
+                serve = {
+                    "": self._serve_root,
+                    "/version": self._serve_server_version,
+                    "/api": self._serve_api,
+                    "/apis": self._serve_apis,
+                }[path.rstrip("/")]
+                payload = await serve(request)
+            elif group is not None and version is None:
+                payload = await self._serve_group(request)
+            elif group is not None:
+                payload = await self._serve_version(request)
+                assert isinstance(payload, dict)
+                payload["groupVersion"] = f"{group}/{version}" if group else version  # kmock says "/v1"
+            else:
+                raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
+        except k8s.KubernetesError as error:
+            raise ApiError(error.status, "NotFound", error.message or "not found") from None
+        return aiohttp.web.json_response(payload)
+
+    def _serve(
+        self,
+        raw: aiohttp.web.BaseRequest,
+        rtype: ResourceType,
+        namespace: str | None,
+        name: str | None,
+        subresource: str | None,
+        data: Any,
+    ) -> Obj:
+        store, query = self.store, raw.query
+        if name is None:
+            if raw.method == "GET":
+                items = list(
+                    store.select(rtype, namespace, query.get("labelSelector"), query.get("fieldSelector"))
+                )
+                return {
+                    "kind": f"{rtype.kind}List",
+                    "apiVersion": rtype.api_version,
+                    "metadata": {"resourceVersion": str(store.resource_version)},
+                    "items": items,
+                }
+            if raw.method == "POST":
+                if not isinstance(data, dict):
+                    raise ApiError(400, "BadRequest", "the body must be a JSON object")
+                if query.get("dryRun"):
+                    return data
+                return store.create(rtype, namespace, data)
+            raise ApiError(405, "MethodNotAllowed", f"{raw.method} is not supported on a collection here")
+        ns = namespace or ""
+        if raw.method == "GET":
+            return store.get(rtype, ns, name)
+        if raw.method == "PUT":
+            if not isinstance(data, dict):
+                raise ApiError(400, "BadRequest", "the body must be a JSON object")
+            return store.update(rtype, ns, name, data, subresource=subresource)
+        if raw.method == "PATCH":
+            content_type = raw.headers.get("Content-Type", "application/merge-patch+json")
+            return store.patch(rtype, ns, name, data, content_type, subresource=subresource)
+        if raw.method == "DELETE":
+            propagation = query.get("propagationPolicy") or (data or {}).get("propagationPolicy")
+            if propagation is None and (data or {}).get("orphanDependents") is True:
+                propagation = "Orphan"
+            return store.delete(rtype, ns, name, propagation)
+        raise ApiError(405, "MethodNotAllowed", f"{raw.method} is not supported here")
+
+    def _pod_log(self, namespace: str, name: str) -> str:
+        self.store.get(self.store.types[("", "pods")], namespace, name)  # 404 for an unknown pod
+        text = self.log_reader(namespace, name) if self.log_reader else None
+        if text is None:
+            raise ApiError(400, "BadRequest", f'pod "{name}" has no logs (it has not run a process here)')
+        return text
+
+    async def _watch(
+        self, raw: aiohttp.web.BaseRequest, rtype: ResourceType, namespace: str | None
+    ) -> aiohttp.web.StreamResponse:
+        query = raw.query
+        label_selector, field_selector = query.get("labelSelector"), query.get("fieldSelector")
+        requirements, fields = parse_label_selector(label_selector), parse_field_selector(field_selector)
+
+        def wanted(event: Obj) -> bool:
+            obj = event["object"]
+            if namespace is not None and obj["metadata"].get("namespace") != namespace:
+                return False
+            return object_matches(obj, requirements, fields)
+
+        queue = self.store.subscribe(rtype)
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        try:
+            since = query.get("resourceVersion")
+            try:
+                if since in (None, "", "0"):
+                    backlog = [
+                        {"type": "ADDED", "object": obj}
+                        for obj in self.store.select(rtype, namespace, label_selector, field_selector)
+                    ]
+                else:
+                    backlog = [e for e in self.store.events_since(rtype, int(since)) if wanted(e)]
+            except ApiError as error:
+                backlog = [{"type": "ERROR", "object": error.status()}]
+            await response.prepare(raw)
+            for event in backlog:
+                await response.write(json.dumps(event).encode() + b"\n")
+            if backlog and backlog[-1]["type"] == "ERROR":
+                return response
+            deadline = asyncio.get_running_loop().time() + float(query.get("timeoutSeconds") or 1e9)
+            while True:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                try:
+                    event = await asyncio.wait_for(queue.get(), min(remaining, WATCH_IDLE_CHECK_SECONDS))
+                except TimeoutError:
+                    if raw.transport is None or raw.transport.is_closing():
+                        break  # the client left
+                    continue
+                if wanted(event):
+                    await response.write(json.dumps(event).encode() + b"\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.store.unsubscribe(rtype, queue)
+        return response

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -86,7 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--config", type=Path, help="config file (JSON/YAML); default: $VISIONINAPP_TRAINER_CONFIG"
     )
-    parser.add_argument("--termination-log", type=Path, help="override the result path from the config")
+    parser.add_argument(
+        "--termination-log",
+        type=Path,
+        default=os.environ.get("VISIONINAPP_TERMINATION_LOG") or None,
+        help="override the result path from the config (default: $VISIONINAPP_TERMINATION_LOG, which "
+        "the local pod runner sets to the pod's terminationMessagePath on this machine)",
+    )
     args = parser.parse_args(argv)
     settings = Settings()
     logging.basicConfig(

@@ -247,7 +247,7 @@ class Controllers:
         deadline, started = spec.get("activeDeadlineSeconds"), status.get("startTime")
         if deadline is None or started is None:
             return False
-        return (datetime.now(UTC) - _parse_time(started)).total_seconds() >= deadline
+        return (datetime.now(UTC) - _parse_time(started)).total_seconds() >= float(deadline)
 
     def _expire(self, job: Obj, finished: Obj) -> None:
         """The TTL-after-finished controller: delete the Job and its pods once the TTL has passed."""
@@ -342,7 +342,7 @@ class Controllers:
     def _fit(
         self, pod: Obj, nodes: list[Obj], gpus_used: dict[str, float]
     ) -> tuple[str | None, dict[str, int]]:
-        spec, reasons = pod["spec"], {}
+        spec, reasons = pod["spec"], dict[str, int]()
         selector = spec.get("nodeSelector") or {}
         tolerations = spec.get("tolerations") or []
         wanted_gpus = _gpu_request(pod)

@@ -36,6 +36,13 @@ __all__ = ["ClusterEmulator"]
 
 log = logging.getLogger(__name__)
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
+SERVER_VERSION = {
+    "major": "1",
+    "minor": "35",
+    "gitVersion": "v1.35.0+visioninapp-emulator",
+    "platform": "linux/amd64",
+}
 WATCH_IDLE_CHECK_SECONDS = 5.0
 
 
@@ -109,6 +116,10 @@ class ClusterEmulator(k8s.KubernetesEmulator):
                     info.kind or resource.plural,
                     bool(info.namespaced),
                     "status" in info.subresources,
+                    info.singular or "",
+                    tuple(sorted(info.shortnames)),
+                    tuple(sorted(info.categories)),
+                    tuple(sorted(s for s in info.subresources if s in ("status", "log", "scale"))),
                 )
             )
         self.store.admission.append(validate_ours)
@@ -135,17 +146,12 @@ class ClusterEmulator(k8s.KubernetesEmulator):
                     names["kind"],
                     spec.get("scope", "Namespaced") == "Namespaced",
                     "status" in subresources,
+                    names.get("singular", names["kind"].lower()),
+                    tuple(names.get("shortNames", [])),
+                    tuple(names.get("categories", [])),
+                    tuple(sorted(subresources)),
                 )
             )
-            self.resources[f"{spec['group']}/{version['name']}/{names['plural']}"] = {
-                "namespaced": spec.get("scope", "Namespaced") == "Namespaced",
-                "kind": names["kind"],
-                "singular": names.get("singular", names["kind"].lower()),
-                "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
-                "shortnames": names.get("shortNames", []),
-                "categories": names.get("categories", []),
-                "subresources": subresources,
-            }
 
     # HTTP
 
@@ -176,7 +182,7 @@ class ClusterEmulator(k8s.KubernetesEmulator):
         self.request_counts[f"{'WATCH' if watch else raw.method} {plural or raw.path}"] += 1
         try:
             if group is None or plural is None:
-                return await self._discovery(request, raw.path, group, version)
+                return aiohttp.web.json_response(self._discovery(raw.path, group, version))
             rtype = self.store.type_for(group, plural)
             if watch:
                 return await self._watch(raw, rtype, namespace)
@@ -196,29 +202,67 @@ class ClusterEmulator(k8s.KubernetesEmulator):
     def _error(error: ApiError) -> aiohttp.web.Response:
         return aiohttp.web.json_response(error.status(), status=error.code)
 
-    async def _discovery(
-        self, request: rendering.Request, path: str, group: str | None, version: str | None
-    ) -> aiohttp.web.StreamResponse:
-        try:
-            if path.rstrip("/") in ("", "/version", "/api", "/apis"):
-                serve = {
-                    "": self._serve_root,
-                    "/version": self._serve_server_version,
-                    "/api": self._serve_api,
-                    "/apis": self._serve_apis,
-                }[path.rstrip("/")]
-                payload = await serve(request)
-            elif group is not None and version is None:
-                payload = await self._serve_group(request)
-            elif group is not None:
-                payload = await self._serve_version(request)
-                assert isinstance(payload, dict)
-                payload["groupVersion"] = f"{group}/{version}" if group else version  # kmock says "/v1"
-            else:
-                raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
-        except k8s.KubernetesError as error:
-            raise ApiError(error.status, "NotFound", error.message or "not found") from None
-        return aiohttp.web.json_response(payload)
+    def _discovery(self, path: str, group: str | None, version: str | None) -> Obj:
+        """Discovery documents from the registered types (built-ins and CRDs alike)."""
+        path = path.rstrip("/")
+        types = list(self.store.types.values())
+        if path == "/version":
+            return dict(SERVER_VERSION)
+        if path == "/api":
+            return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}
+        groups: dict[str, list[str]] = {}
+        for rtype in types:
+            if rtype.group and rtype.version not in groups.setdefault(rtype.group, []):
+                groups[rtype.group].append(rtype.version)
+
+        def describe(name: str) -> Obj:
+            versions = [{"groupVersion": f"{name}/{v}", "version": v} for v in groups[name]]
+            return {"name": name, "versions": versions, "preferredVersion": versions[0]}
+
+        if path == "/apis":
+            return {
+                "kind": "APIGroupList",
+                "apiVersion": "v1",
+                "groups": [describe(g) for g in sorted(groups)],
+            }
+        if path in ("", "/"):
+            paths = ["/api", "/api/v1", "/apis", "/version"]
+            paths += [f"/apis/{g}/{v}" for g in sorted(groups) for v in groups[g]]
+            return {"paths": paths}
+        if group and version is None and group in groups:
+            return {"kind": "APIGroup", "apiVersion": "v1", **describe(group)}
+        served = [t for t in types if t.group == group and t.version == version]
+        if group is None or not served:
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
+        resources = []
+        for rtype in sorted(served, key=lambda t: t.plural):
+            resources.append(
+                {
+                    "name": rtype.plural,
+                    "singularName": rtype.singular or rtype.kind.lower(),
+                    "namespaced": rtype.namespaced,
+                    "kind": rtype.kind,
+                    "verbs": list(VERBS),
+                    "shortNames": list(rtype.short_names),
+                    "categories": list(rtype.categories),
+                }
+            )
+            for sub in rtype.subresources:
+                resources.append(
+                    {
+                        "name": f"{rtype.plural}/{sub}",
+                        "singularName": "",
+                        "namespaced": rtype.namespaced,
+                        "kind": rtype.kind,
+                        "verbs": ["get", "patch", "update"],
+                    }
+                )
+        return {
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": f"{group}/{version}" if group else str(version),
+            "resources": resources,
+        }
 
     def _serve(
         self,

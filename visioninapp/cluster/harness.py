@@ -11,6 +11,7 @@ can use it; clients (kubectl, the kubernetes client, kopf) talk to it over HTTP 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import threading
 import time
 from collections.abc import Callable
@@ -170,7 +171,7 @@ class Harness:
         name: str,
         *,
         labels: dict[str, str] | None = None,
-        taints: list[Obj] | None = None,
+        taints: builtins.list[Obj] | None = None,
         gpus: int = 0,
         cpu: str = "8",
         memory: str = "32Gi",

@@ -68,6 +68,10 @@ class ResourceType:
     kind: str
     namespaced: bool
     has_status: bool
+    singular: str = ""
+    short_names: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    subresources: tuple[str, ...] = ()
 
     @property
     def key(self) -> ResourceKey:

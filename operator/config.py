@@ -1,0 +1,68 @@
+"""The operator's own settings (environment `VISIONINAPP_OPERATOR_*`, or command-line flags)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["OperatorConfig", "Role"]
+
+Role = Literal["training", "rollout"]
+
+
+class OperatorConfig(BaseSettings):
+    """What the operator needs beyond the shared `Settings` (which it also reads)."""
+
+    model_config = SettingsConfigDict(env_prefix="VISIONINAPP_OPERATOR_", extra="ignore")
+
+    roles: list[Role] = Field(
+        default_factory=lambda: ["training", "rollout"],
+        description="Controllers to run: `training` (TrainingJob → Job → ModelArtifact) on the GPU "
+        "cluster, `rollout` (EdgeDeployment) on the edge cluster; both on a single cluster.",
+    )
+    namespaces: list[str] = Field(
+        default_factory=list, description="Namespaces to watch (globs allowed); every namespace when empty."
+    )
+    trainer_image: str = Field(
+        "ghcr.io/visioninapp/trainer:latest",
+        description="Image of the trainer pods (pin a digest in production).",
+    )
+    trainer_service_account: str | None = Field(
+        None, description="ServiceAccount of the trainer pods (e.g. with IRSA / workload identity for S3)."
+    )
+    trainer_env_secret: str | None = Field(
+        None,
+        description="Secret in the TrainingJob's namespace whose keys become the trainer's environment "
+        "(AWS_ACCESS_KEY_ID, VISIONINAPP_RABBITMQ_PASSWORD, ...).",
+    )
+    trainer_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Plain environment for the trainer pods (e.g. VISIONINAPP_S3_ENDPOINT_URL, "
+        "VISIONINAPP_RABBITMQ_HOST); the operator's own values of those settings are passed on by default.",
+    )
+    trainer_work_dir: str = Field(
+        "/scratch", description="Scratch directory inside the trainer pod (emptyDir)."
+    )
+    status_interval_seconds: float = Field(
+        2.0,
+        ge=0,
+        description="At most one progress (epoch/metrics) status patch per TrainingJob per interval.",
+    )
+    resync_seconds: float = Field(
+        60.0, gt=0, description="Every object is reconciled at least this often (missed events, deadlines)."
+    )
+    workers: int = Field(32, ge=1, le=1000, description="Concurrent reconciliations at most.")
+    mirror_kubeconfig_secret: str | None = Field(
+        None,
+        description="`namespace/name` of a Secret with a `kubeconfig` key: new ModelArtifacts are copied "
+        "to that (edge) cluster.",
+    )
+    peering: str | None = Field(
+        None,
+        description="kopf peering object name for leader election between replicas; standalone when empty "
+        "(run a single replica with the Recreate strategy then).",
+    )
+    liveness_port: int = Field(8080, ge=0, le=65535, description="Port of `/healthz`; 0 disables it.")
+    metrics_port: int = Field(9090, ge=0, le=65535, description="Port of the Prometheus `/metrics`; 0 disables it.")

@@ -1,0 +1,404 @@
+"""kopf handlers: read what is needed, call the pure planners, write the result. Nothing else.
+
+Run with `visioninapp-operator` (see main.py) or `kopf run -m visioninapp.operator.kopf_run`.
+Watching uses kopf's `on.event` handlers and in-memory indexes (no state is stored on the objects,
+so a restarted operator simply re-plans everything from what it sees); names derive from the
+TrainingJob and its attempt, so a plan applied twice creates nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import kopf
+
+from visioninapp.backends.events import EventBus
+from visioninapp.backends.storage import ArtifactStore
+from visioninapp.factory import artifact_store_for, build_event_bus
+from visioninapp.operator.artifacts import artifact_status, mirror_copy, needs_verification, verify_formats
+from visioninapp.operator.config import OperatorConfig
+from visioninapp.operator.kube import Kube, KubeError, connection_from_kubeconfig
+from visioninapp.operator.metrics import Metrics
+from visioninapp.operator.progress import ProgressTracker, consume_progress
+from visioninapp.operator.training import (
+    JOB_FINALIZER,
+    TRAINING_JOB_LABEL,
+    BaseModel,
+    TrainingPlan,
+    desired_job,
+    plan_training,
+)
+from visioninapp.resources import API_VERSION, GROUP, VERSION, ModelArtifact, TrainingJob
+from visioninapp.settings import Settings
+
+log = logging.getLogger("visioninapp.operator")
+Obj = dict[str, Any]
+JOB_LABEL = "batch.kubernetes.io/job-name"
+
+
+def _plain(body: Mapping[str, Any]) -> Obj:
+    return copy.deepcopy(dict(body))
+
+
+def _newer(a: Obj | None, b: Obj | None) -> Obj | None:
+    """The fresher of two copies of one object (our own write's response vs. the watch's)."""
+    if a is None or b is None:
+        return a or b
+    rv_a, rv_b = a["metadata"].get("resourceVersion", ""), b["metadata"].get("resourceVersion", "")
+    if rv_a.isdigit() and rv_b.isdigit():
+        return a if int(rv_a) >= int(rv_b) else b
+    return b
+
+
+class Operator:
+    """The operator's state in one process: settings, API client, caches, locks and metrics."""
+
+    def __init__(self, config: OperatorConfig, settings: Settings) -> None:
+        self.config, self.settings = config, settings
+        self.kube = Kube(connection_from_kubeconfig())
+        self.mirror: Kube | None = None
+        self.metrics = Metrics(self.kube)
+        self.locks: dict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.training_jobs: dict[tuple[str, str], Obj] = {}  # (ns, name) → newest body seen
+        self.jobs: dict[tuple[str, str], Obj] = {}  # (ns, job name) → newest body seen
+        self.pods: dict[tuple[str, str], dict[str, Obj]] = defaultdict(dict)  # (ns, job) → pods by name
+        self.stores: dict[str, ArtifactStore] = {}
+        self.tasks: list[asyncio.Task[None]] = []
+
+    # reading
+
+    def remember(self, cache: dict[tuple[str, str], Obj], body: Obj) -> Obj:
+        key = (body["metadata"].get("namespace", ""), body["metadata"]["name"])
+        newest = _newer(body, cache.get(key))
+        assert newest is not None
+        cache[key] = newest
+        return newest
+
+    async def base_model(self, tj: TrainingJob) -> BaseModel | None:
+        name = tj.spec.model.base_model
+        if not name:
+            return None
+        artifact = await self.kube.get(API_VERSION, "modelartifacts", tj.metadata.namespace, name)
+        if artifact is None:
+            return BaseModel(problem=f"base model {name!r} (ModelArtifact) not found; create it first")
+        if (artifact.get("status") or {}).get("phase") != "Available":
+            return BaseModel(
+                problem=f"base model {name!r} is not Available yet (verification pending or failed)"
+            )
+        for item in artifact["spec"]["formats"]:
+            if item["format"] == "pt":
+                return BaseModel(uri=item["uri"], sha256=item["sha256"])
+        return BaseModel(problem=f"base model {name!r} has no `pt` format to fine-tune from")
+
+    def make_job(self, uid: str, base: BaseModel | None) -> Any:
+        env = {
+            key: str(value)
+            for key, value in {
+                "VISIONINAPP_S3_ENDPOINT_URL": self.settings.s3_endpoint_url,
+                "VISIONINAPP_S3_REGION": self.settings.s3_region,
+                "VISIONINAPP_RABBITMQ_HOST": self.settings.rabbitmq_host,
+                "VISIONINAPP_RABBITMQ_STREAM_PORT": self.settings.rabbitmq_stream_port
+                if self.settings.rabbitmq_host
+                else None,
+                "VISIONINAPP_TRAINING_STREAM": self.settings.training_stream,
+            }.items()
+            if value is not None
+        } | self.config.trainer_env
+
+        def build(tj: TrainingJob, attempt: int) -> Obj:
+            return desired_job(
+                tj,
+                uid,
+                attempt,
+                image=self.config.trainer_image,
+                default_output=self.settings.resolved_artifacts_uri,
+                base=base,
+                service_account=self.config.trainer_service_account,
+                env=env,
+                env_secret=self.config.trainer_env_secret,
+                work_dir=self.config.trainer_work_dir,
+            )
+
+        return build
+
+    # TrainingJob
+
+    async def reconcile_training_job(self, namespace: str, name: str) -> None:
+        async with self.locks[(namespace, name)]:
+            body = self.training_jobs.get((namespace, name))
+            if body is None:
+                return
+            started = time.perf_counter()
+            try:
+                await self._reconcile_training_job(body)
+                self.metrics.reconciled("TrainingJob", time.perf_counter() - started)
+            except Exception:
+                self.metrics.failed("TrainingJob")
+                log.exception(
+                    "reconciling TrainingJob %s/%s failed; retrying at the next event or resync",
+                    namespace,
+                    name,
+                )
+
+    async def _reconcile_training_job(self, body: Obj) -> None:
+        meta = body["metadata"]
+        namespace, _name = meta["namespace"], meta["name"]
+        status = body.get("status") or {}
+        if meta.get("deletionTimestamp"):
+            return
+        attempt = int(status.get("attempts") or 0)
+        job = None
+        if attempt:
+            job_name = status.get("jobName") or ""
+            job = self.jobs.get((namespace, job_name))
+        pods = list(self.pods.get((namespace, job["metadata"]["name"]), {}).values()) if job else []
+        tj = TrainingJob.model_validate(body)
+        base = await self.base_model(tj) if attempt == 0 or status.get("phase") == "Suspended" else None
+        plan = plan_training(
+            body, job, pods, datetime.now(UTC), make_job=self.make_job(meta["uid"], base), base=base
+        )
+        await self.apply(body, plan)
+
+    async def apply(self, body: Obj, plan: TrainingPlan) -> None:
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        if plan.create_artifact is not None:
+            await self.kube.create(API_VERSION, "modelartifacts", namespace, plan.create_artifact)
+        if plan.create_job is not None:
+            created = await self.kube.create("batch/v1", "jobs", namespace, plan.create_job)
+            if created is None:  # it exists already: adopt it
+                created = await self.kube.get(
+                    "batch/v1", "jobs", namespace, plan.create_job["metadata"]["name"]
+                )
+            if created is not None:
+                self.remember(self.jobs, created)
+        if plan.delete_job is not None:
+            await self.kube.delete("batch/v1", "jobs", namespace, plan.delete_job, "Background")
+        if plan.status:
+            try:
+                updated = await self.kube.patch(
+                    API_VERSION, "trainingjobs", namespace, name, {"status": plan.status}, "status"
+                )
+                self.remember(self.training_jobs, updated)
+            except KubeError as error:
+                if error.code != 404:
+                    raise
+        if plan.release_job is not None:
+            job = self.jobs.get((namespace, plan.release_job))
+            finalizers = [
+                f for f in ((job or {}).get("metadata", {}).get("finalizers") or []) if f != JOB_FINALIZER
+            ]
+            try:
+                released = await self.kube.patch(
+                    "batch/v1",
+                    "jobs",
+                    namespace,
+                    plan.release_job,
+                    {"metadata": {"finalizers": finalizers or None}},
+                )
+                self.remember(self.jobs, released)
+            except KubeError as error:
+                if error.code != 404:
+                    raise
+        if plan.event is not None:
+            kind, reason, message = plan.event
+            kopf.event(body, type=kind, reason=reason, message=message)
+
+    async def patch_progress(self, namespace: str, name: str, patch: Obj) -> None:
+        body = self.training_jobs.get((namespace, name))
+        if body is None or (body.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            return  # gone, or finished (the final status has the final epoch)
+        try:
+            updated = await self.kube.patch(
+                API_VERSION, "trainingjobs", namespace, name, {"status": patch}, "status"
+            )
+            self.remember(self.training_jobs, updated)
+        except KubeError as error:
+            if error.code != 404:
+                log.warning("progress of %s/%s not recorded: %s", namespace, name, error)
+
+    # ModelArtifact
+
+    def store_for(self, uri: str) -> ArtifactStore:
+        scheme = uri.split("://", 1)[0]
+        if scheme not in self.stores:
+            self.stores[scheme] = artifact_store_for(uri, self.settings)
+        return self.stores[scheme]
+
+    def _verify(self, body: Obj) -> list[str]:
+        artifact = ModelArtifact.model_validate(body)
+        return verify_formats(
+            artifact,
+            checksum=lambda uri: self.store_for(uri).checksum(uri),
+            size=lambda uri: self.store_for(uri).size(uri),
+        )
+
+    async def reconcile_artifact(self, body: Obj) -> None:
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        async with self.locks[(namespace, f"ma/{name}")]:
+            started = time.perf_counter()
+            verification, error = None, None
+            if needs_verification(body):
+                try:
+                    verification = await asyncio.to_thread(self._verify, body)
+                except Exception as failure:  # the store, not the artifact: retried at resync
+                    error = f"cannot check the objects now: {type(failure).__name__}: {failure}"
+            patch = artifact_status(body, verification, datetime.now(UTC), error)
+            if patch:
+                try:
+                    body = await self.kube.patch(
+                        API_VERSION, "modelartifacts", namespace, name, {"status": patch}, "status"
+                    )
+                except KubeError as failure:
+                    if failure.code != 404:
+                        raise
+                    return
+                if verification:
+                    kopf.event(
+                        body, type="Warning", reason="VerificationFailed", message=patch.get("message", "")
+                    )
+            available = (body.get("status") or {}).get("phase") == "Available"
+            mirrored = (meta.get("labels") or {}).get("visioninapp.io/mirrored") == "true"
+            if self.mirror is not None and available and not mirrored:
+                await self.mirror.create(API_VERSION, "modelartifacts", namespace, mirror_copy(body))
+            self.metrics.reconciled("ModelArtifact", time.perf_counter() - started)
+
+    # background work
+
+    async def resync(self) -> None:
+        """Re-plan every unfinished TrainingJob now and then: missed events, deadlines, retries."""
+        while True:
+            await asyncio.sleep(self.config.resync_seconds)
+            for (namespace, name), body in list(self.training_jobs.items()):
+                if (body.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+                    await self.reconcile_training_job(namespace, name)
+
+    async def progress(self) -> None:
+        bus: EventBus = await asyncio.to_thread(build_event_bus, self.settings)
+        tracker = ProgressTracker(self.config.status_interval_seconds)
+        await consume_progress(bus, self.settings.training_stream, tracker, self.patch_progress)
+
+
+def _operator(memo: kopf.Memo) -> Operator:
+    return memo["operator"]  # type: ignore[no-any-return]
+
+
+# --- registration -------------------------------------------------------------------------------
+
+
+def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
+    """Register the handlers of the configured roles (TrainingJobs and ModelArtifacts: `training`)."""
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        settings.posting.level = logging.WARNING  # our own Events only; no per-handler chatter
+        settings.batching.worker_limit = config.workers
+        settings.watching.server_timeout = 300
+        operator = Operator(config, Settings())
+        memo["operator"] = operator
+        if config.mirror_kubeconfig_secret:
+            operator.mirror = await _mirror_client(operator.kube, config.mirror_kubeconfig_secret)
+        if config.metrics_port:
+            operator.metrics.serve(config.metrics_port)
+        if "training" in config.roles:
+            operator.tasks.append(asyncio.create_task(operator.resync()))
+            operator.tasks.append(asyncio.create_task(operator.progress()))
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        operator = _operator(memo)
+        for task in operator.tasks:
+            task.cancel()
+        await operator.kube.close()
+        if operator.mirror is not None:
+            await operator.mirror.close()
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return connection_from_kubeconfig()
+
+    @kopf.on.event(GROUP, VERSION, "modelartifacts", registry=registry)
+    async def on_artifact(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        if type != "DELETED":
+            await _operator(memo).reconcile_artifact(_plain(body))
+
+    if "training" not in config.roles:
+        return
+
+    @kopf.on.event(GROUP, VERSION, "trainingjobs", registry=registry)
+    async def on_training_job(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        operator = _operator(memo)
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        if type == "DELETED":
+            operator.training_jobs.pop(key, None)
+            operator.locks.pop(key, None)
+            return
+        operator.remember(operator.training_jobs, _plain(body))
+        await operator.reconcile_training_job(*key)
+
+    @kopf.on.event("batch", "v1", "jobs", labels={TRAINING_JOB_LABEL: kopf.PRESENT}, registry=registry)
+    async def on_job(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        operator = _operator(memo)
+        meta = body["metadata"]
+        if type == "DELETED":
+            operator.jobs.pop((meta["namespace"], meta["name"]), None)
+        else:
+            operator.remember(operator.jobs, _plain(body))
+        owner = _owner_name(meta)
+        if owner:
+            await operator.reconcile_training_job(meta["namespace"], owner)
+
+    @kopf.on.event(
+        "",
+        "v1",
+        "pods",
+        labels={TRAINING_JOB_LABEL: kopf.PRESENT, JOB_LABEL: kopf.PRESENT},
+        registry=registry,
+    )
+    async def on_pod(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        operator = _operator(memo)
+        meta = body["metadata"]
+        job = meta["labels"][JOB_LABEL]
+        pods = operator.pods[(meta["namespace"], job)]
+        if type == "DELETED":
+            pods.pop(meta["name"], None)
+        else:
+            newest = _newer(_plain(body), pods.get(meta["name"]))
+            assert newest is not None
+            pods[meta["name"]] = newest
+        owner = (operator.jobs.get((meta["namespace"], job)) or {}).get("metadata", {})
+        tj = _owner_name(owner) if owner else None
+        if tj:
+            await operator.reconcile_training_job(meta["namespace"], tj)
+
+
+def _owner_name(meta: Mapping[str, Any]) -> str | None:
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("kind") == "TrainingJob" and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
+            return str(ref["name"])
+    return None
+
+
+async def _mirror_client(kube: Kube, secret_ref: str) -> Kube:
+    """A client for the edge cluster from a kubeconfig Secret (`namespace/name`, key `kubeconfig`)."""
+    import base64
+    import tempfile
+
+    namespace, _, name = secret_ref.partition("/")
+    secret = await kube.get("v1", "secrets", namespace, name)
+    if secret is None or "kubeconfig" not in (secret.get("data") or {}):
+        raise kopf.PermanentError(f"mirror Secret {secret_ref} with a `kubeconfig` key not found")
+    path = Path(tempfile.mkdtemp(prefix="visioninapp-mirror-")) / "kubeconfig"
+    path.write_bytes(base64.b64decode(secret["data"]["kubeconfig"]))
+    return Kube(connection_from_kubeconfig(path))
+

@@ -1,0 +1,193 @@
+"""A small async Kubernetes client for the operator's writes (kopf does the watching).
+
+It authenticates with the same credentials as kopf (`kopf.ConnectionInfo`, from the in-cluster
+service account or a kubeconfig), so one login serves both, and counts its requests for metrics.
+"""
+
+from __future__ import annotations
+
+import base64
+import ssl
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import kopf
+
+__all__ = ["Kube", "KubeError", "connection_from_kubeconfig"]
+
+Obj = dict[str, Any]
+DEFAULT_CONTEXT: str | None = None  # set by `visioninapp-operator --context`
+MERGE = "application/merge-patch+json"
+
+
+class KubeError(Exception):
+    """A failed API call, with the API server's status code, reason and message."""
+
+    def __init__(self, code: int, reason: str, message: str) -> None:
+        super().__init__(f"{code} {reason}: {message}")
+        self.code, self.reason, self.message = code, reason, message
+
+
+def connection_from_kubeconfig(
+    kubeconfig: str | Path | None = None, context: str | None = None
+) -> kopf.ConnectionInfo:
+    """Credentials from the in-cluster service account, or from a kubeconfig (and context)."""
+    import kubernetes
+
+    configuration = kubernetes.client.Configuration()
+    context = context or DEFAULT_CONTEXT
+    if kubeconfig is None and context is None:
+        try:
+            kubernetes.config.load_incluster_config(client_configuration=configuration)
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config(client_configuration=configuration)
+    else:
+        kubernetes.config.load_kube_config(
+            config_file=str(kubeconfig) if kubeconfig else None,
+            context=context,
+            client_configuration=configuration,
+        )
+    header = configuration.get_api_key_with_prefix("BearerToken") or configuration.get_api_key_with_prefix(
+        "authorization"
+    )
+    scheme, _, token = (header or "").rpartition(" ")
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        scheme=scheme or ("Bearer" if token else None),
+        token=token or None,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+    )
+
+
+def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
+    if not info.server.startswith("https"):
+        return False
+    if info.insecure:
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        return context
+    context = ssl.create_default_context(cafile=str(info.ca_path) if info.ca_path else None)
+    if info.ca_data:
+        context.load_verify_locations(cadata=base64.b64decode(info.ca_data).decode())
+    if info.certificate_path and info.private_key_path:
+        context.load_cert_chain(str(info.certificate_path), str(info.private_key_path))
+    elif info.certificate_data and info.private_key_data:
+        with tempfile.TemporaryDirectory() as tmp:
+            cert, key = Path(tmp, "cert"), Path(tmp, "key")
+            cert.write_bytes(base64.b64decode(info.certificate_data))
+            key.write_bytes(base64.b64decode(info.private_key_data))
+            context.load_cert_chain(str(cert), str(key))
+    return context
+
+
+class Kube:
+    """`await kube.create("batch/v1", "jobs", ns, body)` and friends, over one HTTP session."""
+
+    def __init__(self, info: kopf.ConnectionInfo) -> None:
+        self.info = info
+        self.requests: Counter[str] = Counter()
+        self._session: aiohttp.ClientSession | None = None
+
+    async def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            headers = {"Accept": "application/json", "User-Agent": "visioninapp-operator"}
+            if self.info.token:
+                headers["Authorization"] = f"{self.info.scheme or 'Bearer'} {self.info.token}"
+            auth = (
+                aiohttp.BasicAuth(self.info.username, self.info.password or "")
+                if self.info.username
+                else None
+            )
+            connector = aiohttp.TCPConnector(ssl=_ssl_context(self.info), limit=64)
+            self._session = aiohttp.ClientSession(
+                base_url=self.info.server.rstrip("/") + "/",
+                headers=headers,
+                auth=auth,
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=60),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @staticmethod
+    def path(
+        api_version: str, plural: str, namespace: str | None, name: str | None = None, sub: str | None = None
+    ) -> str:
+        base = f"api/{api_version}" if "/" not in api_version else f"apis/{api_version}"
+        parts = [base, *(["namespaces", namespace] if namespace else []), plural, name, sub]
+        return "/".join(p for p in parts if p)
+
+    async def request(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json", **params: str
+    ) -> Obj:
+        session = await self._client()
+        self.requests[method] += 1
+        headers = {"Content-Type": content_type} if body is not None else {}
+        async with session.request(
+            method, path, json=body, params=params or None, headers=headers
+        ) as response:
+            payload = await response.json(content_type=None) if response.content_length != 0 else {}
+            if response.status >= 400:
+                payload = payload if isinstance(payload, dict) else {}
+                raise KubeError(
+                    response.status, payload.get("reason", ""), payload.get("message", str(payload))
+                )
+            return payload if isinstance(payload, dict) else {}
+
+    async def get(self, api_version: str, plural: str, namespace: str | None, name: str) -> Obj | None:
+        try:
+            return await self.request("GET", self.path(api_version, plural, namespace, name))
+        except KubeError as error:
+            if error.code == 404:
+                return None
+            raise
+
+    async def list(
+        self, api_version: str, plural: str, namespace: str | None, label_selector: str = ""
+    ) -> list[Obj]:
+        params = {"labelSelector": label_selector} if label_selector else {}
+        result = await self.request("GET", self.path(api_version, plural, namespace), **params)
+        return list(result.get("items", []))
+
+    async def create(self, api_version: str, plural: str, namespace: str | None, body: Obj) -> Obj | None:
+        """Create; None when it already exists (every name we create is deterministic)."""
+        try:
+            return await self.request("POST", self.path(api_version, plural, namespace), body)
+        except KubeError as error:
+            if error.code == 409 and error.reason == "AlreadyExists":
+                return None
+            raise
+
+    async def patch(
+        self,
+        api_version: str,
+        plural: str,
+        namespace: str | None,
+        name: str,
+        patch: Obj,
+        sub: str | None = None,
+    ) -> Obj:
+        return await self.request("PATCH", self.path(api_version, plural, namespace, name, sub), patch, MERGE)
+
+    async def delete(
+        self, api_version: str, plural: str, namespace: str | None, name: str, propagation: str = "Background"
+    ) -> bool:
+        """Delete (dependents too, in the background); False when it was already gone."""
+        try:
+            await self.request(
+                "DELETE", self.path(api_version, plural, namespace, name), {"propagationPolicy": propagation}
+            )
+            return True
+        except KubeError as error:
+            if error.code == 404:
+                return False
+            raise

@@ -46,6 +46,7 @@ class ProgressTracker:
             if event.epoch == sent_epoch or now - sent_at < self.interval:
                 continue
             metrics = event.metrics().model_dump(mode="json", by_alias=True, exclude_none=True)
+            metrics = {name: value for name, value in metrics.items() if value != {}}
             patch: dict[str, Any] = {"epoch": event.epoch}
             if event.epochs is not None:
                 patch["epochs"] = event.epochs

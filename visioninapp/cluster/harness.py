@@ -25,7 +25,7 @@ from kmock._internal.apps import Server
 
 from visioninapp.cluster.controllers import Controllers, PodScript
 from visioninapp.cluster.emulator import ClusterEmulator
-from visioninapp.cluster.store import Obj
+from visioninapp.cluster.store import Obj, Store
 from visioninapp.crds import crd_for
 from visioninapp.resources import RESOURCES
 
@@ -46,9 +46,10 @@ class Harness:
         host: str = "127.0.0.1",
         port: int | None = None,
         install_crds: bool = True,
+        history_limit: int = 10_000,
     ) -> None:
         self.work_dir, self.name, self._host, self._port = Path(work_dir), name, host, port
-        self._script, self._install_crds = script, install_crds
+        self._script, self._install_crds, self._history_limit = script, install_crds, history_limit
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"{name}-api", daemon=True)
         self._stopping: asyncio.Event | None = None
@@ -69,7 +70,7 @@ class Harness:
 
     async def _serve(self, ready: Future[None]) -> None:
         try:
-            self.emulator = ClusterEmulator()
+            self.emulator = ClusterEmulator(store=Store(self._history_limit))
             self.controllers = Controllers(self.emulator.store, self.work_dir, self._script)
             self.emulator.log_reader = self.controllers.pod_log
             if self._install_crds:

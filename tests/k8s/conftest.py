@@ -1,0 +1,118 @@
+"""Fixtures for tests against the emulated cluster (the harness) and the real operator process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from visioninapp.cluster.harness import Harness
+
+OPERATOR_LOG_TAIL = 4000
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Harness]:
+    """A fresh emulated cluster over HTTP with a GPU node; pods run from `cluster.set_script(...)`."""
+    with Harness(tmp_path / "cluster", script=lambda pod: None) as harness:
+        harness.add_node("gpu-0", gpus=1, labels={"agentpool": "gpu"})
+        harness.create_namespace("vision")
+        yield harness
+
+
+@pytest.fixture
+def kube(cluster: Harness) -> Any:
+    """The official kubernetes client configured from the harness's kubeconfig (as a user would)."""
+    import kubernetes
+
+    return kubernetes.config.new_client_from_config(config_file=str(cluster.kubeconfig))
+
+
+class OperatorProcess:
+    """`visioninapp-operator` as a real process connected to a harness through its kubeconfig."""
+
+    def __init__(self, cluster: Harness, work_dir: Path, env: dict[str, str]) -> None:
+        self.cluster, self.log_path = cluster, work_dir / "operator.log"
+        self.env = {
+            **os.environ,
+            "KUBECONFIG": str(cluster.kubeconfig),
+            "VISIONINAPP_OPERATOR_METRICS_PORT": "0",
+            "VISIONINAPP_OPERATOR_LIVENESS_PORT": "0",
+            "VISIONINAPP_OPERATOR_RESYNC_SECONDS": "2",
+            "VISIONINAPP_OPERATOR_STATUS_INTERVAL_SECONDS": "0.5",
+            "VISIONINAPP_DATA_DIR": str(work_dir / "data"),
+            **env,
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> OperatorProcess:
+        self.starts += 1
+        with self.log_path.open("ab") as log:
+            log.write(f"--- start {self.starts}\n".encode())
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "visioninapp.operator.main"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: the crash a restart must survive."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-OPERATOR_LOG_TAIL:]
+
+
+@pytest.fixture
+def operator_factory(tmp_path: Path) -> Iterator[Any]:
+    started: list[OperatorProcess] = []
+
+    def start(cluster: Harness, **env: str) -> OperatorProcess:
+        work_dir = tmp_path / f"operator-{len(started)}"
+        work_dir.mkdir()
+        process = OperatorProcess(cluster, work_dir, env).start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def wait_for(predicate: Any, timeout: float, what: str, operator: OperatorProcess | None = None) -> Any:
+    """Poll until `predicate()` is truthy; on timeout (or a dead operator) fail with its log."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if operator is not None and not operator.alive():
+            pytest.fail(f"the operator exited while waiting for {what}:\n{operator.log()}")
+        if time.monotonic() > deadline:
+            extra = f"\noperator log:\n{operator.log()}" if operator else ""
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}{extra}")
+        time.sleep(0.1)

@@ -65,4 +65,6 @@ class OperatorConfig(BaseSettings):
         "(run a single replica with the Recreate strategy then).",
     )
     liveness_port: int = Field(8080, ge=0, le=65535, description="Port of `/healthz`; 0 disables it.")
-    metrics_port: int = Field(9090, ge=0, le=65535, description="Port of the Prometheus `/metrics`; 0 disables it.")
+    metrics_port: int = Field(
+        9090, ge=0, le=65535, description="Port of the Prometheus `/metrics`; 0 disables it."
+    )

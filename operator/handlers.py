@@ -34,6 +34,7 @@ from visioninapp.operator.training import (
     BaseModel,
     TrainingPlan,
     desired_job,
+    job_finished,
     plan_training,
 )
 from visioninapp.resources import API_VERSION, GROUP, VERSION, ModelArtifact, TrainingJob
@@ -159,7 +160,12 @@ class Operator:
         if attempt:
             job_name = status.get("jobName") or ""
             job = self.jobs.get((namespace, job_name))
-        pods = list(self.pods.get((namespace, job["metadata"]["name"]), {}).values()) if job else []
+        pods: list[Obj] = []
+        if job is not None:
+            job_name = job["metadata"]["name"]
+            pods = list(self.pods.get((namespace, job_name), {}).values())
+            if job_finished(job):  # the outcome is read from the pods themselves, not a possibly late cache
+                pods = await self.kube.list("v1", "pods", namespace, f"{JOB_LABEL}={job_name}")
         tj = TrainingJob.model_validate(body)
         base = await self.base_model(tj) if attempt == 0 or status.get("phase") == "Suspended" else None
         plan = plan_training(
@@ -211,6 +217,19 @@ class Operator:
         if plan.event is not None:
             kind, reason, message = plan.event
             kopf.event(body, type=kind, reason=reason, message=message)
+
+    async def release_if_orphaned(self, job: Obj, owner: str) -> None:
+        """A Job being deleted whose TrainingJob is gone has no outcome to record: let it go."""
+        namespace = job["metadata"]["namespace"]
+        if (namespace, owner) in self.training_jobs:
+            return
+        if await self.kube.get(API_VERSION, "trainingjobs", namespace, owner) is not None:
+            return  # not in the cache yet (just started): its reconciliation records the outcome first
+        self.jobs[(namespace, job["metadata"]["name"])] = job
+        await self.apply(
+            {"metadata": {"namespace": namespace, "name": owner}},
+            TrainingPlan(release_job=job["metadata"]["name"]),
+        )
 
     async def patch_progress(self, namespace: str, name: str, patch: Obj) -> None:
         body = self.training_jobs.get((namespace, name))
@@ -355,8 +374,13 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         else:
             operator.remember(operator.jobs, _plain(body))
         owner = _owner_name(meta)
-        if owner:
-            await operator.reconcile_training_job(meta["namespace"], owner)
+        if not owner:
+            return
+        if type != "DELETED" and (
+            meta.get("deletionTimestamp") and JOB_FINALIZER in (meta.get("finalizers") or [])
+        ):
+            await operator.release_if_orphaned(_plain(body), owner)
+        await operator.reconcile_training_job(meta["namespace"], owner)
 
     @kopf.on.event(
         "",
@@ -401,4 +425,3 @@ async def _mirror_client(kube: Kube, secret_ref: str) -> Kube:
     path = Path(tempfile.mkdtemp(prefix="visioninapp-mirror-")) / "kubeconfig"
     path.write_bytes(base64.b64decode(secret["data"]["kubeconfig"]))
     return Kube(connection_from_kubeconfig(path))
-

@@ -29,6 +29,7 @@ __all__ = [
     "TrainingPlan",
     "artifact_from_result",
     "desired_job",
+    "job_finished",
     "plan_training",
     "set_condition",
     "status_from_job",
@@ -268,6 +269,10 @@ def _true(obj: Obj, type_: str) -> Obj | None:
         if condition.get("type") == type_ and condition.get("status") == "True":
             return condition  # type: ignore[no-any-return]
     return None
+
+
+def job_finished(job: Obj) -> bool:
+    return _true(job, "Complete") is not None or _true(job, "Failed") is not None
 
 
 def _terminated(pod: Obj) -> Obj | None:

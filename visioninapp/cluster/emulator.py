@@ -359,6 +359,8 @@ class ClusterEmulator(k8s.KubernetesEmulator):
                     if raw.transport is None or raw.transport.is_closing():
                         break  # the client left
                     continue
+                if not event:
+                    break  # the server is stopping
                 if wanted(event):
                     await response.write(json.dumps(event).encode() + b"\n")
         except (ConnectionResetError, asyncio.CancelledError):

@@ -83,6 +83,7 @@ class Harness:
                 controllers = asyncio.create_task(self.controllers.run())
                 ready.set_result(None)
                 await self._stopping.wait()
+                self.emulator.store.close_watches()
                 controllers.cancel()
                 await self.controllers.stop()
         except BaseException as error:

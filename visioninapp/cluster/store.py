@@ -562,6 +562,12 @@ class Store:
         self._watchers[rtype.key].add(queue)
         return queue
 
+    def close_watches(self) -> None:
+        """End every open watch (the server is stopping): each gets an empty event."""
+        for queues in self._watchers.values():
+            for queue in queues:
+                queue.put_nowait({})
+
     def unsubscribe(self, rtype: ResourceType, queue: asyncio.Queue[Obj]) -> None:
         self._watchers[rtype.key].discard(queue)
 

@@ -302,9 +302,19 @@ class Operator:
                     await self.reconcile_training_job(namespace, name)
 
     async def progress(self) -> None:
-        bus: EventBus = await asyncio.to_thread(build_event_bus, self.settings)
-        tracker = ProgressTracker(self.config.status_interval_seconds)
-        await consume_progress(bus, self.settings.training_stream, tracker, self.patch_progress)
+        """Consume training-events; on any failure log it and start again from the stored offset."""
+        while True:
+            bus: EventBus | None = None
+            try:
+                bus = await asyncio.to_thread(build_event_bus, self.settings)
+                tracker = ProgressTracker(self.config.status_interval_seconds)
+                await consume_progress(bus, self.settings.training_stream, tracker, self.patch_progress)
+            except Exception:
+                log.exception("the training-events consumer failed; restarting it in 5 s")
+                await asyncio.sleep(5)
+            finally:
+                if bus is not None:
+                    await asyncio.to_thread(bus.close)
 
 
 def _operator(memo: kopf.Memo) -> Operator:

@@ -76,7 +76,7 @@ async def consume_progress(
             messages = await asyncio.to_thread(bus.read, stream, offset, 1000)
         except Exception as error:  # the broker is away: keep the offset, try again
             log.warning("cannot read %s: %s", stream, error)
-            await asyncio.sleep(5)
+            await asyncio.sleep(2)
             continue
         for message in messages:
             try:

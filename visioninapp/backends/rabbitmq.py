@@ -146,6 +146,7 @@ class RabbitStreamBus(EventBus):
 
     def query_offset(self, stream: str, consumer: str) -> int:
         async def query() -> int:
+            await self._ensure_stream(stream)
             try:
                 return int(await (await self._get_consumer()).query_offset(stream, consumer))
             except Exception as error:  # rstream raises OffsetNotFound before the first store

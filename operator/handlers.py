@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import logging
 import time
 from collections import defaultdict
@@ -177,7 +178,14 @@ class Operator:
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         if plan.create_artifact is not None:
-            await self.kube.create(API_VERSION, "modelartifacts", namespace, plan.create_artifact)
+            artifact = plan.create_artifact
+            if not artifact["spec"]["classNames"]:  # too many to fit the termination message
+                manifest_uri = artifact["metadata"]["annotations"]["visioninapp.io/manifest"]
+                manifest = json.loads(
+                    await asyncio.to_thread(self.store_for(manifest_uri).get_bytes, manifest_uri)
+                )
+                artifact["spec"]["classNames"] = manifest["classNames"]
+            await self.kube.create(API_VERSION, "modelartifacts", namespace, artifact)
         if plan.create_job is not None:
             created = await self.kube.create("batch/v1", "jobs", namespace, plan.create_job)
             if created is None:  # it exists already: adopt it

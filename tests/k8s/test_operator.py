@@ -70,11 +70,13 @@ def successful_trainer(
             formats.append(
                 {"format": fmt, "uri": f"s3://{bucket}/{prefix}/{key}", "sha256": digest, "size": len(data)}
             )
+        names = ["helmet", "head"]
+        s3.put_object(Bucket=bucket, Key=f"{prefix}/manifest.json", Body=json.dumps({"classNames": names}))
         result = TrainerResult(
             formats=formats,
             manifest_uri=f"s3://{bucket}/{prefix}/manifest.json",
             metrics={"mAP50": 0.61, "mAP50_95": 0.42},
-            class_names=["helmet", "head"],
+            class_names=None if names_in_manifest_only else names,
             imgsz=config["spec"]["hyperparameters"]["imgsz"],
             epochs_run=config["spec"]["hyperparameters"]["epochs"],
             attempt=config["attempt"],
@@ -159,6 +161,15 @@ def test_a_corrupt_artifact_is_invalid(cluster: Harness, operator: OperatorProce
     status, reason = conditions(artifact)["Verified"]
     assert (status, reason) == ("False", "ChecksumMismatch")
     assert "sha256" in artifact["status"]["message"]
+
+
+def test_class_names_left_out_of_the_result_come_from_the_manifest(
+    cluster: Harness, operator: OperatorProcess, s3: Any
+) -> None:
+    cluster.set_script(successful_trainer(s3, names_in_manifest_only=True))
+    cluster.create(GROUP, "trainingjobs", "vision", training_job())
+    artifact = wait_phase(cluster, operator, "Available", plural="modelartifacts")
+    assert artifact["spec"]["classNames"] == ["helmet", "head"]
 
 
 def test_failure_carries_the_pods_reason(cluster: Harness, operator: OperatorProcess) -> None:

@@ -1,0 +1,102 @@
+"""Crash safety: the operator is SIGKILLed at random points while TrainingJobs are processed."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from tests.k8s.conftest import wait_for
+from visioninapp.cluster.controllers import Outcome
+from visioninapp.cluster.harness import Harness
+from visioninapp.events import TrainerResult
+
+GROUP = "visioninapp.io"
+JOBS, KILLS = 50, 20
+pytestmark = pytest.mark.slow
+
+
+def outcome_for(pod: dict[str, Any]) -> Outcome:
+    """Every 5th job fails; the others succeed with a result pointing at local files."""
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    config = json.loads(env["VISIONINAPP_TRAINER_CONFIG_JSON"])
+    index = int(config["name"].rsplit("-", 1)[1])
+    seconds = random.Random(index).uniform(0.2, 3.0)
+    if index % 5 == 0:
+        return Outcome(exit_code=1, message="error: scripted failure", seconds=seconds)
+    result = TrainerResult(
+        formats=[
+            {"format": "pt", "uri": f"file:///nonexistent/{config['name']}.pt", "sha256": "0" * 64, "size": 1}
+        ],
+        manifest_uri=f"file:///nonexistent/{config['name']}.json",
+        class_names=["circle"],
+        imgsz=64,
+        epochs_run=1,
+        attempt=config["attempt"],
+    )
+    return Outcome(message=result.to_termination_message(), seconds=seconds)
+
+
+def test_killed_operator_creates_nothing_twice_and_finishes_everything(
+    cluster: Harness, operator_factory: Any
+) -> None:
+    created: Counter[tuple[str, str]] = Counter()
+
+    def count(rtype: Any, event: str, obj: dict[str, Any]) -> None:
+        if event == "ADDED" and rtype.plural in ("jobs", "pods", "modelartifacts"):
+            key = (
+                obj["metadata"]["labels"].get("batch.kubernetes.io/job-name")
+                if rtype.plural == "pods"
+                else None
+            )
+            created[(rtype.plural, key or obj["metadata"]["name"])] += 1
+
+    cluster.call(cluster.emulator.store.on_change, count)
+    cluster.set_script(outcome_for)
+    cluster.add_node("gpu-1", gpus=64, labels={"agentpool": "gpu"})
+    operator = operator_factory(cluster)
+    for index in range(JOBS):
+        cluster.create(
+            GROUP,
+            "trainingjobs",
+            "vision",
+            {
+                "apiVersion": "visioninapp.io/v1alpha1",
+                "kind": "TrainingJob",
+                "metadata": {"name": f"run-{index}"},
+                "spec": {
+                    "model": {"architecture": "yolo11n"},
+                    "dataset": {"uri": "file:///data/shapes"},
+                    "backoffLimit": 0,
+                    "resources": {"gpu": {"count": 1}},
+                },
+            },
+        )
+    chaos = random.Random(7)
+    for _ in range(KILLS):
+        time.sleep(chaos.uniform(0.1, 0.8))
+        operator.kill()
+        operator.start()
+
+    def phases() -> Counter[str]:
+        return Counter(
+            (tj.get("status") or {}).get("phase") for tj in cluster.list(GROUP, "trainingjobs", "vision")
+        )
+
+    wait_for(lambda: phases()["Succeeded"] + phases()["Failed"] == JOBS, 120, "every run to finish", operator)
+    assert phases() == {"Succeeded": 40, "Failed": 10}
+    for tj in cluster.list(GROUP, "trainingjobs", "vision"):
+        name = tj["metadata"]["name"]
+        assert tj["status"]["attempts"] == 1, name
+        assert created[("jobs", f"{name}-1")] == 1, (
+            f"{name}: Job created {created[('jobs', f'{name}-1')]} times"
+        )
+        assert created[("pods", f"{name}-1")] == 1, f"{name}: pods {created[('pods', f'{name}-1')]}"
+        if tj["status"]["phase"] == "Succeeded":
+            assert created[("modelartifacts", name)] == 1
+    assert sum(n for (kind, _), n in created.items() if kind == "jobs") == JOBS
+    assert operator.starts == KILLS + 1

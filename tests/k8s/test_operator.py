@@ -55,7 +55,7 @@ def trainer_config(pod: dict[str, Any]) -> dict[str, Any]:
 
 
 def successful_trainer(
-    s3: Any, seconds: float = 0.2, corrupt: bool = False
+    s3: Any, seconds: float = 0.2, corrupt: bool = False, names_in_manifest_only: bool = False
 ) -> Callable[[dict[str, Any]], Outcome]:
     """A scripted trainer: uploads weights where the real one would and reports them."""
 

@@ -53,7 +53,9 @@ class OperatorConfig(BaseSettings):
     resync_seconds: float = Field(
         60.0, gt=0, description="Every object is reconciled at least this often (missed events, deadlines)."
     )
-    workers: int = Field(32, ge=1, le=1000, description="Concurrent reconciliations at most.")
+    api_concurrency: int = Field(
+        64, ge=1, le=1000, description="Concurrent API requests of the operator at most."
+    )
     mirror_kubeconfig_secret: str | None = Field(
         None,
         description="`namespace/name` of a Secret with a `kubeconfig` key: new ModelArtifacts are copied "

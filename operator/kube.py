@@ -89,8 +89,8 @@ def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
 class Kube:
     """`await kube.create("batch/v1", "jobs", ns, body)` and friends, over one HTTP session."""
 
-    def __init__(self, info: kopf.ConnectionInfo) -> None:
-        self.info = info
+    def __init__(self, info: kopf.ConnectionInfo, concurrency: int = 64) -> None:
+        self.info, self.concurrency = info, concurrency
         self.requests: Counter[str] = Counter()
         self._session: aiohttp.ClientSession | None = None
 
@@ -104,7 +104,7 @@ class Kube:
                 if self.info.username
                 else None
             )
-            connector = aiohttp.TCPConnector(ssl=_ssl_context(self.info), limit=64)
+            connector = aiohttp.TCPConnector(ssl=_ssl_context(self.info), limit=self.concurrency)
             self._session = aiohttp.ClientSession(
                 base_url=self.info.server.rstrip("/") + "/",
                 headers=headers,

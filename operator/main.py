@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         verbose=args.verbose,
     )
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else settings.log_level)
+    if not args.verbose:  # kopf logs every handler call at INFO: thousands of lines for a big batch
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     registry = kopf.OperatorRegistry()
     register(registry, config)
     liveness = f"http://0.0.0.0:{config.liveness_port}/healthz" if config.liveness_port else None

@@ -19,7 +19,7 @@ from visioninapp.backends.storage import join_uri
 from visioninapp.events import TrainerResult
 from visioninapp.operator.names import job_name
 from visioninapp.resources import API_VERSION, TrainingJob
-from visioninapp.resources.base import to_dns_label
+from visioninapp.resources.base import ADMITTED, to_dns_label
 
 __all__ = [
     "ATTEMPT_LABEL",
@@ -408,7 +408,7 @@ def plan_training(
 def _plan(
     body: Obj, job: Obj | None, pods: list[Obj], now: datetime, make_job: Any, base: BaseModel | None
 ) -> TrainingPlan:
-    tj = TrainingJob.model_validate(body)
+    tj = TrainingJob.model_validate(body, context=ADMITTED)
     status = dict(body.get("status") or {})
     generation = int(body["metadata"].get("generation") or 1)
     phase = status.get("phase", "Pending")
@@ -427,24 +427,23 @@ def _plan(
             condition("Scheduled", False, "BaseModelUnavailable", base.problem)
             wanted.update(phase="Pending", message=base.problem, conditions=conditions)
             return TrainingPlan(status=_status_patch(status, wanted))
-        queued = bool(tj.spec.placement.queue_name)
         for type_ in ("Suspended", "Running", "Unschedulable"):
             if any(c["type"] == type_ for c in conditions):
                 condition(type_, False, "NewAttempt", why)
-        condition(
-            "Scheduled", True, "JobCreated", f"Job {job_name(tj.metadata.name, attempt)} created ({why})"
-        )
+        new_job = make_job(tj, attempt)
+        condition("Scheduled", True, "JobCreated", f"Job {new_job['metadata']['name']} created ({why})")
+        fresh = status_from_job(new_job, [])  # what the next look at the new Job will say anyway
         wanted.update(
-            phase="Queued" if queued else "Pending",
+            phase=fresh.phase,
             attempts=attempt,
-            jobName=job_name(tj.metadata.name, attempt),
+            jobName=new_job["metadata"]["name"],
             epochs=tj.spec.hyperparameters.epochs,
-            message=why,
+            message=fresh.message,
             conditions=conditions,
         )
         wanted.setdefault("startTime", status.get("startTime") or _iso(now))
         return TrainingPlan(
-            create_job=make_job(tj, attempt),
+            create_job=new_job,
             status=_status_patch(status, wanted),
             event=("Normal", "JobCreated", f"attempt {attempt}: {why}") if attempts < attempt else None,
         )

@@ -47,9 +47,11 @@ class Harness:
         port: int | None = None,
         install_crds: bool = True,
         history_limit: int = 10_000,
+        run_controllers: bool = True,
     ) -> None:
         self.work_dir, self.name, self._host, self._port = Path(work_dir), name, host, port
         self._script, self._install_crds, self._history_limit = script, install_crds, history_limit
+        self._run_controllers = run_controllers  # False: an API server only (benchmarks of the operator)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"{name}-api", daemon=True)
         self._stopping: asyncio.Event | None = None
@@ -80,7 +82,9 @@ class Harness:
             self._stopping = asyncio.Event()
             async with self.emulator, Server(self.emulator, host=self._host, port=self._port) as server:
                 self.url = str(server.url).rstrip("/")
-                controllers = asyncio.create_task(self.controllers.run())
+                controllers = asyncio.create_task(
+                    self.controllers.run() if self._run_controllers else asyncio.Event().wait()
+                )
                 ready.set_result(None)
                 await self._stopping.wait()
                 self.emulator.store.close_watches()

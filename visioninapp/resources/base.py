@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     GetJsonSchemaHandler,
+    ValidationInfo,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -28,6 +29,7 @@ from pydantic_core import core_schema as cs
 from visioninapp.cel import evaluate_rule
 
 __all__ = [
+    "ADMITTED",
     "DNS_LABEL_PATTERN",
     "STORAGE_URI_RULE",
     "CelRule",
@@ -44,6 +46,11 @@ __all__ = [
 GROUP = "visioninapp.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
+
+
+# `Model.model_validate(obj, context=ADMITTED)` skips CEL rules: for objects read from the API server.
+ADMITTED_KEY = "admitted-by-api-server"
+ADMITTED = {ADMITTED_KEY: True}
 
 
 @dataclass(frozen=True)
@@ -83,9 +90,11 @@ class CelRule:
         schema: CoreSchema = handler(source)
         if self.is_transition:
             return schema
-        return cs.no_info_after_validator_function(self._check, schema)
+        return cs.with_info_after_validator_function(self._check, schema)
 
-    def _check(self, value: Any) -> Any:
+    def _check(self, value: Any, info: ValidationInfo) -> Any:
+        if (info.context or {}).get(ADMITTED_KEY):
+            return value
         plain = (
             value.model_dump(mode="json", by_alias=True, exclude_none=True)
             if isinstance(value, BaseModel)
@@ -124,8 +133,10 @@ class KubeModel(BaseModel):
         return schema
 
     @model_validator(mode="after")
-    def _check_cel_rules(self) -> KubeModel:
-        wire = self.wire() if self.cel_rules else {}
+    def _check_cel_rules(self, info: ValidationInfo) -> KubeModel:
+        if not self.cel_rules or (info.context or {}).get(ADMITTED_KEY):
+            return self  # an object read back from the API server passed these rules there
+        wire = self.wire()
         broken = [
             r.message for r in self.cel_rules if not r.is_transition and not evaluate_rule(r.rule, wire)
         ]

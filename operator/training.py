@@ -445,7 +445,9 @@ def _plan(
         return TrainingPlan(
             create_job=new_job,
             status=_status_patch(status, wanted),
-            event=("Normal", "JobCreated", f"attempt {attempt}: {why}") if attempts < attempt else None,
+            # The first Job is in the `Scheduled` condition; an Event for each of thousands of new
+            # runs would double the API writes. Later attempts are notable: they get one.
+            event=("Normal", "JobCreated", f"attempt {attempt}: {why}") if 1 < attempt > attempts else None,
         )
 
     if phase in TERMINAL:

@@ -433,6 +433,8 @@ def _plan(
         new_job = make_job(tj, attempt)
         condition("Scheduled", True, "JobCreated", f"Job {new_job['metadata']['name']} created ({why})")
         fresh = status_from_job(new_job, [])  # what the next look at the new Job will say anyway
+        if fresh.phase == "Queued":
+            condition("Queued", True, fresh.reason, fresh.message)
         wanted.update(
             phase=fresh.phase,
             attempts=attempt,

@@ -234,7 +234,8 @@ def test_a_new_training_job_gets_its_first_job_and_status() -> None:
 
 def test_a_queued_training_job_shows_queued_until_admitted() -> None:
     body = training_job(placement={"queueName": "gpu-queue"})
-    assert plan(body).status["phase"] == "Queued"
+    first = plan(body).status
+    assert first["phase"] == "Queued" and first["conditions"][-1]["type"] == "Queued"
     started = with_status(body, phase="Queued", attempts=1, jobName="helmets-1")
     queued = plan(started, job(suspend=True))
     assert "phase" not in queued.status and queued.create_job is None  # still Queued

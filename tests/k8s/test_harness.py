@@ -416,3 +416,15 @@ def test_deleting_a_pod_stops_its_process(kube: Any, cluster: Harness, tmp_path:
 def test_kubeconfig_is_usable_by_clients(cluster: Harness) -> None:
     config = yaml.safe_load(cluster.kubeconfig.read_text())
     assert config["clusters"][0]["cluster"]["server"] == cluster.url
+
+
+def test_a_broken_pod_script_fails_its_pod_with_the_error(kube: Any, cluster: Harness) -> None:
+    def broken(pod: dict[str, Any]) -> Outcome:
+        raise KeyError("outputUri")
+
+    cluster.set_script(broken)
+    batch = client.BatchV1Api(kube)
+    batch.create_namespaced_job("vision", simple_job("broken", backoffLimit=0))
+    wait_for(lambda: "Failed" in job_conditions(batch, "broken"), 10, "the Job to fail")
+    pod = client.CoreV1Api(kube).list_namespaced_pod("vision", label_selector="job-name=broken").items[0]
+    assert "pod script failed: KeyError" in pod.status.container_statuses[0].state.terminated.message

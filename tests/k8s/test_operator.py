@@ -362,3 +362,32 @@ def test_new_artifacts_are_mirrored_to_the_edge_cluster(
         )
         assert not edge.list("batch", "jobs", "vision")  # no training controller there
         edge_operator.stop()
+
+
+def test_watches_only_its_namespaces_and_serves_health_and_metrics(
+    cluster: Harness, operator_factory: Any, s3: Any, s3_endpoint: str, bucket: str
+) -> None:
+    import requests
+
+    from tests.services import free_port
+
+    metrics_port, liveness_port = free_port(), free_port()
+    cluster.create_namespace("other")
+    operator = operator_factory(
+        cluster,
+        VISIONINAPP_OPERATOR_NAMESPACES='["vision"]',
+        VISIONINAPP_S3_ENDPOINT_URL=s3_endpoint,
+        VISIONINAPP_ARTIFACTS_URI=f"s3://{bucket}/runs",
+        VISIONINAPP_OPERATOR_METRICS_PORT=str(metrics_port),
+        VISIONINAPP_OPERATOR_LIVENESS_PORT=str(liveness_port),
+    )
+    cluster.set_script(successful_trainer(s3))
+    cluster.create(GROUP, "trainingjobs", "other", {**training_job(), "metadata": {"name": "elsewhere"}})
+    cluster.create(GROUP, "trainingjobs", "vision", training_job())
+    wait_phase(cluster, operator, "Succeeded")
+    assert not (cluster.get(GROUP, "trainingjobs", "other", "elsewhere") or {}).get("status")
+    assert requests.get(f"http://127.0.0.1:{liveness_port}/healthz", timeout=5).status_code == 200
+    metrics = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    assert 'visioninapp_operator_reconciles_total{kind="TrainingJob",result="ok"}' in metrics
+    assert "visioninapp_operator_reconcile_seconds_bucket" in metrics
+    assert 'visioninapp_operator_api_requests_total{verb="POST"}' in metrics

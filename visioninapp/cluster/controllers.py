@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -25,6 +26,7 @@ from visioninapp.cluster.store import ApiError, Obj, ResourceType, Store, now_is
 
 __all__ = ["Controllers", "Outcome", "PodScript", "quantity"]
 
+log = logging.getLogger(__name__)
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 GPU = "nvidia.com/gpu"
 LOG_TAIL_BYTES = 2048  # kubelet's FallbackToLogsOnError keeps at most 80 lines / 2048 bytes
@@ -407,13 +409,17 @@ class Controllers:
                 }
             ],
         )
-        outcome = self.script(pod) if self.script else None
-        if asyncio.iscoroutine(outcome) or isinstance(outcome, Awaitable):
-            outcome = await outcome
-        if outcome is None:
-            outcome = await self._run_process(pod)
-        elif outcome.seconds:
-            await asyncio.sleep(outcome.seconds)
+        try:
+            outcome = self.script(pod) if self.script else None
+            if asyncio.iscoroutine(outcome) or isinstance(outcome, Awaitable):
+                outcome = await outcome
+            if outcome is None:
+                outcome = await self._run_process(pod)
+            elif outcome.seconds:
+                await asyncio.sleep(outcome.seconds)
+        except Exception as error:  # a broken script fails its pod visibly instead of hanging it
+            log.exception("pod %s/%s: the pod script failed", namespace, name)
+            outcome = Outcome(exit_code=1, message=f"pod script failed: {type(error).__name__}: {error}")
         self._processes.pop((namespace, name), None)
         terminated = {
             "exitCode": outcome.exit_code,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from typing import Any
@@ -428,3 +429,141 @@ def test_a_broken_pod_script_fails_its_pod_with_the_error(kube: Any, cluster: Ha
     wait_for(lambda: "Failed" in job_conditions(batch, "broken"), 10, "the Job to fail")
     pod = client.CoreV1Api(kube).list_namespaced_pod("vision", label_selector="job-name=broken").items[0]
     assert "pod script failed: KeyError" in pod.status.container_statuses[0].state.terminated.message
+
+
+def daemonset(name: str = "runtime") -> dict[str, Any]:
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "updateStrategy": {"type": "OnDelete"},
+            "template": {
+                "metadata": {"labels": {"app": name}, "annotations": {"model": "v1"}},
+                "spec": {
+                    "nodeSelector": {"visioninapp.io/edge": "true"},
+                    "tolerations": [
+                        {"key": "visioninapp.io/edge", "operator": "Exists", "effect": "NoSchedule"}
+                    ],
+                    "containers": [{"name": "runtime", "image": "edge", "command": ["serve"]}],
+                },
+            },
+        },
+    }
+
+
+def add_jetsons(cluster: Harness, count: int, ready: bool = True, start: int = 0) -> None:
+    for index in range(start, start + count):
+        cluster.add_node(
+            f"jetson-{index}",
+            labels={"visioninapp.io/edge": "true"},
+            taints=[{"key": "visioninapp.io/edge", "value": "true", "effect": "NoSchedule"}],
+            ready=ready,
+        )
+
+
+def test_daemonset_runs_one_pod_per_matching_node_and_replaces_only_deleted_pods(
+    kube: Any, cluster: Harness
+) -> None:
+    cluster.set_script(lambda pod: Outcome(seconds=math.inf))
+    add_jetsons(cluster, 3)
+    apps, core = client.AppsV1Api(kube), client.CoreV1Api(kube)
+    apps.create_namespaced_daemon_set("vision", daemonset())
+
+    def pods() -> list[Any]:
+        return core.list_namespaced_pod("vision", label_selector="app=runtime").items
+
+    wait_for(lambda: len(pods()) == 3 and all(p.status.phase == "Running" for p in pods()), 10, "3 pods")
+    assert sorted(p.spec.node_name for p in pods()) == ["jetson-0", "jetson-1", "jetson-2"]  # not gpu-0
+    old_revision = pods()[0].metadata.labels["controller-revision-hash"]
+    apps.patch_namespaced_daemon_set(
+        "runtime", "vision", {"spec": {"template": {"metadata": {"annotations": {"model": "v2"}}}}}
+    )
+    time.sleep(0.5)
+    assert {p.metadata.labels["controller-revision-hash"] for p in pods()} == {old_revision}  # OnDelete
+    victim = next(p for p in pods() if p.spec.node_name == "jetson-1")
+    core.delete_namespaced_pod(victim.metadata.name, "vision")
+    wait_for(
+        lambda: (
+            {
+                p.spec.node_name
+                for p in pods()
+                if p.metadata.labels["controller-revision-hash"] != old_revision
+            }
+            == {"jetson-1"}
+        ),
+        10,
+        "the replacement from the new template",
+    )
+    status = apps.read_namespaced_daemon_set("runtime", "vision").status
+    assert (status.desired_number_scheduled, status.updated_number_scheduled) == (3, 1)
+
+
+def test_pods_on_a_node_that_goes_offline_are_not_ready_and_new_ones_wait(
+    kube: Any, cluster: Harness
+) -> None:
+    cluster.set_script(lambda pod: Outcome(seconds=math.inf))
+    add_jetsons(cluster, 1)
+    add_jetsons(cluster, 1, ready=False, start=1)
+    client.AppsV1Api(kube).create_namespaced_daemon_set("vision", daemonset())
+    core = client.CoreV1Api(kube)
+
+    def on(node: str) -> Any:
+        return next(
+            p
+            for p in core.list_namespaced_pod("vision", label_selector="app=runtime").items
+            if p.spec.node_name == node
+        )
+
+    wait_for(lambda: on("jetson-0").status.phase == "Running", 10, "the online pod")
+    assert on("jetson-1").status.phase == "Pending"  # its kubelet is away
+    cluster.patch(
+        "",
+        "nodes",
+        "",
+        "jetson-1",
+        {"status": {"conditions": [{"type": "Ready", "status": "True"}]}},
+        "status",
+    )
+    wait_for(lambda: on("jetson-1").status.phase == "Running", 10, "the returning node's pod")
+    cluster.patch(
+        "",
+        "nodes",
+        "",
+        "jetson-0",
+        {"status": {"conditions": [{"type": "Ready", "status": "False"}]}},
+        "status",
+    )
+    wait_for(lambda: not on("jetson-0").status.container_statuses[0].ready, 10, "NodeNotReady")
+
+
+def test_readiness_comes_from_the_pods_http_probe(kube: Any, cluster: Harness, tmp_path: Any) -> None:
+    cluster.set_script(None)
+    add_jetsons(cluster, 1)
+    ready_file = tmp_path / "ready"
+    server = (
+        "import http.server, os, sys\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        f"        ok = os.path.exists({str(ready_file)!r})\n"
+        "        self.send_response(200 if ok else 503); self.end_headers()\n"
+        "    def log_message(self, *a): pass\n"
+        "http.server.HTTPServer((sys.argv[1], 8080), H).serve_forever()\n"
+    )
+    ds = daemonset()
+    ds["spec"]["template"]["spec"]["containers"][0] |= {
+        "command": ["python", "-c", server, "$(POD_IP)"],
+        "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+        "ports": [{"containerPort": 8080, "name": "http"}],
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 1},
+    }
+    client.AppsV1Api(kube).create_namespaced_daemon_set("vision", ds)
+    core = client.CoreV1Api(kube)
+
+    def pod() -> Any:
+        return next(iter(core.list_namespaced_pod("vision", label_selector="app=runtime").items), None)
+
+    wait_for(lambda: pod() and pod().status.phase == "Running", 10, "the server")
+    time.sleep(1.5)
+    assert not pod().status.container_statuses[0].ready
+    ready_file.touch()
+    wait_for(lambda: pod().status.container_statuses[0].ready, 10, "the probe to pass")

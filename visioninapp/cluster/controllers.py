@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
+import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -21,6 +24,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 from visioninapp.cluster.store import ApiError, Obj, ResourceType, Store, now_iso
 
@@ -38,8 +43,10 @@ class Outcome:
 
     exit_code: int = 0
     message: str = ""
-    seconds: float = 0.0
+    seconds: float = 0.0  # math.inf: runs until deleted (a DaemonSet's server)
     reason: str | None = None  # defaults to Completed / Error
+    ready: bool = True  # what the readiness probe says while it runs
+    restarts: int = 0  # container restarts to report (crash loops)
 
 
 # A script decides per pod: an Outcome (scripted), or None to run the pod's command for real.
@@ -113,11 +120,14 @@ class Controllers:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _running: dict[tuple[str, str], asyncio.Task[None]] = field(default_factory=dict)
     _processes: dict[tuple[str, str], _Process] = field(default_factory=dict)
+    _probed_ready: dict[tuple[str, str], bool] = field(default_factory=dict)  # readiness as the pod says
+    _next_ip: int = 2
 
     def __post_init__(self) -> None:
         self.jobs = self.store.types[("batch", "jobs")]
         self.pods = self.store.types[("", "pods")]
         self.nodes = self.store.types[("", "nodes")]
+        self.daemonsets = self.store.types[("apps", "daemonsets")]
         self.store.on_change(self._changed)
 
     def _changed(self, rtype: ResourceType, event: str, obj: Obj) -> None:
@@ -128,11 +138,19 @@ class Controllers:
             job = (meta.get("labels") or {}).get(JOB_NAME_LABEL)
             if job:
                 self._dirty.add(("job", meta["namespace"], job))
+            for ref in meta.get("ownerReferences") or []:
+                if ref.get("kind") == "DaemonSet":
+                    self._dirty.add(("ds", meta["namespace"], ref["name"]))
             if event == "DELETED":
                 self._stop_pod(meta["namespace"], meta["name"])
             self._dirty.add(("schedule", "", ""))
+        elif rtype is self.daemonsets:
+            self._dirty.add(("ds", meta["namespace"], meta["name"]))
         elif rtype is self.nodes:
             self._dirty.add(("schedule", "", ""))
+            self._dirty.add(("nodes", "", ""))
+            for ds in self.store.select(self.daemonsets):
+                self._dirty.add(("ds", ds["metadata"]["namespace"], ds["metadata"]["name"]))
         else:
             return
         self._wake.set()
@@ -152,10 +170,18 @@ class Controllers:
                     for j in self.store.select(self.jobs)
                 }
                 dirty.add(("schedule", "", ""))
+                dirty |= {
+                    ("ds", d["metadata"]["namespace"], d["metadata"]["name"])
+                    for d in self.store.select(self.daemonsets)
+                }
             for kind, namespace, name in sorted(dirty):
                 try:
                     if kind == "job":
                         self.reconcile_job(namespace, name)
+                    elif kind == "ds":
+                        self.reconcile_daemonset(namespace, name)
+                    elif kind == "nodes":
+                        self.sync_node_readiness()
                     else:
                         self.schedule()
                 except ApiError as error:  # a conflict or a vanished object: the next round fixes it
@@ -163,11 +189,17 @@ class Controllers:
                         raise
 
     async def stop(self) -> None:
+        """Stop every pod: SIGTERM to processes, cancel scripts, SIGKILL what is left after 5 s."""
+        tasks, processes = list(self._running.values()), [p.process for p in self._processes.values()]
         for key in list(self._processes):
             self._stop_pod(*key)
-        for task in list(self._running.values()):
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in processes)), 5)
+        for process in processes:
+            _kill_group(process)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._running.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # Job controller
 
@@ -290,6 +322,103 @@ class Controllers:
         }
         return self.store.create(self.pods, meta["namespace"], pod, keep_status=True)
 
+    # DaemonSet controller (updateStrategy OnDelete: a deleted pod comes back from the current template)
+
+    def reconcile_daemonset(self, namespace: str, name: str) -> None:
+        ds = self.store.peek(self.daemonsets, namespace, name)
+        if ds is None or ds["metadata"].get("deletionTimestamp"):
+            return
+        template = ds["spec"]["template"]
+        revision = template_hash(template)
+        selector = ",".join(f"{k}={v}" for k, v in sorted(ds["spec"]["selector"]["matchLabels"].items()))
+        pods = [
+            p
+            for p in self.store.select(self.pods, namespace, selector)
+            if any(r.get("uid") == ds["metadata"]["uid"] for r in p["metadata"].get("ownerReferences") or [])
+            and not p["metadata"].get("deletionTimestamp")
+        ]
+        eligible = [
+            n for n in self.store.select(self.nodes) if _fits_selector_and_taints(template["spec"], n)
+        ]
+        names = {n["metadata"]["name"] for n in eligible}
+        by_node = {p["spec"].get("nodeName"): p for p in pods}
+        for pod in pods:
+            if pod["spec"].get("nodeName") not in names:
+                self.store.delete(self.pods, namespace, pod["metadata"]["name"])
+        for node in sorted(names - set(by_node)):
+            by_node[node] = self._create_daemon_pod(ds, node, revision)
+        current = [p for n, p in by_node.items() if n in names]
+        status = {
+            "desiredNumberScheduled": len(names),
+            "currentNumberScheduled": len(current),
+            "numberReady": sum(1 for p in current if _is_ready(p)),
+            "updatedNumberScheduled": sum(
+                1 for p in current if p["metadata"]["labels"].get(REVISION_LABEL) == revision
+            ),
+            "numberMisscheduled": 0,
+            "observedGeneration": ds["metadata"].get("generation", 1),
+        }
+        if status != ds.get("status"):
+            self.store.update(
+                self.daemonsets, namespace, name, {**ds, "status": status}, subresource="status"
+            )
+
+    def _create_daemon_pod(self, ds: Obj, node: str, revision: str) -> Obj:
+        meta, template = ds["metadata"], ds["spec"]["template"]
+        pod = {
+            "metadata": {
+                **(template.get("metadata") or {}),
+                "generateName": f"{meta['name']}-",
+                "labels": {**(template.get("metadata") or {}).get("labels", {}), REVISION_LABEL: revision},
+                "ownerReferences": [
+                    {
+                        "apiVersion": "apps/v1",
+                        "kind": "DaemonSet",
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
+            },
+            "spec": {**template["spec"], "nodeName": node, "restartPolicy": "Always"},
+            "status": {"phase": "Pending"},
+        }
+        return self.store.create(self.pods, meta["namespace"], pod, keep_status=True)
+
+    def sync_node_readiness(self) -> None:
+        """The node lifecycle controller's part: pods on a NotReady node are not Ready."""
+        ready_nodes = {n["metadata"]["name"] for n in self.store.select(self.nodes) if _is_ready(n)}
+        for pod in list(self.store.select(self.pods)):
+            meta = pod["metadata"]
+            key = (meta["namespace"], meta["name"])
+            if (pod.get("status") or {}).get("phase") != "Running" or key not in self._probed_ready:
+                continue
+            ready = self._probed_ready[key] and pod["spec"].get("nodeName") in ready_nodes
+            if _is_ready(pod) != ready:
+                self._set_ready(*key, ready, "" if ready else "NodeNotReady")
+
+    def _set_ready(self, namespace: str, name: str, ready: bool, reason: str = "") -> None:
+        pod = self.store.peek(self.pods, namespace, name)
+        if pod is None:
+            return
+        status = pod["status"]
+        conditions = [c for c in status.get("conditions", []) if c["type"] != "Ready"]
+        conditions.append(_condition("Ready", "True" if ready else "False", reason))
+        statuses = [{**c, "ready": ready} for c in status.get("containerStatuses", [])]
+        self._set_pod_status(namespace, name, conditions=conditions, containerStatuses=statuses)
+
+    def _probe(self, namespace: str, name: str, ready: bool) -> None:
+        """Record what the pod's readiness probe says; Ready also needs its node to be Ready."""
+        self._probed_ready[(namespace, name)] = ready
+        pod = self.store.peek(self.pods, namespace, name)
+        if pod is None:
+            return
+        node = self.store.peek(self.nodes, "", pod["spec"].get("nodeName", ""))
+        effective = ready and node is not None and _is_ready(node)
+        if _is_ready(pod) != effective:
+            self._set_ready(namespace, name, effective, "" if effective else "ReadinessProbeFailed")
+
     # scheduler
 
     def schedule(self) -> None:
@@ -303,10 +432,16 @@ class Controllers:
             ):
                 node_name = pod["spec"]["nodeName"]
                 gpus_used[node_name] = gpus_used.get(node_name, 0) + _gpu_request(pod)
+        ready_nodes = {n["metadata"]["name"] for n in nodes}
         for pod in pods:
-            if pod["spec"].get("nodeName") or (pod.get("status") or {}).get("phase") != "Pending":
+            if (pod.get("status") or {}).get("phase") != "Pending" or pod["metadata"].get(
+                "deletionTimestamp"
+            ):
                 continue
-            if pod["metadata"].get("deletionTimestamp"):
+            if pod["spec"].get("nodeName"):  # bound already (DaemonSet pods): the kubelet starts it once up
+                key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
+                if pod["spec"]["nodeName"] in ready_nodes and key not in self._running:
+                    self._start_pod(*key)
                 continue
             node, reasons = self._fit(pod, nodes, gpus_used)
             meta = pod["metadata"]
@@ -387,40 +522,40 @@ class Controllers:
             status = {**pod["status"], **changes}
             self.store.update(self.pods, namespace, name, {**pod, "status": status}, subresource="status")
 
+    def _allocate_ip(self) -> str:
+        """A loopback address per pod, so servers in pods can all listen on their port."""
+        number, self._next_ip = self._next_ip, self._next_ip + 1
+        return f"127.0.{number // 250}.{number % 250 + 2}"
+
     async def _run_pod(self, namespace: str, name: str) -> None:
         pod = self.store.get(self.pods, namespace, name)
         container = pod["spec"]["containers"][0]
         image = {"image": container.get("image", ""), "imageID": ""}
-        started = now_iso()
-        self._set_pod_status(
-            namespace,
-            name,
-            phase="Running",
-            startTime=started,
-            podIP="127.0.0.1",
-            conditions=[_condition("PodScheduled", "True"), _condition("Ready", "True")],
-            containerStatuses=[
-                {
-                    **image,
-                    "name": container["name"],
-                    "ready": True,
-                    "restartCount": 0,
-                    "state": {"running": {"startedAt": started}},
-                }
-            ],
-        )
-        try:
-            outcome = self.script(pod) if self.script else None
-            if asyncio.iscoroutine(outcome) or isinstance(outcome, Awaitable):
-                outcome = await outcome
-            if outcome is None:
-                outcome = await self._run_process(pod)
-            elif outcome.seconds:
-                await asyncio.sleep(outcome.seconds)
-        except Exception as error:  # a broken script fails its pod visibly instead of hanging it
-            log.exception("pod %s/%s: the pod script failed", namespace, name)
-            outcome = Outcome(exit_code=1, message=f"pod script failed: {type(error).__name__}: {error}")
-        self._processes.pop((namespace, name), None)
+        restart_always = pod["spec"].get("restartPolicy") == "Always"
+        pod_ip, restarts = self._allocate_ip(), 0
+        while True:
+            started = now_iso()
+            try:
+                outcome = self.script(pod) if self.script else None
+                if asyncio.iscoroutine(outcome) or isinstance(outcome, Awaitable):
+                    outcome = await outcome
+                if outcome is None:
+                    self._set_running(pod, pod_ip, started, restarts, image)
+                    outcome = await self._run_process({**pod, "status": {**pod["status"], "podIP": pod_ip}})
+                else:
+                    restarts = max(restarts, outcome.restarts)
+                    self._set_running(pod, pod_ip, started, restarts, image, outcome.ready)
+                    if outcome.seconds:
+                        await asyncio.sleep(outcome.seconds)
+            except Exception as error:  # a broken script fails its pod visibly instead of hanging it
+                log.exception("pod %s/%s: the pod script failed", namespace, name)
+                outcome = Outcome(exit_code=1, message=f"pod script failed: {type(error).__name__}: {error}")
+            self._processes.pop((namespace, name), None)
+            if not restart_always or self.store.peek(self.pods, namespace, name) is None:
+                break
+            restarts += 1  # restartPolicy Always: the kubelet restarts the container (after a back-off)
+            self._probed_ready[(namespace, name)] = False
+            await asyncio.sleep(1)
         terminated = {
             "exitCode": outcome.exit_code,
             "reason": outcome.reason or ("Completed" if outcome.exit_code == 0 else "Error"),
@@ -438,19 +573,54 @@ class Controllers:
                     **image,
                     "name": container["name"],
                     "ready": False,
-                    "restartCount": 0,
+                    "restartCount": restarts,
                     "state": {"terminated": terminated},
                 }
             ],
         )
         self._running.pop((namespace, name), None)
+        self._probed_ready.pop((namespace, name), None)
+
+    def _set_running(
+        self, pod: Obj, pod_ip: str, started: str, restarts: int, image: Obj, ready: bool | None = None
+    ) -> None:
+        """Running; Ready as given, or (no value) as its readiness probe will say (none: Ready)."""
+        meta, container = pod["metadata"], pod["spec"]["containers"][0]
+        if ready is None:
+            ready = "readinessProbe" not in container
+        key = (meta["namespace"], meta["name"])
+        self._probed_ready[key] = ready
+        node = self.store.peek(self.nodes, "", pod["spec"].get("nodeName", ""))
+        effective = ready and (node is None or _is_ready(node))
+        self._set_pod_status(
+            *key,
+            phase="Running",
+            startTime=pod["status"].get("startTime") or started,
+            podIP=pod_ip,
+            conditions=[
+                _condition("PodScheduled", "True"),
+                _condition("Ready", "True" if effective else "False"),
+            ],
+            containerStatuses=[
+                {
+                    **image,
+                    "name": container["name"],
+                    "ready": effective,
+                    "restartCount": restarts,
+                    "state": {"running": {"startedAt": started}},
+                }
+            ],
+        )
 
     async def _run_process(self, pod: Obj) -> Outcome:
         meta, container = pod["metadata"], pod["spec"]["containers"][0]
         pod_dir = self.work_dir / "pods" / meta["namespace"] / meta["name"]
         pod_dir.mkdir(parents=True, exist_ok=True)
         termination = pod_dir / "termination-log"
-        command = [*container.get("command", []), *container.get("args", [])]
+        pod_env = self._env(pod, container)
+        command = [
+            expand(arg, pod_env) for arg in [*container.get("command", []), *container.get("args", [])]
+        ]
         if not command:
             return Outcome(
                 exit_code=128, message="the container has no command to run locally", reason="StartError"
@@ -460,7 +630,7 @@ class Controllers:
         )
         if executable is None:
             return Outcome(exit_code=127, message=f"{command[0]!r} not found on PATH", reason="StartError")
-        env = {**os.environ, **self._env(pod, container), "VISIONINAPP_TERMINATION_LOG": str(termination)}
+        env = {**os.environ, **pod_env, "VISIONINAPP_TERMINATION_LOG": str(termination)}
         log_path = pod_dir / "output.log"
         with log_path.open("ab") as log_file:
             process = await asyncio.create_subprocess_exec(
@@ -474,13 +644,39 @@ class Controllers:
                 start_new_session=True,
             )
         self._processes[(meta["namespace"], meta["name"])] = _Process(process, log_path, termination)
-        code = await process.wait()
+        probe = (container.get("readinessProbe") or {}).get("httpGet")
+        prober = asyncio.create_task(self._probe_loop(pod, probe)) if probe else None
+        try:
+            code = await process.wait()
+        finally:
+            if prober is not None:
+                prober.cancel()
         message = termination.read_text() if termination.is_file() else ""
         if not message and code != 0 and container.get("terminationMessagePolicy") == "FallbackToLogsOnError":
             message = log_path.read_bytes()[-LOG_TAIL_BYTES:].decode(errors="replace")
         if code < 0:  # killed by a signal, as the kubelet reports it
             return Outcome(exit_code=128 - code, message=message, reason="Error")
         return Outcome(exit_code=code, message=message)
+
+    async def _probe_loop(self, pod: Obj, probe: Obj) -> None:
+        """The readiness probe: GET the path on the pod's IP every period; 2xx/3xx is Ready."""
+        meta = pod["metadata"]
+        port = probe["port"]
+        if isinstance(port, str):  # a named port
+            ports = pod["spec"]["containers"][0].get("ports", [])
+            port = next((p["containerPort"] for p in ports if p.get("name") == port), 80)
+        url = f"http://{pod['status']['podIP']}:{port}{probe.get('path', '/')}"
+        period = float((pod["spec"]["containers"][0].get("readinessProbe") or {}).get("periodSeconds", 1))
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+            while True:
+                try:
+                    async with session.get(url) as response:
+                        ready = response.status < 400
+                except (aiohttp.ClientError, TimeoutError):
+                    ready = False
+                if self._probed_ready.get((meta["namespace"], meta["name"])) != ready:
+                    self._probe(meta["namespace"], meta["name"], ready)
+                await asyncio.sleep(min(period, 1.0))
 
     def _env(self, pod: Obj, container: Obj) -> dict[str, str]:
         env: dict[str, str] = {}
@@ -492,7 +688,7 @@ class Controllers:
             env.update(data)
         for item in container.get("env", []):
             if "value" in item:
-                env[item["name"]] = str(item["value"])
+                env[item["name"]] = expand(str(item["value"]), env)
                 continue
             value_from = item.get("valueFrom") or {}
             if "fieldRef" in value_from:
@@ -500,7 +696,7 @@ class Controllers:
                 value: Any = pod
                 for step in path:
                     value = value.get(step, "") if isinstance(value, dict) else ""
-                env[item["name"]] = "127.0.0.1" if path[-1] == "podIP" else str(value)
+                env[item["name"]] = str(value)
             for kind, ref_key in (("secrets", "secretKeyRef"), ("configmaps", "configMapKeyRef")):
                 if ref_key in value_from:
                     ref = value_from[ref_key]
@@ -543,3 +739,28 @@ def _kill_group(process: asyncio.subprocess.Process) -> None:
 def _is_ready(obj: Obj) -> bool:
     conditions = (obj.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+REVISION_LABEL = "controller-revision-hash"
+
+
+def template_hash(template: Obj) -> str:
+    """What the DaemonSet controller labels its pods with: a hash of the pod template."""
+    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _fits_selector_and_taints(pod_spec: Obj, node: Obj) -> bool:
+    labels = node["metadata"].get("labels") or {}
+    if any(labels.get(k) != v for k, v in (pod_spec.get("nodeSelector") or {}).items()):
+        return False
+    taints = [t for t in node["spec"].get("taints") or [] if t.get("effect") in ("NoSchedule", "NoExecute")]
+    return all(_tolerates(pod_spec.get("tolerations") or [], t) for t in taints)
+
+
+def expand(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' `$(VAR)` expansion in command, args and env values (`$$(VAR)` stays literal)."""
+    return re.sub(
+        r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+        lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)),
+        text,
+    )

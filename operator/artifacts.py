@@ -57,7 +57,11 @@ def verify_formats(
 
 
 def artifact_status(
-    body: Obj, verification: Verification | None, now: datetime, error: str | None = None
+    body: Obj,
+    verification: Verification | None,
+    now: datetime,
+    error: str | None = None,
+    deployed_to: list[str] | None = None,
 ) -> Obj:
     """The status patch: `Verified` and phase from a verification (None: keep), `Staged` from the spec.
 
@@ -98,6 +102,8 @@ def artifact_status(
             generation,
         )
     wanted["conditions"] = conditions
+    if deployed_to is not None:
+        wanted["deployedTo"] = deployed_to
     return {k: v for k, v in wanted.items() if status.get(k) != v}
 
 

@@ -45,6 +45,18 @@ class OperatorConfig(BaseSettings):
     trainer_work_dir: str = Field(
         "/scratch", description="Scratch directory inside the trainer pod (emptyDir)."
     )
+    edge_image: str = Field(
+        "ghcr.io/visioninapp/edge:latest",
+        description="Image of the edge runtime pods (L4T arm64 on Jetsons).",
+    )
+    edge_env: dict[str, str] = Field(default_factory=dict, description="Plain environment for the edge pods.")
+    edge_cache_path: str = Field(
+        "/var/lib/visioninapp/models",
+        description="hostPath of the model cache on each edge node (shared by successive pods).",
+    )
+    rollout_resync_seconds: float = Field(
+        5.0, gt=0, description="Rollouts are re-planned at least this often (step timeouts, minReadySeconds)."
+    )
     status_interval_seconds: float = Field(
         2.0,
         ge=0,

@@ -22,12 +22,26 @@ import kopf
 
 from visioninapp.backends.events import EventBus
 from visioninapp.backends.storage import ArtifactStore
+from visioninapp.events import EdgeEvent
 from visioninapp.factory import artifact_store_for, build_event_bus
 from visioninapp.operator.artifacts import artifact_status, mirror_copy, needs_verification, verify_formats
 from visioninapp.operator.config import OperatorConfig
 from visioninapp.operator.kube import Kube, KubeError, connection_from_kubeconfig
 from visioninapp.operator.metrics import Metrics
-from visioninapp.operator.progress import ProgressTracker, consume_progress
+from visioninapp.operator.progress import CONSUMER, ProgressTracker, consume_progress
+from visioninapp.operator.rollout import (
+    ACTION_ANNOTATION,
+    DEPLOYMENT_LABEL,
+    IN_USE_FINALIZER,
+    REVISION_LABEL,
+    EdgeHealthTracker,
+    artifact_users,
+    desired_daemonset,
+    eligible,
+    node_view,
+    plan_rollout,
+    pod_view,
+)
 from visioninapp.operator.training import (
     JOB_FINALIZER,
     TRAINING_JOB_LABEL,
@@ -37,7 +51,7 @@ from visioninapp.operator.training import (
     job_finished,
     plan_training,
 )
-from visioninapp.resources import API_VERSION, GROUP, VERSION, ModelArtifact, TrainingJob
+from visioninapp.resources import API_VERSION, GROUP, VERSION, EdgeDeployment, ModelArtifact, TrainingJob
 from visioninapp.resources.base import ADMITTED
 from visioninapp.settings import Settings
 
@@ -47,8 +61,9 @@ JOB_LABEL = "batch.kubernetes.io/job-name"
 
 
 def _plain(body: Mapping[str, Any]) -> Obj:
-    """A plain dict of an event's body (kopf builds a new one per event and we never mutate it)."""
-    return dict(body)
+    """A deep, plain copy of an event's body (kopf may change its own afterwards); JSON is quicker
+    than copy.deepcopy for JSON data."""
+    return json.loads(json.dumps(dict(body)))  # type: ignore[no-any-return]
 
 
 def _newer(a: Obj | None, b: Obj | None) -> Obj | None:
@@ -75,6 +90,12 @@ class Operator:
         self.pods: dict[tuple[str, str], dict[str, Obj]] = defaultdict(dict)  # (ns, job) → pods by name
         self.stores: dict[str, ArtifactStore] = {}
         self.tasks: list[asyncio.Task[None]] = []
+        self.artifacts: dict[tuple[str, str], Obj] = {}
+        self.deployments: dict[tuple[str, str], Obj] = {}
+        self.daemonsets: dict[tuple[str, str], Obj] = {}
+        self.edge_pods: dict[tuple[str, str], dict[str, Obj]] = defaultdict(dict)  # (ns, deployment) → pods
+        self.nodes: dict[str, Obj] = {}
+        self.health = EdgeHealthTracker()
 
     # reading
 
@@ -84,6 +105,35 @@ class Operator:
         assert newest is not None
         cache[key] = newest
         return newest
+
+    async def post_event(self, body: Obj, kind: str, reason: str, message: str) -> None:
+        """A Kubernetes Event about `body` (for `kubectl describe`); never fails the reconciliation."""
+        meta = body["metadata"]
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name'][:200]}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": body.get("apiVersion", API_VERSION),
+                "kind": body.get("kind", ""),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid", ""),
+            },
+            "type": kind,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "visioninapp-operator"},
+            "reportingComponent": "visioninapp-operator",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await self.kube.create("v1", "events", meta["namespace"], event)
+        except KubeError as error:
+            log.warning("event %s on %s/%s not posted: %s", reason, meta["namespace"], meta["name"], error)
 
     @staticmethod
     def is_own_write(cache: dict[tuple[str, str], Obj], body: Mapping[str, Any]) -> bool:
@@ -108,20 +158,24 @@ class Operator:
                 return BaseModel(uri=item["uri"], sha256=item["sha256"])
         return BaseModel(problem=f"base model {name!r} has no `pt` format to fine-tune from")
 
+    def service_env(self, training: bool) -> dict[str, str]:
+        """Where pods find S3 and the streams: the operator's own settings, then configured extras."""
+        values = {
+            "VISIONINAPP_S3_ENDPOINT_URL": self.settings.s3_endpoint_url,
+            "VISIONINAPP_S3_REGION": self.settings.s3_region,
+            "VISIONINAPP_RABBITMQ_HOST": self.settings.rabbitmq_host,
+            "VISIONINAPP_RABBITMQ_STREAM_PORT": self.settings.rabbitmq_stream_port
+            if self.settings.rabbitmq_host
+            else None,
+            "VISIONINAPP_TRAINING_STREAM" if training else "VISIONINAPP_EDGE_STREAM": (
+                self.settings.training_stream if training else self.settings.edge_stream
+            ),
+        }
+        extra = self.config.trainer_env if training else self.config.edge_env
+        return {k: str(v) for k, v in values.items() if v is not None} | extra
+
     def make_job(self, uid: str, base: BaseModel | None) -> Any:
-        env = {
-            key: str(value)
-            for key, value in {
-                "VISIONINAPP_S3_ENDPOINT_URL": self.settings.s3_endpoint_url,
-                "VISIONINAPP_S3_REGION": self.settings.s3_region,
-                "VISIONINAPP_RABBITMQ_HOST": self.settings.rabbitmq_host,
-                "VISIONINAPP_RABBITMQ_STREAM_PORT": self.settings.rabbitmq_stream_port
-                if self.settings.rabbitmq_host
-                else None,
-                "VISIONINAPP_TRAINING_STREAM": self.settings.training_stream,
-            }.items()
-            if value is not None
-        } | self.config.trainer_env
+        env = self.service_env(training=True)
 
         def build(tj: TrainingJob, attempt: int) -> Obj:
             return desired_job(
@@ -232,7 +286,7 @@ class Operator:
                     raise
         if plan.event is not None:
             kind, reason, message = plan.event
-            kopf.event(body, type=kind, reason=reason, message=message)
+            await self.post_event(body, kind, reason, message)
 
     async def release_if_orphaned(self, job: Obj, owner: str) -> None:
         """A Job being deleted whose TrainingJob is gone has no outcome to record: let it go."""
@@ -276,36 +330,213 @@ class Operator:
             size=lambda uri: self.store_for(uri).size(uri),
         )
 
-    async def reconcile_artifact(self, body: Obj) -> None:
+    async def reconcile_artifact(self, namespace: str, name: str) -> None:
+        async with self.locks[(namespace, f"ma/{name}")]:
+            body = self.artifacts.get((namespace, name))
+            if body is None:
+                return
+            started = time.perf_counter()
+            try:
+                await self._reconcile_artifact(body)
+                self.metrics.reconciled("ModelArtifact", time.perf_counter() - started)
+            except Exception:
+                self.metrics.failed("ModelArtifact")
+                log.exception(
+                    "reconciling ModelArtifact %s/%s failed; retrying at the next event", namespace, name
+                )
+
+    async def _reconcile_artifact(self, body: Obj) -> None:
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
-        async with self.locks[(namespace, f"ma/{name}")]:
+        verification, error = None, None
+        if needs_verification(body):
+            try:
+                verification = await asyncio.to_thread(self._verify, body)
+            except Exception as failure:  # the store, not the artifact: retried at resync
+                error = f"cannot check the objects now: {type(failure).__name__}: {failure}"
+        users = artifact_users(name, [d for (ns, _), d in self.deployments.items() if ns == namespace])
+        patch = artifact_status(body, verification, datetime.now(UTC), error, deployed_to=users)
+        if patch:
+            try:
+                body = await self.kube.patch(
+                    API_VERSION, "modelartifacts", namespace, name, {"status": patch}, "status"
+                )
+            except KubeError as failure:
+                if failure.code != 404:
+                    raise
+                return
+            self.remember(self.artifacts, body)
+            if verification:
+                await self.post_event(body, "Warning", "VerificationFailed", patch.get("message", ""))
+        finalizers = list(meta.get("finalizers") or [])
+        if bool(users) != (IN_USE_FINALIZER in finalizers):  # the in-use finalizer follows deployedTo
+            finalizers = (
+                [*finalizers, IN_USE_FINALIZER] if users else [f for f in finalizers if f != IN_USE_FINALIZER]
+            )
+            updated = await self.kube.patch(
+                API_VERSION,
+                "modelartifacts",
+                namespace,
+                name,
+                {"metadata": {"finalizers": finalizers or None}},
+            )
+            self.remember(self.artifacts, updated)
+        available = (body.get("status") or {}).get("phase") == "Available"
+        mirrored = (meta.get("labels") or {}).get("visioninapp.io/mirrored") == "true"
+        if self.mirror is not None and available and not mirrored:
+            await self.mirror.create(API_VERSION, "modelartifacts", namespace, mirror_copy(body))
+
+    # EdgeDeployment
+
+    async def artifact(self, namespace: str, name: str | None) -> Obj | None:
+        if not name:
+            return None
+        cached = self.artifacts.get((namespace, name))
+        return (
+            cached
+            if cached is not None
+            else await self.kube.get(API_VERSION, "modelartifacts", namespace, name)
+        )
+
+    def make_daemonset(self, uid: str) -> Any:
+        env = self.service_env(training=False)
+
+        def build(ed: EdgeDeployment, artifact: str, entry: Obj) -> tuple[Obj, str]:
+            return desired_daemonset(
+                ed,
+                uid,
+                artifact,
+                entry,
+                image=self.config.edge_image,
+                env=env,
+                cache_path=self.config.edge_cache_path,
+            )
+
+        return build
+
+    async def reconcile_deployment(self, namespace: str, name: str) -> None:
+        async with self.locks[(namespace, f"ed/{name}")]:
+            body = self.deployments.get((namespace, name))
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return
             started = time.perf_counter()
-            verification, error = None, None
-            if needs_verification(body):
-                try:
-                    verification = await asyncio.to_thread(self._verify, body)
-                except Exception as failure:  # the store, not the artifact: retried at resync
-                    error = f"cannot check the objects now: {type(failure).__name__}: {failure}"
-            patch = artifact_status(body, verification, datetime.now(UTC), error)
-            if patch:
-                try:
-                    body = await self.kube.patch(
-                        API_VERSION, "modelartifacts", namespace, name, {"status": patch}, "status"
-                    )
-                except KubeError as failure:
-                    if failure.code != 404:
-                        raise
-                    return
-                if verification:
-                    kopf.event(
-                        body, type="Warning", reason="VerificationFailed", message=patch.get("message", "")
-                    )
-            available = (body.get("status") or {}).get("phase") == "Available"
-            mirrored = (meta.get("labels") or {}).get("visioninapp.io/mirrored") == "true"
-            if self.mirror is not None and available and not mirrored:
-                await self.mirror.create(API_VERSION, "modelartifacts", namespace, mirror_copy(body))
-            self.metrics.reconciled("ModelArtifact", time.perf_counter() - started)
+            try:
+                await self._reconcile_deployment(body)
+                self.metrics.reconciled("EdgeDeployment", time.perf_counter() - started)
+            except Exception:
+                self.metrics.failed("EdgeDeployment")
+                log.exception(
+                    "reconciling EdgeDeployment %s/%s failed; retrying at the next event", namespace, name
+                )
+
+    async def _reconcile_deployment(self, body: Obj) -> None:
+        meta, spec, status = body["metadata"], body["spec"], body.get("status") or {}
+        namespace, name = meta["namespace"], meta["name"]
+        artifact = await self.artifact(namespace, spec["modelRef"])
+        previous = await self.artifact(namespace, status.get("previousModel"))
+        heartbeats = self.health.for_deployment(namespace, name)
+        nodes = [
+            node_view(node, heartbeats)
+            for node in self.nodes.values()
+            if eligible(node, spec.get("nodeSelector") or {}, spec.get("tolerations") or [])
+        ]
+        pods = [pod_view(p) for p in self.edge_pods.get((namespace, name), {}).values()]
+        pods = [p for p in pods if p is not None]
+        plan = plan_rollout(
+            body,
+            artifact,
+            previous,
+            self.daemonsets.get((namespace, name)),
+            sorted(nodes, key=lambda n: n.name),
+            pods,
+            heartbeats,
+            datetime.now(UTC),
+            make_daemonset=self.make_daemonset(meta["uid"]),
+        )
+        if plan.daemonset is not None:
+            await self.apply_daemonset(plan.daemonset)
+        if plan.status:  # the intent (step, revision) first: a crash after it re-plans the same step
+            try:
+                updated = await self.kube.patch(
+                    API_VERSION, "edgedeployments", namespace, name, {"status": plan.status}, "status"
+                )
+                self.remember(self.deployments, updated)
+            except KubeError as error:
+                if error.code != 404:
+                    raise
+        for pod in plan.delete_pods:
+            await self.kube.delete("v1", "pods", namespace, pod)
+        if plan.clear_action:
+            await self.kube.patch(
+                API_VERSION,
+                "edgedeployments",
+                namespace,
+                name,
+                {"metadata": {"annotations": {ACTION_ANNOTATION: None}}},
+            )
+        for kind, reason, message in plan.events:
+            await self.post_event(body, kind, reason, message)
+        for model in {spec["modelRef"], status.get("currentModel"), status.get("previousModel")} - {None}:
+            if (namespace, model) in self.artifacts:
+                asyncio.get_running_loop().create_task(self.reconcile_artifact(namespace, model))
+
+    async def apply_daemonset(self, desired: Obj) -> None:
+        meta = desired["metadata"]
+        key = (meta["namespace"], meta["name"])
+        current = self.daemonsets.get(key)
+        wanted_revision = desired["spec"]["template"]["metadata"]["labels"][REVISION_LABEL]
+        if current is None:
+            created = await self.kube.create("apps/v1", "daemonsets", meta["namespace"], desired)
+            current = created or await self.kube.get("apps/v1", "daemonsets", meta["namespace"], meta["name"])
+        if current is None:
+            return
+        if current["spec"]["template"]["metadata"]["labels"].get(REVISION_LABEL) != wanted_revision:
+            current = await self.kube.request(
+                "PATCH",
+                self.kube.path("apps/v1", "daemonsets", meta["namespace"], meta["name"]),
+                [{"op": "replace", "path": "/spec/template", "value": desired["spec"]["template"]}],
+                "application/json-patch+json",
+            )
+        self.remember(self.daemonsets, current)
+
+    async def consume_health(self) -> None:
+        """edge-events → per-node health of each deployment; the affected rollouts re-plan."""
+        while True:
+            bus: EventBus | None = None
+            try:
+                bus = await asyncio.to_thread(build_event_bus, self.settings)
+                stream = self.settings.edge_stream
+                offset = await asyncio.to_thread(bus.query_offset, stream, CONSUMER)
+                while True:
+                    messages = await asyncio.to_thread(bus.read, stream, offset, 1000)
+                    touched = set()
+                    for message in messages:
+                        try:
+                            event = EdgeEvent.model_validate_json(message.body)
+                        except ValueError:
+                            continue
+                        self.health.add(event)
+                        touched.add((event.namespace, event.deployment))
+                    for key in touched:
+                        await self.reconcile_deployment(*key)
+                    if messages:
+                        offset = messages[-1].offset + 1
+                        await asyncio.to_thread(bus.store_offset, stream, CONSUMER, offset)
+                    else:
+                        await asyncio.sleep(0.5)
+            except Exception:
+                log.exception("the edge-events consumer failed; restarting it in 5 s")
+                await asyncio.sleep(5)
+            finally:
+                if bus is not None:
+                    await asyncio.to_thread(bus.close)
+
+    async def resync_rollouts(self) -> None:
+        """Step timeouts and minReadySeconds pass without events: look again now and then."""
+        while True:
+            await asyncio.sleep(self.config.rollout_resync_seconds)
+            for namespace, name in list(self.deployments):
+                await self.reconcile_deployment(namespace, name)
 
     # background work
 
@@ -373,6 +604,9 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         if "training" in config.roles:
             operator.tasks.append(asyncio.create_task(operator.resync()))
             operator.tasks.append(asyncio.create_task(operator.progress()))
+        if "rollout" in config.roles:
+            operator.tasks.append(asyncio.create_task(operator.resync_rollouts()))
+            operator.tasks.append(asyncio.create_task(operator.consume_health()))
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
@@ -389,8 +623,22 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
 
     @kopf.on.event(GROUP, VERSION, "modelartifacts", registry=registry)
     async def on_artifact(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        if type != "DELETED":
-            await _operator(memo).reconcile_artifact(_plain(body))
+        operator = _operator(memo)
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        if type == "DELETED":
+            operator.artifacts.pop(key, None)
+            return
+        if operator.is_own_write(operator.artifacts, body):
+            return
+        operator.remember(operator.artifacts, _plain(body))
+        await operator.reconcile_artifact(*key)
+        for (namespace, name), deployment in list(operator.deployments.items()):
+            if namespace == key[0] and key[1] in artifact_users_of(deployment):
+                await operator.reconcile_deployment(namespace, name)
+
+    if "rollout" in config.roles:
+        register_rollout(registry)
 
     if "training" not in config.roles:
         return
@@ -450,6 +698,64 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         tj = _owner_name(owner) if owner else None
         if tj:
             await operator.reconcile_training_job(meta["namespace"], tj)
+
+
+def artifact_users_of(deployment: Obj) -> set[str]:
+    status = deployment.get("status") or {}
+    return {deployment["spec"]["modelRef"], status.get("currentModel"), status.get("previousModel")} - {None}
+
+
+def register_rollout(registry: kopf.OperatorRegistry) -> None:
+    """EdgeDeployments → DaemonSets and canary waves (the `rollout` role)."""
+
+    @kopf.on.event(GROUP, VERSION, "edgedeployments", registry=registry)
+    async def on_deployment(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        operator = _operator(memo)
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        if type == "DELETED":
+            gone = operator.deployments.pop(key, None)
+            for model in artifact_users_of(gone or _plain(body)):
+                await operator.reconcile_artifact(key[0], model)
+            return
+        if operator.is_own_write(operator.deployments, body):
+            return
+        operator.remember(operator.deployments, _plain(body))
+        await operator.reconcile_deployment(*key)
+
+    @kopf.on.event("apps", "v1", "daemonsets", labels={DEPLOYMENT_LABEL: kopf.PRESENT}, registry=registry)
+    async def on_daemonset(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        operator = _operator(memo)
+        meta = body["metadata"]
+        if type == "DELETED":
+            operator.daemonsets.pop((meta["namespace"], meta["name"]), None)
+        else:
+            operator.remember(operator.daemonsets, _plain(body))
+
+    @kopf.on.event("", "v1", "pods", labels={DEPLOYMENT_LABEL: kopf.PRESENT}, registry=registry)
+    async def on_edge_pod(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        operator = _operator(memo)
+        meta = body["metadata"]
+        deployment = meta["labels"][DEPLOYMENT_LABEL]
+        pods = operator.edge_pods[(meta["namespace"], deployment)]
+        if type == "DELETED":
+            pods.pop(meta["name"], None)
+        else:
+            newest = _newer(_plain(body), pods.get(meta["name"]))
+            assert newest is not None
+            pods[meta["name"]] = newest
+        await operator.reconcile_deployment(meta["namespace"], deployment)
+
+    @kopf.on.event("", "v1", "nodes", registry=registry)
+    async def on_node(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        operator = _operator(memo)
+        name = body["metadata"]["name"]
+        if type == "DELETED":
+            operator.nodes.pop(name, None)
+        else:
+            operator.nodes[name] = _plain(body)
+        for namespace, deployment in list(operator.deployments):
+            await operator.reconcile_deployment(namespace, deployment)
 
 
 def _owner_name(meta: Mapping[str, Any]) -> str | None:

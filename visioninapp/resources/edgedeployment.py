@@ -205,6 +205,9 @@ class EdgeDeploymentStatus(KubeModel):
         default_factory=list, description="Recent revisions, newest first."
     )
     current_step: int | None = Field(None, ge=0, le=MAX_CANARY_STEPS, description="Canary step index.")
+    step_start_time: datetime | None = Field(
+        None, description="When the current step began (its stepTimeoutSeconds counts from here)."
+    )
     desired_nodes: int = Field(0, ge=0, description="Nodes matching the selector.")
     updated_nodes: int = Field(0, ge=0, description="Nodes running the current revision.")
     ready_nodes: int = Field(0, ge=0, description="Updated nodes that are Ready.")

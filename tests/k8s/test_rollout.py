@@ -1,0 +1,336 @@
+"""EdgeDeployment rollouts: the real operator against the harness with 20 simulated Jetsons.
+
+Edge pods run from scripts: healthy (Ready), or broken (crash-looping) for a given model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.k8s.conftest import OperatorProcess, wait_for
+from visioninapp.backends.events import LocalEventLog
+from visioninapp.cluster.controllers import Outcome
+from visioninapp.cluster.harness import Harness
+from visioninapp.events import EdgeEvent
+
+GROUP = "visioninapp.io"
+NODES = 20
+
+
+def model_artifact(tmp_path: Path, name: str) -> dict[str, Any]:
+    path = tmp_path / "models" / f"{name}.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(f"onnx bytes of {name}".encode())
+    return {
+        "apiVersion": "visioninapp.io/v1alpha1",
+        "kind": "ModelArtifact",
+        "metadata": {"name": name},
+        "spec": {
+            "model": "helmet-detector",
+            "version": name,
+            "formats": [
+                {
+                    "format": "onnx",
+                    "uri": path.as_uri(),
+                    "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                    "size": path.stat().st_size,
+                }
+            ],
+            "classNames": ["helmet", "head"],
+            "imgsz": 640,
+        },
+    }
+
+
+class Fleet:
+    """Scripted edge pods: a model listed in `broken` crash-loops, the others serve."""
+
+    def __init__(self) -> None:
+        self.broken: set[str] = set()
+        self.started: Counter[tuple[str, str]] = Counter()  # (node, model) → pods started
+
+    def __call__(self, pod: dict[str, Any]) -> Outcome:
+        env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+        model = env["VISIONINAPP_EDGE_MODEL_VERSION"]
+        self.started[(pod["spec"]["nodeName"], model)] += 1
+        if model in self.broken:
+            return Outcome(seconds=math.inf, ready=False, restarts=5)
+        return Outcome(seconds=math.inf, ready=True)
+
+
+@pytest.fixture
+def fleet(cluster: Harness, tmp_path: Path) -> Fleet:
+    scripted = Fleet()
+    cluster.set_script(scripted)
+    for index in range(NODES):
+        cluster.add_node(
+            f"jetson-{index:02d}",
+            labels={"visioninapp.io/edge": "true"},
+            taints=[{"key": "visioninapp.io/edge", "value": "true", "effect": "NoSchedule"}],
+        )
+    for name in ("v1", "v2"):
+        cluster.create(GROUP, "modelartifacts", "vision", model_artifact(tmp_path, name))
+    return scripted
+
+
+@pytest.fixture
+def operator(cluster: Harness, operator_factory: Any, fleet: Fleet) -> OperatorProcess:
+    return operator_factory(cluster, VISIONINAPP_OPERATOR_ROLLOUT_RESYNC_SECONDS="0.3")
+
+
+def deployment(**strategy: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "visioninapp.io/v1alpha1",
+        "kind": "EdgeDeployment",
+        "metadata": {"name": "helmets"},
+        "spec": {
+            "modelRef": "v1",
+            "strategy": {
+                "canary": {"steps": [10, 50, 100]},
+                "maxUnavailable": "50%",
+                "healthGate": {"minReadySeconds": 1},
+                **strategy,
+            },
+        },
+    }
+
+
+def status(cluster: Harness) -> dict[str, Any]:
+    return (cluster.get(GROUP, "edgedeployments", "vision", "helmets") or {}).get("status") or {}
+
+
+def models_by_node(cluster: Harness) -> dict[str, str]:
+    pods = cluster.list("", "pods", "vision", "visioninapp.io/edge-deployment=helmets")
+    return {
+        p["spec"]["nodeName"]: p["metadata"]["annotations"]["visioninapp.io/model"]
+        for p in pods
+        if not p["metadata"].get("deletionTimestamp")
+    }
+
+
+def deploy_v1(cluster: Harness, operator: OperatorProcess, **strategy: Any) -> None:
+    wait_for(
+        lambda: (
+            ((cluster.get(GROUP, "modelartifacts", "vision", "v2") or {}).get("status") or {}).get("phase")
+            == "Available"
+        ),
+        30,
+        "the artifacts to be verified",
+        operator,
+    )
+    cluster.create(GROUP, "edgedeployments", "vision", deployment(**strategy))
+    wait_for(lambda: status(cluster).get("phase") == "Healthy", 30, "v1 on the fleet", operator)
+    assert set(models_by_node(cluster).values()) == {"v1"} and len(models_by_node(cluster)) == NODES
+
+
+def roll_out_v2(cluster: Harness) -> None:
+    cluster.patch(GROUP, "edgedeployments", "vision", "helmets", {"spec": {"modelRef": "v2"}})
+
+
+def test_canary_waves_reach_every_node(cluster: Harness, operator: OperatorProcess, fleet: Fleet) -> None:
+    deploy_v1(cluster, operator)
+    ds = cluster.get("apps", "daemonsets", "vision", "helmets")
+    assert ds["spec"]["updateStrategy"] == {"type": "OnDelete"}
+    assert ds["metadata"]["ownerReferences"][0]["kind"] == "EdgeDeployment"
+    roll_out_v2(cluster)
+    seen: dict[int, int] = {}
+
+    def done() -> bool:
+        current = status(cluster)
+        if (
+            current.get("revision")
+            and current.get("currentModel") == "v2"
+            and current.get("phase") == "Progressing"
+        ):
+            step = current.get("currentStep", 0)
+            updated = sum(1 for m in models_by_node(cluster).values() if m == "v2")
+            seen[step] = max(seen.get(step, 0), updated)
+        return current.get("phase") == "Healthy" and current.get("currentModel") == "v2"
+
+    wait_for(done, 60, "v2 everywhere", operator)
+    assert set(models_by_node(cluster).values()) == {"v2"}
+    assert seen.get(0, 0) <= 2, seen  # step 0: 10% of 20 nodes
+    assert seen.get(1, 0) <= 10, seen  # step 1: 50%
+    final = status(cluster)
+    assert (final["desiredNodes"], final["updatedNodes"], final["readyNodes"]) == (NODES, NODES, NODES)
+    assert final["previousModel"] == "v1" and final["history"][0]["outcome"] == "Completed"
+    assert all(count == 1 for (node, model), count in fleet.started.items() if model == "v2")  # no node twice
+    artifact = cluster.get(GROUP, "modelartifacts", "vision", "v2")
+    assert artifact["status"]["deployedTo"] == ["helmets"]
+    assert "visioninapp.io/in-use" in artifact["metadata"]["finalizers"]
+    reasons = [
+        e["reason"] for e in cluster.list("", "events", "vision") if e["involvedObject"]["name"] == "helmets"
+    ]
+    assert {"RolloutStarted", "StepStarted", "RolloutComplete"} <= set(reasons)
+
+
+def test_a_failing_model_rolls_back_every_node(
+    cluster: Harness, operator: OperatorProcess, fleet: Fleet
+) -> None:
+    deploy_v1(cluster, operator)
+    fleet.broken.add("v2")
+    roll_out_v2(cluster)
+    wait_for(lambda: status(cluster).get("phase") == "RolledBack", 60, "the rollback", operator)
+    wait_for(lambda: set(models_by_node(cluster).values()) == {"v1"}, 30, "every node back on v1", operator)
+    final = status(cluster)
+    assert final["currentModel"] == "v1" and final["previousModel"] == "v2"
+    rolled_back = next(c for c in final["conditions"] if c["type"] == "RolledBack")
+    assert rolled_back["status"] == "True" and "restarted 5 times" in rolled_back["message"]
+    assert final["history"][0]["outcome"] == "RolledBack"
+    assert sum(1 for (_, model) in fleet.started if model == "v2") <= 2  # only the first canary wave
+    reasons = [
+        e["reason"] for e in cluster.list("", "events", "vision") if e["involvedObject"]["name"] == "helmets"
+    ]
+    assert "RolledBack" in reasons
+
+
+def test_bad_health_events_roll_back(cluster: Harness, operator: OperatorProcess, fleet: Fleet) -> None:
+    deploy_v1(cluster, operator, healthGate={"minReadySeconds": 5, "maxErrorRate": 0.1})
+    roll_out_v2(cluster)
+    wait_for(lambda: "v2" in models_by_node(cluster).values(), 30, "the first canary", operator)
+    revision = status(cluster)["revision"]
+    log = LocalEventLog(Path(operator.env["VISIONINAPP_DATA_DIR"]) / "events")
+    now = datetime.now(UTC)
+    for node, model in models_by_node(cluster).items():
+        if model == "v2":
+            event = EdgeEvent(
+                namespace="vision",
+                deployment="helmets",
+                node=node,
+                revision=revision,
+                window_start=now - timedelta(seconds=15),
+                window_end=now,
+                requests=100,
+                errors=40,
+                p95_ms=30,
+            )
+            log.publish("edge-events", f"edge.{node}", [(1, event.to_bytes())])
+    wait_for(lambda: status(cluster).get("phase") == "RolledBack", 30, "the rollback", operator)
+    message = next(c["message"] for c in status(cluster)["conditions"] if c["type"] == "RolledBack")
+    assert "error rate 40.0%" in message
+
+
+def test_offline_nodes_are_skipped_then_updated_when_back(
+    cluster: Harness, operator: OperatorProcess, fleet: Fleet
+) -> None:
+    deploy_v1(cluster, operator)
+    offline = ["jetson-03", "jetson-11", "jetson-17"]
+    for node in offline:
+        cluster.patch(
+            "",
+            "nodes",
+            "",
+            node,
+            {"status": {"conditions": [{"type": "Ready", "status": "False"}]}},
+            "status",
+        )
+    roll_out_v2(cluster)
+    wait_for(
+        lambda: status(cluster).get("phase") == "Healthy" and status(cluster).get("currentModel") == "v2",
+        60,
+        "the rollout without the offline nodes",
+        operator,
+    )
+    final = status(cluster)
+    assert (final["updatedNodes"], final["pendingNodes"], final["failedNodes"]) == (NODES - 3, 3, 0), (
+        {k: v for k, v in final.items() if k not in ("conditions", "history")}
+    )
+    assert [n["name"] for n in final["nodes"][:3]] == offline  # pending nodes listed first
+    assert all(models_by_node(cluster)[node] == "v1" for node in offline)
+    for node in offline:
+        cluster.patch(
+            "", "nodes", "", node, {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}, "status"
+        )
+    wait_for(
+        lambda: set(models_by_node(cluster).values()) == {"v2"}, 30, "the returning nodes to update", operator
+    )
+    wait_for(lambda: status(cluster).get("pendingNodes") == 0, 30, "no pending nodes", operator)
+
+
+def test_pause_freezes_and_resume_completes(
+    cluster: Harness, operator: OperatorProcess, fleet: Fleet
+) -> None:
+    deploy_v1(cluster, operator, healthGate={"minReadySeconds": 2})
+    roll_out_v2(cluster)
+    wait_for(lambda: "v2" in models_by_node(cluster).values(), 30, "the first canary", operator)
+    cluster.patch(GROUP, "edgedeployments", "vision", "helmets", {"spec": {"paused": True}})
+    wait_for(lambda: status(cluster).get("phase") == "Paused", 30, "the pause", operator)
+    frozen = models_by_node(cluster)
+    import time
+
+    time.sleep(3)
+    assert models_by_node(cluster) == frozen and list(frozen.values()).count("v2") <= 2
+    cluster.patch(GROUP, "edgedeployments", "vision", "helmets", {"spec": {"paused": False}})
+    wait_for(lambda: status(cluster).get("phase") == "Healthy", 60, "the resumed rollout", operator)
+    assert set(models_by_node(cluster).values()) == {"v2"}
+
+
+def test_operator_killed_mid_rollout_resumes_without_updating_a_node_twice(
+    cluster: Harness, operator: OperatorProcess, fleet: Fleet
+) -> None:
+    deploy_v1(cluster, operator, healthGate={"minReadySeconds": 2})
+    roll_out_v2(cluster)
+    wait_for(lambda: status(cluster).get("currentStep") == 1, 30, "step 1", operator)
+    step = status(cluster)["currentStep"]
+    operator.kill()
+    operator.start()
+    wait_for(lambda: status(cluster).get("phase") == "Healthy", 60, "the rollout to finish", operator)
+    assert status(cluster)["currentStep"] >= step
+    assert set(models_by_node(cluster).values()) == {"v2"}
+    assert all(count == 1 for (_, model), count in fleet.started.items() if model == "v2"), fleet.started
+
+
+def test_manual_rollback_and_the_in_use_finalizer(
+    cluster: Harness, operator: OperatorProcess, fleet: Fleet
+) -> None:
+    deploy_v1(cluster, operator)
+    roll_out_v2(cluster)
+    wait_for(
+        lambda: status(cluster).get("phase") == "Healthy" and status(cluster).get("currentModel") == "v2",
+        60,
+        "v2",
+        operator,
+    )
+    cluster.patch(
+        GROUP,
+        "edgedeployments",
+        "vision",
+        "helmets",
+        {"metadata": {"annotations": {"visioninapp.io/rollout-action": "rollback"}}},
+    )
+    wait_for(lambda: set(models_by_node(cluster).values()) == {"v1"}, 30, "the manual rollback", operator)
+    assert status(cluster)["phase"] == "RolledBack"
+    annotations = (
+        cluster.get(GROUP, "edgedeployments", "vision", "helmets")["metadata"].get("annotations") or {}
+    )
+    assert "visioninapp.io/rollout-action" not in annotations  # the action was consumed
+    cluster.delete(GROUP, "modelartifacts", "vision", "v1")  # in use: held by the finalizer
+    held = cluster.get(GROUP, "modelartifacts", "vision", "v1")
+    assert held is not None and held["metadata"].get("deletionTimestamp")
+    cluster.delete(GROUP, "edgedeployments", "vision", "helmets")
+    wait_for(
+        lambda: cluster.get(GROUP, "modelartifacts", "vision", "v1") is None, 30, "the release", operator
+    )
+
+
+def test_a_deployment_waits_for_a_usable_artifact(
+    cluster: Harness, operator: OperatorProcess, fleet: Fleet
+) -> None:
+    body = deployment()
+    body["spec"]["modelRef"] = "missing"
+    cluster.create(GROUP, "edgedeployments", "vision", body)
+
+    def waiting() -> Any:
+        conditions = {c["type"]: c for c in status(cluster).get("conditions", [])}
+        return conditions.get("ModelReady", {}).get("status") == "False" and conditions["ModelReady"]
+
+    condition = wait_for(waiting, 30, "ModelReady=False", operator)
+    assert "not found" in condition["message"]
+    assert cluster.get("apps", "daemonsets", "vision", "helmets") is None

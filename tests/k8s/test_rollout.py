@@ -239,9 +239,9 @@ def test_offline_nodes_are_skipped_then_updated_when_back(
         operator,
     )
     final = status(cluster)
-    assert (final["updatedNodes"], final["pendingNodes"], final["failedNodes"]) == (NODES - 3, 3, 0), (
-        {k: v for k, v in final.items() if k not in ("conditions", "history")}
-    )
+    assert (final["updatedNodes"], final["pendingNodes"], final["failedNodes"]) == (NODES - 3, 3, 0), {
+        k: v for k, v in final.items() if k not in ("conditions", "history")
+    }
     assert [n["name"] for n in final["nodes"][:3]] == offline  # pending nodes listed first
     assert all(models_by_node(cluster)[node] == "v1" for node in offline)
     for node in offline:

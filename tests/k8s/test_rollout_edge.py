@@ -1,0 +1,143 @@
+"""A rollout where the pods run the real edge runtime as local processes on three simulated Jetsons.
+
+Readiness comes from the runtime's own `/readyz` (the harness probes it like a kubelet), health from
+its EdgeEvents over RabbitMQ Streams; a corrupt model is rejected by the runtime's self-test and
+the operator rolls the fleet back while every node keeps detecting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.conftest import ExportedModel
+from tests.k8s.conftest import wait_for
+from visioninapp.cluster.harness import Harness
+
+GROUP = "visioninapp.io"
+pytestmark = [pytest.mark.slow, pytest.mark.services]
+
+
+def artifact(name: str, path: Path) -> dict[str, Any]:
+    data = path.read_bytes()
+    return {
+        "apiVersion": "visioninapp.io/v1alpha1",
+        "kind": "ModelArtifact",
+        "metadata": {"name": name},
+        "spec": {
+            "model": "shapes",
+            "version": name,
+            "formats": [
+                {
+                    "format": "onnx",
+                    "uri": path.as_uri(),
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "size": len(data),
+                }
+            ],
+            "classNames": ["circle", "square", "triangle", "cross"],
+            "imgsz": 96,
+        },
+    }
+
+
+def test_real_runtimes_reject_a_corrupt_model_and_the_fleet_rolls_back(
+    cluster: Harness,
+    operator_factory: Any,
+    exported_model: ExportedModel,
+    rabbitmq_stream_port: int,
+    tmp_path: Path,
+) -> None:
+    cluster.set_script(None)  # pods run `visioninapp-edge`
+    for index in range(3):
+        cluster.add_node(
+            f"jetson-{index}",
+            labels={"visioninapp.io/edge": "true"},
+            taints=[{"key": "visioninapp.io/edge", "value": "true", "effect": "NoSchedule"}],
+        )
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08\x07" + exported_model.onnx.read_bytes()[2:][:50_000])  # truncated protobuf
+    cluster.create(GROUP, "modelartifacts", "vision", artifact("good", exported_model.onnx))
+    cluster.create(GROUP, "modelartifacts", "vision", artifact("bad", corrupt))
+    stream = f"edge-events-{uuid.uuid4().hex[:8]}"
+    operator = operator_factory(
+        cluster,
+        VISIONINAPP_RABBITMQ_HOST="127.0.0.1",
+        VISIONINAPP_EDGE_STREAM=stream,
+        VISIONINAPP_OPERATOR_EDGE_CACHE_PATH=str(tmp_path / "node-cache"),
+        VISIONINAPP_OPERATOR_EDGE_ENV=json.dumps({"VISIONINAPP_EDGE_SUMMARY_INTERVAL_SECONDS": "1"}),
+        VISIONINAPP_OPERATOR_ROLLOUT_RESYNC_SECONDS="0.5",
+    )
+
+    def available(name: str) -> bool:
+        return ((cluster.get(GROUP, "modelartifacts", "vision", name) or {}).get("status") or {}).get(
+            "phase"
+        ) == "Available"
+
+    wait_for(lambda: available("good") and available("bad"), 30, "both artifacts verified", operator)
+    cluster.create(
+        GROUP,
+        "edgedeployments",
+        "vision",
+        {
+            "apiVersion": "visioninapp.io/v1alpha1",
+            "kind": "EdgeDeployment",
+            "metadata": {"name": "shapes"},
+            "spec": {
+                "modelRef": "good",
+                "strategy": {
+                    "canary": {"steps": [30, 100]},
+                    "maxUnavailable": 1,
+                    "healthGate": {"minReadySeconds": 1},
+                },
+            },
+        },
+    )
+
+    def status() -> dict[str, Any]:
+        return (cluster.get(GROUP, "edgedeployments", "vision", "shapes") or {}).get("status") or {}
+
+    def pods() -> list[dict[str, Any]]:
+        return [
+            p
+            for p in cluster.list("", "pods", "vision", "visioninapp.io/edge-deployment=shapes")
+            if not p["metadata"].get("deletionTimestamp")
+        ]
+
+    wait_for(
+        lambda: status().get("phase") == "Healthy" and status().get("readyNodes") == 3,
+        120,
+        "good on 3 nodes",
+        operator,
+    )
+    image = sorted((exported_model.dataset / "images" / "val").iterdir())[0].read_bytes()
+
+    def detect(pod: dict[str, Any]) -> dict[str, Any]:
+        response = requests.post(f"http://{pod['status']['podIP']}:8080/v1/detect", data=image, timeout=30)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    for pod in pods():
+        assert detect(pod)["model"]["version"] == "good"
+    cluster.patch(GROUP, "edgedeployments", "vision", "shapes", {"spec": {"modelRef": "bad"}})
+    wait_for(lambda: status().get("phase") == "RolledBack", 120, "the rollback", operator)
+    rolled_back = next(c for c in status()["conditions"] if c["type"] == "RolledBack")
+    assert "rejected" in rolled_back["message"] or "Ready" in rolled_back["message"], rolled_back
+    wait_for(
+        lambda: (
+            len(pods()) == 3
+            and all(p["metadata"]["annotations"]["visioninapp.io/model"] == "good" for p in pods())
+            and status().get("readyNodes") == 3
+        ),
+        120,
+        "every node back on the good model and Ready",
+        operator,
+    )
+    for pod in pods():
+        assert detect(pod)["model"]["version"] == "good"

@@ -2,7 +2,7 @@
 
 N TrainingJobs are applied at once; we measure the time until every Job exists, the CR→Job latency
 (p50/p95), the operator process's CPU time per CR and its API requests per CR (watches excluded).
-The baseline is benchmarks/minimal_operator.py, a kopf handler that only creates the Job, measured
+The baseline is benchmarks/baselines/minimal_operator.py, a kopf handler that only creates the Job, measured
 in the same run on the same harness (runs alternate: baseline, operator, baseline, ...). The
 harness runs without its Job controller, so only the operator's own path is timed.
 Goals: p95 < 2 s, <= 4 requests per CR, wall time <= 1.5x the minimal handler's.
@@ -119,7 +119,7 @@ def main() -> None:
             "--standalone",
             "-A",
             "--quiet",
-            str(HERE / "minimal_operator.py"),
+            str(HERE / "baselines" / "minimal_operator.py"),
         ],
         "visioninapp-operator": [sys.executable, "-m", "visioninapp.operator.main"],
     }

@@ -96,6 +96,7 @@ class Operator:
         self.edge_pods: dict[tuple[str, str], dict[str, Obj]] = defaultdict(dict)  # (ns, deployment) → pods
         self.nodes: dict[str, Obj] = {}
         self.health = EdgeHealthTracker()
+        self.pending: set[tuple[str, str]] = set()  # deployments with a re-plan queued
 
     # reading
 
@@ -415,7 +416,13 @@ class Operator:
         return build
 
     async def reconcile_deployment(self, namespace: str, name: str) -> None:
-        async with self.locks[(namespace, f"ed/{name}")]:
+        """Re-plan a rollout; events that arrive while a plan runs collapse into one more plan."""
+        key = (namespace, f"ed/{name}")
+        if key in self.pending:
+            return  # a re-plan is already queued: it will see this event's state too
+        self.pending.add(key)
+        async with self.locks[key]:
+            self.pending.discard(key)
             body = self.deployments.get((namespace, name))
             if body is None or body["metadata"].get("deletionTimestamp"):
                 return

@@ -1,6 +1,6 @@
 """The baseline of operator_scale.py: the least a kopf operator can do — create the Job, nothing else.
 
-kopf run --standalone -A benchmarks/minimal_operator.py   (with $KUBECONFIG set)
+kopf run --standalone -A benchmarks/baselines/minimal_operator.py   (with $KUBECONFIG set)
 """
 
 from __future__ import annotations

@@ -644,9 +644,8 @@ def artifact_users(artifact: str, deployments: list[Obj]) -> list[str]:
     users = []
     for deployment in deployments:
         status = deployment.get("status") or {}
-        models = {deployment["spec"]["modelRef"], status.get("currentModel")}
-        if status.get("phase") in ("Progressing", "Degraded", "Paused"):
-            models.add(status.get("previousModel"))  # the rollback target while a rollout is open
+        # previousModel is what a rollback (automatic or by annotation) goes back to: keep it too.
+        models = {deployment["spec"]["modelRef"], status.get("currentModel"), status.get("previousModel")}
         if artifact in models:
             users.append(deployment["metadata"]["name"])
     return sorted(users)

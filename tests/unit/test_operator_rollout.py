@@ -302,4 +302,5 @@ def test_artifact_users() -> None:
             "status": {"previousModel": "v1", "phase": "Healthy"},
         },
     ]
-    assert artifact_users("v1", deployments) == ["a"] and artifact_users("v3", deployments) == ["b"]
+    assert artifact_users("v1", deployments) == ["a", "b"] and artifact_users("v3", deployments) == ["b"]
+    assert artifact_users("v9", deployments) == []

@@ -144,17 +144,12 @@ def main() -> None:
                 cluster.patch(GROUP, "edgedeployments", "bench", "fleet", {"spec": {"modelRef": model}})
 
                 def finished(final: str = final, serving: str = serving) -> bool:
+                    time.sleep(0.2)  # poll gently: this process also runs the harness
                     current = status()
-                    on_model = sum(
-                        1
-                        for p in cluster.list("", "pods", "bench", "visioninapp.io/edge-deployment=fleet")
-                        if p["metadata"]["annotations"]["visioninapp.io/model"] == serving
-                        and not p["metadata"].get("deletionTimestamp")
-                    )
                     return (
                         current.get("phase") == final
-                        and current.get("readyNodes") == args.nodes
-                        and on_model == args.nodes
+                        and current.get("currentModel") == serving
+                        and current.get("updatedNodes") == current.get("readyNodes") == args.nodes
                     )
 
                 cluster.wait_for(finished, 900, label)

@@ -58,6 +58,7 @@ from visioninapp.settings import Settings
 log = logging.getLogger("visioninapp.operator")
 Obj = dict[str, Any]
 JOB_LABEL = "batch.kubernetes.io/job-name"
+REPLAN_INTERVAL = 0.2  # seconds between two plans of one EdgeDeployment
 
 
 def _plain(body: Mapping[str, Any]) -> Obj:
@@ -97,6 +98,7 @@ class Operator:
         self.nodes: dict[str, Obj] = {}
         self.health = EdgeHealthTracker()
         self.pending: set[tuple[str, str]] = set()  # deployments with a re-plan queued
+        self.replan_at: dict[tuple[str, str], float] = {}  # earliest time of the next re-plan
 
     # reading
 
@@ -422,7 +424,12 @@ class Operator:
             return  # a re-plan is already queued: it will see this event's state too
         self.pending.add(key)
         async with self.locks[key]:
+            loop = asyncio.get_running_loop()
+            delay = self.replan_at.get(key, 0.0) - loop.time()
+            if delay > 0:  # a fleet sends events in bursts: plan at most every REPLAN_INTERVAL
+                await asyncio.sleep(delay)
             self.pending.discard(key)
+            self.replan_at[key] = loop.time() + REPLAN_INTERVAL
             body = self.deployments.get((namespace, name))
             if body is None or body["metadata"].get("deletionTimestamp"):
                 return

@@ -254,6 +254,8 @@ def next_rollout_step(
     online = [n for n in nodes if n.ready]
     updated = [n for n in nodes if (p := by_node.get(n.name)) and p.revision == target]
     updated_online = [n for n in updated if n.ready]
+    updated_names = {n.name for n in updated}
+    not_updated_online = [n for n in online if n.name not in updated_names]
     timed_out = (now - step_started).total_seconds() > strategy.step_timeout_seconds
 
     failures: dict[str, str] = {}
@@ -276,20 +278,20 @@ def next_rollout_step(
     # one is not there yet (they count against maxUnavailable and hold the step).
     settling = [n.name for n in updated_online if not healthy(n)]
     settling += [n.name for n in online if n.name not in by_node]
-    reachable = len(updated) + len([n for n in online if n not in updated])
+    reachable = len(updated) + len(not_updated_online)
     while True:
         wanted = min(math.ceil(steps[step] * len(nodes) / 100), reachable)
         if len(updated) < wanted or settling or step + 1 >= len(steps):
             break
         step += 1  # this step is complete and healthy: on to the next
     if len(updated) >= wanted and not settling and step + 1 >= len(steps) and (updated or not nodes):
-        returning = sorted(n.name for n in online if n not in updated)
+        returning = sorted(n.name for n in not_updated_online)
         return Done(tuple(returning[: _max_unavailable(strategy.max_unavailable, len(nodes))]))
     if settling and timed_out:
         return Rollback({name: "not healthy within stepTimeoutSeconds" for name in settling})
     budget = _max_unavailable(strategy.max_unavailable, len(nodes)) - len(settling)
     candidates = sorted(
-        (n for n in online if n not in updated),
+        not_updated_online,
         key=lambda n: (-(n.heartbeat or datetime.min.replace(tzinfo=UTC)).timestamp(), n.name),
     )
     chosen = tuple(n.name for n in candidates[: max(0, min(wanted - len(updated), budget))])
@@ -317,7 +319,7 @@ def _iso(moment: datetime) -> str:
 
 
 def _parse(text: str | None) -> datetime | None:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) if text else None
+    return datetime.fromisoformat(text) if text else None  # 3.11 reads "Z"; ~20x quicker than strptime
 
 
 def _model_problem(artifact: Obj | None, name: str, fmt: str) -> tuple[Obj | None, str | None]:

@@ -567,3 +567,24 @@ def test_readiness_comes_from_the_pods_http_probe(kube: Any, cluster: Harness, t
     assert not pod().status.container_statuses[0].ready
     ready_file.touch()
     wait_for(lambda: pod().status.container_statuses[0].ready, 10, "the probe to pass")
+
+
+def test_lists_print_as_tables_with_the_crds_printer_columns(cluster: Harness) -> None:
+    body = training_job()
+    cluster.create(GROUP, "trainingjobs", "vision", body)
+    cluster.patch(
+        GROUP, "trainingjobs", "vision", "helmets", {"status": {"phase": "Running", "epoch": 3}}, "status"
+    )
+    accept = {"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"}
+    url = f"{cluster.url}/apis/{GROUP}/{VERSION}/namespaces/vision/trainingjobs"
+    listed = requests.get(url, headers=accept, timeout=5).json()
+    assert listed["kind"] == "Table"
+    names = [c["name"] for c in listed["columnDefinitions"]]
+    assert names[:3] == ["Name", "Phase", "Epoch"] and names[-1] == "Age"
+    row = listed["rows"][0]
+    assert row["cells"][:3] == ["helmets", "Running", 3] and row["cells"][-1].endswith("s")
+    assert row["object"]["metadata"]["name"] == "helmets"
+    one = requests.get(f"{url}/helmets", headers=accept, timeout=5).json()
+    assert one["kind"] == "Table" and len(one["rows"]) == 1
+    pods = requests.get(f"{cluster.url}/api/v1/namespaces/vision/pods", headers=accept, timeout=5).json()
+    assert [c["name"] for c in pods["columnDefinitions"]] == ["Name", "Age"]

@@ -15,6 +15,7 @@ import collections
 import json
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp.web
@@ -150,6 +151,16 @@ class ClusterEmulator(k8s.KubernetesEmulator):
                     tuple(names.get("shortNames", [])),
                     tuple(names.get("categories", [])),
                     tuple(sorted(subresources)),
+                    tuple(
+                        (
+                            c["name"],
+                            c["type"],
+                            c["jsonPath"],
+                            c.get("description", ""),
+                            int(c.get("priority", 0)),
+                        )
+                        for c in version.get("additionalPrinterColumns") or []
+                    ),
                 )
             )
 
@@ -188,6 +199,12 @@ class ClusterEmulator(k8s.KubernetesEmulator):
                 return await self._watch(raw, rtype, namespace)
             if raw.method == "GET" and subresource == "log" and name is not None:
                 return aiohttp.web.Response(text=self._pod_log(namespace or "", name))
+            if raw.method == "GET" and "as=Table" in raw.headers.get("Accept", ""):
+                result = self._serve(raw, rtype, namespace, name, subresource, data)
+                items = result["items"] if name is None else [result]
+                return aiohttp.web.json_response(
+                    table(rtype, items, raw.query.get("includeObject") == "Object")
+                )
             status = 201 if raw.method == "POST" else 200
             return aiohttp.web.json_response(
                 self._serve(raw, rtype, namespace, name, subresource, data), status=status
@@ -368,3 +385,54 @@ class ClusterEmulator(k8s.KubernetesEmulator):
         finally:
             self.store.unsubscribe(rtype, queue)
         return response
+
+
+def _age(timestamp: str | None) -> str:
+    """How kubectl shows an age: 45s, 5m30s, 17m, 5h, 3d."""
+    if not timestamp:
+        return "<unknown>"
+    seconds = int((datetime.now(UTC) - datetime.fromisoformat(timestamp)).total_seconds())
+    if seconds < 120:
+        return f"{max(seconds, 0)}s"
+    if seconds < 600:
+        return f"{seconds // 60}m{seconds % 60}s"
+    if seconds < 3 * 3600:
+        return f"{seconds // 60}m"
+    if seconds < 48 * 3600:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
+
+
+def _json_path(obj: Any, path: str) -> Any:
+    """The simple `.a.b.c` JSONPaths of printer columns."""
+    for step in path.strip().lstrip(".").split("."):
+        obj = obj.get(step) if isinstance(obj, dict) else None
+    return obj
+
+
+def table(rtype: ResourceType, items: list[Obj], include_object: bool) -> Obj:
+    """Server-side printing (kubectl shows printer columns only from a Table)."""
+    columns = list(rtype.printer_columns) or [("Age", "date", ".metadata.creationTimestamp", "", 0)]
+    definitions = [{"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0}]
+    definitions += [
+        {"name": n, "type": t, "format": "", "description": d, "priority": p} for n, t, _, d, p in columns
+    ]
+    rows = []
+    for obj in items:
+        cells: list[Any] = [obj["metadata"]["name"]]
+        for _, kind, path, _, _ in columns:
+            value = _json_path(obj, path)
+            cells.append(_age(value) if kind == "date" else value)
+        partial = {
+            "kind": "PartialObjectMetadata",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": obj["metadata"],
+        }
+        rows.append({"cells": cells, "object": obj if include_object else partial})
+    return {
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": {},
+        "columnDefinitions": definitions,
+        "rows": rows,
+    }

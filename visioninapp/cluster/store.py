@@ -72,6 +72,9 @@ class ResourceType:
     short_names: tuple[str, ...] = ()
     categories: tuple[str, ...] = ()
     subresources: tuple[str, ...] = ()
+    printer_columns: tuple[
+        tuple[str, str, str, str, int], ...
+    ] = ()  # name, type, jsonPath, description, priority
 
     @property
     def key(self) -> ResourceKey:

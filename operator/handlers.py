@@ -9,6 +9,7 @@ TrainingJob and its attempt, so a plan applied twice creates nothing twice.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import json
 import logging
 import time
@@ -58,7 +59,7 @@ from visioninapp.settings import Settings
 log = logging.getLogger("visioninapp.operator")
 Obj = dict[str, Any]
 JOB_LABEL = "batch.kubernetes.io/job-name"
-REPLAN_INTERVAL = 0.2  # seconds between two plans of one EdgeDeployment
+REPLAN_INTERVAL = 0.5  # seconds between two plans of one EdgeDeployment (rollout steps take minutes)
 
 
 def _plain(body: Mapping[str, Any]) -> Obj:
@@ -513,6 +514,33 @@ class Operator:
             )
         self.remember(self.daemonsets, current)
 
+    def watched_namespace(self, namespace: str) -> bool:
+        return not self.config.namespaces or any(
+            fnmatch.fnmatch(namespace, p) for p in self.config.namespaces
+        )
+
+    def reset_edge_pods(self, items: list[Obj]) -> None:
+        self.edge_pods.clear()
+        for pod in items:
+            self.edge_pod_changed("ADDED", pod)
+
+    def edge_pod_changed(self, kind: str, pod: Obj) -> None:
+        meta = pod["metadata"]
+        if not self.watched_namespace(meta.get("namespace", "")):
+            return
+        key = (meta["namespace"], meta["labels"][DEPLOYMENT_LABEL])
+        pods = self.edge_pods[key]
+        if kind == "DELETED":
+            pods.pop(meta["name"], None)
+        else:
+            pods[meta["name"]] = pod
+        if key not in self.pending:  # a re-plan not queued yet: queue one (bursts collapse into it)
+            asyncio.get_running_loop().create_task(self.reconcile_deployment(*key))
+
+    async def watch_edge_pods(self) -> None:
+        """Edge pods through a lean watch: a fleet's rollout is thousands of pod events."""
+        await self.kube.watch("v1", "pods", DEPLOYMENT_LABEL, self.reset_edge_pods, self.edge_pod_changed)
+
     async def consume_health(self) -> None:
         """edge-events → per-node health of each deployment; the affected rollouts re-plan."""
         while True:
@@ -620,6 +648,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
             operator.tasks.append(asyncio.create_task(operator.progress()))
         if "rollout" in config.roles:
             operator.tasks.append(asyncio.create_task(operator.resync_rollouts()))
+            operator.tasks.append(asyncio.create_task(operator.watch_edge_pods()))
             operator.tasks.append(asyncio.create_task(operator.consume_health()))
 
     @kopf.on.cleanup(registry=registry)
@@ -745,20 +774,6 @@ def register_rollout(registry: kopf.OperatorRegistry) -> None:
             operator.daemonsets.pop((meta["namespace"], meta["name"]), None)
         else:
             operator.remember(operator.daemonsets, _plain(body))
-
-    @kopf.on.event("", "v1", "pods", labels={DEPLOYMENT_LABEL: kopf.PRESENT}, registry=registry)
-    async def on_edge_pod(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        operator = _operator(memo)
-        meta = body["metadata"]
-        deployment = meta["labels"][DEPLOYMENT_LABEL]
-        pods = operator.edge_pods[(meta["namespace"], deployment)]
-        if type == "DELETED":
-            pods.pop(meta["name"], None)
-        else:
-            newest = _newer(_plain(body), pods.get(meta["name"]))
-            assert newest is not None
-            pods[meta["name"]] = newest
-        await operator.reconcile_deployment(meta["namespace"], deployment)
 
     @kopf.on.event("", "v1", "nodes", registry=registry)
     async def on_node(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:

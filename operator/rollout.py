@@ -292,7 +292,7 @@ def next_rollout_step(
     budget = _max_unavailable(strategy.max_unavailable, len(nodes)) - len(settling)
     candidates = sorted(
         not_updated_online,
-        key=lambda n: (-(n.heartbeat or datetime.min.replace(tzinfo=UTC)).timestamp(), n.name),
+        key=lambda n: (-(n.heartbeat.timestamp() if n.heartbeat else 0.0), n.name),
     )
     chosen = tuple(n.name for n in candidates[: max(0, min(wanted - len(updated), budget))])
     if chosen:

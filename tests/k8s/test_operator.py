@@ -120,6 +120,11 @@ def wait_phase(
     return obj
 
 
+def reasons(cluster: Harness, name: str) -> set[str]:
+    """Reasons of the Events about `name` (posted right after the status write: wait for them)."""
+    return {e["reason"] for e in cluster.list("", "events", "vision") if e["involvedObject"]["name"] == name}
+
+
 def conditions(obj: dict[str, Any]) -> dict[str, tuple[str, str]]:
     return {c["type"]: (c["status"], c["reason"]) for c in obj["status"].get("conditions", [])}
 
@@ -144,10 +149,7 @@ def test_training_job_to_gpu_job_to_verified_artifact(
     assert conditions(artifact)["Verified"] == ("True", "ChecksumsMatch")
     assert artifact["spec"]["source"]["trainingJob"] == "helmets"
     assert "ownerReferences" not in artifact["metadata"]
-    events = client.CoreV1Api(kube).list_namespaced_event(
-        "vision", field_selector="involvedObject.name=helmets"
-    )
-    assert "Succeeded" in {e.reason for e in events.items}
+    wait_for(lambda: "Succeeded" in reasons(cluster, "helmets"), 10, "the Succeeded Event", operator)
     # The finished Job no longer carries the operator's finalizer: its outcome is recorded.
     wait_for(
         lambda: not get(cluster, "jobs", "helmets-1", "batch")["metadata"].get("finalizers"), 10, "release"
@@ -234,10 +236,12 @@ def test_suspend_deletes_the_job_and_resume_starts_attempt_two(
     assert tj["status"]["attempts"] == 2 and tj["status"]["jobName"] == "helmets-2"
     assert tj["status"]["epoch"] == 5  # the spec change took effect on the next attempt
     assert get(cluster, "modelartifacts", "helmets")["spec"]["source"]["attempt"] == 2
-    reasons = [
-        e["reason"] for e in cluster.list("", "events", "vision") if e["involvedObject"]["name"] == "helmets"
-    ]
-    assert {"Suspended", "JobCreated", "Succeeded"} <= set(reasons)
+    wait_for(
+        lambda: {"Suspended", "JobCreated", "Succeeded"} <= reasons(cluster, "helmets"),
+        10,
+        "Events",
+        operator,
+    )
 
 
 def test_kueue_queue_holds_the_job_until_admitted(

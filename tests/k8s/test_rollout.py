@@ -106,6 +106,13 @@ def status(cluster: Harness) -> dict[str, Any]:
     return (cluster.get(GROUP, "edgedeployments", "vision", "helmets") or {}).get("status") or {}
 
 
+def reasons(cluster: Harness) -> set[str]:
+    """Reasons of the Events about the deployment (posted right after its status writes)."""
+    return {
+        e["reason"] for e in cluster.list("", "events", "vision") if e["involvedObject"]["name"] == "helmets"
+    }
+
+
 def models_by_node(cluster: Harness) -> dict[str, str]:
     pods = cluster.list("", "pods", "vision", "visioninapp.io/edge-deployment=helmets")
     return {
@@ -165,10 +172,8 @@ def test_canary_waves_reach_every_node(cluster: Harness, operator: OperatorProce
     artifact = cluster.get(GROUP, "modelartifacts", "vision", "v2")
     assert artifact["status"]["deployedTo"] == ["helmets"]
     assert "visioninapp.io/in-use" in artifact["metadata"]["finalizers"]
-    reasons = [
-        e["reason"] for e in cluster.list("", "events", "vision") if e["involvedObject"]["name"] == "helmets"
-    ]
-    assert {"RolloutStarted", "StepStarted", "RolloutComplete"} <= set(reasons)
+    wanted = {"RolloutStarted", "StepStarted", "RolloutComplete"}
+    wait_for(lambda: wanted <= reasons(cluster), 10, "the rollout's Events", operator)
 
 
 def test_a_failing_model_rolls_back_every_node(
@@ -185,10 +190,7 @@ def test_a_failing_model_rolls_back_every_node(
     assert rolled_back["status"] == "True" and "restarted 5 times" in rolled_back["message"]
     assert final["history"][0]["outcome"] == "RolledBack"
     assert sum(1 for (_, model) in fleet.started if model == "v2") <= 2  # only the first canary wave
-    reasons = [
-        e["reason"] for e in cluster.list("", "events", "vision") if e["involvedObject"]["name"] == "helmets"
-    ]
-    assert "RolledBack" in reasons
+    wait_for(lambda: "RolledBack" in reasons(cluster), 10, "the RolledBack Event", operator)
 
 
 def test_bad_health_events_roll_back(cluster: Harness, operator: OperatorProcess, fleet: Fleet) -> None:

@@ -309,10 +309,12 @@ def test_manual_rollback_and_the_in_use_finalizer(
     )
     wait_for(lambda: set(models_by_node(cluster).values()) == {"v1"}, 30, "the manual rollback", operator)
     assert status(cluster)["phase"] == "RolledBack"
-    annotations = (
-        cluster.get(GROUP, "edgedeployments", "vision", "helmets")["metadata"].get("annotations") or {}
-    )
-    assert "visioninapp.io/rollout-action" not in annotations  # the action was consumed
+
+    def action_consumed() -> bool:
+        meta = cluster.get(GROUP, "edgedeployments", "vision", "helmets")["metadata"]
+        return "visioninapp.io/rollout-action" not in (meta.get("annotations") or {})
+
+    wait_for(action_consumed, 10, "the annotation to be cleared", operator)
     cluster.delete(GROUP, "modelartifacts", "vision", "v1")  # in use: held by the finalizer
     held = cluster.get(GROUP, "modelartifacts", "vision", "v1")
     assert held is not None and held["metadata"].get("deletionTimestamp")

@@ -628,7 +628,8 @@ def _operator(memo: kopf.Memo) -> Operator:
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
-    """Register the handlers of the configured roles (TrainingJobs and ModelArtifacts: `training`)."""
+    """Register the handlers of the configured roles: ModelArtifacts always, TrainingJobs with
+    `training`, EdgeDeployments with `rollout`."""
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,6 @@ from visioninapp.operator.rollout import (
     EdgeHealthTracker,
     artifact_users,
     desired_daemonset,
-    eligible,
     node_view,
     plan_rollout,
     pod_view,
@@ -49,11 +48,13 @@ from visioninapp.operator.training import (
     BaseModel,
     TrainingPlan,
     desired_job,
+    iso_time,
     job_finished,
     plan_training,
 )
 from visioninapp.resources import API_VERSION, GROUP, VERSION, EdgeDeployment, ModelArtifact, TrainingJob
 from visioninapp.resources.base import ADMITTED
+from visioninapp.scheduling import fits
 from visioninapp.settings import Settings
 
 log = logging.getLogger("visioninapp.operator")
@@ -113,7 +114,7 @@ class Operator:
     async def post_event(self, body: Obj, kind: str, reason: str, message: str) -> None:
         """A Kubernetes Event about `body` (for `kubectl describe`); never fails the reconciliation."""
         meta = body["metadata"]
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = iso_time(datetime.now(UTC))
         event = {
             "apiVersion": "v1",
             "kind": "Event",
@@ -453,7 +454,7 @@ class Operator:
         nodes = [
             node_view(node, heartbeats)
             for node in self.nodes.values()
-            if eligible(node, spec.get("nodeSelector") or {}, spec.get("tolerations") or [])
+            if fits(node, spec.get("nodeSelector") or {}, spec.get("tolerations") or [])
         ]
         pods = [pod_view(p) for p in self.edge_pods.get((namespace, name), {}).values()]
         pods = [p for p in pods if p is not None]
@@ -543,31 +544,38 @@ class Operator:
 
     async def consume_health(self) -> None:
         """edge-events → per-node health of each deployment; the affected rollouts re-plan."""
+        await self.keep_consuming("edge-events", self._consume_health)
+
+    async def _consume_health(self, bus: EventBus) -> None:
+        stream = self.settings.edge_stream
+        offset = await asyncio.to_thread(bus.query_offset, stream, CONSUMER)
+        while True:
+            messages = await asyncio.to_thread(bus.read, stream, offset, 1000)
+            touched = set()
+            for message in messages:
+                try:
+                    event = EdgeEvent.model_validate_json(message.body)
+                except ValueError:
+                    continue
+                self.health.add(event)
+                touched.add((event.namespace, event.deployment))
+            for key in touched:
+                await self.reconcile_deployment(*key)
+            if messages:
+                offset = messages[-1].offset + 1
+                await asyncio.to_thread(bus.store_offset, stream, CONSUMER, offset)
+            else:
+                await asyncio.sleep(0.5)
+
+    async def keep_consuming(self, what: str, consume: Callable[[EventBus], Awaitable[None]]) -> None:
+        """Run a stream consumer forever: on any failure log it and start again from the stored offset."""
         while True:
             bus: EventBus | None = None
             try:
                 bus = await asyncio.to_thread(build_event_bus, self.settings)
-                stream = self.settings.edge_stream
-                offset = await asyncio.to_thread(bus.query_offset, stream, CONSUMER)
-                while True:
-                    messages = await asyncio.to_thread(bus.read, stream, offset, 1000)
-                    touched = set()
-                    for message in messages:
-                        try:
-                            event = EdgeEvent.model_validate_json(message.body)
-                        except ValueError:
-                            continue
-                        self.health.add(event)
-                        touched.add((event.namespace, event.deployment))
-                    for key in touched:
-                        await self.reconcile_deployment(*key)
-                    if messages:
-                        offset = messages[-1].offset + 1
-                        await asyncio.to_thread(bus.store_offset, stream, CONSUMER, offset)
-                    else:
-                        await asyncio.sleep(0.5)
+                await consume(bus)
             except Exception:
-                log.exception("the edge-events consumer failed; restarting it in 5 s")
+                log.exception("the %s consumer failed; restarting it in 5 s", what)
                 await asyncio.sleep(5)
             finally:
                 if bus is not None:
@@ -591,19 +599,13 @@ class Operator:
                     await self.reconcile_training_job(namespace, name)
 
     async def progress(self) -> None:
-        """Consume training-events; on any failure log it and start again from the stored offset."""
-        while True:
-            bus: EventBus | None = None
-            try:
-                bus = await asyncio.to_thread(build_event_bus, self.settings)
-                tracker = ProgressTracker(self.config.status_interval_seconds)
-                await consume_progress(bus, self.settings.training_stream, tracker, self.patch_progress)
-            except Exception:
-                log.exception("the training-events consumer failed; restarting it in 5 s")
-                await asyncio.sleep(5)
-            finally:
-                if bus is not None:
-                    await asyncio.to_thread(bus.close)
+        """training-events → live epoch and metrics in TrainingJob status."""
+
+        async def consume(bus: EventBus) -> None:
+            tracker = ProgressTracker(self.config.status_interval_seconds)
+            await consume_progress(bus, self.settings.training_stream, tracker, self.patch_progress)
+
+        await self.keep_consuming("training-events", consume)
 
 
 class WatchOnlyDiffBase(kopf.DiffBaseStorage):

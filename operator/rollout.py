@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from visioninapp.operator.training import MANAGED_BY, set_condition
+from visioninapp.operator.training import MANAGED_BY, iso_time, set_condition
 from visioninapp.resources import API_VERSION, EdgeDeployment
 from visioninapp.resources.base import ADMITTED
 from visioninapp.resources.edgedeployment import RolloutStrategy
@@ -314,10 +314,6 @@ class RolloutPlan:
     clear_action: bool = False
 
 
-def _iso(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _parse(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None  # 3.11 reads "Z"; ~20x quicker than strptime
 
@@ -427,12 +423,12 @@ def plan_rollout(
                 "revision": desired_revision,
                 "model": spec.model_ref,
                 "format": spec.format,
-                "time": _iso(now),
+                "time": iso_time(now),
                 "outcome": "Progressing",
             },
         )
         wanted.update(
-            revision=desired_revision, currentModel=spec.model_ref, currentStep=0, stepStartTime=_iso(now)
+            revision=desired_revision, currentModel=spec.model_ref, currentStep=0, stepStartTime=iso_time(now)
         )
         events.append(
             ("Normal", "RolloutStarted", f"rolling out {spec.model_ref} as revision {desired_revision}")
@@ -453,7 +449,7 @@ def plan_rollout(
     if status.get("phase") == "Paused":  # resumed: the step's clock starts again
         condition("Paused", False, "Resumed", "rollout resumed")
         step_started = now
-        wanted["stepStartTime"] = _iso(now)
+        wanted["stepStartTime"] = iso_time(now)
         events.append(("Normal", "Resumed", f"rollout resumed at step {status_step}"))
 
     if action == "promote":
@@ -521,7 +517,7 @@ def plan_rollout(
         return finish(daemonset=desired, replace=decision.nodes, keep=desired_revision)
 
     if decision.step != status_step:
-        wanted.update(currentStep=decision.step, stepStartTime=_iso(now))
+        wanted.update(currentStep=decision.step, stepStartTime=iso_time(now))
         events.append(
             (
                 "Normal",
@@ -559,7 +555,7 @@ def _summarise(
         if pod is not None and pod.revision:
             row["revision"] = pod.revision
         if heard is not None:
-            row["lastHeartbeat"] = _iso(heard.time)
+            row["lastHeartbeat"] = iso_time(heard.time)
         if node.name in failures:
             row["failureReason"] = failures[node.name][:1024]
         elif not node.ready and not updated:
@@ -580,32 +576,6 @@ def _summarise(
 
 
 # --- reading the cluster (pure helpers the handler uses) ---------------------------------------
-
-
-def _tolerates(tolerations: list[Obj], taint: Obj) -> bool:
-    for toleration in tolerations:
-        if toleration.get("effect") not in (None, "", taint.get("effect")):
-            continue
-        if toleration.get("operator") == "Exists" and toleration.get("key") in (None, "", taint.get("key")):
-            return True
-        if toleration.get("key") == taint.get("key") and toleration.get("value", "") == taint.get(
-            "value", ""
-        ):
-            return True
-    return False
-
-
-def eligible(node: Obj, node_selector: dict[str, str], tolerations: list[Obj]) -> bool:
-    """The node is one of the deployment's: labels match and its scheduling taints are tolerated."""
-    labels = node["metadata"].get("labels") or {}
-    if any(labels.get(k) != v for k, v in node_selector.items()):
-        return False
-    taints = [
-        t
-        for t in (node.get("spec") or {}).get("taints") or []
-        if t.get("effect") in ("NoSchedule", "NoExecute")
-    ]
-    return all(_tolerates(tolerations, t) for t in taints)
 
 
 def _ready_condition(obj: Obj) -> Obj | None:

@@ -29,6 +29,7 @@ __all__ = [
     "TrainingPlan",
     "artifact_from_result",
     "desired_job",
+    "iso_time",
     "job_finished",
     "plan_training",
     "set_condition",
@@ -75,7 +76,8 @@ class TrainingPlan:
         )
 
 
-def _iso(moment: datetime) -> str:
+def iso_time(moment: datetime) -> str:
+    """A timestamp as Kubernetes writes it."""
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -96,7 +98,7 @@ def set_condition(
                 "status": status,
                 "reason": reason,
                 "message": message,
-                "lastTransitionTime": _iso(now) if changed else condition["lastTransitionTime"],
+                "lastTransitionTime": iso_time(now) if changed else condition["lastTransitionTime"],
                 "observedGeneration": generation,
             }
         )
@@ -107,7 +109,7 @@ def set_condition(
                 "status": status,
                 "reason": reason,
                 "message": message,
-                "lastTransitionTime": _iso(now),
+                "lastTransitionTime": iso_time(now),
                 "observedGeneration": generation,
             }
         )
@@ -443,7 +445,7 @@ def _plan(
             message=fresh.message,
             conditions=conditions,
         )
-        wanted.setdefault("startTime", status.get("startTime") or _iso(now))
+        wanted.setdefault("startTime", status.get("startTime") or iso_time(now))
         return TrainingPlan(
             create_job=new_job,
             status=_status_patch(status, wanted),
@@ -497,7 +499,9 @@ def _plan(
             message = f"the trainer succeeded but its result is unreadable: {text!r}"
             condition("Running", False, "Finished", "finished")
             condition("Failed", True, "ResultUnreadable", message)
-            wanted.update(phase="Failed", message=message, completionTime=_iso(now), conditions=conditions)
+            wanted.update(
+                phase="Failed", message=message, completionTime=iso_time(now), conditions=conditions
+            )
             return TrainingPlan(
                 status=_status_patch(status, wanted), event=("Warning", "ResultUnreadable", message)
             )
@@ -513,7 +517,7 @@ def _plan(
             phase="Succeeded",
             artifact=artifact["metadata"]["name"],
             epoch=result.epochs_run,
-            completionTime=_iso(now),
+            completionTime=iso_time(now),
             message=f"trained {result.epochs_run} epochs; ModelArtifact {artifact['metadata']['name']}",
             conditions=conditions,
             **({"metrics": metrics} if metrics else {}),
@@ -526,7 +530,9 @@ def _plan(
     if state.phase == "Failed":
         condition("Running", False, "Finished", "finished")
         condition("Failed", True, state.reason, state.message)
-        wanted.update(phase="Failed", message=state.message, completionTime=_iso(now), conditions=conditions)
+        wanted.update(
+            phase="Failed", message=state.message, completionTime=iso_time(now), conditions=conditions
+        )
         return TrainingPlan(
             status=_status_patch(status, wanted), event=("Warning", state.reason, state.message)
         )

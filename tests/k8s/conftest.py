@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -116,3 +117,27 @@ def wait_for(predicate: Any, timeout: float, what: str, operator: OperatorProces
             extra = f"\noperator log:\n{operator.log()}" if operator else ""
             pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}{extra}")
         time.sleep(0.1)
+
+
+def onnx_artifact(name: str, path: Path, imgsz: int = 640) -> dict[str, Any]:
+    """A ModelArtifact of one `onnx` file, with its real size and sha256."""
+    data = path.read_bytes()
+    return {
+        "apiVersion": "visioninapp.io/v1alpha1",
+        "kind": "ModelArtifact",
+        "metadata": {"name": name},
+        "spec": {
+            "model": "shapes",
+            "version": name,
+            "formats": [
+                {
+                    "format": "onnx",
+                    "uri": path.as_uri(),
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "size": len(data),
+                }
+            ],
+            "classNames": ["circle", "square", "triangle", "cross"],
+            "imgsz": imgsz,
+        },
+    }

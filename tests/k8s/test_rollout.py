@@ -5,7 +5,6 @@ Edge pods run from scripts: healthy (Ready), or broken (crash-looping) for a giv
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -14,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.k8s.conftest import OperatorProcess, wait_for
+from tests.k8s.conftest import OperatorProcess, onnx_artifact, wait_for
 from visioninapp.backends.events import LocalEventLog
 from visioninapp.cluster.controllers import Outcome
 from visioninapp.cluster.harness import Harness
@@ -28,25 +27,7 @@ def model_artifact(tmp_path: Path, name: str) -> dict[str, Any]:
     path = tmp_path / "models" / f"{name}.onnx"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(f"onnx bytes of {name}".encode())
-    return {
-        "apiVersion": "visioninapp.io/v1alpha1",
-        "kind": "ModelArtifact",
-        "metadata": {"name": name},
-        "spec": {
-            "model": "helmet-detector",
-            "version": name,
-            "formats": [
-                {
-                    "format": "onnx",
-                    "uri": path.as_uri(),
-                    "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-                    "size": path.stat().st_size,
-                }
-            ],
-            "classNames": ["helmet", "head"],
-            "imgsz": 640,
-        },
-    }
+    return onnx_artifact(name, path)
 
 
 class Fleet:

@@ -7,7 +7,6 @@ the operator rolls the fleet back while every node keeps detecting.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from pathlib import Path
@@ -17,34 +16,11 @@ import pytest
 import requests
 
 from tests.conftest import ExportedModel
-from tests.k8s.conftest import wait_for
+from tests.k8s.conftest import onnx_artifact, wait_for
 from visioninapp.cluster.harness import Harness
 
 GROUP = "visioninapp.io"
 pytestmark = [pytest.mark.slow, pytest.mark.services]
-
-
-def artifact(name: str, path: Path) -> dict[str, Any]:
-    data = path.read_bytes()
-    return {
-        "apiVersion": "visioninapp.io/v1alpha1",
-        "kind": "ModelArtifact",
-        "metadata": {"name": name},
-        "spec": {
-            "model": "shapes",
-            "version": name,
-            "formats": [
-                {
-                    "format": "onnx",
-                    "uri": path.as_uri(),
-                    "sha256": hashlib.sha256(data).hexdigest(),
-                    "size": len(data),
-                }
-            ],
-            "classNames": ["circle", "square", "triangle", "cross"],
-            "imgsz": 96,
-        },
-    }
 
 
 def test_real_runtimes_reject_a_corrupt_model_and_the_fleet_rolls_back(
@@ -63,8 +39,8 @@ def test_real_runtimes_reject_a_corrupt_model_and_the_fleet_rolls_back(
         )
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(b"\x08\x07" + exported_model.onnx.read_bytes()[2:][:50_000])  # truncated protobuf
-    cluster.create(GROUP, "modelartifacts", "vision", artifact("good", exported_model.onnx))
-    cluster.create(GROUP, "modelartifacts", "vision", artifact("bad", corrupt))
+    cluster.create(GROUP, "modelartifacts", "vision", onnx_artifact("good", exported_model.onnx, imgsz=96))
+    cluster.create(GROUP, "modelartifacts", "vision", onnx_artifact("bad", corrupt, imgsz=96))
     stream = f"edge-events-{uuid.uuid4().hex[:8]}"
     operator = operator_factory(
         cluster,

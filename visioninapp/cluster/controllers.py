@@ -27,7 +27,8 @@ from typing import Any
 
 import aiohttp
 
-from visioninapp.cluster.store import ApiError, Obj, ResourceType, Store, now_iso
+from visioninapp.cluster.store import ApiError, Obj, ResourceType, Store, dig, now_iso
+from visioninapp.scheduling import fits, matches_selector, untolerated_taints
 
 __all__ = ["Controllers", "Outcome", "PodScript", "quantity"]
 
@@ -77,19 +78,6 @@ def _condition(type_: str, status: str, reason: str = "", message: str = "") -> 
         "lastTransitionTime": now,
         "lastProbeTime": now,
     }
-
-
-def _tolerates(tolerations: list[Obj], taint: Obj) -> bool:
-    for toleration in tolerations:
-        if toleration.get("effect") not in (None, "", taint.get("effect")):
-            continue
-        if toleration.get("operator") == "Exists" and toleration.get("key") in (None, "", taint.get("key")):
-            return True
-        if toleration.get("key") == taint.get("key") and toleration.get("value", "") == taint.get(
-            "value", ""
-        ):
-            return True
-    return False
 
 
 def _gpu_request(pod: Obj) -> float:
@@ -337,8 +325,11 @@ class Controllers:
             if any(r.get("uid") == ds["metadata"]["uid"] for r in p["metadata"].get("ownerReferences") or [])
             and not p["metadata"].get("deletionTimestamp")
         ]
+        pod_spec = template["spec"]
         eligible = [
-            n for n in self.store.select(self.nodes) if _fits_selector_and_taints(template["spec"], n)
+            n
+            for n in self.store.select(self.nodes)
+            if fits(n, pod_spec.get("nodeSelector") or {}, pod_spec.get("tolerations") or [])
         ]
         names = {n["metadata"]["name"] for n in eligible}
         by_node = {p["spec"].get("nodeName"): p for p in pods}
@@ -484,16 +475,12 @@ class Controllers:
         tolerations = spec.get("tolerations") or []
         wanted_gpus = _gpu_request(pod)
         for node in sorted(nodes, key=lambda n: n["metadata"]["name"]):
-            labels = node["metadata"].get("labels") or {}
-            if any(labels.get(k) != v for k, v in selector.items()):
+            if not matches_selector(node, selector):
                 reasons["node(s) didn't match Pod's node affinity/selector"] = (
                     reasons.get("node(s) didn't match Pod's node affinity/selector", 0) + 1
                 )
                 continue
-            taints = [
-                t for t in node["spec"].get("taints") or [] if t.get("effect") in ("NoSchedule", "NoExecute")
-            ]
-            untolerated = [t for t in taints if not _tolerates(tolerations, t)]
+            untolerated = untolerated_taints(node, tolerations)
             if untolerated:
                 taint = untolerated[0]
                 reason = f"node(s) had untolerated taint {{{taint['key']}: {taint.get('value', '')}}}"
@@ -692,11 +679,8 @@ class Controllers:
                 continue
             value_from = item.get("valueFrom") or {}
             if "fieldRef" in value_from:
-                path = value_from["fieldRef"]["fieldPath"].split(".")
-                value: Any = pod
-                for step in path:
-                    value = value.get(step, "") if isinstance(value, dict) else ""
-                env[item["name"]] = str(value)
+                value = dig(pod, value_from["fieldRef"]["fieldPath"].split("."))
+                env[item["name"]] = "" if value is None else str(value)
             for kind, ref_key in (("secrets", "secretKeyRef"), ("configmaps", "configMapKeyRef")):
                 if ref_key in value_from:
                     ref = value_from[ref_key]
@@ -747,14 +731,6 @@ REVISION_LABEL = "controller-revision-hash"
 def template_hash(template: Obj) -> str:
     """What the DaemonSet controller labels its pods with: a hash of the pod template."""
     return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
-
-
-def _fits_selector_and_taints(pod_spec: Obj, node: Obj) -> bool:
-    labels = node["metadata"].get("labels") or {}
-    if any(labels.get(k) != v for k, v in (pod_spec.get("nodeSelector") or {}).items()):
-        return False
-    taints = [t for t in node["spec"].get("taints") or [] if t.get("effect") in ("NoSchedule", "NoExecute")]
-    return all(_tolerates(pod_spec.get("tolerations") or [], t) for t in taints)
 
 
 def expand(text: str, env: dict[str, str]) -> str:

@@ -27,6 +27,7 @@ from visioninapp.cluster.store import (
     Obj,
     ResourceType,
     Store,
+    dig,
     object_matches,
     parse_field_selector,
     parse_label_selector,
@@ -403,13 +404,6 @@ def _age(timestamp: str | None) -> str:
     return f"{seconds // 86400}d"
 
 
-def _json_path(obj: Any, path: str) -> Any:
-    """The simple `.a.b.c` JSONPaths of printer columns."""
-    for step in path.strip().lstrip(".").split("."):
-        obj = obj.get(step) if isinstance(obj, dict) else None
-    return obj
-
-
 def table(rtype: ResourceType, items: list[Obj], include_object: bool) -> Obj:
     """Server-side printing (kubectl shows printer columns only from a Table)."""
     columns = list(rtype.printer_columns) or [("Age", "date", ".metadata.creationTimestamp", "", 0)]
@@ -421,7 +415,7 @@ def table(rtype: ResourceType, items: list[Obj], include_object: bool) -> Obj:
     for obj in items:
         cells: list[Any] = [obj["metadata"]["name"]]
         for _, kind, path, _, _ in columns:
-            value = _json_path(obj, path)
+            value = dig(obj, path.strip().lstrip(".").split("."))  # printer columns' simple JSONPaths
             cells.append(_age(value) if kind == "date" else value)
         partial = {
             "kind": "PartialObjectMetadata",

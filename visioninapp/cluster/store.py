@@ -24,6 +24,7 @@ __all__ = [
     "ApiError",
     "ResourceType",
     "Store",
+    "dig",
     "json_patch",
     "merge_patch",
     "now_iso",
@@ -163,10 +164,16 @@ def parse_field_selector(text: str | None) -> FieldSelector:
     return selectors
 
 
-def _field(obj: Any, path: list[str]) -> str:
+def dig(obj: Any, path: list[str]) -> Any:
+    """The value at a dotted path (`metadata.name` as ["metadata", "name"]); None when absent."""
     for step in path:
         obj = obj.get(step) if isinstance(obj, dict) else None
-    return "" if obj is None else str(obj)
+    return obj
+
+
+def _field(obj: Any, path: list[str]) -> str:
+    value = dig(obj, path)
+    return "" if value is None else str(value)
 
 
 def object_matches(obj: Obj, requirements: list[Requirement], fields: FieldSelector) -> bool:

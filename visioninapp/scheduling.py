@@ -1,0 +1,42 @@
+"""Which nodes a pod may run on by its node selector and tolerations (Kubernetes' rules).
+
+Shared by the operator (which nodes an EdgeDeployment covers) and the cluster harness (its
+scheduler and DaemonSet controller), so both agree on what "a matching node" is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["fits", "matches_selector", "tolerates", "untolerated_taints"]
+
+Obj = dict[str, Any]
+SCHEDULING_EFFECTS = ("NoSchedule", "NoExecute")  # PreferNoSchedule never keeps a pod off
+
+
+def tolerates(tolerations: list[Obj], taint: Obj) -> bool:
+    for toleration in tolerations:
+        if toleration.get("effect") not in (None, "", taint.get("effect")):
+            continue
+        if toleration.get("operator") == "Exists" and toleration.get("key") in (None, "", taint.get("key")):
+            return True
+        if toleration.get("key") == taint.get("key") and toleration.get("value", "") == taint.get(
+            "value", ""
+        ):
+            return True
+    return False
+
+
+def untolerated_taints(node: Obj, tolerations: list[Obj]) -> list[Obj]:
+    taints = (node.get("spec") or {}).get("taints") or []
+    return [t for t in taints if t.get("effect") in SCHEDULING_EFFECTS and not tolerates(tolerations, t)]
+
+
+def matches_selector(node: Obj, node_selector: dict[str, str]) -> bool:
+    labels = node["metadata"].get("labels") or {}
+    return all(labels.get(k) == v for k, v in node_selector.items())
+
+
+def fits(node: Obj, node_selector: dict[str, str], tolerations: list[Obj]) -> bool:
+    """The node's labels match the selector and every taint that repels pods is tolerated."""
+    return matches_selector(node, node_selector) and not untolerated_taints(node, tolerations)

@@ -91,7 +91,7 @@ def _split_images(root: Path, entry: Any, split: str) -> list[Path]:
     raise DatasetError(f"data.yaml: {split} images not found at {entry}")
 
 
-def _label_of(image: Path) -> Path:
+def label_of(image: Path) -> Path:
     parts = list(image.parts)
     index = len(parts) - 1 - parts[::-1].index("images")  # the last `images` folder of the path
     parts[index] = "labels"
@@ -137,7 +137,7 @@ def validate_dataset(root: Path, data_yaml: str, resolved_yaml: Path) -> list[st
         if not images:
             raise DatasetError(f"data.yaml: no {split} images under {data[split]}")
         for image in images:
-            label = _label_of(image)
+            label = label_of(image)
             expected_labels.add(label)
             if not image.is_file():
                 problems.append(f"{image.relative_to(root)}: listed but missing")

@@ -60,27 +60,36 @@ def build_event_bus(settings: Settings) -> EventBus:
     )
 
 
-def _not_in_this_build(setting: str, service: str) -> ConfigurationError:
-    return ConfigurationError(
-        f"{setting} is set, but this installation has no {service} backend; "
-        "unset it to use the embedded default"
-    )
-
-
-def build_search_index(settings: Settings) -> SearchIndex:
+def build_search_index(settings: Settings, refresh: bool = False) -> SearchIndex:
+    """Elasticsearch when configured, else SQLite FTS5; `refresh` makes writes visible at once."""
     if settings.elasticsearch_url:
-        raise _not_in_this_build("VISIONINAPP_ELASTICSEARCH_URL", "Elasticsearch")
+        from visioninapp.backends.elastic import ElasticsearchIndex
+
+        index = ElasticsearchIndex(settings.elasticsearch_url, settings.search_index_prefix, refresh=refresh)
+        index.ensure_ready()
+        return index
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return SqliteSearchIndex(settings.data_dir / "search.db")
 
 
 def build_cache(settings: Settings) -> Cache:
     if settings.redis_url:
-        raise _not_in_this_build("VISIONINAPP_REDIS_URL", "Redis")
+        from visioninapp.backends.redis_cache import RedisCache
+
+        return RedisCache(settings.redis_url)
     return MemoryCache()
 
 
 def build_authenticator(settings: Settings) -> Authenticator:
     if settings.firebase_project_id:
-        raise _not_in_this_build("VISIONINAPP_FIREBASE_PROJECT_ID", "Firebase")
+        try:
+            from visioninapp.backends.firebase import FirebaseAuthenticator
+        except ImportError as error:
+            raise ConfigurationError(
+                f"VISIONINAPP_FIREBASE_PROJECT_ID is set but firebase-admin is missing: "
+                f"pip install 'visioninapp[api]' ({error})"
+            ) from None
+        return FirebaseAuthenticator(
+            settings.firebase_project_id, settings.api_admins, settings.firebase_certs_url
+        )
     return LocalAdminAuthenticator()

@@ -61,7 +61,39 @@ class Settings(BaseSettings):
     firebase_project_id: str | None = Field(
         None, description="Firebase project whose ID tokens are accepted; local admin on loopback when empty."
     )
+    firebase_certs_url: str | None = Field(
+        None,
+        description="Where ID-token signing certificates are fetched; Google's securetoken certificates "
+        "when empty (set only to test signature checks against a local key set).",
+    )
+    # API
+    api_host: str = Field("127.0.0.1", description="Address the API listens on.")
+    api_port: int = Field(8000, description="Port the API listens on.")
+    api_admins: list[str] = Field(
+        default_factory=list,
+        description="Platform admins (Firebase uids or emails): admin of every project. A token with "
+        "the custom claim `admin: true` is one as well.",
+    )
+    api_cache_ttl_seconds: float = Field(30.0, gt=0, description="Lifetime of cached hot reads.")
+    api_write_rate_per_minute: int = Field(
+        120, ge=1, description="Write requests allowed per user per minute (429 beyond)."
+    )
+    api_max_upload_mb: int = Field(512, ge=1, description="Largest dataset or image upload accepted.")
+    webhook_url: str | None = Field(
+        None, description="POST notifications (run finished or failed, rollback) here as JSON."
+    )
+    llm_model: str | None = Field(
+        None,
+        description="LangChain chat model for run summaries, `provider:model` (e.g. `openai:gpt-4o-mini`); "
+        "a deterministic offline template when empty.",
+    )
+    search_index_prefix: str = Field(
+        "visioninapp", description="Prefix of Elasticsearch indices and aliases."
+    )
     # Kubernetes
+    kubeconfig: Path | None = Field(
+        None, description="Kubeconfig file; $KUBECONFIG or ~/.kube/config when empty (outside a pod)."
+    )
     kube_context_training: str | None = Field(
         None, description="Kubeconfig context of the training cluster (in-cluster config when empty)."
     )

@@ -9,11 +9,12 @@ import json
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SearchHit", "SearchIndex", "SqliteSearchIndex"]
+__all__ = ["SearchHit", "SearchIndex", "SqliteSearchIndex", "text_of"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,14 @@ class SearchIndex(ABC):
     def index(self, collection: str, doc_id: str, document: dict[str, Any]) -> None:
         """Insert or replace a document."""
 
+    def index_many(self, collection: str, documents: Iterable[tuple[str, dict[str, Any]]]) -> int:
+        """Insert or replace many documents; returns how many."""
+        count = 0
+        for doc_id, document in documents:
+            self.index(collection, doc_id, document)
+            count += 1
+        return count
+
     @abstractmethod
     def delete(self, collection: str, doc_id: str) -> None:
         """Remove a document; no error if absent."""
@@ -44,7 +53,7 @@ class SearchIndex(ABC):
         """Best matches first; `project` restricts to documents whose `project` field equals it."""
 
 
-def _text_of(document: dict[str, Any]) -> str:
+def text_of(document: dict[str, Any]) -> str:
     parts: list[str] = []
     for value in document.values():
         if isinstance(value, str):
@@ -81,7 +90,7 @@ class SqliteSearchIndex(SearchIndex):
             )
             self._db.execute(
                 "INSERT INTO documents VALUES (?, ?, ?, ?, ?)",
-                (collection, doc_id, document.get("project"), _text_of(document), json.dumps(document)),
+                (collection, doc_id, document.get("project"), text_of(document), json.dumps(document)),
             )
             self._db.commit()
 

@@ -1,0 +1,207 @@
+"""The API's view of the clusters: our custom resources through the official `kubernetes` client.
+
+One client per cluster role (training, rollout; the same cluster when one context serves both).
+Objects are validated with the foundation's validator (schema + CEL) before they are sent, so a
+bad request is answered with the field and the fix, not an opaque apiserver error.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from visioninapp.api.errors import ApiError, ErrorDetail
+from visioninapp.resources import GROUP, VERSION, resource_for_kind
+from visioninapp.settings import Settings
+from visioninapp.validation import validate
+
+__all__ = ["CLUSTER_OF_KIND", "Clusters", "KubeCluster"]
+
+# Which cluster holds which kind (DESIGN.md section 2): training on AKS/EKS, rollouts on the edge K3s.
+CLUSTER_OF_KIND = {"TrainingJob": "training", "ModelArtifact": "training", "EdgeDeployment": "rollout"}
+PROJECT_LABEL = "visioninapp.io/project"
+
+
+def _api_client(settings: Settings, context: str | None) -> client.ApiClient:
+    in_cluster = "KUBERNETES_SERVICE_HOST" in os.environ and context is None and settings.kubeconfig is None
+    if in_cluster:
+        configuration = client.Configuration()
+        config.load_incluster_config(client_configuration=configuration)
+    else:
+        configuration = client.Configuration()
+        config.load_kube_config(
+            config_file=str(settings.kubeconfig) if settings.kubeconfig else None,
+            context=context,
+            client_configuration=configuration,
+        )
+    return client.ApiClient(configuration)
+
+
+def _message(error: ApiException) -> tuple[str, list[ErrorDetail]]:
+    import json
+
+    try:
+        body = json.loads(error.body or "{}")
+    except ValueError:
+        return str(error.reason), []
+    causes = (body.get("details") or {}).get("causes") or []
+    details = [ErrorDetail(field=c.get("field"), message=c.get("message", "")) for c in causes]
+    return body.get("message") or str(error.reason), details
+
+
+def translate(error: ApiException, what: str) -> ApiError:
+    """An apiserver error as our error body, keeping its message and field causes."""
+    message, details = _message(error)
+    status = error.status if error.status in (400, 403, 404, 409, 422) else 502
+    if status == 403:
+        message = f"the API's service account may not do this: {message}"
+    elif status == 502:
+        message = f"Kubernetes API failed on {what}: {message}"
+    return ApiError(status, message, details)
+
+
+@dataclass
+class KubeCluster:
+    """Custom objects and namespaces of one cluster."""
+
+    api: client.ApiClient
+
+    @property
+    def custom(self) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi(self.api)
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api)
+
+    def list(self, kind: str, namespace: str) -> list[dict[str, Any]]:
+        plural = resource_for_kind(kind).plural
+        try:
+            found = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural)
+        except ApiException as error:
+            raise translate(error, f"listing {plural}") from None
+        return list(found.get("items", []))
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        plural = resource_for_kind(kind).plural
+        try:
+            return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name))
+        except ApiException as error:
+            if error.status == 404:
+                raise ApiError(404, f"{kind} {namespace}/{name} not found") from None
+            raise translate(error, f"reading {kind} {name}") from None
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        check(obj)
+        kind = obj["kind"]
+        namespace = obj["metadata"]["namespace"]
+        plural = resource_for_kind(kind).plural
+        try:
+            return dict(self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, obj))
+        except ApiException as error:
+            if error.status == 409:
+                raise ApiError(
+                    409, f"{kind} {namespace}/{obj['metadata']['name']} already exists; choose another name"
+                ) from None
+            raise translate(error, f"creating {kind}") from None
+
+    def patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """A JSON merge patch, checked against the stored object (transition rules included)."""
+        current = self.get(kind, namespace, name)
+        check(_merge(current, patch), old=current)
+        plural = resource_for_kind(kind).plural
+        try:
+            return dict(
+                self.custom.api_client.call_api(
+                    f"/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/{plural}/{{name}}",
+                    "PATCH",
+                    path_params={"namespace": namespace, "name": name},
+                    header_params={
+                        "Content-Type": "application/merge-patch+json",
+                        "Accept": "application/json",
+                    },
+                    body=patch,
+                    response_type="object",
+                    auth_settings=["BearerToken"],
+                    _return_http_data_only=True,
+                )
+            )
+        except ApiException as error:
+            raise translate(error, f"updating {kind} {name}") from None
+
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        plural = resource_for_kind(kind).plural
+        try:
+            self.custom.delete_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name, propagation_policy="Background"
+            )
+        except ApiException as error:
+            if error.status == 404:
+                raise ApiError(404, f"{kind} {namespace}/{name} not found") from None
+            raise translate(error, f"deleting {kind} {name}") from None
+
+    def ensure_namespace(self, name: str) -> None:
+        body = {"metadata": {"name": name, "labels": {PROJECT_LABEL: "true"}}}
+        try:
+            self.core.create_namespace(body)
+        except ApiException as error:
+            if error.status != 409:
+                raise translate(error, f"creating namespace {name}") from None
+
+    def list_nodes(self, label_selector: str | None = None) -> list[dict[str, Any]]:
+        try:
+            nodes = self.core.list_node(label_selector=label_selector or "")
+        except ApiException as error:
+            raise translate(error, "listing nodes") from None
+        return [self.api.sanitize_for_serialization(n) for n in nodes.items]
+
+    def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        try:
+            pods = self.core.list_namespaced_pod(namespace, label_selector=label_selector)
+        except ApiException as error:
+            raise translate(error, "listing pods") from None
+        return [self.api.sanitize_for_serialization(p) for p in pods.items]
+
+
+def _merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """RFC 7386 merge patch."""
+    merged = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def check(obj: dict[str, Any], old: dict[str, Any] | None = None) -> None:
+    errors = validate(obj, old)
+    if errors:
+        details = [ErrorDetail(field=e.path, message=e.message) for e in errors]
+        summary = "; ".join(f"{e.path}: {e.message}" for e in errors[:3])
+        raise ApiError(422, f"{obj.get('kind')} is invalid: {summary}", details)
+
+
+class Clusters:
+    """One `KubeCluster` per role; the rollout role shares the training cluster unless configured."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.training = KubeCluster(_api_client(settings, settings.kube_context_training))
+        if settings.kube_context_rollout and settings.kube_context_rollout != settings.kube_context_training:
+            self.rollout = KubeCluster(_api_client(settings, settings.kube_context_rollout))
+        else:
+            self.rollout = self.training
+
+    def for_kind(self, kind: str) -> KubeCluster:
+        return self.training if CLUSTER_OF_KIND[kind] == "training" else self.rollout
+
+    def close(self) -> None:
+        self.training.api.close()
+        if self.rollout is not self.training:
+            self.rollout.api.close()

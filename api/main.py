@@ -1,0 +1,83 @@
+"""`visioninapp-api`: serve the API, migrate the database, run the stream consumers, rebuild search."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+import typer
+
+from visioninapp.settings import Settings
+
+app = typer.Typer(help="The VisionInApp API server and its maintenance commands.", no_args_is_help=True)
+
+
+def _services(settings: Settings):  # type: ignore[no-untyped-def]
+    from visioninapp.api.services import Services
+
+    return Services.build(settings)
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(None, help="Listen address (VISIONINAPP_API_HOST)."),
+    port: int = typer.Option(None, help="Port (VISIONINAPP_API_PORT)."),
+    consumers: bool = typer.Option(True, help="Also run the stream consumers and the cluster sync."),
+) -> None:
+    """Serve /api/v1, the OpenAPI document and the console."""
+    import uvicorn
+
+    from visioninapp.api.app import create_app
+
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    services = _services(settings)
+    uvicorn.run(
+        create_app(services, background=consumers),
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,  # our middleware logs each request with its id
+    )
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the SQL schema to the newest migration."""
+    from visioninapp.api.db import Database
+
+    settings = Settings()
+    Database(settings.resolved_database_url).migrate()
+    typer.echo(f"database at {settings.resolved_database_url.split('@')[-1]} is up to date")
+
+
+@app.command()
+def consume() -> None:
+    """Run only the stream consumers (training-events, edge-events) until SIGTERM."""
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    services = _services(settings)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    from visioninapp.api.consumers import run_consumers
+
+    threads = run_consumers(services.consumers(), stop)
+    stop.wait()
+    for thread in threads:
+        thread.join(10)
+    services.close()
+
+
+def main() -> None:
+    try:
+        app()
+    except Exception as error:  # configuration problems: one clear line, non-zero exit
+        print(f"visioninapp-api: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

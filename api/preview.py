@@ -1,0 +1,60 @@
+"""Detection preview: a ModelArtifact's ONNX run in process with the edge package's inference.
+
+Sessions are cached per sha256 (a few, least recently used first out), and every file is
+verified against its checksum before it is loaded — the same rule as on a device.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from visioninapp.api.errors import ApiError
+from visioninapp.backends.storage import ArtifactStore, ChecksumMismatch, ObjectNotFound
+
+__all__ = ["PreviewModels"]
+
+
+class PreviewModels:
+    def __init__(self, cache_dir: Path, capacity: int = 4) -> None:
+        self.cache_dir = cache_dir
+        self.capacity = capacity
+        self._sessions: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def detector(self, artifact: dict[str, Any], store_for: Any) -> Any:
+        from visioninapp.edge.inference import Detector, ModelError
+
+        spec = artifact.get("spec") or {}
+        onnx = next((f for f in spec.get("formats", []) if f.get("format") == "onnx"), None)
+        name = artifact["metadata"]["name"]
+        if onnx is None:
+            raise ApiError(409, f"ModelArtifact {name} has no onnx format to run; export one first")
+        sha = onnx["sha256"]
+        with self._lock:
+            if sha in self._sessions:
+                self._sessions.move_to_end(sha)
+                return self._sessions[sha]
+        path = self.cache_dir / f"{sha}.onnx"
+        if not path.exists():
+            store: ArtifactStore = store_for(onnx["uri"])
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                store.get_file(onnx["uri"], path, sha256=sha)
+            except ChecksumMismatch:
+                raise ApiError(
+                    409, f"{onnx['uri']} does not match its sha256; the artifact is corrupt"
+                ) from None
+            except ObjectNotFound:
+                raise ApiError(409, f"{onnx['uri']} is missing from the artifact store") from None
+        try:
+            detector = Detector(path, class_names=spec.get("classNames") or None, spinning=False)
+        except ModelError as error:
+            raise ApiError(409, f"cannot load {name}: {error}") from None
+        with self._lock:
+            self._sessions[sha] = detector
+            while len(self._sessions) > self.capacity:
+                self._sessions.popitem(last=False)
+        return detector

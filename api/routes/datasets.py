@@ -1,0 +1,382 @@
+"""Datasets (immutable versions in the artifact store) and edge feedback as retraining input."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import cv2
+from fastapi import APIRouter, File, Form, UploadFile
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from visioninapp.api.db import Dataset, DatasetVersion, FeedbackFrame
+from visioninapp.api.errors import ApiError, ErrorDetail
+from visioninapp.api.ingest import (
+    DatasetError,
+    extract_archive,
+    ingest_directory,
+    manifest_of,
+    upload_version,
+)
+from visioninapp.api.routes.common import Limit, Offset, page
+from visioninapp.api.schemas import (
+    DatasetIn,
+    DatasetOut,
+    DatasetVersionOut,
+    FeedbackAccept,
+    FeedbackOut,
+    Page,
+)
+from visioninapp.api.security import ProjectReader, ProjectWriter, ServicesDep
+from visioninapp.api.services import Services
+from visioninapp.backends.storage import join_uri
+
+router = APIRouter(tags=["datasets"])
+
+CHUNK = 1024 * 1024
+
+
+def version_out(version: DatasetVersion) -> dict[str, Any]:
+    return DatasetVersionOut(
+        version=version.version,
+        uri=version.uri,
+        data_yaml=version.data_yaml,
+        class_names=version.class_names,
+        class_counts=version.class_counts,
+        images=version.images,
+        preprocessing=version.preprocessing,
+        sha256=version.sha256,
+        parent_version=version.parent_version,
+        note=version.note,
+        created_by=version.created_by,
+        created_at=version.created_at,
+    ).model_dump(mode="json", by_alias=True)
+
+
+def dataset_out(dataset: Dataset) -> dict[str, Any]:
+    return {
+        "name": dataset.name,
+        "description": dataset.description,
+        "createdAt": dataset.created_at.isoformat(),
+        "versions": [version_out(v) for v in dataset.versions],
+    }
+
+
+def _dataset(session: Session, project: str, name: str) -> Dataset:
+    dataset = session.scalars(
+        select(Dataset).where(Dataset.project_name == project, Dataset.name == name)
+    ).first()
+    if dataset is None:
+        raise ApiError(404, f"dataset {name!r} not found in {project!r}")
+    return dataset
+
+
+@router.get(
+    "/projects/{project}/datasets", response_model=Page[DatasetOut], summary="Datasets and their versions"
+)
+def list_datasets(access: ProjectReader, services: ServicesDep, limit: Limit = 50, offset: Offset = 0) -> Any:
+    with services.db.session() as session:
+        rows = session.scalars(
+            select(Dataset).where(Dataset.project_name == access.project).order_by(Dataset.name)
+        )
+        return page([dataset_out(d) for d in rows], limit, offset)
+
+
+@router.post(
+    "/projects/{project}/datasets", response_model=DatasetOut, status_code=201, summary="Create a dataset"
+)
+def create_dataset(body: DatasetIn, access: ProjectWriter, services: ServicesDep) -> Any:
+    with services.db.session() as session:
+        exists = session.scalars(
+            select(Dataset).where(Dataset.project_name == access.project, Dataset.name == body.name)
+        ).first()
+        if exists is not None:
+            raise ApiError(409, f"dataset {body.name!r} already exists in {access.project!r}")
+        dataset = Dataset(
+            project_name=access.project,
+            name=body.name,
+            description=body.description,
+            created_by=access.user.email or access.user.uid,
+        )
+        session.add(dataset)
+        session.flush()
+        out = dataset_out(dataset)
+    services.search.index(
+        "datasets",
+        f"{access.project}/{body.name}",
+        {"project": access.project, "name": body.name, "title": body.name, "description": body.description},
+    )
+    return out
+
+
+@router.get(
+    "/projects/{project}/datasets/{name}", response_model=DatasetOut, summary="One dataset, every version"
+)
+def get_dataset(name: str, access: ProjectReader, services: ServicesDep) -> Any:
+    with services.db.session() as session:
+        return dataset_out(_dataset(session, access.project, name))
+
+
+def _save_upload(upload: UploadFile, target: Path, limit_mb: int) -> None:
+    written = 0
+    with target.open("wb") as out:
+        while chunk := upload.file.read(CHUNK):
+            written += len(chunk)
+            if written > limit_mb * CHUNK:
+                raise ApiError(413, f"upload larger than {limit_mb} MB (VISIONINAPP_API_MAX_UPLOAD_MB)")
+            out.write(chunk)
+
+
+def _publish_version(
+    services: Services,
+    project: str,
+    name: str,
+    source: Path,
+    work: Path,
+    creator: str,
+    note: str,
+    parent: int | None,
+) -> dict[str, Any]:
+    """Validate and normalise `source`, upload it as the next version, record it."""
+    try:
+        ingested = ingest_directory(source, work / "normalised")
+    except DatasetError as error:
+        problems = [ErrorDetail(field=None, message=part.strip()) for part in str(error).split(";")[:50]]
+        raise ApiError(422, f"dataset rejected: {error}", problems) from None
+    files, digest = manifest_of(ingested.root)
+    with services.db.session() as session:
+        dataset = _dataset(session, project, name)
+        latest = dataset.versions[-1] if dataset.versions else None
+        if latest is not None and latest.sha256 == digest:
+            raise ApiError(409, f"identical to version {latest.version} of {name}; nothing to add")
+        number = (latest.version if latest else 0) + 1
+    uri = join_uri(services.settings.resolved_artifacts_uri, "datasets", project, name, f"v{number}")
+    upload_version(ingested.root, files, digest, services.store_for(uri), uri)
+    with services.db.session() as session:
+        dataset = _dataset(session, project, name)
+        version = DatasetVersion(
+            dataset_id=dataset.id,
+            version=number,
+            uri=uri,
+            class_names=ingested.class_names,
+            class_counts=ingested.class_counts,
+            images=ingested.images,
+            preprocessing=ingested.preprocessing,
+            sha256=digest,
+            parent_version=parent if parent is not None else (number - 1 or None),
+            note=note,
+            created_by=creator,
+        )
+        session.add(version)
+        session.flush()
+        out = version_out(version)
+    services.search.index(
+        "datasets",
+        f"{project}/{name}/v{number}",
+        {
+            "project": project,
+            "name": name,
+            "title": f"{name} v{number}",
+            "classes": ingested.class_names,
+            "note": note,
+            "uri": uri,
+        },
+    )
+    return out
+
+
+@router.post(
+    "/projects/{project}/datasets/{name}/versions",
+    response_model=DatasetVersionOut,
+    status_code=201,
+    summary="Upload a new version: a zip of a YOLO dataset (data.yaml, images/, labels/)",
+)
+def upload_dataset_version(
+    name: str,
+    access: ProjectWriter,
+    services: ServicesDep,
+    archive: Annotated[
+        UploadFile, File(description="Zip with data.yaml, images/{train,val}, labels/{train,val}.")
+    ],
+    note: Annotated[str, Form(max_length=2000, description="What changed in this version.")] = "",
+) -> Any:
+    with services.db.session() as session:
+        _dataset(session, access.project, name)
+    with tempfile.TemporaryDirectory(prefix="dataset-") as tmp:
+        work = Path(tmp)
+        _save_upload(archive, work / "upload.zip", services.settings.api_max_upload_mb)
+        try:
+            root = extract_archive(work / "upload.zip", work / "source")
+        except DatasetError as error:
+            raise ApiError(422, f"dataset rejected: {error}") from None
+        return _publish_version(
+            services, access.project, name, root, work, access.user.email or access.user.uid, note, None
+        )
+
+
+@router.get(
+    "/projects/{project}/datasets/{name}/versions/{version}",
+    response_model=DatasetVersionOut,
+    summary="One version",
+)
+def get_dataset_version(name: str, version: int, access: ProjectReader, services: ServicesDep) -> Any:
+    with services.db.session() as session:
+        dataset = _dataset(session, access.project, name)
+        for candidate in dataset.versions:
+            if candidate.version == version:
+                return version_out(candidate)
+    raise ApiError(404, f"{name} has no version {version}")
+
+
+# Feedback: hard frames the edge uploaded under <feedback uri>/<deployment>/<node>/<stem>.{jpg,json}.
+
+
+def feedback_out(frame: FeedbackFrame) -> dict[str, Any]:
+    return FeedbackOut(
+        id=frame.id,
+        deployment=frame.deployment,
+        node=frame.node,
+        image_uri=frame.image_uri,
+        model=frame.model,
+        top_score=frame.top_score,
+        detections=frame.detections,
+        captured_at=frame.captured_at,
+        status=frame.status,
+    ).model_dump(mode="json", by_alias=True)
+
+
+@router.post(
+    "/projects/{project}/feedback/sync",
+    response_model=Page[FeedbackOut],
+    summary="Import new hard frames of the project's deployments from the artifact store",
+)
+def sync_feedback(access: ProjectWriter, services: ServicesDep) -> Any:
+    base = services.settings.resolved_feedback_uri
+    store = services.store_for(base)
+    imported = []
+    for deployment in services.clusters.rollout.list("EdgeDeployment", access.project):
+        name = deployment["metadata"]["name"]
+        for stored in store.list(join_uri(base, name)):
+            if not stored.uri.endswith(".json"):
+                continue
+            image_uri = stored.uri[: -len(".json")] + ".jpg"
+            node = stored.uri.rsplit("/", 2)[-2]
+            with services.db.session() as session:
+                if session.scalars(
+                    select(FeedbackFrame.id).where(FeedbackFrame.image_uri == image_uri)
+                ).first():
+                    continue
+                record = json.loads(store.get_bytes(stored.uri))
+                detections = record.get("detections") or []
+                frame = FeedbackFrame(
+                    project_name=access.project,
+                    deployment=name,
+                    node=node,
+                    image_uri=image_uri,
+                    model=record.get("model"),
+                    top_score=max((d.get("score", 0.0) for d in detections), default=None),
+                    detections=detections,
+                    captured_at=datetime.fromisoformat(record["time"])
+                    if record.get("time")
+                    else datetime.now(UTC),
+                )
+                session.add(frame)
+                session.flush()
+                imported.append(feedback_out(frame))
+    return page(imported, 1000, 0)
+
+
+@router.get(
+    "/projects/{project}/feedback", response_model=Page[FeedbackOut], summary="Hard frames from the edge"
+)
+def list_feedback(
+    access: ProjectReader,
+    services: ServicesDep,
+    status: str | None = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
+) -> Any:
+    with services.db.session() as session:
+        query = select(FeedbackFrame).where(FeedbackFrame.project_name == access.project)
+        if status:
+            query = query.where(FeedbackFrame.status == status)
+        rows = session.scalars(query.order_by(FeedbackFrame.id.desc())).all()
+        return page([feedback_out(f) for f in rows], limit, offset)
+
+
+@router.post(
+    "/projects/{project}/feedback/accept",
+    response_model=DatasetVersionOut,
+    status_code=201,
+    summary="Add frames to a new dataset version (the edge's detections become their starting labels)",
+)
+def accept_feedback(body: FeedbackAccept, access: ProjectWriter, services: ServicesDep) -> Any:
+    with services.db.session() as session:
+        dataset = _dataset(session, access.project, body.dataset)
+        if not dataset.versions:
+            raise ApiError(409, f"{body.dataset} has no version yet: upload one first, then add frames to it")
+        latest = dataset.versions[-1]
+        latest_uri, latest_number, names = latest.uri, latest.version, list(latest.class_names)
+        frames = session.scalars(
+            select(FeedbackFrame).where(
+                FeedbackFrame.project_name == access.project, FeedbackFrame.id.in_(body.ids)
+            )
+        ).all()
+        missing = sorted(set(body.ids) - {f.id for f in frames})
+        if missing:
+            raise ApiError(404, f"feedback frames {missing} not found in {access.project!r}")
+        chosen = [(f.id, f.image_uri, f.detections) for f in frames]
+    with tempfile.TemporaryDirectory(prefix="feedback-") as tmp:
+        work = Path(tmp)
+        source = work / "source"
+        store = services.store_for(latest_uri)
+        for stored in store.list(latest_uri):
+            relative = stored.uri[len(latest_uri.rstrip("/")) + 1 :]
+            if relative != "manifest.json":
+                store.get_file(stored.uri, source / relative)
+        for frame_id, image_uri, detections in chosen:
+            image_path = source / "images" / "train" / f"feedback_{frame_id}.jpg"
+            services.store_for(image_uri).get_file(image_uri, image_path)
+            _write_pseudo_labels(image_path, detections, names)
+        out = _publish_version(
+            services,
+            access.project,
+            body.dataset,
+            source,
+            work,
+            access.user.email or access.user.uid,
+            body.note or f"v{latest_number} + {len(chosen)} feedback frame(s)",
+            latest_number,
+        )
+    with services.db.session() as session:
+        for frame in session.scalars(select(FeedbackFrame).where(FeedbackFrame.id.in_(body.ids))):
+            frame.status = "accepted"
+    return out
+
+
+def _write_pseudo_labels(image_path: Path, detections: list[dict[str, Any]], names: list[str]) -> None:
+    pixels = cv2.imread(str(image_path))
+    if pixels is None:
+        raise ApiError(409, f"feedback image {image_path.name} is not readable")
+    height, width = pixels.shape[:2]
+    lines = []
+    for detection in detections:
+        class_id = detection.get("classId")
+        if not isinstance(class_id, int) or not 0 <= class_id < len(names):
+            continue
+        x1, y1, x2, y2 = (float(v) for v in detection["box"])
+        x1, x2 = max(0.0, min(x1, width)), max(0.0, min(x2, width))
+        y1, y2 = max(0.0, min(y1, height)), max(0.0, min(y2, height))
+        if x2 <= x1 or y2 <= y1:
+            continue
+        lines.append(
+            f"{class_id} {(x1 + x2) / 2 / width:.6f} {(y1 + y2) / 2 / height:.6f} "
+            f"{(x2 - x1) / width:.6f} {(y2 - y1) / height:.6f}"
+        )
+    label = image_path.parent.parent.parent / "labels" / "train" / f"{image_path.stem}.txt"
+    label.parent.mkdir(parents=True, exist_ok=True)
+    label.write_text("\n".join(lines) + ("\n" if lines else ""))

@@ -1,0 +1,142 @@
+"""Projects (= namespaces) and their members."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from sqlalchemy import select
+
+from visioninapp.api.db import Membership, Project
+from visioninapp.api.errors import ApiError
+from visioninapp.api.routes.common import Limit, Offset, page
+from visioninapp.api.schemas import MemberIn, MemberOut, Page, ProjectIn, ProjectOut
+from visioninapp.api.security import CurrentUser, ProjectAdmin, ProjectReader, ServicesDep
+
+router = APIRouter(tags=["projects"])
+
+
+def _project_out(project: Project, role: str) -> dict[str, Any]:
+    return ProjectOut(
+        name=project.name,
+        display_name=project.display_name,
+        description=project.description,
+        role=role,
+        created_at=project.created_at,
+    ).model_dump(by_alias=True)
+
+
+@router.get("/projects", response_model=Page[ProjectOut], summary="Projects you are a member of")
+def list_projects(services: ServicesDep, user: CurrentUser, limit: Limit = 50, offset: Offset = 0) -> Any:
+    principals = [user.uid] + ([user.email] if user.email else [])
+    with services.db.session() as session:
+        if user.is_platform_admin:
+            rows = [(p, "admin") for p in session.scalars(select(Project).order_by(Project.name))]
+        else:
+            query = (
+                select(Project, Membership.role)
+                .join(Membership)
+                .where(Membership.principal.in_(principals))
+                .order_by(Project.name)
+            )
+            best: dict[str, tuple[Project, str]] = {}
+            rank = {"viewer": 0, "member": 1, "admin": 2}
+            for project, role in session.execute(query):
+                if project.name not in best or rank[role] > rank[best[project.name][1]]:
+                    best[project.name] = (project, role)
+            rows = list(best.values())
+        items = [_project_out(p, r) for p, r in rows]
+    return page(items, limit, offset)
+
+
+@router.post(
+    "/projects",
+    response_model=ProjectOut,
+    status_code=201,
+    summary="Create a project (platform admins): its namespace, and you as its admin",
+)
+def create_project(body: ProjectIn, services: ServicesDep, user: CurrentUser) -> Any:
+    if not user.is_platform_admin:
+        raise ApiError(403, "only platform admins create projects; ask one to create it and add you")
+    with services.db.session() as session:
+        if session.get(Project, body.name) is not None:
+            raise ApiError(409, f"project {body.name!r} already exists")
+    services.clusters.training.ensure_namespace(body.name)
+    if services.clusters.rollout is not services.clusters.training:
+        services.clusters.rollout.ensure_namespace(body.name)
+    with services.db.session() as session:
+        project = Project(
+            name=body.name,
+            display_name=body.display_name or body.name,
+            description=body.description,
+            created_by=user.email or user.uid,
+        )
+        project.members.append(Membership(principal=user.uid, role="admin"))
+        session.add(project)
+    services.search.index(
+        "projects",
+        body.name,
+        {
+            "project": body.name,
+            "name": body.name,
+            "title": project.display_name,
+            "description": body.description,
+        },
+    )
+    return _project_out(project, "admin")
+
+
+@router.get("/projects/{project}", response_model=ProjectOut, summary="One project")
+def get_project(access: ProjectReader, services: ServicesDep) -> Any:
+    with services.db.session() as session:
+        project = session.get(Project, access.project)
+        assert project is not None
+        return _project_out(project, access.role)
+
+
+@router.get("/projects/{project}/members", response_model=list[MemberOut], summary="Members and their roles")
+def list_members(access: ProjectReader, services: ServicesDep) -> Any:
+    with services.db.session() as session:
+        rows = session.scalars(
+            select(Membership).where(Membership.project_name == access.project).order_by(Membership.principal)
+        )
+        return [MemberOut(principal=m.principal, role=m.role).model_dump(by_alias=True) for m in rows]
+
+
+@router.put(
+    "/projects/{project}/members/{principal}",
+    response_model=MemberOut,
+    summary="Add a member or change a role (project admins)",
+)
+def put_member(principal: str, body: MemberIn, access: ProjectAdmin, services: ServicesDep) -> Any:
+    if not principal or len(principal) > 254:
+        raise ApiError(422, "principal must be a Firebase uid or an email, 1 to 254 characters")
+    with services.db.session() as session:
+        member = session.scalars(
+            select(Membership).where(
+                Membership.project_name == access.project, Membership.principal == principal
+            )
+        ).first()
+        if member is None:
+            session.add(Membership(project_name=access.project, principal=principal, role=body.role))
+        else:
+            member.role = body.role
+    return {"principal": principal, "role": body.role}
+
+
+@router.delete("/projects/{project}/members/{principal}", status_code=204, summary="Remove a member")
+def delete_member(principal: str, access: ProjectAdmin, services: ServicesDep) -> None:
+    with services.db.session() as session:
+        member = session.scalars(
+            select(Membership).where(
+                Membership.project_name == access.project, Membership.principal == principal
+            )
+        ).first()
+        if member is None:
+            raise ApiError(404, f"{principal!r} is not a member of {access.project!r}")
+        admins = session.scalars(
+            select(Membership).where(Membership.project_name == access.project, Membership.role == "admin")
+        ).all()
+        if member.role == "admin" and len(admins) == 1:
+            raise ApiError(409, "cannot remove the last admin of a project; make someone else admin first")
+        session.delete(member)

@@ -1,0 +1,112 @@
+"""Who is calling and what they may do: Firebase principal → role in a project (admin, member, viewer)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Path, Request
+from sqlalchemy import or_, select
+
+from visioninapp.api.db import Membership, Project
+from visioninapp.api.errors import ApiError
+from visioninapp.api.services import Services
+from visioninapp.backends.auth import AuthError, Principal
+
+__all__ = [
+    "ROLES",
+    "Access",
+    "CurrentUser",
+    "ProjectAdmin",
+    "ProjectReader",
+    "ProjectWriter",
+    "ServicesDep",
+    "services_of",
+]
+
+ROLES = ("viewer", "member", "admin")
+_RANK = {role: rank for rank, role in enumerate(ROLES)}
+
+
+def services_of(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(services_of)]
+
+
+def current_user(request: Request, services: ServicesDep) -> Principal:
+    header = request.headers.get("authorization", "")
+    token = header[7:].strip() if header.lower().startswith("bearer ") else None
+    try:
+        principal = services.auth.authenticate(token, request.client.host if request.client else None)
+    except AuthError as error:
+        raise ApiError(401, str(error)) from None
+    request.state.user = principal.uid
+    return principal
+
+
+CurrentUser = Annotated[Principal, Depends(current_user)]
+
+
+@dataclass(frozen=True)
+class Access:
+    user: Principal
+    project: str
+    role: str
+
+    def can(self, role: str) -> bool:
+        return _RANK[self.role] >= _RANK[role]
+
+
+def role_in(services: Services, user: Principal, project: str) -> str | None:
+    with services.db.session() as session:
+        if session.get(Project, project) is None:
+            return None
+        if user.is_platform_admin:
+            return "admin"
+        principals = [user.uid] + ([user.email] if user.email else [])
+        roles = session.scalars(
+            select(Membership.role).where(
+                Membership.project_name == project, or_(*(Membership.principal == p for p in principals))
+            )
+        ).all()
+    return max(roles, key=lambda r: _RANK[r]) if roles else None
+
+
+def _rate_limit(services: Services, user: Principal) -> None:
+    window = int(time.time() // 60)
+    count = services.cache.incr(f"rate:{user.uid}:{window}", 60)
+    if count > services.settings.api_write_rate_per_minute:
+        raise ApiError(
+            429,
+            f"too many write requests: at most {services.settings.api_write_rate_per_minute} per minute; "
+            "retry after the time in Retry-After",
+        )
+
+
+def _access(minimum: str):  # type: ignore[no-untyped-def]
+    def dependency(
+        request: Request,
+        services: ServicesDep,
+        user: CurrentUser,
+        project: Annotated[str, Path(description="Project (namespace) name.", max_length=63)],
+    ) -> Access:
+        role = role_in(services, user, project)
+        if role is None:  # the same answer whether it does not exist or is not yours: nothing leaks
+            raise ApiError(404, f"project {project!r} not found (or you are not a member)")
+        access = Access(user, project, role)
+        if not access.can(minimum):
+            raise ApiError(403, f"your role in {project!r} is {role}; this needs {minimum} or higher")
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            _rate_limit(services, user)
+        return access
+
+    return dependency
+
+
+ProjectReader = Annotated[Access, Depends(_access("viewer"))]
+ProjectWriter = Annotated[Access, Depends(_access("member"))]
+ProjectAdmin = Annotated[Access, Depends(_access("admin"))]

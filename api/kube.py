@@ -116,18 +116,14 @@ class KubeCluster:
         plural = resource_for_kind(kind).plural
         try:
             return dict(
-                self.custom.api_client.call_api(
-                    f"/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/{plural}/{{name}}",
-                    "PATCH",
-                    path_params={"namespace": namespace, "name": name},
-                    header_params={
-                        "Content-Type": "application/merge-patch+json",
-                        "Accept": "application/json",
-                    },
-                    body=patch,
-                    response_type="object",
-                    auth_settings=["BearerToken"],
-                    _return_http_data_only=True,
+                self.custom.patch_namespaced_custom_object(
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    plural,
+                    name,
+                    patch,
+                    _content_type="application/merge-patch+json",
                 )
             )
         except ApiException as error:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 
 class ServiceUnavailable(RuntimeError):
@@ -64,3 +68,136 @@ def s3_server() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
+
+
+def ensure_mariadb() -> None:
+    """MariaDB on 127.0.0.1:3306 (root, no password); started through its service if it is down."""
+    if port_open(3306):
+        return
+    if not Path("/usr/sbin/mariadbd").exists():
+        raise ServiceUnavailable("MariaDB is not installed (/usr/sbin/mariadbd)")
+    subprocess.run(
+        ["start-stop-daemon", "--start", "--oknodo", "--background", "--exec", "/usr/sbin/mariadbd"],
+        check=False,
+        capture_output=True,
+    )
+    wait_for_port(3306, 60, "MariaDB")
+
+
+def ensure_redis() -> None:
+    if port_open(6379):
+        return
+    if not shutil.which("redis-server"):
+        raise ServiceUnavailable("Redis is not installed (redis-server)")
+    subprocess.run(
+        [
+            "redis-server",
+            "--daemonize",
+            "yes",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "6379",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        check=False,
+        capture_output=True,
+    )
+    wait_for_port(6379, 30, "redis-server")
+
+
+@contextmanager
+def elasticsearch_server(data_dir: Path) -> Iterator[str]:
+    """noida-db, a server of the Elasticsearch API (reports 8.15.3), on a free loopback port."""
+    executable = shutil.which("noida-db") or str(Path(sys.executable).with_name("noida-db"))
+    if not Path(executable).exists():
+        raise ServiceUnavailable("noida-db is not installed: make install (it is a dev dependency)")
+    port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = (data_dir / "noida.log").open("wb")
+    process = subprocess.Popen(
+        [
+            executable,
+            "start",
+            "--only",
+            "elasticsearch",
+            "--elasticsearch-port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_for_port(port, 60, "noida-db (Elasticsearch API)")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+        log.close()
+
+
+FIREBASE_TOOLS_VERSION = "15.34.2"
+FIREBASE_TOOLS_DIR = Path.home() / ".cache" / "visioninapp" / f"firebase-tools-{FIREBASE_TOOLS_VERSION}"
+
+
+def firebase_cli() -> Path:
+    """The `firebase` CLI from npm's firebase-tools, installed once per machine into a cache folder."""
+    binary = FIREBASE_TOOLS_DIR / "node_modules" / ".bin" / "firebase"
+    if binary.exists():
+        return binary
+    if not shutil.which("npm"):
+        raise ServiceUnavailable("npm is missing: the Firebase Auth emulator comes from npm's firebase-tools")
+    FIREBASE_TOOLS_DIR.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            "npm",
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--prefix",
+            str(FIREBASE_TOOLS_DIR),
+            f"firebase-tools@{FIREBASE_TOOLS_VERSION}",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
+    return binary
+
+
+@contextmanager
+def firebase_auth_emulator(work_dir: Path, project: str) -> Iterator[str]:
+    """The Firebase Auth emulator on a free port; yields `host:port` for FIREBASE_AUTH_EMULATOR_HOST."""
+    import json
+
+    binary = firebase_cli()
+    port = free_port()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    # The UI must be off: it would be downloaded at start, and nothing can be downloaded here.
+    config = {"emulators": {"auth": {"host": "127.0.0.1", "port": port}, "ui": {"enabled": False}}}
+    (work_dir / "firebase.json").write_text(json.dumps(config))
+    log = (work_dir / "emulator.log").open("wb")
+    process = subprocess.Popen(
+        [str(binary), "emulators:start", "--only", "auth", "--project", project],
+        cwd=work_dir,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "FIREBASE_CLI_DISABLE_UPDATE_CHECK": "true", "CI": "true"},
+    )
+    try:
+        wait_for_port(port, 120, "the Firebase Auth emulator")
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()

@@ -11,7 +11,8 @@ import uuid
 from typing import Any
 
 import firebase_admin
-from firebase_admin import auth
+import google.auth.credentials
+from firebase_admin import auth, credentials
 
 from visioninapp.backends.auth import Authenticator, AuthError, Principal
 
@@ -20,13 +21,20 @@ __all__ = ["FirebaseAuthenticator"]
 CLOCK_SKEW_SECONDS = 5
 
 
+class _VerifyOnly(credentials.Base):  # type: ignore[misc]
+    """Verifying ID tokens needs only Google's public certificates: no service account, no ADC."""
+
+    def get_credential(self) -> google.auth.credentials.Credentials:
+        return google.auth.credentials.AnonymousCredentials()
+
+
 class FirebaseAuthenticator(Authenticator):
     def __init__(
         self, project_id: str, admins: list[str] | None = None, certs_url: str | None = None
     ) -> None:
         # An app of our own (named), so an embedding process's default app is left alone.
         self._app = firebase_admin.initialize_app(
-            options={"projectId": project_id}, name=f"visioninapp-{uuid.uuid4().hex[:8]}"
+            _VerifyOnly(), options={"projectId": project_id}, name=f"visioninapp-{uuid.uuid4().hex[:8]}"
         )
         self._admins = set(admins or [])
         if certs_url:

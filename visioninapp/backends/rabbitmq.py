@@ -46,6 +46,9 @@ class RabbitStreamBus(EventBus):
         self._thread = threading.Thread(target=self._loop.run_forever, name="rstream", daemon=True)
         self._thread.start()
         self._producer: Producer | None = None
+        # rstream keeps one publisher per stream and client, named by its first send: a producer
+        # name of its own per client keeps each name's deduplication sequence apart.
+        self._named_producers: dict[str, Producer] = {}
         self._consumer: Consumer | None = None
         self._streams: set[str] = set()
 
@@ -58,6 +61,13 @@ class RabbitStreamBus(EventBus):
             await producer.start()
             self._producer = producer
         return self._producer
+
+    async def _producer_named(self, name: str) -> Producer:
+        if name not in self._named_producers:
+            producer = Producer(**self._connection)  # type: ignore[arg-type]
+            await producer.start()
+            self._named_producers[name] = producer
+        return self._named_producers[name]
 
     async def _get_consumer(self) -> Consumer:
         if self._consumer is None:
@@ -78,7 +88,8 @@ class RabbitStreamBus(EventBus):
 
     def publish(self, stream: str, producer: str, messages: Sequence[tuple[int, bytes]]) -> int:
         async def send() -> int:
-            client = await self._ensure_stream(stream)
+            await self._ensure_stream(stream)
+            client = await self._producer_named(producer)
             last = await self._last_publishing_id(stream, producer)
             fresh = [RawMessage(body, publishing_id=pid) for pid, body in messages if pid > last]
             if fresh:
@@ -158,7 +169,7 @@ class RabbitStreamBus(EventBus):
 
     def close(self) -> None:
         async def shutdown() -> None:
-            for client in (self._producer, self._consumer):
+            for client in (self._producer, self._consumer, *self._named_producers.values()):
                 if client is not None:
                     await client.close()
 

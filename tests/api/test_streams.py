@@ -1,0 +1,239 @@
+"""Stream consumers → SQL + search index + S3 archive; live updates over SSE; notifications."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from tests.api.conftest import ApiEnv
+from tests.api.test_api import TJ_SPEC, artifact, wait_for
+from visioninapp.api.consumers import wait_drained
+from visioninapp.api.db import EpochMetric, LogLine, Notification
+from visioninapp.api.sync import ClusterSync
+from visioninapp.events import EdgeEvent, TrainingEvent
+
+pytestmark = pytest.mark.services
+
+
+def epoch_event(project: str, job: str, epoch: int, attempt: int = 1, map50: float = 0.5) -> TrainingEvent:
+    return TrainingEvent(
+        type="epoch",
+        namespace=project,
+        training_job=job,
+        attempt=attempt,
+        epoch=epoch,
+        epochs=10,
+        losses={"box": 1.0 / epoch},
+        mAP50=map50,
+        mAP50_95=map50 / 2,
+    )
+
+
+def publish(api: ApiEnv, stream: str, events: list[Any], producer: str = "test") -> None:
+    start = api.services.bus.last_publishing_id(stream, producer)
+    api.services.bus.publish(stream, producer, [(start + i + 1, e.to_bytes()) for i, e in enumerate(events)])
+
+
+def test_training_events_land_once_in_sql_search_and_s3(api: ApiEnv) -> None:
+    project = api.new_project({"alice": "member"})
+    api.client.post(
+        f"/api/v1/projects/{project}/training-jobs",
+        json={"name": "run-1", "spec": TJ_SPEC},
+        headers=api.as_user("alice"),
+    )
+    stream = api.settings.training_stream
+    events: list[Any] = [epoch_event(project, "run-1", e) for e in (1, 2, 3)]
+    events.append(
+        TrainingEvent(
+            type="log",
+            namespace=project,
+            training_job="run-1",
+            attempt=1,
+            message="CUDA out of memory, lowering batch",
+            level="WARNING",
+        )
+    )
+    events.append(epoch_event(project, "run-1", 3, attempt=2, map50=0.6))  # resumed attempt repeats epoch 3
+    publish(api, stream, events)
+    training, _ = api.services.consumers()
+    wait_drained(training)
+    wait_drained(training)  # nothing more, nothing twice
+    with api.services.db.session() as session:
+        epochs = session.scalars(select(EpochMetric).where(EpochMetric.project_name == project)).all()
+        assert sorted(e.epoch for e in epochs) == [1, 2, 3]
+        assert next(e for e in epochs if e.epoch == 3).map50 == pytest.approx(0.6)
+        assert (
+            session.scalar(select(func.count()).select_from(LogLine).where(LogLine.project_name == project))
+            == 1
+        )
+    detail = api.client.get(f"/api/v1/projects/{project}/training-jobs/run-1", headers=api.as_user("alice"))
+    assert [h["epoch"] for h in detail.json()["history"]] == [1, 2, 3]
+    logs = api.client.get(
+        f"/api/v1/projects/{project}/training-jobs/run-1/logs?q=memory", headers=api.as_user("alice")
+    ).json()
+    assert logs["total"] == 1 and logs["items"][0]["level"] == "WARNING"
+    hits = api.client.get(f"/api/v1/search?q=memory&project={project}", headers=api.as_user("alice")).json()
+    assert [h["collection"] for h in hits] == ["logs"]
+    archived = api.services.store_for(api.settings.resolved_artifacts_uri).list(
+        api.settings.resolved_artifacts_uri.rstrip("/") + "/logs/"
+    )
+    assert archived and b"out of memory" in api.services.store_for(archived[0].uri).get_bytes(archived[0].uri)
+
+
+def test_malformed_events_are_skipped_not_fatal(api: ApiEnv) -> None:
+    project = api.new_project()
+    stream = api.settings.training_stream
+    api.services.bus.publish(stream, "broken", [(1, b"{not json"), (2, b'{"type": "epoch"}')])
+    publish(api, stream, [epoch_event(project, "run-x", 1)])
+    training, _ = api.services.consumers()
+    wait_drained(training)
+    with api.services.db.session() as session:
+        assert (
+            session.scalar(
+                select(func.count()).select_from(EpochMetric).where(EpochMetric.project_name == project)
+            )
+            == 1
+        )
+
+
+def test_edge_events_feed_the_fleet_view(api: ApiEnv) -> None:
+    project = api.new_project({"alice": "member"})
+    api.cluster.create("visioninapp.io", "modelartifacts", project, artifact("m1", project, map5095=0.4))
+    api.client.post(
+        f"/api/v1/projects/{project}/deployments",
+        headers=api.as_user("alice"),
+        json={"name": "fleet", "spec": {"modelRef": "m1"}},
+    )
+    now = datetime.now(UTC)
+    publish(
+        api,
+        api.settings.edge_stream,
+        [
+            EdgeEvent(
+                namespace=project,
+                deployment="fleet",
+                node="jetson-0",
+                revision="r1",
+                model_version="m1",
+                window_start=now - timedelta(seconds=15),
+                window_end=now,
+                requests=120,
+                errors=1,
+                p95_ms=21.5,
+                detections_per_class={"helmet": 40},
+            ),
+        ],
+    )
+    _, edge = api.services.consumers()
+    wait_drained(edge)
+    nodes = api.client.get(
+        f"/api/v1/projects/{project}/deployments/fleet/nodes", headers=api.as_user("alice")
+    ).json()
+    assert nodes == [pytest.approx(nodes[0])]
+    assert nodes[0]["node"] == "jetson-0" and nodes[0]["requests"] == 120 and nodes[0]["p95Ms"] == 21.5
+
+
+def test_run_outcomes_become_notifications_once_and_reach_the_webhook(api: ApiEnv) -> None:
+    project = api.new_project({"alice": "member"})
+    received: list[dict[str, Any]] = []
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    api.services.notifier.webhook_url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    try:
+        api.client.post(
+            f"/api/v1/projects/{project}/training-jobs",
+            headers=api.as_user("alice"),
+            json={"name": "run-1", "spec": TJ_SPEC},
+        )
+        api.cluster.patch(
+            "visioninapp.io",
+            "trainingjobs",
+            project,
+            "run-1",
+            {"status": {"phase": "Succeeded", "metrics": {"mAP50": 0.71}, "artifact": "run-1-v1"}},
+            subresource="status",
+        )
+        sync = ClusterSync(api.services)
+        assert sync.sync_once() == 1
+        assert sync.sync_once() == 0  # the same outcome is announced once
+        notes = api.client.get(
+            f"/api/v1/projects/{project}/notifications", headers=api.as_user("alice")
+        ).json()
+        assert [n["kind"] for n in notes["items"]] == ["run-succeeded"]
+        assert "0.710" in notes["items"][0]["message"]
+        assert [r["kind"] for r in received] == ["run-succeeded"]
+        runs = api.client.get(
+            f"/api/v1/projects/{project}/training-jobs", headers=api.as_user("alice")
+        ).json()
+        assert runs["items"][0]["phase"] in ("Succeeded", "Pending")  # cached list: at most the TTL old
+        with api.services.db.session() as session:
+            assert session.scalar(select(func.count()).select_from(Notification)) >= 1
+    finally:
+        server.shutdown()
+
+
+def test_live_events_over_sse_resume_from_the_last_event_id(api: ApiEnv) -> None:
+    project = api.new_project({"alice": "member"})
+    publish(api, api.settings.training_stream, [epoch_event(project, "run-1", e) for e in (1, 2)])
+    training, _ = api.services.consumers()
+    wait_drained(training)
+    server = api.services.extras.setdefault("server", None)
+    assert server is None
+    import uvicorn
+
+    from tests.services import free_port
+    from visioninapp.api.app import create_app
+
+    port = free_port()
+    config = uvicorn.Config(create_app(api.services), host="127.0.0.1", port=port, log_level="warning")
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    wait_for(lambda: uv.started)
+    try:
+        url = f"http://127.0.0.1:{port}/api/v1/projects/{project}/events?trainingJob=run-1"
+        seen = read_sse(url, api.as_user("alice"), count=2)
+        assert [json.loads(e["data"])["epoch"] for e in seen] == [1, 2]
+        publish(api, api.settings.training_stream, [epoch_event(project, "run-1", 3)])
+        wait_drained(training)
+        resumed = read_sse(url, {**api.as_user("alice"), "Last-Event-ID": seen[-1]["id"]}, count=1)
+        assert [json.loads(e["data"])["epoch"] for e in resumed] == [3]
+    finally:
+        uv.should_exit = True
+        thread.join(10)
+
+
+def read_sse(url: str, headers: dict[str, str], count: int, timeout: float = 15.0) -> list[dict[str, str]]:
+    events: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    with httpx.stream("GET", url, headers=headers, timeout=timeout) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if not line:
+                if "data" in current:
+                    events.append(current)
+                    if len(events) >= count:
+                        break
+                current = {}
+                continue
+            field, _, value = line.partition(": ")
+            current[field] = value
+    return events

@@ -26,8 +26,17 @@ from visioninapp.backends.events import EventBus, StreamMessage
 from visioninapp.backends.search import SearchIndex
 from visioninapp.backends.storage import ArtifactStore, join_uri
 from visioninapp.events import EdgeEvent, TrainingEvent
+from visioninapp.factory import artifact_store_for
+from visioninapp.settings import Settings
 
-__all__ = ["BatchResult", "EdgeEventConsumer", "StreamConsumer", "TrainingEventConsumer"]
+__all__ = [
+    "BatchResult",
+    "EdgeEventConsumer",
+    "StreamConsumer",
+    "TrainingEventConsumer",
+    "make_consumers",
+    "run_consumers",
+]
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +274,18 @@ class EdgeEventConsumer(StreamConsumer):
             )
             written += 1
         return written, skipped
+
+
+def make_consumers(
+    settings: Settings, db: Database, bus: EventBus, search: SearchIndex
+) -> list[StreamConsumer]:
+    """The API's two consumers, on the streams and the archive the settings name."""
+    base = settings.resolved_artifacts_uri
+    training = TrainingEventConsumer(db, bus, search, archive=(artifact_store_for(base, settings), base))
+    training.stream = settings.training_stream
+    edge = EdgeEventConsumer(db, bus, search)
+    edge.stream = settings.edge_stream
+    return [training, edge]
 
 
 def run_consumers(consumers: list[StreamConsumer], stop: threading.Event) -> list[threading.Thread]:

@@ -56,19 +56,24 @@ def migrate() -> None:
 @app.command()
 def consume() -> None:
     """Run only the stream consumers (training-events, edge-events) until SIGTERM."""
+    from visioninapp.api.consumers import make_consumers, run_consumers
+    from visioninapp.api.db import Database
+    from visioninapp.factory import build_event_bus, build_search_index
+
     settings = Settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    services = _services(settings)
+    db = Database(settings.resolved_database_url)
+    db.migrate()
+    bus, search = build_event_bus(settings), build_search_index(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    from visioninapp.api.consumers import run_consumers
-
-    threads = run_consumers(services.consumers(), stop)
+    threads = run_consumers(make_consumers(settings, db, bus, search), stop)
     stop.wait()
     for thread in threads:
         thread.join(10)
-    services.close()
+    bus.close()
+    db.dispose()
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from visioninapp.api.consumers import EdgeEventConsumer, StreamConsumer, TrainingEventConsumer, run_consumers
+from visioninapp.api.consumers import StreamConsumer, make_consumers, run_consumers
 from visioninapp.api.db import Database
 from visioninapp.api.kube import Clusters
 from visioninapp.api.notify import Notifier
@@ -66,12 +66,7 @@ class Services:
         return artifact_store_for(uri, self.settings)
 
     def consumers(self) -> list[StreamConsumer]:
-        archive = (self.store_for(self.settings.resolved_artifacts_uri), self.settings.resolved_artifacts_uri)
-        training = TrainingEventConsumer(self.db, self.bus, self.search, archive=archive)
-        training.stream = self.settings.training_stream
-        edge = EdgeEventConsumer(self.db, self.bus, self.search)
-        edge.stream = self.settings.edge_stream
-        return [training, edge]
+        return make_consumers(self.settings, self.db, self.bus, self.search)
 
     def start_background(self, consumers: bool = True, sync_interval: float = 2.0) -> None:
         """Stream consumers and the cluster sync (run history, notifications) in daemon threads."""

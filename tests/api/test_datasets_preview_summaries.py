@@ -47,11 +47,16 @@ def upload(api: ApiEnv, project: str, data: bytes, note: str = "") -> object:
 
 def test_upload_validates_preprocesses_and_versions(api: ApiEnv, dataset_dir: Path) -> None:
     project = api.new_project({"alice": "member"})
-    api.client.post(f"/api/v1/projects/{project}/datasets", json={"name": "shapes"}, headers=api.as_user("alice"))
+    api.client.post(
+        f"/api/v1/projects/{project}/datasets", json={"name": "shapes"}, headers=api.as_user("alice")
+    )
     train = sorted((dataset_dir / "images" / "train").iterdir())
     # A duplicate image (same pixels, other name) and a big image rotated by EXIF.
     shutil.copy(train[0], train[0].with_name("copy.png"))
-    shutil.copy(dataset_dir / "labels" / "train" / f"{train[0].stem}.txt", dataset_dir / "labels" / "train" / "copy.txt")
+    shutil.copy(
+        dataset_dir / "labels" / "train" / f"{train[0].stem}.txt",
+        dataset_dir / "labels" / "train" / "copy.txt",
+    )
     big = Image.fromarray(np.full((2400, 1200, 3), 127, np.uint8))
     exif = big.getexif()
     exif[274] = 6  # rotate 90° on display
@@ -62,7 +67,12 @@ def test_upload_validates_preprocesses_and_versions(api: ApiEnv, dataset_dir: Pa
     assert first.status_code == 201, first.text
     version = first.json()
     assert version["version"] == 1 and version["classNames"] == list(CLASS_NAMES)
-    assert version["preprocessing"] == {"exifRotated": 1, "resized": 1, "duplicatesRemoved": 1, "maxSide": 1920}
+    assert version["preprocessing"] == {
+        "exifRotated": 1,
+        "resized": 1,
+        "duplicatesRemoved": 1,
+        "maxSide": 1920,
+    }
     assert version["images"]["train"] == len(train) + 1 and version["images"]["val"] == 3
     assert sum(version["classCounts"].values()) > 0
     store = api.services.store_for(version["uri"])
@@ -75,13 +85,17 @@ def test_upload_validates_preprocesses_and_versions(api: ApiEnv, dataset_dir: Pa
     same = upload(api, project, zipped(dataset_dir))
     assert same.status_code == 409 and "identical to version 1" in same.json()["error"]["message"]
 
-    (dataset_dir / "labels" / "train" / f"{train[1].stem}.txt").write_text("7 0.5 0.5 0.1 0.1\n0 1.5 0.5 0.1 0.1\n")
+    (dataset_dir / "labels" / "train" / f"{train[1].stem}.txt").write_text(
+        "7 0.5 0.5 0.1 0.1\n0 1.5 0.5 0.1 0.1\n"
+    )
     bad = upload(api, project, zipped(dataset_dir))
     assert bad.status_code == 422
     assert "class id 7 out of range" in bad.json()["error"]["message"]
     not_zip = upload(api, project, b"plain text")
     assert not_zip.status_code == 422 and "not a zip" in not_zip.json()["error"]["message"]
-    history = api.client.get(f"/api/v1/projects/{project}/datasets/shapes", headers=api.as_user("alice")).json()
+    history = api.client.get(
+        f"/api/v1/projects/{project}/datasets/shapes", headers=api.as_user("alice")
+    ).json()
     assert [v["version"] for v in history["versions"]] == [1]
 
 
@@ -91,16 +105,22 @@ def test_feedback_frames_become_a_new_dataset_version(api: ApiEnv, dataset_dir: 
     api.client.post(f"/api/v1/projects/{project}/datasets", json={"name": "shapes"}, headers=alice)
     assert upload(api, project, zipped(dataset_dir)).status_code == 201
     api.cluster.create("visioninapp.io", "modelartifacts", project, artifact("m1", project, map5095=0.3))
-    api.client.post(f"/api/v1/projects/{project}/deployments", json={"name": "dock", "spec": {"modelRef": "m1"}},
-                    headers=alice)
+    api.client.post(
+        f"/api/v1/projects/{project}/deployments",
+        json={"name": "dock", "spec": {"modelRef": "m1"}},
+        headers=alice,
+    )
     # What an edge runtime uploads: <feedback uri>/<deployment>/<node>/<stem>.{jpg,json}
     feedback = api.settings.resolved_feedback_uri
     store = api.services.store_for(feedback)
     frame = io.BytesIO()
     Image.fromarray(np.full((96, 128, 3), 200, np.uint8)).save(frame, format="JPEG")
     store.put_bytes(frame.getvalue(), f"{feedback}/dock/jetson-0/000001.jpg")
-    record = {"time": "2026-11-23T10:00:00+00:00", "model": "m1",
-              "detections": [{"box": [10, 20, 50, 60], "score": 0.31, "classId": 1, "className": CLASS_NAMES[1]}]}
+    record = {
+        "time": "2026-11-23T10:00:00+00:00",
+        "model": "m1",
+        "detections": [{"box": [10, 20, 50, 60], "score": 0.31, "classId": 1, "className": CLASS_NAMES[1]}],
+    }
     store.put_bytes(json.dumps(record).encode(), f"{feedback}/dock/jetson-0/000001.json")
 
     synced = api.client.post(f"/api/v1/projects/{project}/feedback/sync", headers=alice).json()
@@ -128,7 +148,12 @@ def test_detection_preview_runs_the_models_onnx(api: ApiEnv, exported_model, tmp
     api.services.store_for(uri).put_file(exported_model.onnx, uri)
     obj = artifact("m1", project, map5095=0.3)
     obj["spec"]["formats"] = [
-        {"format": "onnx", "uri": uri, "sha256": sha256_file(exported_model.onnx), "size": exported_model.onnx.stat().st_size}
+        {
+            "format": "onnx",
+            "uri": uri,
+            "sha256": sha256_file(exported_model.onnx),
+            "size": exported_model.onnx.stat().st_size,
+        }
     ]
     obj["spec"]["classNames"] = list(CLASS_NAMES)
     api.cluster.create("visioninapp.io", "modelartifacts", project, obj)
@@ -156,12 +181,24 @@ def test_summary_recommends_and_its_proposal_starts_the_next_run(api: ApiEnv) ->
 
     project = api.new_project({"alice": "member"})
     alice = api.as_user("alice")
-    api.client.post(f"/api/v1/projects/{project}/training-jobs", json={"name": "run-1", "spec": TJ_SPEC}, headers=alice)
+    api.client.post(
+        f"/api/v1/projects/{project}/training-jobs", json={"name": "run-1", "spec": TJ_SPEC}, headers=alice
+    )
     scores = [0.2, 0.4, 0.6, 0.55, 0.5, 0.45]  # peaks at epoch 3, then overfits
-    publish(api, api.settings.training_stream, [epoch_event(project, "run-1", i + 1, map50=s) for i, s in enumerate(scores)])
+    publish(
+        api,
+        api.settings.training_stream,
+        [epoch_event(project, "run-1", i + 1, map50=s) for i, s in enumerate(scores)],
+    )
     wait_drained(api.services.consumers()[0])
-    api.cluster.patch("visioninapp.io", "trainingjobs", project, "run-1",
-                      {"status": {"phase": "Succeeded", "artifact": "run-1-v1"}}, subresource="status")
+    api.cluster.patch(
+        "visioninapp.io",
+        "trainingjobs",
+        project,
+        "run-1",
+        {"status": {"phase": "Succeeded", "artifact": "run-1-v1"}},
+        subresource="status",
+    )
     written = api.client.post(f"/api/v1/projects/{project}/training-jobs/run-1/summary", headers=alice)
     assert written.status_code == 201, written.text
     summary = written.json()
@@ -170,7 +207,9 @@ def test_summary_recommends_and_its_proposal_starts_the_next_run(api: ApiEnv) ->
     assert summary["proposal"]["changes"]["epochs"] < 5 + 3
     assert "overfitting" in summary["text"]
     started = api.client.post(
-        f"/api/v1/projects/{project}/training-jobs/run-1/summary/accept", json={"name": "run-2"}, headers=alice
+        f"/api/v1/projects/{project}/training-jobs/run-1/summary/accept",
+        json={"name": "run-2"},
+        headers=alice,
     )
     assert started.status_code == 201, started.text
     cr = api.cluster.get("visioninapp.io", "trainingjobs", project, "run-2")

@@ -142,7 +142,10 @@ class ElasticsearchIndex(SearchIndex):
         return hits
 
     def count(self, collection: str) -> int:
-        return int(self._es.count(index=self._ensure_alias(collection))["count"])
+        """Documents in a collection, after a refresh (every write so far is counted)."""
+        alias = self._ensure_alias(collection)
+        self._es.indices.refresh(index=alias)
+        return int(self._es.count(index=alias)["count"])
 
     def rebuild(self, collection: str, documents: Iterable[tuple[str, dict[str, Any]]]) -> str:
         """Write every document into a fresh index, then swap the alias to it atomically."""

@@ -141,6 +141,7 @@ def tokens() -> Iterator[Tokens]:
 class ApiEnv:
     settings: Settings
     client: Any  # fastapi.testclient.TestClient
+    app: Any  # the FastAPI app
     services: Any  # visioninapp.api.services.Services
     cluster: Harness
     tokens: Tokens
@@ -253,7 +254,8 @@ def api(
         )
         services = Services.build(settings, search_refresh=True)
         try:
-            with TestClient(create_app(services)) as client:
-                yield ApiEnv(settings, client, services, api_cluster, tokens)
+            app = create_app(services)
+            with TestClient(app) as client:
+                yield ApiEnv(settings, client, app, services, api_cluster, tokens)
         finally:
             services.close()

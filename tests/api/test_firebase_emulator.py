@@ -1,0 +1,74 @@
+"""Sign-in through the real Firebase Auth emulator (npm firebase-tools): its ID tokens reach the API."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.api.conftest import FIREBASE_PROJECT, build_settings
+from tests.services import firebase_auth_emulator
+from visioninapp.cluster.harness import Harness
+
+pytestmark = pytest.mark.services
+
+
+@pytest.fixture(scope="session")
+def auth_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with firebase_auth_emulator(tmp_path_factory.mktemp("firebase"), FIREBASE_PROJECT) as host:
+        yield host
+
+
+def sign_up(host: str, email: str) -> str:
+    """The emulator's REST API, as the Firebase JS SDK calls it from the console."""
+    response = httpx.post(
+        f"http://{host}/identitytoolkit.googleapis.com/v1/accounts:signUp?key=any-key",
+        json={"email": email, "password": "secret-password", "returnSecureToken": True},
+        timeout=30,
+    )
+    response.raise_for_status()
+    return str(response.json()["idToken"])
+
+
+def test_emulator_tokens_authenticate_and_map_to_roles(
+    auth_emulator: str, tmp_path: Path, api_cluster: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from visioninapp.api.app import create_app
+    from visioninapp.api.services import Services
+
+    monkeypatch.setenv("FIREBASE_AUTH_EMULATOR_HOST", auth_emulator)
+    settings = build_settings(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'api.db'}",
+        redis_url=None,
+        elasticsearch_url=None,
+        s3_endpoint=None,
+        rabbitmq=False,
+        kubeconfig=api_cluster.kubeconfig,
+        certs_url="",
+    )
+    settings.firebase_certs_url = None
+    settings.api_admins = ["boss@example.com"]
+    services = Services.build(settings)
+    admin = {"Authorization": f"Bearer {sign_up(auth_emulator, 'boss@example.com')}"}
+    member = {"Authorization": f"Bearer {sign_up(auth_emulator, 'dev@example.com')}"}
+    try:
+        with TestClient(create_app(services)) as client:
+            created = client.post("/api/v1/projects", json={"name": "emulated"}, headers=admin)
+            assert created.status_code == 201, created.text
+            assert client.get("/api/v1/projects", headers=member).json()["items"] == []
+            put = client.put(
+                "/api/v1/projects/emulated/members/dev@example.com", json={"role": "member"}, headers=admin
+            )
+            assert put.status_code == 200
+            mine = client.get("/api/v1/projects", headers=member).json()["items"]
+            assert [(p["name"], p["role"]) for p in mine] == [("emulated", "member")]
+            assert client.get("/api/v1/projects").status_code == 401
+    finally:
+        services.close()
+    assert os.environ["FIREBASE_AUTH_EMULATOR_HOST"] == auth_emulator

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from visioninapp import __version__
 from visioninapp.api.errors import ErrorBody, install_error_handlers
@@ -38,6 +39,46 @@ _ERRORS = {
 }
 
 
+class RequestIdMiddleware:
+    """Gives each request an id (X-Request-ID in, or a new one), returns it, and logs one line.
+
+    Plain ASGI rather than BaseHTTPMiddleware: no extra task and no body buffering per request.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"")[:64].decode("latin-1")
+        rid = incoming or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            log.info(
+                "%s %s %d %.1fms rid=%s user=%s",
+                scope["method"],
+                scope["path"],
+                status,
+                (time.perf_counter() - started) * 1000,
+                rid,
+                scope["state"].get("user", "-"),
+            )
+
+
 def create_app(services: Services, background: bool = False) -> FastAPI:
     """The app over ready services; `background` also runs the consumers and the cluster sync."""
 
@@ -62,23 +103,7 @@ def create_app(services: Services, background: bool = False) -> FastAPI:
     app.state.services = services
     install_error_handlers(app)
 
-    @app.middleware("http")
-    async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        rid = request.headers.get("x-request-id", "")[:64] or uuid.uuid4().hex
-        request.state.request_id = rid
-        started = time.perf_counter()
-        response = await call_next(request)
-        response.headers["X-Request-ID"] = rid
-        log.info(
-            "%s %s %d %.1fms rid=%s user=%s",
-            request.method,
-            request.url.path,
-            response.status_code,
-            (time.perf_counter() - started) * 1000,
-            rid,
-            getattr(request.state, "user", "-"),
-        )
-        return response
+    app.add_middleware(RequestIdMiddleware)
 
     api = APIRouter(prefix="/api/v1", responses=_ERRORS)  # type: ignore[arg-type]
     for module in (projects, training, models, deployments, datasets, summaries, activity):

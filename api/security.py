@@ -29,7 +29,7 @@ ROLES = ("viewer", "member", "admin")
 _RANK = {role: rank for rank, role in enumerate(ROLES)}
 
 
-def services_of(request: Request) -> Services:
+async def services_of(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -61,7 +61,22 @@ class Access:
         return _RANK[self.role] >= _RANK[role]
 
 
+def role_cache_prefix(project: str) -> str:
+    return f"role:{project}:"
+
+
 def role_in(services: Services, user: Principal, project: str) -> str | None:
+    """The caller's role in a project (None: not a member, or no such project), cached briefly."""
+    key = f"{role_cache_prefix(project)}{user.uid}:{user.email or ''}:{int(user.is_platform_admin)}"
+    cached = services.cache.get(key)
+    if cached is not None:
+        return cached.decode() or None
+    role = _role_from_db(services, user, project)
+    services.cache.set(key, (role or "").encode(), services.settings.api_cache_ttl_seconds)
+    return role
+
+
+def _role_from_db(services: Services, user: Principal, project: str) -> str | None:
     with services.db.session() as session:
         if session.get(Project, project) is None:
             return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, TypeVar
 
@@ -42,12 +43,27 @@ def list_cache_prefix(project: str, kind: str) -> str:
     return f"list:{project}:{kind}:"
 
 
+_filling: dict[str, threading.Lock] = {}
+_filling_guard = threading.Lock()
+
+
 def cached_json(services: Services, key: str, produce: Callable[[], Any]) -> Response:
-    """Serve a hot read from the cache; on a miss, compute, store and serve it."""
+    """Serve a hot read from the cache; on a miss, compute, store and serve it.
+
+    Concurrent misses of one key in this process wait for a single computation instead of each
+    listing from the Kubernetes API (no thundering herd when an entry expires under load).
+    """
     hit = services.cache.get(key)
     if hit is None:
-        hit = json.dumps(produce(), default=str, separators=(",", ":")).encode()
-        services.cache.set(key, hit, services.settings.api_cache_ttl_seconds)
+        with _filling_guard:
+            lock = _filling.setdefault(key, threading.Lock())
+        with lock:
+            hit = services.cache.get(key)
+            if hit is None:
+                hit = json.dumps(produce(), default=str, separators=(",", ":")).encode()
+                services.cache.set(key, hit, services.settings.api_cache_ttl_seconds)
+        with _filling_guard:
+            _filling.pop(key, None)
     return Response(hit, media_type="application/json")
 
 

@@ -11,7 +11,7 @@ from visioninapp.api.db import Membership, Project
 from visioninapp.api.errors import ApiError
 from visioninapp.api.routes.common import Limit, Offset, page
 from visioninapp.api.schemas import MemberIn, MemberOut, Page, ProjectIn, ProjectOut
-from visioninapp.api.security import CurrentUser, ProjectAdmin, ProjectReader, ServicesDep
+from visioninapp.api.security import CurrentUser, ProjectAdmin, ProjectReader, ServicesDep, role_cache_prefix
 
 router = APIRouter(tags=["projects"])
 
@@ -61,6 +61,7 @@ def create_project(body: ProjectIn, services: ServicesDep, user: CurrentUser) ->
     with services.db.session() as session:
         if session.get(Project, body.name) is not None:
             raise ApiError(409, f"project {body.name!r} already exists")
+    services.cache.delete_prefix(role_cache_prefix(body.name))  # "not a member" answers cached before
     services.clusters.training.ensure_namespace(body.name)
     if services.clusters.rollout is not services.clusters.training:
         services.clusters.rollout.ensure_namespace(body.name)
@@ -121,6 +122,7 @@ def put_member(principal: str, body: MemberIn, access: ProjectAdmin, services: S
             session.add(Membership(project_name=access.project, principal=principal, role=body.role))
         else:
             member.role = body.role
+    services.cache.delete_prefix(role_cache_prefix(access.project))
     return {"principal": principal, "role": body.role}
 
 
@@ -140,3 +142,4 @@ def delete_member(principal: str, access: ProjectAdmin, services: ServicesDep) -
         if member.role == "admin" and len(admins) == 1:
             raise ApiError(409, "cannot remove the last admin of a project; make someone else admin first")
         session.delete(member)
+    services.cache.delete_prefix(role_cache_prefix(access.project))

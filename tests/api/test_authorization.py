@@ -1,4 +1,4 @@
-"""Authorization matrix: every /api/v1 route × {no token, forged, expired, wrong audience, viewer,
+"""Authorization matrix: every /api/v1 route x {no token, forged, expired, wrong audience, viewer,
 member of another project, admin}. Nothing of another project leaks, in status or in body."""
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ class _VerifyOnly(credentials.Base):  # type: ignore[misc]
     """Verifying ID tokens needs only Google's public certificates: no service account, no ADC."""
 
     def get_credential(self) -> google.auth.credentials.Credentials:
-        return google.auth.credentials.AnonymousCredentials()
+        return google.auth.credentials.AnonymousCredentials()  # type: ignore[no-untyped-call]
 
 
 class FirebaseAuthenticator(Authenticator):

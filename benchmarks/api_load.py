@@ -1,0 +1,191 @@
+"""Model-list throughput and latency of the API with and without the Redis cache, in one run.
+
+The API runs as a real uvicorn process (MariaDB, Redis, the cluster emulator holding 200
+ModelArtifacts); an async client sends a fixed number of requests over 50 connections to
+`GET /api/v1/projects/{p}/models`. The baseline is the same server with a cache that never hits.
+Auth is the local admin on loopback (no token checks) in both runs. Goals: cached req/s >= 3x
+uncached, cached p99 < 100 ms.
+
+    python benchmarks/api_load.py [--requests 3000] [--connections 50] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.services import ensure_mariadb, ensure_redis, free_port, wait_for_port  # noqa: E402
+from visioninapp.backends.cache import Cache  # noqa: E402
+from visioninapp.cluster.harness import Harness  # noqa: E402
+
+PROJECT = "bench"
+
+
+class NeverHits(Cache):
+    """The baseline: every read goes to the Kubernetes API."""
+
+    def get(self, key: str) -> bytes | None:
+        return None
+
+    def set(self, key: str, value: bytes, ttl_seconds: float) -> None:
+        pass
+
+    def delete_prefix(self, prefix: str) -> None:
+        pass
+
+    def incr(self, key: str, ttl_seconds: float) -> int:
+        return 1
+
+
+def serve(port: int, cached: bool) -> None:
+    """Child process: the API with the Redis cache, or with one that never hits."""
+    import uvicorn
+
+    from visioninapp.api.app import create_app
+    from visioninapp.api.services import Services
+    from visioninapp.settings import Settings
+
+    services = Services.build(Settings())
+    if not cached:
+        services.cache = NeverHits()
+    uvicorn.run(create_app(services), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+async def load(url: str, requests: int, connections: int) -> tuple[list[float], float]:
+    """`requests` GETs over `connections` keep-alive connections (aiohttp: a light client)."""
+    latencies: list[float] = []
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(connector=connector) as client:
+        async with client.get(url) as response:  # warm up
+            response.raise_for_status()
+        queue = iter(range(requests))
+
+        async def worker() -> None:
+            for _ in queue:
+                started = time.perf_counter()
+                async with client.get(url) as response:
+                    await response.read()
+                    if response.status != 200:
+                        raise RuntimeError(f"{response.status}: {(await response.text())[:200]}")
+                latencies.append((time.perf_counter() - started) * 1000)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(connections)))
+        elapsed = time.perf_counter() - started
+    return latencies, elapsed
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--models", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=2, help="Interleaved rounds of each variant.")
+    parser.add_argument("--serve", choices=["cached", "uncached"], help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.port, args.serve == "cached")
+        return
+
+    ensure_mariadb()
+    ensure_redis()
+    import sqlalchemy
+
+    database = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = sqlalchemy.create_engine("mysql+pymysql://root@127.0.0.1:3306/test")
+    with admin.begin() as connection:
+        connection.exec_driver_sql(f"CREATE DATABASE {database} CHARACTER SET utf8mb4")
+    results: dict[str, list[tuple[list[float], float]]] = {"uncached": [], "cached": []}
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Harness(Path(tmp) / "cluster", script=lambda pod: None) as cluster,
+    ):
+        cluster.create_namespace(PROJECT)
+        for i in range(args.models):
+            cluster.create("visioninapp.io", "modelartifacts", PROJECT, model(i))
+        env = {
+            **os.environ,
+            "VISIONINAPP_DATA_DIR": str(Path(tmp) / "data"),
+            "VISIONINAPP_DATABASE_URL": f"mysql+pymysql://root@127.0.0.1:3306/{database}",
+            "VISIONINAPP_REDIS_URL": "redis://127.0.0.1:6379/13",
+            "VISIONINAPP_KUBECONFIG": str(cluster.kubeconfig),
+            "VISIONINAPP_API_CACHE_TTL_SECONDS": "30",
+            "VISIONINAPP_LOG_LEVEL": "WARNING",
+        }
+        # The project row (local admin sees every project).
+        from visioninapp.api.db import Database, Project
+
+        db = Database(env["VISIONINAPP_DATABASE_URL"])
+        db.migrate()
+        with db.session() as session:
+            session.add(Project(name=PROJECT, display_name=PROJECT, created_by="bench"))
+        db.dispose()
+        for _ in range(args.rounds):
+            for variant in ("uncached", "cached"):
+                port = free_port()
+                server = subprocess.Popen(
+                    [sys.executable, __file__, "--serve", variant, "--port", str(port)], env=env
+                )
+                try:
+                    wait_for_port(port, 60, "the API")
+                    url = f"http://127.0.0.1:{port}/api/v1/projects/{PROJECT}/models"
+                    results[variant].append(asyncio.run(load(url, args.requests, args.connections)))
+                finally:
+                    server.terminate()
+                    server.wait(20)
+    with admin.begin() as connection:
+        connection.exec_driver_sql(f"DROP DATABASE {database}")
+
+    summary = {}
+    for variant, runs in results.items():
+        rates = [len(lat) / elapsed for lat, elapsed in runs]
+        latencies = [value for lat, _ in runs for value in lat]
+        summary[variant] = (statistics.median(rates), percentile(latencies, 0.5), percentile(latencies, 0.99))
+        rate, p50, p99 = summary[variant]
+        print(f"{variant:9s} {rate:8.0f} req/s   p50 {p50:7.1f} ms   p99 {p99:7.1f} ms")
+    ratio = summary["cached"][0] / summary["uncached"][0]
+    print(
+        f"cached/uncached throughput: {ratio:.1f}x (goal >= 3x); cached p99 {summary['cached'][2]:.1f} ms (goal < 100)"
+    )
+
+
+def model(i: int) -> dict[str, object]:
+    return {
+        "apiVersion": "visioninapp.io/v1alpha1",
+        "kind": "ModelArtifact",
+        "metadata": {"name": f"helmets-v{i}"},
+        "spec": {
+            "model": "helmets",
+            "version": f"v{i}",
+            "formats": [
+                {"format": "onnx", "uri": f"s3://models/helmets/v{i}.onnx", "sha256": "c" * 64, "size": 1}
+            ],
+            "classNames": ["helmet", "head"],
+            "metrics": {"mAP50": 0.5, "mAP50_95": (i % 100) / 200},
+        },
+    }
+
+
+if __name__ == "__main__":
+    main()

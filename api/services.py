@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any
 
 from visioninapp.api.consumers import StreamConsumer, make_consumers, run_consumers
 from visioninapp.api.db import Database
@@ -44,7 +43,6 @@ class Services:
     preview: PreviewModels
     stop: threading.Event = field(default_factory=threading.Event)
     threads: list[threading.Thread] = field(default_factory=list)
-    extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def build(cls, settings: Settings, search_refresh: bool = False) -> Services:

@@ -116,6 +116,7 @@ class ClusterSync:
         for project in projects:
             try:
                 jobs = services.clusters.training.list("TrainingJob", project)
+                models = services.clusters.training.list("ModelArtifact", project)
                 deployments = services.clusters.rollout.list("EdgeDeployment", project)
             except ApiError as error:
                 log.warning("cluster sync of %s failed: %s", project, error.message)
@@ -130,6 +131,13 @@ class ClusterSync:
                             created += 1
             services.search.index_many(
                 "runs", [(f"{project}/{tj['metadata']['name']}", run_document(tj)) for tj in jobs]
+            )
+            services.search.index_many(
+                "models", [(f"{project}/{ma['metadata']['name']}", model_document(ma)) for ma in models]
+            )
+            services.search.index_many(
+                "deployments",
+                [(f"{project}/{ed['metadata']['name']}", deployment_document(ed)) for ed in deployments],
             )
         if created:
             services.cache.delete_prefix("notifications:")
@@ -155,6 +163,33 @@ def run_document(tj: dict[str, Any]) -> dict[str, Any]:
         "phase": status.get("phase") or "Pending",
         "dataset": (spec.get("dataset") or {}).get("uri"),
         "map50": (status.get("metrics") or {}).get("mAP50"),
+        "message": status.get("message") or "",
+        "time": meta.get("creationTimestamp"),
+    }
+
+
+def model_document(ma: dict[str, Any]) -> dict[str, Any]:
+    meta, spec = ma["metadata"], ma.get("spec") or {}
+    source = spec.get("source") or {}
+    return {
+        "project": meta["namespace"],
+        "name": meta["name"],
+        "title": f"{spec.get('model', '')} {spec.get('version', '')}".strip(),
+        "stage": spec.get("stage"),
+        "classes": spec.get("classNames") or [],
+        "trainingJob": source.get("trainingJob"),
+        "map50": (spec.get("metrics") or {}).get("mAP50"),
+        "time": meta.get("creationTimestamp"),
+    }
+
+
+def deployment_document(ed: dict[str, Any]) -> dict[str, Any]:
+    meta, spec, status = ed["metadata"], ed.get("spec") or {}, ed.get("status") or {}
+    return {
+        "project": meta["namespace"],
+        "name": meta["name"],
+        "title": f"{meta['name']} {spec.get('modelRef', '')}",
+        "phase": status.get("phase") or "Progressing",
         "message": status.get("message") or "",
         "time": meta.get("creationTimestamp"),
     }

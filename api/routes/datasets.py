@@ -287,6 +287,23 @@ def sync_feedback(access: ProjectWriter, services: ServicesDep) -> Any:
                 session.add(frame)
                 session.flush()
                 imported.append(feedback_out(frame))
+    services.search.index_many(
+        "feedback",
+        [
+            (
+                str(item["id"]),
+                {
+                    "project": access.project,
+                    "name": item["deployment"],
+                    "title": f"hard frame from {item['node']} ({item['deployment']})",
+                    "classes": sorted({d.get("className", "") for d in item["detections"]}),
+                    "model": item["model"],
+                    "time": item["capturedAt"],
+                },
+            )
+            for item in imported
+        ],
+    )
     return page(imported, 1000, 0)
 
 

@@ -205,6 +205,17 @@ def test_search_finds_entities_of_your_projects_only(api: ApiEnv) -> None:
     assert hits and {h["project"] for h in hits} == {mine}
     assert any("<em>" in h["highlight"] for h in hits)
 
+    from visioninapp.api.sync import ClusterSync
+
+    api.cluster.create("visioninapp.io", "modelartifacts", mine, artifact("helmets-v7", mine, map5095=0.5))
+    ClusterSync(api.services).sync_once()  # CRs (runs, models, deployments) are indexed by the sync
+    models = api.client.get(
+        f"/api/v1/search?q=helmets&collections=models&project={mine}", headers=api.as_user("alice")
+    ).json()
+    assert [h["id"] for h in models] == [f"{mine}/helmets-v7"]
+    foreign = api.client.get(f"/api/v1/search?q=helmets&project={other}", headers=api.as_user("alice"))
+    assert foreign.status_code == 404
+
 
 def wait_for(check: Any, timeout: float = 20.0) -> Any:
     deadline = time.monotonic() + timeout

@@ -127,6 +127,10 @@ def test_feedback_frames_become_a_new_dataset_version(api: ApiEnv, dataset_dir: 
     assert [f["node"] for f in synced["items"]] == ["jetson-0"]
     again = api.client.post(f"/api/v1/projects/{project}/feedback/sync", headers=alice).json()
     assert again["items"] == []
+    found = api.client.get(
+        f"/api/v1/search?q=jetson&collections=feedback&project={project}", headers=alice
+    ).json()
+    assert [h["id"] for h in found] == [str(synced["items"][0]["id"])]
     accepted = api.client.post(
         f"/api/v1/projects/{project}/feedback/accept",
         json={"ids": [synced["items"][0]["id"]], "dataset": "shapes"},

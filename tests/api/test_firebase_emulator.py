@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,4 +70,3 @@ def test_emulator_tokens_authenticate_and_map_to_roles(
             assert client.get("/api/v1/projects").status_code == 401
     finally:
         services.close()
-    assert os.environ["FIREBASE_AUTH_EMULATOR_HOST"] == auth_emulator

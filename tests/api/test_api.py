@@ -225,3 +225,15 @@ def wait_for(check: Any, timeout: float = 20.0) -> Any:
             return value
         time.sleep(0.2)
     raise AssertionError("condition not met in time")
+
+
+def test_migrations_build_exactly_the_models_schema(api: ApiEnv) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from visioninapp.api.db import Base
+
+    api.services.db.migrate()  # a second run is a no-op
+    with api.services.db.engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []

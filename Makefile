@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 DEPS_STAMP := $(VENV)/.deps-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 
-.PHONY: help install test test-fast lint crds demo bench clean
+.PHONY: help install console test test-fast lint crds demo bench clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -20,7 +20,16 @@ $(DEPS_STAMP): | $(PY)
 	$(PIP) install -q -c constraints.txt -e '.[all,dev]'
 	touch $@
 
-install: $(DEPS_STAMP) ## Install the project and every extra (reuses what is installed)
+CONSOLE_STAMP := frontend/node_modules/.stamp-$(shell cat frontend/package-lock.json | sha256sum | cut -c1-16)
+
+$(CONSOLE_STAMP):
+	cd frontend && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+console: $(CONSOLE_STAMP) ## Vendor the console's browser libraries from npm into frontend/vendor
+	cd frontend && node vendor.mjs
+
+install: $(DEPS_STAMP) console ## Install the project and every extra (reuses what is installed)
 	@# The editable install points at this clone; redo it cheaply in every clone.
 	$(PIP) install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v -i warning || true
 	@$(PY) -c "import visioninapp.operator, visioninapp.trainer" || { echo "install failed" >&2; exit 1; }
@@ -47,4 +56,4 @@ bench: install ## Run the benchmarks (prints ratios against in-run baselines)
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean: ## Remove build outputs of this clone (keeps the shared virtual environment)
-	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .visioninapp
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .visioninapp frontend/node_modules frontend/vendor

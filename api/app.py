@@ -110,6 +110,20 @@ def create_app(services: Services, background: bool = False) -> FastAPI:
         api.include_router(module.router)
     app.include_router(api)
 
+    @app.get("/api/config", tags=["health"], summary="What the console needs to start (public)")
+    def console_config() -> dict[str, object]:
+        settings = services.settings
+        firebase = None
+        if settings.firebase_project_id:
+            firebase = {
+                "projectId": settings.firebase_project_id,
+                "apiKey": settings.firebase_api_key or "local-emulator-key",
+                "authDomain": settings.firebase_auth_domain
+                or f"{settings.firebase_project_id}.firebaseapp.com",
+                "emulatorUrl": settings.console_auth_emulator_url,
+            }
+        return {"version": __version__, "firebase": firebase}
+
     @app.get("/healthz", tags=["health"], summary="The process is alive")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import ensure_rabbitmq_streams, s3_server
+from tests.services import (
+    elasticsearch_server,
+    ensure_mariadb,
+    ensure_rabbitmq_streams,
+    ensure_redis,
+    firebase_auth_emulator,
+    s3_server,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -55,6 +62,24 @@ def rabbitmq_stream_port() -> int:
     return ensure_rabbitmq_streams()
 
 
+@pytest.fixture(scope="session")
+def mariadb_server() -> str:
+    ensure_mariadb()
+    return "mysql+pymysql://root@127.0.0.1:3306"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    ensure_redis()
+    return "redis://127.0.0.1:6379/14"
+
+
+@pytest.fixture(scope="session")
+def elasticsearch_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with elasticsearch_server(tmp_path_factory.mktemp("noida")) as url:
+        yield url
+
+
 @dataclass(frozen=True)
 class ExportedModel:
     """yolo11n exported by ultralytics to ONNX twice (two sizes: two distinct, valid model files)."""
@@ -97,3 +122,26 @@ def exported_model(tmp_path_factory: pytest.TempPathFactory) -> ExportedModel:
         path = YOLO(str(weights)).export(format="onnx", imgsz=size, opset=17, simplify=True, verbose=False)
         exported[name] = Path(path).rename(root / name)
     return ExportedModel(root / "ds", weights, exported["model.onnx"], exported["small.onnx"], 96)
+
+
+FIREBASE_PROJECT = "demo-visioninapp"
+
+
+@pytest.fixture(scope="session")
+def auth_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The Firebase Auth emulator (npm firebase-tools); yields host:port."""
+    with firebase_auth_emulator(tmp_path_factory.mktemp("firebase"), FIREBASE_PROJECT) as host:
+        yield host
+
+
+def sign_up(host: str, email: str, password: str = "secret-password") -> str:
+    """Create a user through the emulator's REST API (as the Firebase JS SDK calls it); its ID token."""
+    import httpx
+
+    response = httpx.post(
+        f"http://{host}/identitytoolkit.googleapis.com/v1/accounts:signUp?key=any-key",
+        json={"email": email, "password": password, "returnSecureToken": True},
+        timeout=30,
+    )
+    response.raise_for_status()
+    return str(response.json()["idToken"])

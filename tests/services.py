@@ -201,3 +201,34 @@ def firebase_auth_emulator(work_dir: Path, project: str) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
         log.close()
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def ensure_chromium() -> Path:
+    """Debian's chromium for the browser tests, installed with apt when missing (runs as root)."""
+    if CHROMIUM.exists():
+        return CHROMIUM
+    if not shutil.which("apt-get"):
+        raise ServiceUnavailable("chromium is missing and apt-get is not available to install it")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True, env=env, timeout=600)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "chromium"], check=True, capture_output=True, env=env, timeout=900
+    )
+    return CHROMIUM
+
+
+def ensure_console_built(frontend: Path) -> None:
+    """The console's npm dependencies and vendored browser builds (`make console` does the same)."""
+    if not (frontend / "node_modules" / "playwright-core").exists():
+        subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund"],
+            cwd=frontend,
+            check=True,
+            capture_output=True,
+            timeout=900,
+        )
+    if not (frontend / "vendor" / "bootstrap.min.css").exists():
+        subprocess.run(["node", "vendor.mjs"], cwd=frontend, check=True, capture_output=True, timeout=120)

@@ -66,6 +66,13 @@ class Settings(BaseSettings):
         description="Where ID-token signing certificates are fetched; Google's securetoken certificates "
         "when empty (set only to test signature checks against a local key set).",
     )
+    firebase_api_key: str | None = Field(
+        None, description="Firebase Web API key the console signs in with (public by design)."
+    )
+    firebase_auth_domain: str | None = Field(None, description="Firebase auth domain for the console.")
+    console_auth_emulator_url: str | None = Field(
+        None, description="Firebase Auth emulator URL the console uses instead of Google (tests, dev)."
+    )
     # API
     api_host: str = Field("127.0.0.1", description="Address the API listens on.")
     api_port: int = Field(8000, description="Port the API listens on.")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import cv2
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Response, UploadFile
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -33,7 +33,7 @@ from visioninapp.api.schemas import (
 )
 from visioninapp.api.security import ProjectReader, ProjectWriter, ServicesDep
 from visioninapp.api.services import Services
-from visioninapp.backends.storage import join_uri
+from visioninapp.backends.storage import ObjectNotFound, join_uri
 
 router = APIRouter(tags=["datasets"])
 
@@ -323,6 +323,25 @@ def list_feedback(
             query = query.where(FeedbackFrame.status == status)
         rows = session.scalars(query.order_by(FeedbackFrame.id.desc())).all()
         return page([feedback_out(f) for f in rows], limit, offset)
+
+
+@router.get(
+    "/projects/{project}/feedback/{frame_id}/image",
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}}}},
+    summary="The frame's JPEG",
+)
+def feedback_image(frame_id: int, access: ProjectReader, services: ServicesDep) -> Response:
+    with services.db.session() as session:
+        frame = session.get(FeedbackFrame, frame_id)
+        if frame is None or frame.project_name != access.project:
+            raise ApiError(404, f"feedback frame {frame_id} not found in {access.project!r}")
+        uri = frame.image_uri
+    try:
+        data = services.store_for(uri).get_bytes(uri)
+    except ObjectNotFound:
+        raise ApiError(404, f"the image of frame {frame_id} is gone from the artifact store") from None
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
 @router.post(

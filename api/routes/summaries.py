@@ -9,8 +9,9 @@ from sqlalchemy import select
 
 from visioninapp.api.db import Dataset, DatasetVersion, EpochMetric, RunSummary, TrainingRun
 from visioninapp.api.errors import ApiError
+from visioninapp.api.routes.common import Limit, Offset, page
 from visioninapp.api.routes.training import create_training_job
-from visioninapp.api.schemas import ProposalAccept, SummaryOut, TrainingJobIn, TrainingJobOut
+from visioninapp.api.schemas import Page, ProposalAccept, SummaryOut, TrainingJobIn, TrainingJobOut
 from visioninapp.api.security import ProjectReader, ProjectWriter, ServicesDep
 from visioninapp.api.services import Services
 from visioninapp.api.summaries import RunFacts, chat_model_from, summarise
@@ -122,25 +123,30 @@ def create_summary(name: str, access: ProjectWriter, services: ServicesDep) -> A
         return summary_out(row)
 
 
-def _latest(services: Services, project: str, name: str) -> RunSummary:
+def _latest(services: Services, project: str, name: str) -> RunSummary | None:
     with services.db.session() as session:
-        row = session.scalars(
+        return session.scalars(
             select(RunSummary)
             .where(RunSummary.project_name == project, RunSummary.training_job == name)
             .order_by(RunSummary.id.desc())
         ).first()
-    if row is None:
-        raise ApiError(404, f"no summary of {name!r} yet: POST to this URL to write one")
-    return row
 
 
 @router.get(
-    "/projects/{project}/training-jobs/{name}/summary",
-    response_model=SummaryOut,
-    summary="The newest summary",
+    "/projects/{project}/training-jobs/{name}/summaries",
+    response_model=Page[SummaryOut],
+    summary="Summaries of a run, newest first (empty until one is written)",
 )
-def get_summary(name: str, access: ProjectReader, services: ServicesDep) -> Any:
-    return summary_out(_latest(services, access.project, name))
+def list_summaries(
+    name: str, access: ProjectReader, services: ServicesDep, limit: Limit = 20, offset: Offset = 0
+) -> Any:
+    with services.db.session() as session:
+        rows = session.scalars(
+            select(RunSummary)
+            .where(RunSummary.project_name == access.project, RunSummary.training_job == name)
+            .order_by(RunSummary.id.desc())
+        ).all()
+        return page([summary_out(row) for row in rows], limit, offset)
 
 
 @router.post(
@@ -150,7 +156,10 @@ def get_summary(name: str, access: ProjectReader, services: ServicesDep) -> Any:
     summary="Start the proposed next run",
 )
 def accept_proposal(name: str, body: ProposalAccept, access: ProjectWriter, services: ServicesDep) -> Any:
-    proposal = _latest(services, access.project, name).proposal
+    latest = _latest(services, access.project, name)
+    if latest is None:
+        raise ApiError(404, f"no summary of {name!r} yet: write one first (POST .../summary)")
+    proposal = latest.proposal
     try:
         spec = TrainingJobSpec.model_validate(proposal["spec"])
     except (KeyError, ValueError) as error:

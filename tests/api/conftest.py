@@ -22,30 +22,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from tests.services import elasticsearch_server, ensure_mariadb, ensure_redis, free_port
+from tests.conftest import FIREBASE_PROJECT
+from tests.services import free_port
 from visioninapp.cluster.harness import Harness
 from visioninapp.settings import Settings
 
-FIREBASE_PROJECT = "demo-visioninapp"
 ADMIN_UID = "platform-admin"
-
-
-@pytest.fixture(scope="session")
-def mariadb_server() -> str:
-    ensure_mariadb()
-    return "mysql+pymysql://root@127.0.0.1:3306"
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> str:
-    ensure_redis()
-    return "redis://127.0.0.1:6379/14"
-
-
-@pytest.fixture(scope="session")
-def elasticsearch_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with elasticsearch_server(tmp_path_factory.mktemp("noida")) as url:
-        yield url
 
 
 @pytest.fixture(scope="session")

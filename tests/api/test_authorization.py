@@ -14,7 +14,13 @@ from tests.api.test_api import TJ_SPEC, artifact
 pytestmark = pytest.mark.services
 
 SECRET = "zebra-secret-run"  # a name that must never appear in another project's answers
-VALUES = {"name": SECRET, "principal": "newcomer@example.com", "version": "1", "action": "promote"}
+VALUES = {
+    "name": SECRET,
+    "principal": "newcomer@example.com",
+    "version": "1",
+    "action": "promote",
+    "frame_id": "1",
+}
 
 
 def routes(api: ApiEnv) -> list[tuple[str, str]]:
@@ -129,7 +135,7 @@ def test_reads_that_must_succeed_for_a_viewer(api: ApiEnv, target: str) -> None:
         f"/api/v1/projects/{target}/models/m1",
         f"/api/v1/projects/{target}/deployments/fleet/nodes",
         f"/api/v1/projects/{target}/datasets/shapes",
-        f"/api/v1/projects/{target}/training-jobs/{SECRET}/summary",
+        f"/api/v1/projects/{target}/training-jobs/{SECRET}/summaries",
     ):
         assert api.client.get(url, headers=viewer).status_code == 200, url
     hits = api.client.get(f"/api/v1/search?q={SECRET}", headers=api.as_user("mallory")).json()

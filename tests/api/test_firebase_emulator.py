@@ -2,34 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.api.conftest import FIREBASE_PROJECT, build_settings
-from tests.services import firebase_auth_emulator
+from tests.api.conftest import build_settings
+from tests.conftest import sign_up
 from visioninapp.cluster.harness import Harness
 
 pytestmark = pytest.mark.services
-
-
-@pytest.fixture(scope="session")
-def auth_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with firebase_auth_emulator(tmp_path_factory.mktemp("firebase"), FIREBASE_PROJECT) as host:
-        yield host
-
-
-def sign_up(host: str, email: str) -> str:
-    """The emulator's REST API, as the Firebase JS SDK calls it from the console."""
-    response = httpx.post(
-        f"http://{host}/identitytoolkit.googleapis.com/v1/accounts:signUp?key=any-key",
-        json={"email": email, "password": "secret-password", "returnSecureToken": True},
-        timeout=30,
-    )
-    response.raise_for_status()
-    return str(response.json()["idToken"])
 
 
 def test_emulator_tokens_authenticate_and_map_to_roles(

@@ -1,0 +1,136 @@
+// Console entry: configuration, sign-in, project switcher and the hash router.
+import { api } from "./api.js";
+import { currentUser, initAuth, isLocalMode, signIn, signOut } from "./auth.js";
+import { busy, field, focus, h, setPage, spinner, toast } from "./ui.js";
+import * as datasets from "./views/datasets.js";
+import * as deployments from "./views/deployments.js";
+import * as models from "./views/models.js";
+import * as playground from "./views/playground.js";
+import * as training from "./views/training.js";
+
+export const state = { projects: [], project: null, role: "viewer" };
+let stopView = null;
+
+const SECTIONS = [
+  ["training", "Training"],
+  ["models", "Models"],
+  ["deployments", "Deployments"],
+  ["playground", "Playground"],
+  ["datasets", "Datasets"],
+];
+
+// Write buttons are only for members and admins; viewers see read-only pages.
+export const canWrite = () => state.role === "member" || state.role === "admin";
+
+function signInPage() {
+  const email = h("input", { class: "form-control", type: "email", autocomplete: "username", required: true });
+  const password = h("input", { class: "form-control", type: "password", autocomplete: "current-password",
+    required: true });
+  const submit = h("button", { class: "btn btn-primary", type: "submit" }, "Sign in");
+  const form = h("form", { class: "card card-body", style: "max-width: 420px", novalidate: true },
+    h("h1", { class: "h4 mb-3" }, "Sign in"), field("Email", email), field("Password", password), submit);
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    busy(submit, async () => {
+      await signIn(email.value, password.value);
+      await loadProjects();
+      location.hash = "#/";
+      route();
+    });
+  });
+  setPage("Sign in", h("div", { class: "d-flex justify-content-center mt-4" }, form));
+}
+
+async function loadProjects() {
+  const page = await api("/projects?limit=500");
+  state.projects = page.items;
+  const switcher = document.getElementById("project-switcher");
+  switcher.replaceChildren(...state.projects.map((p) => h("option", { value: p.name }, p.displayName || p.name)));
+  switcher.hidden = state.projects.length === 0;
+}
+
+function renderChrome(section) {
+  const user = currentUser();
+  document.getElementById("who").textContent = user ? user.email || "" : "";
+  document.getElementById("sign-out").hidden = !user || isLocalMode();
+  const links = document.getElementById("nav-links");
+  links.replaceChildren(...(state.project ? SECTIONS.map(([key, label]) =>
+    h("li", { class: "nav-item" }, h("a", {
+      class: `nav-link${key === section ? " active" : ""}`, href: `#/p/${state.project}/${key}`,
+      "aria-current": key === section ? "page" : null,
+    }, label))) : []));
+  const switcher = document.getElementById("project-switcher");
+  if (state.project) switcher.value = state.project;
+}
+
+export async function route() {
+  if (stopView) {
+    stopView();
+    stopView = null;
+  }
+  if (!currentUser()) {
+    renderChrome(null);
+    signInPage();
+    return;
+  }
+  const parts = location.hash.replace(/^#\/?/, "").split("?")[0].split("/").filter(Boolean).map(decodeURIComponent);
+  const query = new URLSearchParams(location.hash.split("?")[1] || "");
+  if (parts[0] !== "p" || !parts[1]) {
+    if (!state.projects.length) {
+      renderChrome(null);
+      setPage("No project", h("div", { class: "alert alert-info" },
+        "You are not a member of any project yet. Ask a project admin to add you."));
+      return;
+    }
+    location.hash = `#/p/${state.projects[0].name}/training`;
+    return;
+  }
+  const project = state.projects.find((p) => p.name === parts[1]);
+  if (!project) {
+    setPage("Not found", h("div", { class: "alert alert-warning" }, `Project ${parts[1]} not found.`));
+    return;
+  }
+  state.project = project.name;
+  state.role = project.role;
+  const [section = "training", ...rest] = parts.slice(2);
+  renderChrome(section);
+  const views = { training, models, deployments, playground, datasets };
+  const view = views[section];
+  if (!view) {
+    setPage("Not found", h("div", { class: "alert alert-warning" }, `No page ${section}.`));
+    return;
+  }
+  setPage("Loading", spinner());
+  try {
+    stopView = (await view.render(state.project, rest, query)) || null;
+  } catch (error) {
+    setPage("Error", h("div", { class: "alert alert-danger", role: "alert" }, error.message));
+  }
+}
+
+async function start() {
+  try {
+    const config = await (await fetch("/api/config")).json();
+    await initAuth(config);
+    if (currentUser()) await loadProjects();
+  } catch (error) {
+    toast(`cannot start the console: ${error.message}`);
+  }
+  document.getElementById("project-switcher").addEventListener("change", (event) => {
+    location.hash = `#/p/${event.target.value}/training`;
+  });
+  document.getElementById("sign-out").addEventListener("click", async () => {
+    await signOut();
+    state.projects = [];
+    state.project = null;
+    location.hash = "#/";
+    route();
+  });
+  window.addEventListener("hashchange", () => {
+    focus.onRender = true;
+    route();
+  });
+  route();
+}
+
+start();

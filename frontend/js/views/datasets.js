@@ -1,0 +1,82 @@
+// Datasets: versions with class counts, uploads with progress, and edge feedback into a new version.
+import { api, blobUrl, upload } from "../api.js";
+import { canWrite } from "../main.js";
+import { NAME_PATTERN, busy, h, setPage, toast } from "../ui.js";
+
+export async function render(project) {
+  const [datasets, feedback] = await Promise.all([
+    api(`/projects/${project}/datasets?limit=200`),
+    api(`/projects/${project}/feedback?status=new&limit=100`),
+  ]);
+  const blocks = datasets.items.map((d) => {
+    const latest = d.versions[d.versions.length - 1];
+    const file = h("input", { class: "form-control form-control-sm", type: "file", accept: ".zip,application/zip" });
+    const bar = h("div", { class: "progress mt-1", role: "progressbar", "aria-label": `Upload to ${d.name}`, hidden: true }, h("div", { class: "progress-bar" }));
+    const send = h("button", { class: "btn btn-sm btn-primary", type: "button" }, "Upload new version");
+    send.addEventListener("click", () => busy(send, async () => {
+      if (!file.files[0]) throw new Error("choose a zip with data.yaml, images/ and labels/");
+      const form = new FormData();
+      form.append("archive", file.files[0]);
+      bar.hidden = false;
+      const version = await upload(`/projects/${project}/datasets/${encodeURIComponent(d.name)}/versions`, form,
+        (done) => { bar.firstChild.style.width = `${Math.round(done * 100)}%`; });
+      toast(`${d.name} v${version.version}: ${version.images.train} train / ${version.images.val} val images`, "success");
+      render(project);
+    }));
+    return h("div", { class: "card mb-3" }, h("div", { class: "card-body" },
+      h("h2", { class: "h5" }, d.name), d.description ? h("p", { class: "text-secondary" }, d.description) : "",
+      d.versions.length ? h("div", { class: "table-responsive" }, h("table", { class: "table table-sm" },
+        h("thead", {}, h("tr", {}, ["Version", "Images", "Class counts", "Preprocessing", "URI", "Note"].map((t) => h("th", { scope: "col" }, t)))),
+        h("tbody", {}, d.versions.map((v) => h("tr", {},
+          h("td", {}, `v${v.version}`), h("td", {}, `${v.images.train ?? 0} / ${v.images.val ?? 0}`),
+          h("td", { class: "small" }, Object.entries(v.classCounts).map(([k, n]) => `${k}: ${n}`).join(", ")),
+          h("td", { class: "small" }, `${v.preprocessing.duplicatesRemoved ?? 0} dup., ${v.preprocessing.resized ?? 0} resized, ${v.preprocessing.exifRotated ?? 0} rotated`),
+          h("td", { class: "small text-break" }, v.uri), h("td", { class: "small" }, v.note)))))) : h("p", { class: "text-secondary" }, "No version yet."),
+      latest ? h("p", { class: "small" }, `Train on it with dataset URI ${latest.uri}`) : "",
+      canWrite() ? h("div", {}, h("label", { class: "form-label small", for: `file-${d.name}` }, "YOLO dataset zip"),
+        Object.assign(file, { id: `file-${d.name}` }), h("div", { class: "mt-2" }, send), bar) : ""));
+  });
+
+  const name = h("input", { class: "form-control", required: true, pattern: NAME_PATTERN });
+  const create = h("button", { class: "btn btn-outline-primary", type: "button" }, "Create dataset");
+  create.addEventListener("click", () => busy(create, async () => {
+    await api(`/projects/${project}/datasets`, { method: "POST", body: { name: name.value } });
+    render(project);
+  }));
+
+  const selected = new Set();
+  const target = h("select", { class: "form-select" }, datasets.items.map((d) => h("option", { value: d.name }, d.name)));
+  const accept = h("button", { class: "btn btn-primary", type: "button" }, "Add selected frames to a new version");
+  accept.addEventListener("click", () => busy(accept, async () => {
+    if (!selected.size) throw new Error("select at least one frame");
+    const version = await api(`/projects/${project}/feedback/accept`, { method: "POST", body: { ids: [...selected], dataset: target.value } });
+    toast(`${target.value} v${version.version} created with ${selected.size} frame(s)`, "success");
+    render(project);
+  }));
+  const sync = h("button", { class: "btn btn-outline-secondary", type: "button" }, "Fetch new frames from the edge");
+  sync.addEventListener("click", () => busy(sync, async () => {
+    const found = await api(`/projects/${project}/feedback/sync`, { method: "POST" });
+    toast(`${found.items.length} new frame(s)`, "success");
+    render(project);
+  }));
+  const frames = feedback.items.map((f) => {
+    const img = h("img", { class: "frame-thumb rounded", alt: `Frame from ${f.node}` });
+    blobUrl(`/projects/${project}/feedback/${f.id}/image`).then((url) => { img.src = url; }).catch(() => {});
+    const box = h("input", { class: "form-check-input", type: "checkbox", id: `frame-${f.id}` });
+    box.addEventListener("change", () => (box.checked ? selected.add(f.id) : selected.delete(f.id)));
+    return h("div", { class: "col-6 col-md-3 col-xl-2" }, h("div", { class: "form-check" }, box,
+      h("label", { class: "form-check-label small", for: `frame-${f.id}` }, img, h("br"),
+        `${f.deployment}/${f.node} · top ${f.topScore?.toFixed(2) ?? "–"}`)));
+  });
+
+  setPage("Datasets",
+    h("h1", { class: "h4 mb-3" }, "Datasets"),
+    canWrite() ? h("div", { class: "input-group mb-3", style: "max-width: 480px" },
+      h("label", { class: "input-group-text", for: "new-dataset" }, "New dataset"), Object.assign(name, { id: "new-dataset" }), create) : "",
+    blocks.length ? blocks : h("p", { class: "text-secondary" }, "No datasets yet."),
+    h("h2", { class: "h5 mt-4" }, "Hard frames from the edge"),
+    canWrite() ? h("div", { class: "d-flex flex-wrap gap-2 mb-3" }, sync) : "",
+    frames.length ? h("div", { class: "row g-3 mb-3" }, frames) : h("p", { class: "text-secondary" }, "No new frames."),
+    canWrite() && frames.length && datasets.items.length ? h("div", { class: "d-flex gap-2", style: "max-width: 640px" },
+      h("label", { class: "visually-hidden", for: "target-dataset" }, "Dataset"), Object.assign(target, { id: "target-dataset" }), accept) : "");
+}

@@ -1,0 +1,100 @@
+// Models: the registry of ModelArtifacts, one model's lineage and stage, and a side-by-side comparison.
+import { api } from "../api.js";
+import { canWrite } from "../main.js";
+import { badge, busy, h, number, setPage, toast } from "../ui.js";
+
+const STAGES = ["candidate", "staging", "production", "archived"];
+const METRICS = [["mAP50", "mAP50"], ["mAP50_95", "mAP50-95"], ["precision", "Precision"], ["recall", "Recall"]];
+
+export async function render(project, rest, query) {
+  if (rest[0] === "compare") return compare(project, query.get("a"), query.get("b"));
+  if (rest[0]) return detail(project, rest[0]);
+  return list(project);
+}
+
+const size = (model) => {
+  const onnx = model.formats.find((f) => f.format === "onnx") || model.formats[0];
+  return onnx ? `${(onnx.size / 1e6).toFixed(1)} MB` : "–";
+};
+
+async function list(project) {
+  const page = await api(`/projects/${project}/models?limit=200`);
+  const picked = new Set();
+  const compareButton = h("button", { class: "btn btn-outline-primary", type: "button", disabled: true }, "Compare two");
+  compareButton.addEventListener("click", () => {
+    const [a, b] = [...picked];
+    location.hash = `#/p/${project}/models/compare?a=${encodeURIComponent(a)}&b=${encodeURIComponent(b)}`;
+  });
+  const rows = page.items.map((m) => {
+    const box = h("input", { class: "form-check-input", type: "checkbox", "aria-label": `Select ${m.name} to compare` });
+    box.addEventListener("change", () => {
+      box.checked ? picked.add(m.name) : picked.delete(m.name);
+      compareButton.disabled = picked.size !== 2;
+    });
+    return h("tr", {},
+      h("td", {}, box),
+      h("td", {}, h("a", { href: `#/p/${project}/models/${encodeURIComponent(m.name)}` }, m.name)),
+      h("td", {}, `${m.model} ${m.version}`),
+      h("td", {}, number(m.metrics.mAP50)), h("td", {}, number(m.metrics.mAP50_95)),
+      h("td", {}, size(m)), h("td", {}, m.formats.map((f) => f.format).join(", ")),
+      h("td", {}, m.lineage.trainingJob ? h("a", { href: `#/p/${project}/training/${encodeURIComponent(m.lineage.trainingJob)}` }, m.lineage.trainingJob) : "–"),
+      h("td", {}, h("span", { class: "badge text-bg-info" }, m.stage)), h("td", {}, badge(m.phase)));
+  });
+  setPage("Models",
+    h("div", { class: "d-flex justify-content-between align-items-center mb-3" }, h("h1", { class: "h4 m-0" }, "Model registry"), compareButton),
+    rows.length ? h("div", { class: "table-responsive" }, h("table", { class: "table table-hover" },
+      h("thead", {}, h("tr", {}, ["", "Name", "Version", "mAP50", "mAP50-95", "Size", "Formats", "Run", "Stage", "Phase"].map((t) => h("th", { scope: "col" }, t)))),
+      h("tbody", {}, rows))) : h("p", { class: "text-secondary" }, "No models yet: a finished training run registers one."));
+}
+
+async function detail(project, name) {
+  const model = await api(`/projects/${project}/models/${encodeURIComponent(name)}`);
+  const stage = h("select", { class: "form-select", id: "stage", disabled: !canWrite() },
+    STAGES.map((s) => h("option", { value: s, selected: s === model.stage }, s)));
+  const save = h("button", { class: "btn btn-primary", type: "button", hidden: !canWrite() }, "Set stage");
+  save.addEventListener("click", () => busy(save, async () => {
+    await api(`/projects/${project}/models/${encodeURIComponent(name)}`, { method: "PATCH", body: { stage: stage.value } });
+    toast(`${name} is now ${stage.value}`, "success");
+  }));
+  const lineage = model.lineage;
+  setPage(`Model ${name}`,
+    h("h1", { class: "h4" }, name, " ", badge(model.phase)),
+    h("div", { class: "row g-4" },
+      h("div", { class: "col-md-6" },
+        h("table", { class: "table table-sm" }, h("tbody", {},
+          h("tr", {}, h("th", { scope: "row" }, "Model line"), h("td", {}, `${model.model} ${model.version}`)),
+          METRICS.map(([key, label]) => h("tr", {}, h("th", { scope: "row" }, label), h("td", {}, number(model.metrics[key])))),
+          h("tr", {}, h("th", { scope: "row" }, "Classes"), h("td", {}, model.classNames.join(", "))),
+          h("tr", {}, h("th", { scope: "row" }, "Input size"), h("td", {}, model.imgsz ?? "–")),
+          h("tr", {}, h("th", { scope: "row" }, "Deployed to"), h("td", {}, model.deployedTo.join(", ") || "–")))),
+        h("h2", { class: "h6" }, "Files"),
+        h("ul", { class: "small" }, model.formats.map((f) => h("li", {}, `${f.format}: ${f.uri} (sha256 ${f.sha256.slice(0, 12)}…, ${f.size} bytes)`)))),
+      h("div", { class: "col-md-6" },
+        h("h2", { class: "h6" }, "Lineage"),
+        h("ul", {},
+          h("li", {}, "Training run: ", lineage.trainingJob ? h("a", { href: `#/p/${project}/training/${encodeURIComponent(lineage.trainingJob)}` }, lineage.trainingJob) : "–"),
+          h("li", {}, "Dataset: ", lineage.dataset || "–"),
+          h("li", {}, "Base model: ", lineage.baseModel || "–")),
+        h("label", { class: "form-label", for: "stage" }, "Stage"),
+        h("div", { class: "input-group mb-3" }, stage, save),
+        h("div", { class: "d-flex gap-2" },
+          h("a", { class: "btn btn-outline-primary", href: `#/p/${project}/playground?model=${encodeURIComponent(name)}` }, "Try it"),
+          canWrite() ? h("a", { class: "btn btn-outline-primary", href: `#/p/${project}/deployments/new?model=${encodeURIComponent(name)}` }, "Roll out") : null))));
+}
+
+async function compare(project, a, b) {
+  const result = await api(`/projects/${project}/model-comparison?a=${encodeURIComponent(a)}&b=${encodeURIComponent(b)}`);
+  const row = ([key, label]) => h("tr", {}, h("th", { scope: "row" }, label),
+    h("td", {}, number(result.a.metrics[key])), h("td", {}, number(result.b.metrics[key])),
+    h("td", { class: (result.metricDeltas[key] || 0) >= 0 ? "text-success" : "text-danger" },
+      result.metricDeltas[key] !== undefined ? `${result.metricDeltas[key] >= 0 ? "+" : ""}${result.metricDeltas[key].toFixed(3)}` : "–"));
+  setPage("Compare models",
+    h("h1", { class: "h4" }, "Compare models"),
+    h("div", { class: "table-responsive" }, h("table", { class: "table" },
+      h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Metric"), h("th", { scope: "col" }, result.a.name),
+        h("th", { scope: "col" }, result.b.name), h("th", { scope: "col" }, "b − a"))),
+      h("tbody", {}, METRICS.map(row),
+        h("tr", {}, h("th", { scope: "row" }, "Stage"), h("td", {}, result.a.stage), h("td", {}, result.b.stage), h("td", {})),
+        h("tr", {}, h("th", { scope: "row" }, "Run"), h("td", {}, result.a.lineage.trainingJob || "–"), h("td", {}, result.b.lineage.trainingJob || "–"), h("td", {}))))),
+    h("p", {}, result.better ? `Better on mAP50-95: ${result.better}` : "No difference in mAP50-95."));
+}

@@ -1,5 +1,6 @@
 // Drives the console in Debian's chromium with playwright-core; prints one JSON line with results.
-// Env: APP_URL, AUTH_HOST (emulator host:port), EMAIL, PASSWORD, ARTIFACTS, CONSOLE_DIR.
+// Env: APP_URL, AUTH_HOST (emulator host:port), EMAIL, VIEWER_EMAIL, PASSWORD, PROJECT, ARTIFACTS,
+// CONSOLE_DIR.
 import { mkdirSync } from "node:fs";
 import { createRequire } from "node:module";
 import { join } from "node:path";
@@ -133,6 +134,21 @@ try {
     await page.keyboard.press("Tab");
     const focused = await page.evaluate(() => document.activeElement?.textContent?.trim());
     if (focused !== "Skip to content") problems.push(`first Tab focuses ${focused}, not the skip link`);
+  });
+  await step("viewer", async () => {
+    await page.setViewportSize({ width: 1280, height: 900 });
+    await page.evaluate(() => document.getElementById("sign-out").click());
+    await page.getByLabel("Email").fill(process.env.VIEWER_EMAIL);
+    await page.getByLabel("Password").fill(process.env.PASSWORD);
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("heading", { name: "Training runs" }).waitFor();
+    if (await page.getByRole("link", { name: "New training run" }).count()) problems.push("a viewer sees New training run");
+    await page.getByRole("link", { name: "e2e-run", exact: true }).click();
+    await page.getByRole("heading", { name: "e2e-run" }).waitFor();
+    for (const label of ["Suspend", "Delete", "Write summary"]) {
+      if (await page.getByRole("button", { name: label }).count()) problems.push(`a viewer sees ${label}`);
+    }
+    await checkPage("viewer-training-detail");
   });
 } catch (error) {
   // recorded by step()

@@ -66,7 +66,7 @@ def console(
             kubeconfig=cluster.kubeconfig,
             certs_url="",
         )
-        boss, dev = f"boss-{uuid.uuid4().hex[:6]}@example.com", f"dev-{uuid.uuid4().hex[:6]}@example.com"
+        boss, dev, vera = (f"{who}-{uuid.uuid4().hex[:6]}@example.com" for who in ("boss", "dev", "vera"))
         settings.firebase_certs_url = None
         settings.console_auth_emulator_url = f"http://{auth_emulator}"
         settings.api_admins = [boss]
@@ -85,18 +85,19 @@ def console(
 
         admin = {"Authorization": f"Bearer {sign_up(auth_emulator, boss)}"}
         sign_up(auth_emulator, dev)
+        sign_up(auth_emulator, vera)
         base = f"http://127.0.0.1:{port}/api/v1"
         assert httpx.post(f"{base}/projects", json={"name": "vision"}, headers=admin).status_code == 201
-        assert (
-            httpx.put(
-                f"{base}/projects/vision/members/{dev}", json={"role": "member"}, headers=admin
-            ).status_code
-            == 200
-        )
+        for email, role in ((dev, "member"), (vera, "viewer")):
+            response = httpx.put(
+                f"{base}/projects/vision/members/{email}", json={"role": role}, headers=admin
+            )
+            assert response.status_code == 200
         try:
             yield {
                 "url": f"http://127.0.0.1:{port}/",
                 "dev": dev,
+                "viewer": vera,
                 "cluster": cluster,
                 "services": services,
                 "settings": settings,
@@ -184,6 +185,7 @@ def test_console_end_to_end(console: dict[str, Any], exported_model: Any) -> Non
                 "APP_URL": console["url"],
                 "AUTH_HOST": os.environ["FIREBASE_AUTH_EMULATOR_HOST"],
                 "EMAIL": console["dev"],
+                "VIEWER_EMAIL": console["viewer"],
                 "PASSWORD": "secret-password",
                 "ARTIFACTS": str(ARTIFACTS),
                 "CONSOLE_DIR": str(FRONTEND),

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from visioninapp.api.db import Membership, Project
 from visioninapp.api.errors import ApiError
@@ -104,6 +105,11 @@ def list_members(access: ProjectReader, services: ServicesDep) -> Any:
         return [MemberOut(principal=m.principal, role=m.role).model_dump(by_alias=True) for m in rows]
 
 
+def _membership(session: Session, project: str, principal: str) -> Membership | None:
+    query = select(Membership).where(Membership.project_name == project, Membership.principal == principal)
+    return session.scalars(query).first()
+
+
 @router.put(
     "/projects/{project}/members/{principal}",
     response_model=MemberOut,
@@ -113,11 +119,7 @@ def put_member(principal: str, body: MemberIn, access: ProjectAdmin, services: S
     if not principal or len(principal) > 254:
         raise ApiError(422, "principal must be a Firebase uid or an email, 1 to 254 characters")
     with services.db.session() as session:
-        member = session.scalars(
-            select(Membership).where(
-                Membership.project_name == access.project, Membership.principal == principal
-            )
-        ).first()
+        member = _membership(session, access.project, principal)
         if member is None:
             session.add(Membership(project_name=access.project, principal=principal, role=body.role))
         else:
@@ -129,11 +131,7 @@ def put_member(principal: str, body: MemberIn, access: ProjectAdmin, services: S
 @router.delete("/projects/{project}/members/{principal}", status_code=204, summary="Remove a member")
 def delete_member(principal: str, access: ProjectAdmin, services: ServicesDep) -> None:
     with services.db.session() as session:
-        member = session.scalars(
-            select(Membership).where(
-                Membership.project_name == access.project, Membership.principal == principal
-            )
-        ).first()
+        member = _membership(session, access.project, principal)
         if member is None:
             raise ApiError(404, f"{principal!r} is not a member of {access.project!r}")
         admins = session.scalars(

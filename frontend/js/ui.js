@@ -56,6 +56,19 @@ export async function busy(button, action) {
   }
 }
 
+// Submits only a valid form: otherwise marks the invalid fields and says so.
+export function onValidSubmit(form, submit, action) {
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (!form.checkValidity()) {
+      form.classList.add("was-validated");
+      toast("Some fields are invalid: see the marked fields");
+      return;
+    }
+    busy(submit, action);
+  });
+}
+
 export function field(label, input, help) {
   const id = input.id || `f-${Math.random().toString(36).slice(2, 9)}`;
   input.id = id;

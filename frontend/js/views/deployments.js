@@ -1,7 +1,7 @@
 // Deployments: EdgeDeployments, the fleet's per-node state, and rollout actions.
 import { api } from "../api.js";
 import { canWrite } from "../main.js";
-import { NAME_PATTERN, badge, busy, field, h, setPage, toast, toYaml } from "../ui.js";
+import { NAME_PATTERN, badge, busy, field, h, onValidSubmit, setPage, toast, toYaml } from "../ui.js";
 
 export async function render(project, rest, query) {
   if (rest[0] === "new") return form(project, query.get("model"));
@@ -51,17 +51,9 @@ async function form(project, preselected) {
     field("Canary steps (% of nodes)", steps, "Each wave must pass the health gate before the next."),
     h("div", { class: "row" }, h("div", { class: "col-6" }, field("Ready for (s)", minReady)), h("div", { class: "col-6" }, field("Max error rate", errorRate))),
     submit);
-  formEl.addEventListener("submit", (event) => {
-    event.preventDefault();
-    if (!formEl.checkValidity()) {
-      formEl.classList.add("was-validated");
-      toast("Some fields are invalid: see the marked fields");
-      return;
-    }
-    busy(submit, async () => {
-      const created = await api(`/projects/${project}/deployments`, { method: "POST", body: { name: name.value, spec: spec() } });
-      location.hash = `#/p/${project}/deployments/${encodeURIComponent(created.name)}`;
-    });
+  onValidSubmit(formEl, submit, async () => {
+    const created = await api(`/projects/${project}/deployments`, { method: "POST", body: { name: name.value, spec: spec() } });
+    location.hash = `#/p/${project}/deployments/${encodeURIComponent(created.name)}`;
   });
   refresh();
   setPage("New deployment", h("h1", { class: "h4 mb-3" }, "New edge deployment"),

@@ -2,7 +2,7 @@
 import { api, liveEvents } from "../api.js";
 import { canWrite } from "../main.js";
 import { limits, numberInput, schemas } from "../schema.js";
-import { NAME_PATTERN, badge, busy, field, h, number, setPage, toast, toYaml } from "../ui.js";
+import { NAME_PATTERN, badge, busy, field, h, onValidSubmit, number, setPage, toast, toYaml } from "../ui.js";
 
 export async function render(project, rest) {
   if (rest[0] === "new") return form(project);
@@ -82,18 +82,10 @@ async function form(project) {
       h("div", { class: "col-6" }, field("GPU type", gpuType))),
     field("Node selector", selector, "key=value pairs, comma separated (e.g. an AKS GPU node pool)."),
     submit);
-  formEl.addEventListener("submit", (event) => {
-    event.preventDefault();
-    if (!formEl.checkValidity()) {
-      formEl.classList.add("was-validated");
-      toast("Some fields are invalid: see the marked fields");
-      return;
-    }
-    busy(submit, async () => {
-      const created = await api(`/projects/${project}/training-jobs`, { method: "POST", body: { name: name.value, spec: spec() } });
-      toast(`TrainingJob ${created.name} created`, "success");
-      location.hash = `#/p/${project}/training/${encodeURIComponent(created.name)}`;
-    });
+  onValidSubmit(formEl, submit, async () => {
+    const created = await api(`/projects/${project}/training-jobs`, { method: "POST", body: { name: name.value, spec: spec() } });
+    toast(`TrainingJob ${created.name} created`, "success");
+    location.hash = `#/p/${project}/training/${encodeURIComponent(created.name)}`;
   });
   refresh();
   setPage("New training run",

@@ -33,11 +33,17 @@ def _api_client(settings: Settings, context: str | None) -> client.ApiClient:
         config.load_incluster_config(client_configuration=configuration)
     else:
         configuration = client.Configuration()
-        config.load_kube_config(
-            config_file=str(settings.kubeconfig) if settings.kubeconfig else None,
-            context=context,
-            client_configuration=configuration,
-        )
+        try:
+            config.load_kube_config(
+                config_file=str(settings.kubeconfig) if settings.kubeconfig else None,
+                context=context,
+                client_configuration=configuration,
+            )
+        except config.ConfigException as error:
+            raise RuntimeError(
+                f"no usable Kubernetes configuration ({error}): set VISIONINAPP_KUBECONFIG (and "
+                "VISIONINAPP_KUBE_CONTEXT_TRAINING/_ROLLOUT), or run the API in a cluster"
+            ) from None
     return client.ApiClient(configuration)
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
+from typing import Any
 
 import typer
 
@@ -20,22 +22,32 @@ def _services(settings: Settings):  # type: ignore[no-untyped-def]
     return Services.build(settings)
 
 
+def app_from_environment() -> Any:
+    """The app of one server process, from VISIONINAPP_* settings (uvicorn factory)."""
+    from visioninapp.api.app import create_app
+
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    background = os.environ.get("VISIONINAPP_API_BACKGROUND", "true") == "true"
+    return create_app(_services(settings), background=background)
+
+
 @app.command()
 def serve(
     host: str = typer.Option(None, help="Listen address (VISIONINAPP_API_HOST)."),
     port: int = typer.Option(None, help="Port (VISIONINAPP_API_PORT)."),
+    workers: int = typer.Option(1, min=1, help="Server processes (one per core is a good start)."),
     consumers: bool = typer.Option(True, help="Also run the stream consumers and the cluster sync."),
 ) -> None:
     """Serve /api/v1, the OpenAPI document and the console."""
     import uvicorn
 
-    from visioninapp.api.app import create_app
-
     settings = Settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    services = _services(settings)
+    os.environ["VISIONINAPP_API_BACKGROUND"] = "true" if consumers else "false"
     uvicorn.run(
-        create_app(services, background=consumers),
+        "visioninapp.api.main:app_from_environment",
+        factory=True,
+        workers=workers,
         host=host or settings.api_host,
         port=port or settings.api_port,
         log_level=settings.log_level.lower(),

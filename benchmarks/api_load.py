@@ -50,18 +50,32 @@ class NeverHits(Cache):
         return 1
 
 
-def serve(port: int, cached: bool) -> None:
-    """Child process: the API with the Redis cache, or with one that never hits."""
-    import uvicorn
-
+def make_app() -> object:
+    """One server process: the API with the Redis cache, or with one that never hits (BENCH_CACHED)."""
     from visioninapp.api.app import create_app
     from visioninapp.api.services import Services
     from visioninapp.settings import Settings
 
     services = Services.build(Settings())
-    if not cached:
+    if os.environ["BENCH_CACHED"] != "1":
         services.cache = NeverHits()
-    uvicorn.run(create_app(services), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    return create_app(services)
+
+
+def serve(port: int, cached: bool, workers: int) -> None:
+    import uvicorn
+
+    os.environ["BENCH_CACHED"] = "1" if cached else "0"
+    uvicorn.run(
+        "api_load:make_app",
+        factory=True,
+        app_dir=str(Path(__file__).parent),
+        workers=workers,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+    )
 
 
 async def load(url: str, requests: int, connections: int) -> tuple[list[float], float]:
@@ -101,11 +115,12 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--models", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=2, help="Interleaved rounds of each variant.")
+    parser.add_argument("--workers", type=int, default=2, help="API server processes (one per core).")
     parser.add_argument("--serve", choices=["cached", "uncached"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.port, args.serve == "cached")
+        serve(args.port, args.serve == "cached", args.workers)
         return
 
     ensure_mariadb()
@@ -145,7 +160,17 @@ def main() -> None:
             for variant in ("uncached", "cached"):
                 port = free_port()
                 server = subprocess.Popen(
-                    [sys.executable, __file__, "--serve", variant, "--port", str(port)], env=env
+                    [
+                        sys.executable,
+                        __file__,
+                        "--serve",
+                        variant,
+                        "--port",
+                        str(port),
+                        "--workers",
+                        str(args.workers),
+                    ],
+                    env=env,
                 )
                 try:
                     wait_for_port(port, 60, "the API")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import cv2
+import yaml
 from fastapi import APIRouter, File, Form, Response, UploadFile
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -213,6 +214,58 @@ def upload_dataset_version(
             root = extract_archive(work / "upload.zip", work / "source")
         except DatasetError as error:
             raise ApiError(422, f"dataset rejected: {error}") from None
+        return _publish_version(
+            services, access.project, name, root, work, access.user.email or access.user.uid, note, None
+        )
+
+
+@router.post(
+    "/projects/{project}/datasets/{name}/versions/files",
+    response_model=DatasetVersionOut,
+    status_code=201,
+    summary="Upload a new version as loose files: images, their YOLO label .txt files, class names",
+)
+def upload_dataset_files(
+    name: str,
+    access: ProjectWriter,
+    services: ServicesDep,
+    images: Annotated[list[UploadFile], File(description="JPEG/PNG/WebP images.")],
+    labels: Annotated[list[UploadFile], File(description="One `<image stem>.txt` per labelled image.")],
+    class_names: Annotated[
+        str,
+        Form(alias="classNames", min_length=1, max_length=20000, description="Comma-separated, in id order."),
+    ],
+    val_fraction: Annotated[
+        float, Form(alias="valFraction", ge=0.05, le=0.5, description="Share of images kept for validation.")
+    ] = 0.2,
+    note: Annotated[str, Form(max_length=2000)] = "",
+) -> Any:
+    names = [n.strip() for n in class_names.split(",") if n.strip()]
+    if not names:
+        raise ApiError(422, "classNames must list at least one class, comma-separated in id order")
+    with services.db.session() as session:
+        _dataset(session, access.project, name)
+    with tempfile.TemporaryDirectory(prefix="dataset-") as tmp:
+        work = Path(tmp)
+        root = work / "source"
+        label_texts = {Path(f.filename or "").stem: f for f in labels}
+        ordered = sorted(images, key=lambda f: f.filename or "")
+        every = max(2, round(1 / val_fraction))  # every n-th image validates: a stable, spread-out split
+        for number, image in enumerate(ordered):
+            stem = Path(image.filename or f"image-{number}").stem
+            suffix = Path(image.filename or "").suffix.lower() or ".jpg"
+            split = "val" if number % every == every - 1 else "train"
+            (root / "images" / split).mkdir(parents=True, exist_ok=True)
+            (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+            _save_upload(
+                image, root / "images" / split / f"{stem}{suffix}", services.settings.api_max_upload_mb
+            )
+            if stem in label_texts:
+                _save_upload(label_texts.pop(stem), root / "labels" / split / f"{stem}.txt", 1)
+        if label_texts:
+            raise ApiError(422, f"labels without an image: {', '.join(sorted(label_texts)[:10])}")
+        data = {"path": ".", "train": "images/train", "val": "images/val", "names": names}
+        (root / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
         return _publish_version(
             services, access.project, name, root, work, access.user.email or access.user.uid, note, None
         )

@@ -219,3 +219,37 @@ def test_summary_recommends_and_its_proposal_starts_the_next_run(api: ApiEnv) ->
     cr = api.cluster.get("visioninapp.io", "trainingjobs", project, "run-2")
     assert cr["spec"]["model"] == {"baseModel": "run-1-v1"}
     assert cr["spec"]["hyperparameters"]["epochs"] == summary["proposal"]["changes"]["epochs"]
+
+
+def test_upload_loose_images_and_labels(api: ApiEnv, dataset_dir: Path) -> None:
+    project = api.new_project({"alice": "member"})
+    api.client.post(
+        f"/api/v1/projects/{project}/datasets", json={"name": "shapes"}, headers=api.as_user("alice")
+    )
+    images = sorted((dataset_dir / "images").rglob("*.*"))
+    labels = sorted((dataset_dir / "labels").rglob("*.txt"))
+    files = [("images", (p.name, p.read_bytes(), "image/png")) for p in images]
+    files += [("labels", (p.name, p.read_bytes(), "text/plain")) for p in labels]
+    response = api.client.post(
+        f"/api/v1/projects/{project}/datasets/shapes/versions/files",
+        files=files,
+        data={"classNames": ",".join(CLASS_NAMES), "valFraction": "0.25"},
+        headers=api.as_user("alice"),
+    )
+    assert response.status_code == 201, response.text
+    version = response.json()
+    assert version["classNames"] == list(CLASS_NAMES)
+    assert version["images"]["train"] + version["images"]["val"] == len(images)
+    assert version["images"]["val"] == len(images) // 4
+
+    orphan = [
+        ("images", (images[0].name, images[0].read_bytes(), "image/png")),
+        ("labels", ("nobody.txt", b"0 0.5 0.5 0.1 0.1\n", "text/plain")),
+    ]
+    rejected = api.client.post(
+        f"/api/v1/projects/{project}/datasets/shapes/versions/files",
+        files=orphan,
+        data={"classNames": ",".join(CLASS_NAMES)},
+        headers=api.as_user("alice"),
+    )
+    assert rejected.status_code == 422 and "nobody" in rejected.json()["error"]["message"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,13 +60,11 @@ class StreamConsumer:
         bus: EventBus,
         search: SearchIndex,
         batch_size: int = 500,
-        on_batch: Callable[[BatchResult], None] | None = None,
     ) -> None:
         self.db = db
         self.bus = bus
         self.search = search
         self.batch_size = batch_size
-        self.on_batch = on_batch
 
     def _offset_row(self, session: Session) -> ConsumerOffset:
         query = select(ConsumerOffset).where(
@@ -93,10 +90,7 @@ class StreamConsumer:
             if messages:
                 written, skipped = self.handle(session, messages)
                 row.next_offset = messages[-1].offset + 1
-            result = BatchResult(len(messages), written, skipped, row.next_offset)
-        if self.on_batch is not None and messages:
-            self.on_batch(result)
-        return result
+        return BatchResult(len(messages), written, skipped, row.next_offset)
 
     def handle(self, session: Session, messages: list[StreamMessage]) -> tuple[int, int]:
         raise NotImplementedError

@@ -19,10 +19,8 @@ from visioninapp.resources import GROUP, VERSION, resource_for_kind
 from visioninapp.settings import Settings
 from visioninapp.validation import validate
 
-__all__ = ["CLUSTER_OF_KIND", "Clusters", "KubeCluster"]
+__all__ = ["Clusters", "KubeCluster"]
 
-# Which cluster holds which kind (DESIGN.md section 2): training on AKS/EKS, rollouts on the edge K3s.
-CLUSTER_OF_KIND = {"TrainingJob": "training", "ModelArtifact": "training", "EdgeDeployment": "rollout"}
 PROJECT_LABEL = "visioninapp.io/project"
 
 
@@ -191,7 +189,8 @@ def check(obj: dict[str, Any], old: dict[str, Any] | None = None) -> None:
 
 
 class Clusters:
-    """One `KubeCluster` per role; the rollout role shares the training cluster unless configured."""
+    """One `KubeCluster` per role (DESIGN.md section 2): TrainingJobs and ModelArtifacts in the
+    training cluster, EdgeDeployments in the edge cluster; one cluster serves both unless configured."""
 
     def __init__(self, settings: Settings) -> None:
         self.training = KubeCluster(_api_client(settings, settings.kube_context_training))
@@ -199,9 +198,6 @@ class Clusters:
             self.rollout = KubeCluster(_api_client(settings, settings.kube_context_rollout))
         else:
             self.rollout = self.training
-
-    def for_kind(self, kind: str) -> KubeCluster:
-        return self.training if CLUSTER_OF_KIND[kind] == "training" else self.rollout
 
     def close(self) -> None:
         self.training.api.close()

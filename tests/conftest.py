@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.services import (
+    delete_test_streams,
     elasticsearch_server,
     ensure_mariadb,
     ensure_rabbitmq_streams,
@@ -58,8 +59,11 @@ def s3_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def rabbitmq_stream_port() -> int:
-    return ensure_rabbitmq_streams()
+def rabbitmq_stream_port() -> Iterator[int]:
+    port = ensure_rabbitmq_streams()
+    delete_test_streams()  # what crashed or older runs left behind
+    yield port
+    delete_test_streams()
 
 
 @pytest.fixture(scope="session")

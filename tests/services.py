@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -232,3 +233,39 @@ def ensure_console_built(frontend: Path) -> None:
         )
     if not (frontend / "vendor" / "bootstrap.min.css").exists():
         subprocess.run(["node", "vendor.mjs"], cwd=frontend, check=True, capture_output=True, timeout=120)
+
+
+TEST_STREAM = re.compile(r"^(training|edge)-events-[0-9a-f]{6,}$")
+
+
+def delete_test_streams() -> int:
+    """Delete the uniquely named streams tests create (`edge-events-1a2b3c...`), left by earlier runs.
+
+    Hundreds of idle streams slow RabbitMQ down on a small machine until timing-sensitive tests
+    fail; production streams (`training-events`, `edge-events`) never match.
+    """
+    import asyncio
+
+    from rstream import Producer
+
+    listed = subprocess.run(
+        ["rabbitmqctl", "list_queues", "name", "--quiet", "--no-table-headers"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    names = [line.strip() for line in listed.stdout.splitlines() if TEST_STREAM.match(line.strip())]
+
+    async def delete() -> None:
+        producer = Producer(host="127.0.0.1", username="guest", password="guest")
+        await producer.start()
+        try:
+            for name in names:
+                await producer.delete_stream(name, missing_ok=True)
+        finally:
+            await producer.close()
+
+    if names:
+        asyncio.run(delete())
+    return len(names)

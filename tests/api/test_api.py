@@ -237,3 +237,17 @@ def test_migrations_build_exactly_the_models_schema(api: ApiEnv) -> None:
     with api.services.db.engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
+
+
+def test_search_rebuild_swaps_the_alias_atomically(elasticsearch_url: str) -> None:
+    import uuid
+
+    from visioninapp.backends.elastic import ElasticsearchIndex
+
+    index = ElasticsearchIndex(elasticsearch_url, prefix=f"rb{uuid.uuid4().hex[:6]}", refresh=True)
+    index.ensure_ready()
+    index.index("runs", "p/old", {"project": "p", "name": "old", "title": "stale forklift run"})
+    fresh = index.rebuild("runs", [("p/new", {"project": "p", "name": "new", "title": "fresh forklift run"})])
+    assert fresh.endswith("-000002")
+    assert [hit.id for hit in index.search("forklift", ["runs"])] == ["p/new"]
+    assert index.count("runs") == 1

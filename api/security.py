@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
-from sqlalchemy import or_, select
+from sqlalchemy import select
 
 from visioninapp.api.db import Membership, Project
 from visioninapp.api.errors import ApiError
@@ -22,11 +22,17 @@ __all__ = [
     "ProjectReader",
     "ProjectWriter",
     "ServicesDep",
+    "highest",
     "services_of",
 ]
 
 ROLES = ("viewer", "member", "admin")
 _RANK = {role: rank for rank, role in enumerate(ROLES)}
+
+
+def highest(roles: list[str]) -> str:
+    """The strongest of several roles (a user may be a member by uid and by email)."""
+    return max(roles, key=lambda role: _RANK[role])
 
 
 async def services_of(request: Request) -> Services:
@@ -82,13 +88,12 @@ def _role_from_db(services: Services, user: Principal, project: str) -> str | No
             return None
         if user.is_platform_admin:
             return "admin"
-        principals = [user.uid] + ([user.email] if user.email else [])
         roles = session.scalars(
             select(Membership.role).where(
-                Membership.project_name == project, or_(*(Membership.principal == p for p in principals))
+                Membership.project_name == project, Membership.principal.in_(user.identities)
             )
         ).all()
-    return max(roles, key=lambda r: _RANK[r]) if roles else None
+    return highest(list(roles)) if roles else None
 
 
 def _rate_limit(services: Services, user: Principal) -> None:

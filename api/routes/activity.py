@@ -14,7 +14,8 @@ from sqlalchemy import func, select
 
 from visioninapp.api.db import EdgeWindow, EpochMetric, LogLine, Membership, Notification
 from visioninapp.api.errors import ApiError
-from visioninapp.api.routes.common import Limit, Offset, page
+from visioninapp.api.routes.common import Limit, Offset
+from visioninapp.api.routes.training import epoch_view
 from visioninapp.api.schemas import NotificationOut, Page, SearchHitOut
 from visioninapp.api.security import CurrentUser, ProjectReader, ServicesDep, role_in
 from visioninapp.api.services import Services
@@ -48,11 +49,10 @@ def search(
         scopes = [None]
     else:
         with services.db.session() as session:
-            principals = [user.uid] + ([user.email] if user.email else [])
             scopes = sorted(
                 set(
                     session.scalars(
-                        select(Membership.project_name).where(Membership.principal.in_(principals))
+                        select(Membership.project_name).where(Membership.principal.in_(user.identities))
                     )
                 )
             )
@@ -99,7 +99,7 @@ def list_notifications(
             ).model_dump(mode="json", by_alias=True)
             for n in rows
         ]
-    return {**page(items, limit, 0), "total": total, "offset": offset}
+    return {"items": items, "total": total, "limit": limit, "offset": offset}
 
 
 # The live stream: new rows since a cursor, one cursor per table, resumable through Last-Event-ID.
@@ -121,18 +121,7 @@ def _cursor_text(cursor: dict[str, int]) -> str:
 
 def _row(kind: str, row: Any) -> dict[str, Any]:
     if kind == "epoch":
-        return {
-            "trainingJob": row.training_job,
-            "epoch": row.epoch,
-            "epochs": row.epochs,
-            "attempt": row.attempt,
-            "mAP50": row.map50,
-            "mAP50_95": row.map50_95,
-            "precision": row.precision,
-            "recall": row.recall,
-            "losses": row.losses,
-            "time": row.time.isoformat(),
-        }
+        return {"trainingJob": row.training_job, **epoch_view(row)}
     if kind == "log":
         return {
             "trainingJob": row.training_job,

@@ -101,7 +101,7 @@ def create_dataset(body: DatasetIn, access: ProjectWriter, services: ServicesDep
             project_name=access.project,
             name=body.name,
             description=body.description,
-            created_by=access.user.email or access.user.uid,
+            created_by=access.user.label,
         )
         session.add(dataset)
         session.flush()
@@ -214,9 +214,7 @@ def upload_dataset_version(
             root = extract_archive(work / "upload.zip", work / "source")
         except DatasetError as error:
             raise ApiError(422, f"dataset rejected: {error}") from None
-        return _publish_version(
-            services, access.project, name, root, work, access.user.email or access.user.uid, note, None
-        )
+        return _publish_version(services, access.project, name, root, work, access.user.label, note, None)
 
 
 @router.post(
@@ -266,9 +264,7 @@ def upload_dataset_files(
             raise ApiError(422, f"labels without an image: {', '.join(sorted(label_texts)[:10])}")
         data = {"path": ".", "train": "images/train", "val": "images/val", "names": names}
         (root / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-        return _publish_version(
-            services, access.project, name, root, work, access.user.email or access.user.uid, note, None
-        )
+        return _publish_version(services, access.project, name, root, work, access.user.label, note, None)
 
 
 @router.get(
@@ -437,7 +433,7 @@ def accept_feedback(body: FeedbackAccept, access: ProjectWriter, services: Servi
             body.dataset,
             source,
             work,
-            access.user.email or access.user.uid,
+            access.user.label,
             body.note or f"v{latest_number} + {len(chosen)} feedback frame(s)",
             latest_number,
         )

@@ -79,7 +79,7 @@ def create_deployment(body: DeploymentIn, access: ProjectWriter, services: Servi
         "metadata": {
             "name": body.name,
             "namespace": access.project,
-            "annotations": {"visioninapp.io/created-by": access.user.email or access.user.uid},
+            "annotations": {"visioninapp.io/created-by": access.user.label},
         },
         "spec": body.spec.wire(),
     }

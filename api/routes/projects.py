@@ -12,7 +12,14 @@ from visioninapp.api.db import Membership, Project
 from visioninapp.api.errors import ApiError
 from visioninapp.api.routes.common import Limit, Offset, page
 from visioninapp.api.schemas import MemberIn, MemberOut, Page, ProjectIn, ProjectOut
-from visioninapp.api.security import CurrentUser, ProjectAdmin, ProjectReader, ServicesDep, role_cache_prefix
+from visioninapp.api.security import (
+    CurrentUser,
+    ProjectAdmin,
+    ProjectReader,
+    ServicesDep,
+    highest,
+    role_cache_prefix,
+)
 
 router = APIRouter(tags=["projects"])
 
@@ -29,7 +36,6 @@ def _project_out(project: Project, role: str) -> dict[str, Any]:
 
 @router.get("/projects", response_model=Page[ProjectOut], summary="Projects you are a member of")
 def list_projects(services: ServicesDep, user: CurrentUser, limit: Limit = 50, offset: Offset = 0) -> Any:
-    principals = [user.uid] + ([user.email] if user.email else [])
     with services.db.session() as session:
         if user.is_platform_admin:
             rows = [(p, "admin") for p in session.scalars(select(Project).order_by(Project.name))]
@@ -37,15 +43,13 @@ def list_projects(services: ServicesDep, user: CurrentUser, limit: Limit = 50, o
             query = (
                 select(Project, Membership.role)
                 .join(Membership)
-                .where(Membership.principal.in_(principals))
+                .where(Membership.principal.in_(user.identities))
                 .order_by(Project.name)
             )
-            best: dict[str, tuple[Project, str]] = {}
-            rank = {"viewer": 0, "member": 1, "admin": 2}
+            found: dict[str, tuple[Project, list[str]]] = {}
             for project, role in session.execute(query):
-                if project.name not in best or rank[role] > rank[best[project.name][1]]:
-                    best[project.name] = (project, role)
-            rows = list(best.values())
+                found.setdefault(project.name, (project, []))[1].append(role)
+            rows = [(project, highest(roles)) for project, roles in found.values()]
         items = [_project_out(p, r) for p, r in rows]
     return page(items, limit, offset)
 
@@ -71,7 +75,7 @@ def create_project(body: ProjectIn, services: ServicesDep, user: CurrentUser) ->
             name=body.name,
             display_name=body.display_name or body.name,
             description=body.description,
-            created_by=user.email or user.uid,
+            created_by=user.label,
         )
         project.members.append(Membership(principal=user.uid, role="admin"))
         session.add(project)

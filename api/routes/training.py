@@ -19,7 +19,14 @@ from visioninapp.api.routes.common import (
     page,
     sort_items,
 )
-from visioninapp.api.schemas import LogLineOut, Page, TrainingJobDetail, TrainingJobIn, TrainingJobOut
+from visioninapp.api.schemas import (
+    EpochOut,
+    LogLineOut,
+    Page,
+    TrainingJobDetail,
+    TrainingJobIn,
+    TrainingJobOut,
+)
 from visioninapp.api.security import ProjectReader, ProjectWriter, ServicesDep
 from visioninapp.api.sync import record_run
 from visioninapp.resources import API_VERSION
@@ -27,6 +34,22 @@ from visioninapp.resources import API_VERSION
 router = APIRouter(tags=["training"])
 KIND = "TrainingJob"
 SORTABLE = ("name", "phase", "createdAt", "mAP50", "epoch")
+
+
+def epoch_view(row: EpochMetric) -> dict[str, Any]:
+    """One epoch as the API shows it, in the run's history and on the live stream."""
+    return EpochOut(
+        epoch=row.epoch,
+        epochs=row.epochs,
+        attempt=row.attempt,
+        time=row.time,
+        mAP50=row.map50,
+        mAP50_95=row.map50_95,
+        precision=row.precision,
+        recall=row.recall,
+        losses=row.losses,
+        lr=row.lr,
+    ).model_dump(mode="json", by_alias=True)
 
 
 def from_cr(tj: dict[str, Any]) -> dict[str, Any]:
@@ -103,10 +126,10 @@ def list_training_jobs(
     summary="Start a training run (creates a TrainingJob)",
 )
 def create_training_job(body: TrainingJobIn, access: ProjectWriter, services: ServicesDep) -> Any:
-    obj = manifest(body, access.project, access.user.email or access.user.uid)
+    obj = manifest(body, access.project, access.user.label)
     created = services.clusters.training.create(obj)
     with services.db.session() as session:
-        record_run(session, created, created_by=access.user.email or access.user.uid)
+        record_run(session, created, created_by=access.user.label)
     invalidate(services, access.project, KIND)
     return from_cr(created)
 
@@ -140,21 +163,7 @@ def get_training_job(name: str, access: ProjectReader, services: ServicesDep) ->
         run = session.scalars(
             select(TrainingRun).where(TrainingRun.project_name == access.project, TrainingRun.name == name)
         ).first()
-        history = [
-            {
-                "epoch": e.epoch,
-                "epochs": e.epochs,
-                "attempt": e.attempt,
-                "time": e.time,
-                "mAP50": e.map50,
-                "mAP50_95": e.map50_95,
-                "precision": e.precision,
-                "recall": e.recall,
-                "losses": e.losses,
-                "lr": e.lr,
-            }
-            for e in epochs
-        ]
+        history = [epoch_view(e) for e in epochs]
         fallback = from_history(run) if run is not None else None
     try:
         detail = from_cr(services.clusters.training.get(KIND, access.project, name))

@@ -22,6 +22,16 @@ class Principal:
     email: str | None = None
     is_platform_admin: bool = False
 
+    @property
+    def identities(self) -> list[str]:
+        """What a membership may name: the uid, and the email when the token has one."""
+        return [self.uid, self.email] if self.email else [self.uid]
+
+    @property
+    def label(self) -> str:
+        """Who did something, as recorded on objects and rows: the email, else the uid."""
+        return self.email or self.uid
+
 
 class Authenticator(ABC):
     @abstractmethod

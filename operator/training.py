@@ -125,15 +125,23 @@ def output_uri(tj: TrainingJob, default_base: str) -> str:
     return join_uri(tj.spec.output.uri or default_base, tj.metadata.namespace or "default", tj.metadata.name)
 
 
+def dataset_uri(tj: TrainingJob, store: str) -> str:
+    """The dataset's URI; a key without a scheme (`datasets/shapes/v1`) lies in the artifact store."""
+    uri = tj.spec.dataset.uri
+    return uri if "://" in uri else join_uri(store, uri)
+
+
 def trainer_config(
     tj: TrainingJob, attempt: int, default_output: str, base: BaseModel | None, work_dir: str
 ) -> Obj:
     """The trainer's config (the trainer issue's contract), passed inline in the pod's environment."""
+    spec = tj.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+    spec["dataset"]["uri"] = dataset_uri(tj, default_output)
     config: Obj = {
         "name": tj.metadata.name,
         "namespace": tj.metadata.namespace or "default",
         "attempt": attempt,
-        "spec": tj.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+        "spec": spec,
         "outputUri": output_uri(tj, default_output),
         "terminationLog": "/dev/termination-log",
         "workDir": work_dir,

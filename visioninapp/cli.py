@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,7 +24,9 @@ datasets_app = typer.Typer(help="Datasets in YOLO format.", no_args_is_help=True
 models_app = typer.Typer(help="Model versions (ModelArtifacts).", no_args_is_help=True)
 app.add_typer(crds_app, name="crds")
 app.add_typer(datasets_app, name="datasets")
+local_app = typer.Typer(help="Local mode: the platform on this machine, no cluster.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+app.add_typer(local_app, name="local")
 
 REPO_CRDS = Path("crds")
 
@@ -162,22 +165,137 @@ def datasets_synth(
     typer.echo(f"wrote {train} train and {val} val images: {data_yaml}")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
 @app.command()
 def demo(
-    directory: Annotated[Path, typer.Option("--dir", help="Where the demo keeps its data.")] = Path(
-        ".visioninapp/demo"
-    ),
-    keep_serving: Annotated[bool, typer.Option(help="Leave the edge runtime serving until Ctrl-C.")] = False,
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", help="The demo's own directory (emptied at start).")
+    ] = Path(".visioninapp/demo"),
+    manifests: Annotated[
+        Path | None,
+        typer.Option("--manifests", help="Example manifests to apply (default: manifests/examples/local)."),
+    ] = None,
+    keep_running: Annotated[
+        bool | None,
+        typer.Option(
+            "--keep-running/--no-keep-running",
+            help="Leave the platform and console running until Ctrl-C (default: yes in a terminal, "
+            "no under CI=true).",
+        ),
+    ] = None,
+    port: Annotated[int, typer.Option(help="Port of the API and console (0: any free port).")] = 8000,
+    kube_port: Annotated[
+        int, typer.Option(help="Port of the local Kubernetes API (0: any free port).")
+    ] = 6443,
 ) -> None:
-    """The loop on this machine, no cluster: synthetic data, CPU training, edge serving, detection."""
-    from visioninapp.demo import run_demo
+    """The whole loop on this machine: local mode, synthetic data, CPU training, rollout, detection."""
+    from visioninapp.demo import EXAMPLES, DemoError, run_demo
+    from visioninapp.local import LocalModeError
 
+    if keep_running is None:
+        keep_running = sys.stdin.isatty() and not _in_ci()
     try:
-        summary = run_demo(directory, keep_serving)
-    except RuntimeError as error:
+        summary = run_demo(
+            data_dir,
+            manifests or EXAMPLES,
+            keep_running=keep_running,
+            api_port=port or None,
+            kube_port=kube_port or None,
+        )
+    except (DemoError, LocalModeError) as error:
         raise _fail(str(error)) from None
     if not summary["classesDetected"]:
         raise _fail("the trained model detected nothing on the sample images")
+
+
+@local_app.command("up")
+def local_up(
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="Where local mode keeps its data (default $VISIONINAPP_DATA_DIR or ~/.visioninapp).",
+        ),
+    ] = None,
+    port: Annotated[int, typer.Option(help="Port of the API and console (0: any free port).")] = 8000,
+    kube_port: Annotated[
+        int, typer.Option(help="Port of the local Kubernetes API (0: any free port).")
+    ] = 6443,
+) -> None:
+    """Run the platform on this machine (emulated cluster, operator, API, console) until Ctrl-C."""
+    import signal
+    import time
+
+    from visioninapp.local import LocalModeError, LocalPlatform
+    from visioninapp.settings import Settings
+
+    directory = data_dir or Settings().data_dir
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` or a service manager stops as cleanly as Ctrl-C
+    platform = LocalPlatform(directory, api_port=port or None, kube_port=kube_port or None, say=typer.echo)
+    try:
+        platform.start()
+        typer.echo("VisionInApp local mode is up:")
+        for what, where in platform.describe():
+            typer.echo(f"  {what:<15} {where}")
+        typer.echo(
+            "then: kubectl apply -f manifests/examples/local/ && kubectl get tj,ma,ed -w   (Ctrl-C stops)"
+        )
+        while True:
+            platform.check()
+            time.sleep(1)
+    except LocalModeError as error:
+        raise _fail(str(error)) from None
+    except KeyboardInterrupt:
+        typer.echo("stopping local mode", err=True)
+    finally:
+        platform.stop()
+
+
+@app.command()
+def logs(
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="tj/NAME (trainer pod of the current attempt), ed/NAME "
+            "(every edge pod, prefixed by node) or pod/NAME."
+        ),
+    ],
+    namespace: Annotated[
+        str | None, typer.Option("--namespace", "-n", help="Namespace (default: the kubeconfig's).")
+    ] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    kubeconfig: Annotated[
+        Path | None, typer.Option(help="Kubeconfig (default $KUBECONFIG, ~/.kube/config, else local mode's).")
+    ] = None,
+) -> None:
+    """Print the output of a TrainingJob's trainer, an EdgeDeployment's runtimes or a pod."""
+    import time
+
+    from visioninapp.podlogs import LogError, PodLogs
+
+    try:
+        source = PodLogs.connect(kubeconfig, namespace)
+        printed: dict[str, int] = {}
+        while True:
+            for pod, text, prefix in source.read(target):
+                new = text[printed.get(pod, 0) :]
+                printed[pod] = len(text)
+                for line in new.splitlines():
+                    typer.echo(f"{prefix}{line}")
+            if not follow:
+                break
+            time.sleep(1)
+    except LogError as error:
+        raise _fail(str(error)) from None
+    except KeyboardInterrupt:
+        pass
 
 
 @models_app.command("quantize")

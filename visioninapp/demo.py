@@ -1,226 +1,293 @@
-"""`visioninapp demo`: the loop on one machine with no cluster — data, training, serving, detection.
+"""`visioninapp demo`: the whole loop on this machine through the real platform, in a few minutes.
 
-Generates the synthetic shapes dataset, runs `visioninapp-trainer` on the CPU against the local
-artifact store and event log (the same program and config a trainer pod gets), follows its epochs
-from the event log, serves the exported model with the edge runtime over HTTP, sends validation
-images to it, prints the detections and saves an annotated image.
+It starts local mode (emulated cluster, operator, API and console), draws the synthetic shapes
+dataset into the artifact store, applies `manifests/examples/local/` as `kubectl apply` would (a
+TrainingJob sized for a CPU and an EdgeDeployment of its model), follows the run from the
+TrainingJob's status, waits for the rollout to the simulated Jetson, sends validation images to
+the edge runtime there, prints its detections, saves an annotated image and prints the mAP.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import socket
-import subprocess
-import sys
-import threading
+import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+import requests
 import yaml
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from visioninapp.backends.events import LocalEventLog
-from visioninapp.events import TrainerResult, TrainingEvent
+from visioninapp.local import LOCAL_NAMESPACE, LocalPlatform, seed_dataset, shapes_copy
 from visioninapp.settings import Settings
-from visioninapp.synth import CLASS_NAMES, generate_dataset
+from visioninapp.synth import CLASS_NAMES
 
-__all__ = ["generate_demo_dataset", "run_demo", "trainer_config"]
+__all__ = ["EXAMPLES", "DemoError", "run_demo"]
 
-EPOCHS = 40
+GROUP, VERSION = "visioninapp.io", "v1alpha1"
+EXAMPLES = Path(__file__).resolve().parent.parent / "manifests" / "examples" / "local"
+PLURALS = {
+    "TrainingJob": "trainingjobs",
+    "ModelArtifact": "modelartifacts",
+    "EdgeDeployment": "edgedeployments",
+}
 COLOURS = [(66, 135, 245), (245, 158, 66), (80, 200, 120), (220, 80, 200)]
+TRAINING_TIMEOUT = 900.0
+ROLLOUT_TIMEOUT = 180.0
 
 
-def trainer_config(root: Path) -> dict[str, Any]:
-    """The trainer's config for the demo: what a TrainingJob sized for a 2-core CPU gives it."""
-    return {
-        "name": "shapes",
-        "namespace": "demo",
-        "attempt": 1,
-        "outputUri": (root / "artifacts" / "demo" / "shapes").resolve().as_uri(),
-        "terminationLog": str(root / "trainer-result.json"),
-        "workDir": str(root / "work"),
-        "spec": {
-            "model": {"architecture": "yolo11n"},
-            "dataset": {"uri": (root / "datasets" / "shapes").resolve().as_uri()},
-            "hyperparameters": {
-                "epochs": EPOCHS,
-                "imgsz": 128,
-                "batch": 8,
-                "nominalBatch": 8,
-                "workers": 2,
-                "seed": 0,
-            },
-            "resources": {"gpu": {"count": 0}},
-            "checkpointEvery": 10,
-        },
-    }
+class DemoError(RuntimeError):
+    """The demo could not finish; the message says where it stopped."""
 
 
-def generate_demo_dataset(root: Path) -> Path:
-    return generate_dataset(root / "datasets" / "shapes", train=128, val=32, imgsz=128, seed=0)
-
-
-def _train(root: Path, settings: Settings, console: Console) -> TrainerResult:
-    config = trainer_config(root)
-    (root / "trainer.yaml").write_text(yaml.safe_dump(config))
-    log = root / "trainer.log"
-    env = {**os.environ, "VISIONINAPP_DATA_DIR": str(settings.data_dir)}
-    env.pop("VISIONINAPP_RABBITMQ_HOST", None)  # the demo keeps its events in the local log
-    bus = LocalEventLog(settings.data_dir / "events")
-    offset = len(bus.read(settings.training_stream, 0, limit=10**9))
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "visioninapp.trainer.main", "--config", str(root / "trainer.yaml")],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
+def _manifests(directory: Path) -> list[dict[str, Any]]:
+    if not directory.is_dir():
+        raise DemoError(f"{directory}: no such directory of example manifests (pass --manifests DIR)")
+    documents = []
+    for path in sorted(directory.glob("*.yaml")):
+        documents += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    order = list(PLURALS)
+    documents.sort(key=lambda d: order.index(d["kind"]) if d.get("kind") in order else len(order))
+    unknown = [d.get("kind") for d in documents if d.get("kind") not in PLURALS]
+    if unknown or not documents:
+        raise DemoError(
+            f"{directory}: expected TrainingJob/ModelArtifact/EdgeDeployment manifests, got {unknown}"
         )
+    return documents
+
+
+class _Cluster:
+    """The few calls the demo makes, through the kubernetes client and the platform's kubeconfig."""
+
+    def __init__(self, kubeconfig: Path) -> None:
+        import kubernetes
+
+        from visioninapp.podlogs import api_client
+
+        api, _ = api_client(kubeconfig)
+        self.custom: Any = kubernetes.client.CustomObjectsApi(api)
+        self.core: Any = kubernetes.client.CoreV1Api(api)
+
+    def apply(self, obj: dict[str, Any]) -> None:
+        namespace = obj["metadata"].get("namespace", LOCAL_NAMESPACE)
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURALS[obj["kind"]], obj)
+
+    def get(self, kind: str, name: str, namespace: str = LOCAL_NAMESPACE) -> dict[str, Any]:
+        from kubernetes.client import ApiException
+
+        try:
+            found = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURALS[kind], name)
+        except ApiException as error:
+            if error.status == 404:
+                return {}
+            raise
+        return dict(found)
+
+    def edge_pods(self, deployment: str, namespace: str = LOCAL_NAMESPACE) -> list[Any]:
+        pods = self.core.list_namespaced_pod(
+            namespace, label_selector=f"visioninapp.io/edge-deployment={deployment}"
+        )
+        return list(pods.items)
+
+
+def _wait(
+    platform: LocalPlatform,
+    what: str,
+    check: Callable[[], bool],
+    timeout: float,
+    failed: Callable[[], str | None],
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        platform.check()
+        reason = failed()
+        if reason:
+            raise DemoError(f"{what}: {reason}")
+        if time.monotonic() > deadline:
+            raise DemoError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.5)
+
+
+def _follow_training(
+    platform: LocalPlatform, cluster: _Cluster, name: str, console: Console
+) -> dict[str, Any]:
     columns = (
-        TextColumn("training yolo11n"),
+        TextColumn("training {task.fields[name]}"),
         BarColumn(),
-        TextColumn("epoch {task.completed}/{task.total}"),
-        TextColumn("{task.fields[metrics]}"),
+        MofNCompleteColumn(),
+        TextColumn("epochs  {task.fields[metrics]}"),
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task("train", total=EPOCHS, metrics="")
-        while process.poll() is None or bus.read(settings.training_stream, offset, 1):
-            for message in bus.read(settings.training_stream, offset):
-                offset = message.offset + 1
-                event = TrainingEvent.model_validate_json(message.body)
-                if event.type == "epoch" and event.training_job == "shapes":
-                    progress.update(
-                        task,
-                        completed=event.epoch,
-                        metrics=f"mAP50 {event.map50 or 0:.3f}  box loss {event.losses.get('box', 0):.2f}",
-                    )
+        task = progress.add_task("train", total=None, name=name, metrics="waiting for the trainer pod")
+        deadline = time.monotonic() + TRAINING_TIMEOUT
+        while True:
+            platform.check()
+            tj = cluster.get("TrainingJob", name)
+            status = tj.get("status") or {}
+            phase = status.get("phase", "Pending")
+            metrics = status.get("metrics") or {}
+            progress.update(
+                task,
+                total=status.get("epochs") or tj.get("spec", {}).get("hyperparameters", {}).get("epochs"),
+                completed=status.get("epoch", 0),
+                metrics=f"{phase}  mAP50 {metrics.get('mAP50', 0):.3f}" if metrics else phase,
+            )
+            if phase in ("Succeeded", "Failed"):
+                break
+            if time.monotonic() > deadline:
+                raise DemoError(f"training did not finish in {TRAINING_TIMEOUT:.0f} s (phase {phase})")
             time.sleep(0.5)
-    if process.returncode != 0:
-        tail = log.read_text().splitlines()[-5:]
-        raise RuntimeError("training failed:\n" + "\n".join(tail))
-    return TrainerResult.from_termination_message((root / "trainer-result.json").read_text())
+    if phase != "Succeeded":
+        raise DemoError(
+            f"TrainingJob {name} {phase}: {status.get('message', '')}; see `visioninapp logs tj/{name}`"
+        )
+    return tj
 
 
-def _serve(onnx_uri: str, sha256: str, settings: Settings) -> tuple[str, Any]:
-    import uvicorn
-
-    from visioninapp.edge.runtime import EdgeRuntime
-    from visioninapp.edge.server import create_app
-
-    edge_settings = settings.model_copy(
-        update={
-            "edge_model_uri": onnx_uri,
-            "edge_model_sha256": sha256,
-            "edge_model_version": "shapes",
-            "deployment": "demo",
-            "node_name": "local-edge-0",
-        }
-    )
-    runtime = EdgeRuntime(edge_settings)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(runtime), host="127.0.0.1", port=port, log_level="warning")
-    )
-    threading.Thread(target=server.run, daemon=True).start()
-    return f"http://127.0.0.1:{port}", server
-
-
-def _annotate(image: np.ndarray, detections: list[dict[str, Any]]) -> np.ndarray:
-    out = cv2.resize(image, None, fx=4, fy=4, interpolation=cv2.INTER_NEAREST)
+def _annotate(image: np.ndarray, detections: list[dict[str, Any]], scale: int = 4) -> np.ndarray:
+    out = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
     for d in detections:
-        x1, y1, x2, y2 = (int(v * 4) for v in d["box"])
+        x1, y1, x2, y2 = (int(v * scale) for v in d["box"])
         colour = COLOURS[d["classId"] % len(COLOURS)]
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, 2)
-        cv2.putText(
-            out,
-            f"{d['className']} {d['score']:.2f}",
-            (x1, max(12, y1 - 4)),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            0.45,
-            colour,
-            1,
-            cv2.LINE_AA,
-        )
+        label = f"{d['className']} {d['score']:.2f}"
+        cv2.putText(out, label, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
     return out
 
 
-def run_demo(root: Path, keep_serving: bool, console: Console | None = None) -> dict[str, Any]:
-    """Run the whole loop; returns a summary (also written to `<root>/demo-summary.json`)."""
-    import requests
-
-    console = console or Console()
-    started = time.perf_counter()
-    root.mkdir(parents=True, exist_ok=True)
-    settings = Settings(data_dir=root / "state")
-    dataset = root / "datasets" / "shapes"
-    if not (dataset / "data.yaml").exists():
-        with console.status("drawing the synthetic shapes dataset"):
-            generate_demo_dataset(root)
-    console.print(f"dataset: {dataset} ({len(CLASS_NAMES)} classes: {', '.join(CLASS_NAMES)})")
-
-    result = _train(root, settings, console)
-    console.print(
-        f"trained: mAP50 {result.metrics.map50:.3f}, mAP50-95 {result.metrics.map50_95:.3f}; "
-        f"files: {', '.join(f.uri for f in result.formats)}"
-    )
-    onnx = next(f for f in result.formats if f.format == "onnx")
-
-    base, server = _serve(onnx.uri, onnx.sha256, settings)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{base}/readyz", timeout=2).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.2)
-    else:
-        raise RuntimeError("the edge runtime did not become ready")
-
-    table = Table(title=f"detections by the edge runtime at {base}")
+def _detect(edge_url: str, dataset: Path, out: Path, console: Console) -> list[str]:
+    """Send validation images to the edge runtime; print a table and save annotated images."""
+    table = Table(title=f"detections by the edge runtime on local-edge-0 ({edge_url})")
     for column in ("image", "class", "score", "box (x1, y1, x2, y2)", "labelled"):
         table.add_column(column)
-    images = sorted((dataset / "images" / "val").glob("*.jpg"))[:4]
     found: list[str] = []
-    for path in images:
-        response = requests.post(f"{base}/v1/detect", data=path.read_bytes(), timeout=30).json()
-        labels = (dataset / "labels" / "val" / f"{path.stem}.txt").read_text().split("\n")
-        truth = sorted(CLASS_NAMES[int(line.split()[0])] for line in labels if line.strip())
-        for d in response["detections"] or [{"className": "-", "score": 0, "box": []}]:
-            table.add_row(path.name, d["className"], f"{d['score']:.2f}", str(d["box"]), ", ".join(truth))
+    for path in sorted((dataset / "images" / "val").glob("*.jpg"))[:4]:
+        response = requests.post(f"{edge_url}/v1/detect", data=path.read_bytes(), timeout=30)
+        response.raise_for_status()
+        detections = response.json()["detections"]
+        labels = (dataset / "labels" / "val" / f"{path.stem}.txt").read_text().splitlines()
+        truth = ", ".join(sorted(CLASS_NAMES[int(line.split()[0])] for line in labels if line.strip()))
+        for d in detections or [{"className": "-", "score": 0.0, "box": []}]:
+            box = ", ".join(f"{v:.0f}" for v in d["box"])
+            table.add_row(path.name, d["className"], f"{d['score']:.2f}", box, truth)
             found.append(d["className"])
         image = cv2.imread(str(path))
         if image is not None:
-            cv2.imwrite(str(root / f"annotated-{path.stem}.jpg"), _annotate(image, response["detections"]))
+            cv2.imwrite(str(out / f"annotated-{path.stem}.jpg"), _annotate(image, detections))
     console.print(table)
-    summary = {
-        "mAP50": result.metrics.map50,
-        "mAP50_95": result.metrics.map50_95,
-        "classesDetected": sorted(set(found) - {"-"}),
-        "annotated": str(root / f"annotated-{images[0].stem}.jpg"),
-        "edge": base,
-        "seconds": round(time.perf_counter() - started, 1),
-        "modelSha256": hashlib.sha256(Path(onnx.uri.removeprefix("file://")).read_bytes()).hexdigest(),
-    }
-    (root / "demo-summary.json").write_text(json.dumps(summary, indent=2))
-    console.print(f"annotated images: {root}/annotated-*.jpg; whole loop took {summary['seconds']} s")
-    if keep_serving:
+    return sorted(set(found) - {"-"})
+
+
+def run_demo(
+    data_dir: Path,
+    manifests: Path = EXAMPLES,
+    *,
+    keep_running: bool,
+    api_port: int | None = 8000,
+    kube_port: int | None = 6443,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Run the loop from a clean `data_dir`; returns a summary (also in `<data_dir>/demo-summary.json`)."""
+    console = console or Console()
+    started = time.perf_counter()
+    documents = _manifests(manifests)
+    if data_dir.exists():
+        console.print(f"starting from a clean {data_dir} (the demo's own directory)")
+        shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True)
+    settings = Settings(data_dir=data_dir)
+    dataset = shapes_copy(data_dir)
+    with Progress(
+        TextColumn("drawing the synthetic shapes dataset"), BarColumn(), MofNCompleteColumn(), console=console
+    ) as progress:
+        task = progress.add_task("draw", total=80)
+        dataset_uri = seed_dataset(settings, dataset, on_image=lambda: progress.advance(task))
+    console.print(f"dataset: {dataset_uri} ({len(CLASS_NAMES)} classes: {', '.join(CLASS_NAMES)})")
+    with LocalPlatform(data_dir, api_port=api_port, kube_port=kube_port, say=console.print) as platform:
+        for what, where in platform.describe():
+            console.print(f"  [bold]{what:<15}[/bold] {where}")
+        cluster = _Cluster(platform.kubeconfig)
+        for obj in documents:
+            cluster.apply(obj)
+            console.print(f"applied {obj['kind'].lower()}.{GROUP}/{obj['metadata']['name']}")
+        tj_name = next(d["metadata"]["name"] for d in documents if d["kind"] == "TrainingJob")
+        ed_name = next(d["metadata"]["name"] for d in documents if d["kind"] == "EdgeDeployment")
+
+        tj = _follow_training(platform, cluster, tj_name, console)
+        artifact_name = tj["status"]["artifact"]
+
+        def artifact_phase() -> str:
+            return str((cluster.get("ModelArtifact", artifact_name).get("status") or {}).get("phase", ""))
+
+        with console.status(f"verifying ModelArtifact {artifact_name} (sha256 of every file)"):
+            _wait(
+                platform,
+                f"ModelArtifact {artifact_name}",
+                lambda: artifact_phase() == "Available",
+                60,
+                lambda: "its files failed verification" if artifact_phase() == "Invalid" else None,
+            )
+        artifact = cluster.get("ModelArtifact", artifact_name)
+        metrics = artifact["spec"].get("metrics") or {}
         console.print(
-            f"the edge runtime keeps serving at {base} (POST an image to {base}/v1/detect); Ctrl-C stops"
+            f"ModelArtifact {artifact_name}: Available, mAP50 {metrics.get('mAP50', 0):.3f}, "
+            f"mAP50-95 {metrics.get('mAP50_95', 0):.3f}, formats "
+            + ", ".join(f["format"] for f in artifact["spec"]["formats"])
         )
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
-    server.should_exit = True
+
+        def rollout() -> dict[str, Any]:
+            return cluster.get("EdgeDeployment", ed_name).get("status") or {}
+
+        with console.status(f"rolling {artifact_name} out to local-edge-0 (EdgeDeployment {ed_name})"):
+            _wait(
+                platform,
+                f"EdgeDeployment {ed_name} to be Healthy",
+                lambda: rollout().get("phase") == "Healthy",
+                ROLLOUT_TIMEOUT,
+                lambda: rollout().get("message") if rollout().get("phase") == "RolledBack" else None,
+            )
+        pod = cluster.edge_pods(ed_name)[0]
+        port = pod.spec.containers[0].ports[0].container_port
+        edge_url = f"http://{pod.status.pod_ip}:{port}"
+        console.print(f"EdgeDeployment {ed_name}: Healthy on {pod.spec.node_name} ({edge_url})")
+
+        classes = _detect(edge_url, dataset, data_dir, console)
+        summary = {
+            "trainingJob": tj_name,
+            "trainingPhase": tj["status"]["phase"],
+            "modelArtifact": artifact_name,
+            "artifactPhase": artifact_phase(),
+            "edgeDeployment": ed_name,
+            "rolloutPhase": rollout().get("phase"),
+            "mAP50": metrics.get("mAP50"),
+            "mAP50_95": metrics.get("mAP50_95"),
+            "classesDetected": classes,
+            "annotated": sorted(str(p) for p in data_dir.glob("annotated-*.jpg")),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        (data_dir / "demo-summary.json").write_text(json.dumps(summary, indent=2))
+        console.print(
+            f"mAP50 on the synthetic validation set: [bold]{summary['mAP50']:.3f}[/bold]; detected "
+            f"{', '.join(classes) or 'nothing'}; annotated images: {data_dir}/annotated-*.jpg; "
+            f"the loop took {summary['seconds']} s"
+        )
+        if keep_running:
+            console.print(
+                f"\nthe platform keeps running: console {platform.api_url}/ , "
+                f"`export KUBECONFIG={platform.kubeconfig}`, then `kubectl get visioninapp -A`; "
+                "Ctrl-C stops it"
+            )
+            try:
+                while True:
+                    platform.check()
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                console.print("stopping")
     return summary

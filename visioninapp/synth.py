@@ -77,20 +77,32 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def generate_image(
-    rng: np.random.Generator, size: int, max_objects: int = 4
+    rng: np.random.Generator,
+    size: int,
+    max_objects: int = 4,
+    radius: tuple[float, float] = (0.08, 0.22),
+    min_contrast: float = 0.0,
 ) -> tuple[Image.Image, list[str]]:
-    """One image and its YOLO label lines (`class cx cy w h`, normalised)."""
-    image = Image.fromarray(_background(rng, size))
+    """One image and its YOLO label lines (`class cx cy w h`, normalised). `min_contrast`: least mean
+    difference per channel between a shape's colour and the background under its centre."""
+    background = _background(rng, size)
+    image = Image.fromarray(background)
     draw = ImageDraw.Draw(image)
     owner = np.full((size, size), -1, dtype=np.int16)  # which shape is visible at each pixel
     drawn_area: list[int] = []
     classes: list[int] = []
     for index in range(int(rng.integers(1, max_objects + 1))):
         class_id = int(rng.integers(0, len(CLASS_NAMES)))
-        r = float(rng.uniform(0.08, 0.22) * size)
+        r = float(rng.uniform(*radius) * size)
         cx, cy = (float(v) for v in rng.uniform(r * 0.6, size - r * 0.6, 2))
         angle = float(rng.uniform(0, 2 * math.pi))
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        under = background[min(int(cy), size - 1), min(int(cx), size - 1)].astype(float)
+        colour_array = rng.integers(0, 256, 3)
+        for _ in range(20):
+            if np.abs(colour_array - under).mean() >= min_contrast:
+                break
+            colour_array = rng.integers(0, 256, 3)
+        colour = tuple(int(c) for c in colour_array)
         mask_image = Image.new("L", (size, size), 0)
         _draw_shape(ImageDraw.Draw(mask_image), CLASS_NAMES[class_id], cx, cy, r, angle, 255)
         mask = np.asarray(mask_image) > 0
@@ -121,6 +133,9 @@ def generate_dataset(
     imgsz: int = 128,
     seed: int = 0,
     on_image: Callable[[], None] | None = None,
+    max_objects: int = 4,
+    radius: tuple[float, float] = (0.08, 0.22),
+    min_contrast: float = 0.0,
 ) -> Path:
     """Write `images/{train,val}`, `labels/{train,val}` and `data.yaml` under `out`; returns data.yaml."""
     rng = np.random.default_rng(seed)
@@ -128,7 +143,7 @@ def generate_dataset(
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "labels" / split).mkdir(parents=True, exist_ok=True)
         for i in range(count):
-            image, labels = generate_image(rng, imgsz)
+            image, labels = generate_image(rng, imgsz, max_objects, radius, min_contrast)
             stem = f"{split}_{i:05d}"
             image.save(out / "images" / split / f"{stem}.jpg", quality=92)
             (out / "labels" / split / f"{stem}.txt").write_text("\n".join(labels) + ("\n" if labels else ""))

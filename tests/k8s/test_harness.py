@@ -587,4 +587,50 @@ def test_lists_print_as_tables_with_the_crds_printer_columns(cluster: Harness) -
     one = requests.get(f"{url}/helmets", headers=accept, timeout=5).json()
     assert one["kind"] == "Table" and len(one["rows"]) == 1
     pods = requests.get(f"{cluster.url}/api/v1/namespaces/vision/pods", headers=accept, timeout=5).json()
-    assert [c["name"] for c in pods["columnDefinitions"]] == ["Name", "Age"]
+    assert [c["name"] for c in pods["columnDefinitions"]] == [
+        "Name",
+        "Ready",
+        "Status",
+        "Restarts",
+        "Age",
+        "IP",
+        "Node",
+    ]
+    nodes = requests.get(f"{cluster.url}/api/v1/nodes", headers=accept, timeout=5).json()
+    assert nodes["rows"][0]["cells"][:3] == ["gpu-0", "Ready", "<none>"]
+    secrets = requests.get(
+        f"{cluster.url}/api/v1/namespaces/vision/secrets", headers=accept, timeout=5
+    ).json()
+    assert [c["name"] for c in secrets["columnDefinitions"]] == ["Name", "Age"]
+
+
+def test_openapi_v3_lets_kubectl_leave_validation_to_the_server(cluster: Harness) -> None:
+    index = requests.get(f"{cluster.url}/openapi/v3", timeout=5).json()["paths"]
+    assert {"api/v1", "apis/batch/v1", f"apis/{GROUP}/{VERSION}"} <= set(index)
+    document = requests.get(
+        cluster.url + index[f"apis/{GROUP}/{VERSION}"]["serverRelativeURL"], timeout=5
+    ).json()
+    patch = document["paths"][f"/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/trainingjobs/{{name}}"][
+        "patch"
+    ]
+    assert patch["x-kubernetes-group-version-kind"] == {
+        "group": GROUP,
+        "version": VERSION,
+        "kind": "TrainingJob",
+    }
+    assert {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}} in patch["parameters"]
+    schema = document["components"]["schemas"]["io.visioninapp.v1alpha1.TrainingJob"]
+    assert "hyperparameters" in schema["properties"]["spec"]["properties"]  # `kubectl explain` reads it
+    core = requests.get(cluster.url + index["api/v1"]["serverRelativeURL"], timeout=5).json()
+    assert "/api/v1/namespaces/{namespace}/pods/{name}" in core["paths"] and not core["components"]["schemas"]
+    assert requests.get(f"{cluster.url}/openapi/v3/apis/nothing/v1", timeout=5).status_code == 404
+
+
+def test_non_json_bodies_get_415_so_clients_fall_back_to_json(cluster: Harness) -> None:
+    response = requests.post(
+        f"{cluster.url}/api/v1/namespaces",
+        data=b"k8s\x00...",
+        headers={"Content-Type": "application/vnd.kubernetes.protobuf"},
+        timeout=5,
+    )
+    assert response.status_code == 415 and response.json()["reason"] == "UnsupportedMediaType"

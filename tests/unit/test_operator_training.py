@@ -17,6 +17,7 @@ from visioninapp.operator.training import (
     desired_job,
     plan_training,
     status_from_job,
+    trainer_config,
 )
 from visioninapp.resources import ModelArtifact, TrainingJob
 from visioninapp.validation import apply_defaults, validate
@@ -437,3 +438,13 @@ def test_progress_is_rate_limited_and_keeps_the_newest_epoch() -> None:
         TrainingEvent(type="log", namespace="vision", training_job="helmets", attempt=1, message="hi")
     )
     assert not tracker.pending
+
+
+def test_a_dataset_key_without_a_scheme_lies_in_the_artifact_store() -> None:
+    relative = TrainingJob.model_validate(training_job(dataset={"uri": "datasets/shapes/v1"}))
+    config = trainer_config(relative, 1, "file:///data/artifacts", None, "/scratch")
+    assert config["spec"]["dataset"]["uri"] == "file:///data/artifacts/datasets/shapes/v1"
+    absolute = TrainingJob.model_validate(training_job())
+    assert trainer_config(absolute, 1, "s3://out/runs", None, "/scratch")["spec"]["dataset"]["uri"] == (
+        "s3://data/helmets/v3"
+    )

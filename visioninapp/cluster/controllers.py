@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ctypes
 import hashlib
 import json
 import logging
@@ -30,11 +31,12 @@ import aiohttp
 from visioninapp.cluster.store import ApiError, Obj, ResourceType, Store, dig, now_iso
 from visioninapp.scheduling import fits, matches_selector, untolerated_taints
 
-__all__ = ["Controllers", "Outcome", "PodScript", "quantity"]
+__all__ = ["Controllers", "Outcome", "PodScript", "die_with_parent", "quantity"]
 
 log = logging.getLogger(__name__)
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 GPU = "nvidia.com/gpu"
+PR_SET_PDEATHSIG = 1
 LOG_TAIL_BYTES = 2048  # kubelet's FallbackToLogsOnError keeps at most 80 lines / 2048 bytes
 
 
@@ -629,6 +631,7 @@ class Controllers:
                 stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=die_with_parent,  # no orphans when this process is killed
             )
         self._processes[(meta["namespace"], meta["name"])] = _Process(process, log_path, termination)
         probe = (container.get("readinessProbe") or {}).get("httpGet")
@@ -712,6 +715,12 @@ class Controllers:
     def pod_log(self, namespace: str, name: str) -> str | None:
         path = self.work_dir / "pods" / namespace / name / "output.log"
         return path.read_text(errors="replace") if path.is_file() else None
+
+
+def die_with_parent() -> None:
+    """In a forked child before exec: SIGTERM when the parent thread dies, even by SIGKILL (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _kill_group(process: asyncio.subprocess.Process) -> None:

@@ -169,10 +169,20 @@ class ClusterEmulator(k8s.KubernetesEmulator):
 
     async def __call__(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         body = await raw.read()
+        if body and "json" not in raw.headers.get("Content-Type", "application/json"):
+            # Clients (kubectl) try protobuf first for built-in kinds and fall back to JSON on 415.
+            return self._error(
+                ApiError(415, "UnsupportedMediaType", f"the emulator reads JSON only, not {raw.content_type}")
+            )
         try:
             data = json.loads(body) if body else None
         except ValueError:
             return self._error(ApiError(400, "BadRequest", "the request body is not valid JSON"))
+        if raw.path.startswith("/openapi/v3"):
+            try:
+                return aiohttp.web.json_response(self._openapi_v3(raw.path))
+            except ApiError as error:
+                return self._error(error)
         group, version, namespace, plural, name, subresource = _parse_path(raw.path)
         resource = references.resource(group, version, plural) if group is not None and version else None
         request = rendering.Request(
@@ -280,6 +290,70 @@ class ClusterEmulator(k8s.KubernetesEmulator):
             "apiVersion": "v1",
             "groupVersion": f"{group}/{version}" if group else str(version),
             "resources": resources,
+        }
+
+    def _group_versions(self) -> dict[str, list[ResourceType]]:
+        """`api/v1` and `apis/<group>/<version>` with their resource types."""
+        found: dict[str, list[ResourceType]] = {}
+        for rtype in self.store.types.values():
+            key = f"apis/{rtype.group}/{rtype.version}" if rtype.group else f"api/{rtype.version}"
+            found.setdefault(key, []).append(rtype)
+        return found
+
+    def _openapi_v3(self, path: str) -> Obj:
+        """OpenAPI v3 as kubectl reads it: every PATCH path takes `fieldValidation` (so kubectl leaves
+        validation to this server, which checks our kinds against their CRDs), and our kinds' schemas
+        come from their CRDs (`kubectl explain`)."""
+        group_versions = self._group_versions()
+        key = path.removeprefix("/openapi/v3").strip("/")
+        if not key:
+            return {
+                "paths": {
+                    gv: {"serverRelativeURL": f"/openapi/v3/{gv}?hash={self.store.resource_version}"}
+                    for gv in sorted(group_versions)
+                }
+            }
+        if key not in group_versions:
+            raise ApiError(404, "NotFound", f"no OpenAPI document for {key}")
+        crds = {
+            (crd["spec"]["group"], crd["spec"]["names"]["plural"]): crd
+            for crd in self.store.select(
+                self.store.types[("apiextensions.k8s.io", "customresourcedefinitions")]
+            )
+        }
+        field_validation = {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}
+        paths: Obj = {}
+        schemas: Obj = {}
+        for rtype in sorted(group_versions[key], key=lambda t: t.plural):
+            gvk = [{"group": rtype.group, "version": rtype.version, "kind": rtype.kind}]
+            scope = "namespaces/{namespace}/" if rtype.namespaced else ""
+            paths[f"/{key}/{scope}{rtype.plural}/{{name}}"] = {
+                "patch": {
+                    "operationId": f"patch{rtype.kind}",
+                    "parameters": [field_validation],
+                    "x-kubernetes-group-version-kind": gvk[0],
+                    "x-kubernetes-action": "patch",
+                    "responses": {"200": {"description": "OK"}},
+                }
+            }
+            crd = crds.get(rtype.key)
+            if crd is None:
+                continue  # built-in kinds: kubectl uses its compiled-in types
+            version = next(v for v in crd["spec"]["versions"] if v["name"] == rtype.version)
+            schema = json.loads(json.dumps(version["schema"]["openAPIV3Schema"]))
+            schema.setdefault("properties", {}).update(
+                apiVersion={"type": "string"}, kind={"type": "string"}, metadata={"type": "object"}
+            )
+            reverse_group = ".".join(reversed(rtype.group.split(".")))
+            schemas[f"{reverse_group}.{rtype.version}.{rtype.kind}"] = {
+                **schema,
+                "x-kubernetes-group-version-kind": gvk,
+            }
+        return {
+            "openapi": "3.0.0",
+            "info": {"title": "Kubernetes", "version": SERVER_VERSION["gitVersion"]},
+            "paths": paths,
+            "components": {"schemas": schemas},
         }
 
     def _serve(
@@ -404,19 +478,130 @@ def _age(timestamp: str | None) -> str:
     return f"{seconds // 86400}d"
 
 
+def _ready(obj: Obj) -> bool:
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _pod_status(pod: Obj) -> str:
+    if pod["metadata"].get("deletionTimestamp"):
+        return "Terminating"
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        waiting = (status.get("state") or {}).get("waiting")
+        if waiting:
+            return str(waiting.get("reason", "Waiting"))
+    return str((pod.get("status") or {}).get("phase", "Pending"))
+
+
+def _job_status(job: Obj) -> str:
+    conditions = (job.get("status") or {}).get("conditions") or []
+    for type_, shown in (("Complete", "Complete"), ("Failed", "Failed"), ("Suspended", "Suspended")):
+        if any(c.get("type") == type_ and c.get("status") == "True" for c in conditions):
+            return shown
+    return "Running"
+
+
+Cell = Callable[[Obj], Any]
+# kubectl's columns for the built-in kinds local-mode users look at (name, type, cell, priority)
+BUILTIN_COLUMNS: dict[tuple[str, str], list[tuple[str, str, Cell, int]]] = {
+    ("", "pods"): [
+        (
+            "Ready",
+            "string",
+            lambda p: (
+                f"{sum(1 for c in (p.get('status') or {}).get('containerStatuses') or [] if c.get('ready'))}"
+                f"/{len(p['spec'].get('containers', []))}"
+            ),
+            0,
+        ),
+        ("Status", "string", _pod_status, 0),
+        (
+            "Restarts",
+            "integer",
+            lambda p: sum(
+                c.get("restartCount", 0) for c in (p.get("status") or {}).get("containerStatuses") or []
+            ),
+            0,
+        ),
+        ("Age", "date", lambda p: _age(p["metadata"].get("creationTimestamp")), 0),
+        ("IP", "string", lambda p: (p.get("status") or {}).get("podIP", "<none>"), 1),
+        ("Node", "string", lambda p: p["spec"].get("nodeName", "<none>"), 1),
+    ],
+    ("", "nodes"): [
+        ("Status", "string", lambda n: "Ready" if _ready(n) else "NotReady", 0),
+        (
+            "Roles",
+            "string",
+            lambda n: (
+                ",".join(
+                    k.removeprefix("node-role.kubernetes.io/")
+                    for k in n["metadata"].get("labels", {})
+                    if k.startswith("node-role.kubernetes.io/")
+                )
+                or "<none>"
+            ),
+            0,
+        ),
+        ("Age", "date", lambda n: _age(n["metadata"].get("creationTimestamp")), 0),
+        ("Version", "string", lambda n: SERVER_VERSION["gitVersion"], 0),
+    ],
+    ("batch", "jobs"): [
+        ("Status", "string", _job_status, 0),
+        (
+            "Completions",
+            "string",
+            lambda j: f"{(j.get('status') or {}).get('succeeded', 0)}/{j['spec'].get('completions', 1)}",
+            0,
+        ),
+        ("Age", "date", lambda j: _age(j["metadata"].get("creationTimestamp")), 0),
+    ],
+    ("apps", "daemonsets"): [
+        *(
+            (title, "integer", lambda d, key=key: (d.get("status") or {}).get(key, 0), 0)
+            for title, key in (
+                ("Desired", "desiredNumberScheduled"),
+                ("Current", "currentNumberScheduled"),
+                ("Ready", "numberReady"),
+                ("Up-to-date", "updatedNumberScheduled"),
+            )
+        ),
+        ("Age", "date", lambda d: _age(d["metadata"].get("creationTimestamp")), 0),
+    ],
+}
+
+
+def _crd_cell(path: str, kind: str) -> Cell:
+    def cell(obj: Obj) -> Any:
+        value = dig(obj, path.strip().lstrip(".").split("."))  # printer columns' simple JSONPaths
+        return _age(value) if kind == "date" else value
+
+    return cell
+
+
+def _printer_cells(rtype: ResourceType) -> list[tuple[str, str, Cell, int, str]]:
+    """Columns as (name, type, cell, priority, description): the CRD's printer columns, kubectl's
+    for a few built-in kinds, else Age."""
+    if rtype.printer_columns:
+        return [
+            (name, kind, _crd_cell(path, kind), priority, description)
+            for name, kind, path, description, priority in rtype.printer_columns
+        ]
+    builtin = BUILTIN_COLUMNS.get(rtype.key)
+    if builtin:
+        return [(name, kind, cell, priority, name) for name, kind, cell, priority in builtin]
+    return [("Age", "date", lambda obj: _age(obj["metadata"].get("creationTimestamp")), 0, "Age")]
+
+
 def table(rtype: ResourceType, items: list[Obj], include_object: bool) -> Obj:
     """Server-side printing (kubectl shows printer columns only from a Table)."""
-    columns = list(rtype.printer_columns) or [("Age", "date", ".metadata.creationTimestamp", "", 0)]
+    columns = _printer_cells(rtype)
     definitions = [{"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0}]
     definitions += [
-        {"name": n, "type": t, "format": "", "description": d, "priority": p} for n, t, _, d, p in columns
+        {"name": n, "type": t, "format": "", "description": d, "priority": p} for n, t, _, p, d in columns
     ]
     rows = []
     for obj in items:
-        cells: list[Any] = [obj["metadata"]["name"]]
-        for _, kind, path, _, _ in columns:
-            value = dig(obj, path.strip().lstrip(".").split("."))  # printer columns' simple JSONPaths
-            cells.append(_age(value) if kind == "date" else value)
+        cells: list[Any] = [obj["metadata"]["name"], *(cell(obj) for _, _, cell, _, _ in columns)]
         partial = {
             "kind": "PartialObjectMetadata",
             "apiVersion": "meta.k8s.io/v1",

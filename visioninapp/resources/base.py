@@ -30,11 +30,13 @@ from visioninapp.cel import evaluate_rule
 
 __all__ = [
     "ADMITTED",
+    "DATASET_URI_RULE",
     "DNS_LABEL_PATTERN",
     "STORAGE_URI_RULE",
     "CelRule",
     "Condition",
     "ConditionStatus",
+    "DatasetUri",
     "DnsLabel",
     "DnsSubdomain",
     "KubeModel",
@@ -170,6 +172,22 @@ STORAGE_URI_RULE = CelRule(
 )
 StorageUri = Annotated[str, Field(min_length=6, max_length=1024), STORAGE_URI_RULE]
 """`s3://bucket/key` in a cluster, `file:///path` in local mode (one URI type, checked by scheme)."""
+
+STORE_KEY_PATTERN = r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*/?$"
+DATASET_URI_RULE = CelRule(
+    rule=(
+        "self.matches('^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$') || self.matches('^file:///.*$') "
+        f"|| self.matches('{STORE_KEY_PATTERN}')"
+    ),
+    message=(
+        "must be s3://<bucket>/<key>, file:///<absolute path>, or a key relative to the platform's "
+        "artifact store such as datasets/shapes/v1 (lowercase letters, digits, '.', '_', '-' and '/')"
+    ),
+    reason="FieldValueInvalid",
+)
+DatasetUri = Annotated[str, Field(min_length=1, max_length=1024), DATASET_URI_RULE]
+"""A StorageUri, or a key relative to the operator's artifact store (`VISIONINAPP_ARTIFACTS_URI`):
+the same manifest then works in local mode and on any cluster whose store holds that key."""
 
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?$"
 Quantity = Annotated[str, Field(max_length=32, pattern=QUANTITY_PATTERN)]

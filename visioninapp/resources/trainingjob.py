@@ -10,6 +10,7 @@ from pydantic import Field
 from visioninapp.resources.base import (
     CelRule,
     Condition,
+    DatasetUri,
     DnsLabel,
     DnsSubdomain,
     KubeModel,
@@ -73,7 +74,11 @@ class ModelSource(KubeModel):
 class DatasetRef(KubeModel):
     """A YOLO-format dataset: `images/` and `labels/` folders plus a `data.yaml`."""
 
-    uri: StorageUri = Field(description="Folder holding the dataset, e.g. `s3://datasets/helmets/v3`.")
+    uri: DatasetUri = Field(
+        description="Folder holding the dataset, e.g. `s3://datasets/helmets/v3`, or a key relative to "
+        "the platform's artifact store, e.g. `datasets/shapes/v1` (the same manifest in local mode and "
+        "on a cluster)."
+    )
     data_yaml: str = Field(
         "data.yaml", max_length=253, description="Path of the dataset YAML inside the folder."
     )

@@ -1,0 +1,352 @@
+"""Local mode: the whole platform on one machine, no cluster (`visioninapp local up`).
+
+One process tree: the Kubernetes API emulator (the harness) with its Job/DaemonSet controllers and
+a pod runner that runs every pod as a local process, the real operator and the API with the
+console, each as a child process. Two simulated nodes: `local-cpu-0` takes trainer pods and
+`local-edge-0` is labelled and tainted like a Jetson, so EdgeDeployments land there unchanged.
+Every service a user has not configured falls back to its embedded default (file store, local
+event log, SQLite, in-process cache, local admin on loopback); configured ones are used as is.
+
+Nothing outlives it: children die with it (PR_SET_PDEATHSIG), and a later `up` in the same data
+directory first stops whatever a crashed one left behind (processes carry the session marker).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Self
+
+import requests
+import yaml
+
+from visioninapp.backends.storage import join_uri
+from visioninapp.cluster.controllers import die_with_parent
+from visioninapp.cluster.harness import Harness
+from visioninapp.factory import artifact_store_for
+from visioninapp.settings import Settings
+from visioninapp.synth import generate_dataset
+
+__all__ = [
+    "EDGE_NODE",
+    "LOCAL_NAMESPACE",
+    "SHAPES_DATASET",
+    "TRAINING_NODE",
+    "LocalModeError",
+    "LocalPlatform",
+    "local_kubeconfig",
+    "seed_dataset",
+    "shapes_copy",
+]
+
+TRAINING_NODE = "local-cpu-0"
+EDGE_NODE = "local-edge-0"
+LOCAL_NAMESPACE = "demo"  # the project the examples and the demo use
+SHAPES_DATASET = "datasets/shapes/v1"  # the key manifests/examples/local/ trains on, in the artifact store
+SHAPES_STYLE: dict[str, Any] = {"max_objects": 2, "radius": (0.12, 0.25)}  # learnable in 40 CPU epochs
+SESSION_ENV = "VISIONINAPP_LOCAL_SESSION"  # marks every process of one local platform
+EDGE_LABELS = {
+    "visioninapp.io/edge": "true",
+    "kubernetes.io/arch": "arm64",
+    "nvidia.com/gpu.product": "Orin",
+    "node-role.kubernetes.io/edge": "true",
+}
+EDGE_TAINT = {"key": "visioninapp.io/edge", "value": "true", "effect": "NoSchedule"}
+
+
+def seed_dataset(settings: Settings, local_copy: Path, on_image: Callable[[], None] | None = None) -> str:
+    """The synthetic shapes dataset the local examples train on, in the artifact store at
+    `datasets/shapes/v1` (drawn once; a configured S3 store gets it as well). Returns its URI."""
+    uri = join_uri(settings.resolved_artifacts_uri, SHAPES_DATASET)
+    store = artifact_store_for(uri, settings)
+    if store.exists(join_uri(uri, "data.yaml")) and (local_copy / "data.yaml").is_file():
+        return uri
+    generate_dataset(local_copy, train=64, val=16, imgsz=128, seed=0, on_image=on_image, **SHAPES_STYLE)
+    for path in sorted(p for p in local_copy.rglob("*") if p.is_file() and p.name != "data.yaml"):
+        store.put_file(path, join_uri(uri, path.relative_to(local_copy).as_posix()))
+    store.put_file(local_copy / "data.yaml", join_uri(uri, "data.yaml"))  # last: it marks the set complete
+    return uri
+
+
+class LocalModeError(RuntimeError):
+    """Local mode cannot start; the message says why and what to do."""
+
+
+def local_kubeconfig(data_dir: Path) -> Path:
+    return data_dir / "local" / "kubeconfig"
+
+
+def shapes_copy(data_dir: Path) -> Path:
+    """Where local mode keeps its own copy of the seeded dataset (the demo's sample images)."""
+    return data_dir.resolve() / "local" / "shapes"
+
+
+def _free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _check_port(port: int, what: str, option: str) -> None:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            raise LocalModeError(
+                f"port {port} for {what} is in use; stop what listens there or pass {option} PORT"
+            ) from None
+
+
+def _session_processes(marker: str) -> list[int]:
+    """Processes (other than this one) whose environment carries this session's marker."""
+    needle = f"{SESSION_ENV}={marker}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+    return found
+
+
+def stop_leftovers(marker: str, grace: float = 5.0) -> int:
+    """SIGTERM, then SIGKILL, what a crashed session left running; returns how many there were."""
+    pids = _session_processes(marker)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _session_processes(marker):
+        time.sleep(0.1)
+    for pid in _session_processes(marker):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return len(pids)
+
+
+@dataclass
+class _Child:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class LocalPlatform:
+    """Emulated cluster + operator + API/console on this machine, in `data_dir`."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        api_port: int | None = 8000,
+        kube_port: int | None = 6443,
+        say: Callable[[str], None] = print,
+    ) -> None:
+        self.data_dir = data_dir.resolve()
+        self.home = self.data_dir / "local"
+        self.api_port = api_port or _free_port()
+        self.kube_port = kube_port
+        self.say = say
+        self.marker = str(self.data_dir)
+        self.cluster: Harness | None = None
+        self.children: list[_Child] = []
+        self._lock: IO[str] | None = None
+        self._saved_env: dict[str, str | None] = {}
+        self.dataset_uri = ""
+
+    @property
+    def kubeconfig(self) -> Path:
+        return local_kubeconfig(self.data_dir)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    # lifecycle
+
+    def start(self) -> Self:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self._take_lock()
+        left = stop_leftovers(self.marker)
+        if left:
+            self.say(f"stopped {left} process(es) an earlier local session left running")
+        _check_port(self.api_port, "the API", "--port")
+        if self.kube_port:
+            _check_port(self.kube_port, "the Kubernetes API", "--kube-port")
+        # Pods inherit this process's environment: the data directory and the session marker.
+        self._set_env(
+            {SESSION_ENV: self.marker, "VISIONINAPP_DATA_DIR": str(self.data_dir), "KUBECONFIG": None}
+        )
+        self.cluster = Harness(self.home / "cluster", script=None, port=self.kube_port).start()
+        self.cluster.add_node(
+            TRAINING_NODE, cpu=str(os.cpu_count() or 2), labels={"visioninapp.io/pool": "cpu"}
+        )
+        self.cluster.add_node(
+            EDGE_NODE, cpu="6", memory="8Gi", gpus=1, labels=EDGE_LABELS, taints=[EDGE_TAINT]
+        )
+        self.cluster.create_namespace(LOCAL_NAMESPACE, {"visioninapp.io/project": "true"})
+        self.kubeconfig.write_text(yaml.safe_dump(self.cluster.kubeconfig_dict(LOCAL_NAMESPACE)))
+        env = {"KUBECONFIG": str(self.kubeconfig)}
+        self.operator_liveness_port = _free_port()
+        self._spawn(
+            "operator",
+            [sys.executable, "-m", "visioninapp.operator.main"],
+            {
+                **env,
+                "VISIONINAPP_OPERATOR_LIVENESS_PORT": str(self.operator_liveness_port),
+                "VISIONINAPP_OPERATOR_METRICS_PORT": str(_free_port()),
+                "VISIONINAPP_OPERATOR_TRAINER_WORK_DIR": str(self.home / "scratch"),
+                "VISIONINAPP_OPERATOR_EDGE_CACHE_PATH": str(self.home / "node-cache"),
+                "VISIONINAPP_OPERATOR_STATUS_INTERVAL_SECONDS": "1",
+                "VISIONINAPP_OPERATOR_ROLLOUT_RESYNC_SECONDS": "1",
+            },
+        )
+        self._spawn(
+            "api",
+            [sys.executable, "-m", "visioninapp.api.main", "serve", "--host", "127.0.0.1"],
+            {**env, "VISIONINAPP_API_PORT": str(self.api_port)},
+        )
+        self._wait_ready("operator", f"http://127.0.0.1:{self.operator_liveness_port}/healthz", 60)
+        self._wait_ready("api", f"{self.api_url}/readyz", 90)
+        self._create_project()
+        self.dataset_uri = seed_dataset(Settings(data_dir=self.data_dir), shapes_copy(self.data_dir))
+
+    def _take_lock(self) -> None:
+        self._lock = (self.home / "up.lock").open("w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            self._lock = None
+            raise LocalModeError(
+                f"local mode is already running in {self.data_dir}; use it, or stop it (Ctrl-C in its "
+                "terminal) first, or pick another --data-dir"
+            ) from None
+
+    def _set_env(self, values: dict[str, str | None]) -> None:
+        for key, value in values.items():
+            self._saved_env.setdefault(key, os.environ.get(key))
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> None:
+        log_path = self.home / f"{name}.log"
+        with log_path.open("ab") as log:
+            log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} start\n".encode())
+            process = subprocess.Popen(
+                command,
+                env={**os.environ, **env},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C in the terminal reaches only us; we stop children in order
+                preexec_fn=die_with_parent,
+            )
+        self.children.append(_Child(name, process, log_path))
+
+    def _wait_ready(self, name: str, url: str, timeout: float) -> None:
+        child = next(c for c in self.children if c.name == name)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if child.process.poll() is not None:
+                raise LocalModeError(f"the {name} exited at start ({child.log_path}):\n{child.tail()}")
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(url, timeout=2).status_code == 200:
+                    return
+            time.sleep(0.2)
+        raise LocalModeError(
+            f"the {name} did not become ready in {timeout:.0f} s ({child.log_path}):\n{child.tail()}"
+        )
+
+    def _create_project(self) -> None:
+        """The examples' namespace as an API project, so the console lists what lands there."""
+        response = requests.post(
+            f"{self.api_url}/api/v1/projects",
+            json={"name": LOCAL_NAMESPACE, "displayName": "Demo", "description": "local mode examples"},
+            timeout=30,
+        )
+        if response.status_code not in (201, 409):
+            raise LocalModeError(f"creating the {LOCAL_NAMESPACE} project failed: {response.text}")
+
+    def check(self) -> None:
+        """Raise if a child died (the platform is then not whole)."""
+        for child in self.children:
+            code = child.process.poll()
+            if code is not None:
+                raise LocalModeError(
+                    f"the {child.name} exited with code {code} ({child.log_path}):\n{child.tail()}"
+                )
+
+    def stop(self) -> None:
+        """API first, then the operator, then the cluster (which stops every pod)."""
+        for child in reversed(self.children):
+            if child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        for child in reversed(self.children):
+            try:
+                child.process.wait(20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.process.pid, signal.SIGKILL)
+                child.process.wait()
+        self.children.clear()
+        if self.cluster is not None:
+            self.cluster.stop()
+            self.cluster = None
+        stop_leftovers(self.marker, grace=2.0)
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved_env.clear()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.stop()
+
+    def describe(self) -> list[tuple[str, str]]:
+        """What runs where, for the banner."""
+        assert self.cluster is not None
+        return [
+            ("console", f"{self.api_url}/"),
+            ("API", f"{self.api_url}/api/v1 (OpenAPI: {self.api_url}/api/openapi.json)"),
+            ("Kubernetes API", self.cluster.url),
+            ("kubeconfig", f"export KUBECONFIG={self.kubeconfig}"),
+            (
+                "nodes",
+                f"{TRAINING_NODE} (training, CPU), {EDGE_NODE} (edge, labelled and tainted like a Jetson)",
+            ),
+            ("data", f"{self.data_dir} (artifacts, event log, SQLite, pod logs)"),
+            ("logs", f"{self.home}/operator.log, {self.home}/api.log"),
+        ]

@@ -48,9 +48,9 @@ lint: install ## ruff and mypy
 crds: install ## Regenerate crds/ from the typed models
 	$(VENV)/bin/visioninapp crds generate
 
-demo: install ## Validate the examples, then train, serve and detect on this machine (about 4 minutes)
+demo: install ## The whole loop on this machine through local mode: train, register, roll out, detect (~4 min)
 	$(VENV)/bin/visioninapp validate -f manifests/examples/
-	$(VENV)/bin/visioninapp demo --dir .visioninapp/demo
+	$(VENV)/bin/visioninapp demo
 
 bench: install ## Run the benchmarks (prints ratios against in-run baselines)
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

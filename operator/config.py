@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,6 +42,15 @@ class OperatorConfig(BaseSettings):
         description="Plain environment for the trainer pods (e.g. VISIONINAPP_S3_ENDPOINT_URL, "
         "VISIONINAPP_RABBITMQ_HOST); the operator's own values of those settings are passed on by default.",
     )
+    trainer_gpu_node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="Node selector of GPU trainer pods whose TrainingJob sets none (the GPU node pool, e.g. "
+        "`agentpool: gpupool` on AKS).",
+    )
+    trainer_gpu_tolerations: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Tolerations added to GPU trainer pods (e.g. `sku=gpu:NoSchedule` and spot on AKS).",
+    )
     trainer_work_dir: str = Field(
         "/scratch", description="Scratch directory inside the trainer pod (emptyDir)."
     )
@@ -50,6 +59,9 @@ class OperatorConfig(BaseSettings):
         description="Image of the edge runtime pods (L4T arm64 on Jetsons).",
     )
     edge_env: dict[str, str] = Field(default_factory=dict, description="Plain environment for the edge pods.")
+    edge_runtime_class: str | None = Field(
+        None, description="RuntimeClass of the edge pods (`nvidia` on Jetsons without it as default)."
+    )
     edge_cache_path: str = Field(
         "/var/lib/visioninapp/models",
         description="hostPath of the model cache on each edge node (shared by successive pods).",

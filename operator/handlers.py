@@ -194,6 +194,8 @@ class Operator:
                 env=env,
                 env_secret=self.config.trainer_env_secret,
                 work_dir=self.config.trainer_work_dir,
+                gpu_node_selector=self.config.trainer_gpu_node_selector,
+                gpu_tolerations=self.config.trainer_gpu_tolerations,
             )
 
         return build
@@ -415,6 +417,7 @@ class Operator:
                 image=self.config.edge_image,
                 env=env,
                 cache_path=self.config.edge_cache_path,
+                runtime_class=self.config.edge_runtime_class,
             )
 
         return build

@@ -122,6 +122,7 @@ def desired_daemonset(
     image: str,
     env: dict[str, str] | None = None,
     cache_path: str = "/var/lib/visioninapp/models",
+    runtime_class: str | None = None,
 ) -> tuple[Obj, str]:
     """The DaemonSet (updateStrategy OnDelete) serving `model` (a format entry of `artifact`)."""
     spec, name = ed.spec, ed.metadata.name
@@ -183,6 +184,8 @@ def desired_daemonset(
             ],
         },
     }
+    if runtime_class:
+        template["spec"]["runtimeClassName"] = runtime_class
     revision = template_revision(template)
     template["metadata"]["labels"][REVISION_LABEL] = revision
     template["spec"]["containers"][0]["env"].append({"name": "VISIONINAPP_REVISION", "value": revision})

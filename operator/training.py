@@ -163,6 +163,8 @@ def desired_job(
     env: dict[str, str] | None = None,
     env_secret: str | None = None,
     work_dir: str = "/scratch",
+    gpu_node_selector: dict[str, str] | None = None,
+    gpu_tolerations: list[Obj] | None = None,
 ) -> Obj:
     """The batch/v1 Job of one attempt, owned by the TrainingJob."""
     spec, name = tj.spec, job_name(tj.metadata.name, attempt)
@@ -177,12 +179,14 @@ def desired_job(
         **({KUEUE_QUEUE_LABEL: spec.placement.queue_name} if spec.placement.queue_name else {}),
     }
     gpus = spec.resources.gpu.count
-    node_selector = dict(spec.placement.node_selector)
+    # the cluster's GPU pool, for GPU runs that name no placement of their own
+    node_selector = dict(spec.placement.node_selector or (gpu_node_selector if gpus else None) or {})
     if spec.resources.gpu.type:
         node_selector[GPU_PRODUCT_LABEL] = spec.resources.gpu.type
     tolerations = [
         t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in spec.placement.tolerations
     ]
+    tolerations += [t for t in (gpu_tolerations if gpus else None) or [] if t not in tolerations]
     if gpus:  # GPU nodes carry this taint on AKS/EKS GPU pools with the NVIDIA device plugin
         tolerations.append({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
     config = trainer_config(tj, attempt, default_output, base, work_dir)

@@ -40,6 +40,7 @@ PLURALS = {
 COLOURS = [(66, 135, 245), (245, 158, 66), (80, 200, 120), (220, 80, 200)]
 TRAINING_TIMEOUT = 900.0
 ROLLOUT_TIMEOUT = 180.0
+SAMPLE_IMAGES = 4
 
 
 class DemoError(RuntimeError):
@@ -162,27 +163,30 @@ def _annotate(image: np.ndarray, detections: list[dict[str, Any]], scale: int = 
     return out
 
 
-def _detect(edge_url: str, dataset: Path, out: Path, console: Console) -> list[str]:
-    """Send validation images to the edge runtime; print a table and save annotated images."""
+def _detect(edge_url: str, dataset: Path, out: Path, console: Console) -> list[dict[str, Any]]:
+    """Send validation images to the edge runtime; print a table, save annotated images, and return
+    per image what was labelled and what was detected (best first)."""
     table = Table(title=f"detections by the edge runtime on local-edge-0 ({edge_url})")
     for column in ("image", "class", "score", "box (x1, y1, x2, y2)", "labelled"):
         table.add_column(column)
-    found: list[str] = []
-    for path in sorted((dataset / "images" / "val").glob("*.jpg"))[:4]:
+    samples = []
+    for path in sorted((dataset / "images" / "val").glob("*.jpg"))[:SAMPLE_IMAGES]:
         response = requests.post(f"{edge_url}/v1/detect", data=path.read_bytes(), timeout=30)
         response.raise_for_status()
-        detections = response.json()["detections"]
-        labels = (dataset / "labels" / "val" / f"{path.stem}.txt").read_text().splitlines()
-        truth = ", ".join(sorted(CLASS_NAMES[int(line.split()[0])] for line in labels if line.strip()))
+        detections = sorted(response.json()["detections"], key=lambda d: -d["score"])
+        lines = (dataset / "labels" / "val" / f"{path.stem}.txt").read_text().splitlines()
+        labelled = sorted(CLASS_NAMES[int(line.split()[0])] for line in lines if line.strip())
         for d in detections or [{"className": "-", "score": 0.0, "box": []}]:
             box = ", ".join(f"{v:.0f}" for v in d["box"])
-            table.add_row(path.name, d["className"], f"{d['score']:.2f}", box, truth)
-            found.append(d["className"])
+            table.add_row(path.name, d["className"], f"{d['score']:.2f}", box, ", ".join(labelled))
+        samples.append(
+            {"image": path.name, "labelled": labelled, "detected": [d["className"] for d in detections]}
+        )
         image = cv2.imread(str(path))
         if image is not None:
             cv2.imwrite(str(out / f"annotated-{path.stem}.jpg"), _annotate(image, detections))
     console.print(table)
-    return sorted(set(found) - {"-"})
+    return samples
 
 
 def run_demo(
@@ -258,7 +262,8 @@ def run_demo(
         edge_url = f"http://{pod.status.pod_ip}:{port}"
         console.print(f"EdgeDeployment {ed_name}: Healthy on {pod.spec.node_name} ({edge_url})")
 
-        classes = _detect(edge_url, dataset, data_dir, console)
+        samples = _detect(edge_url, dataset, data_dir, console)
+        classes = sorted({c for sample in samples for c in sample["detected"]})
         summary = {
             "trainingJob": tj_name,
             "trainingPhase": tj["status"]["phase"],
@@ -269,6 +274,7 @@ def run_demo(
             "mAP50": metrics.get("mAP50"),
             "mAP50_95": metrics.get("mAP50_95"),
             "classesDetected": classes,
+            "samples": samples,
             "annotated": sorted(str(p) for p in data_dir.glob("annotated-*.jpg")),
             "seconds": round(time.perf_counter() - started, 1),
         }

@@ -53,7 +53,8 @@ TRAINING_NODE = "local-cpu-0"
 EDGE_NODE = "local-edge-0"
 LOCAL_NAMESPACE = "demo"  # the project the examples and the demo use
 SHAPES_DATASET = "datasets/shapes/v1"  # the key manifests/examples/local/ trains on, in the artifact store
-SHAPES_STYLE: dict[str, Any] = {"max_objects": 2, "radius": (0.12, 0.25)}  # learnable in 40 CPU epochs
+# Fewer, larger, contrasting shapes than the default dataset: learnable from scratch in 40 CPU epochs.
+SHAPES_STYLE: dict[str, Any] = {"max_objects": 2, "radius": (0.12, 0.25), "min_contrast": 80}
 SESSION_ENV = "VISIONINAPP_LOCAL_SESSION"  # marks every process of one local platform
 EDGE_LABELS = {
     "visioninapp.io/edge": "true",
@@ -200,14 +201,20 @@ class LocalPlatform:
         self._set_env(
             {SESSION_ENV: self.marker, "VISIONINAPP_DATA_DIR": str(self.data_dir), "KUBECONFIG": None}
         )
-        self.cluster = Harness(self.home / "cluster", script=None, port=self.kube_port).start()
+        self.cluster = Harness(
+            self.home / "cluster",
+            script=None,
+            port=self.kube_port,
+            state_file=self.home / "cluster-state.json",
+        ).start()
         self.cluster.add_node(
             TRAINING_NODE, cpu=str(os.cpu_count() or 2), labels={"visioninapp.io/pool": "cpu"}
         )
         self.cluster.add_node(
             EDGE_NODE, cpu="6", memory="8Gi", gpus=1, labels=EDGE_LABELS, taints=[EDGE_TAINT]
         )
-        self.cluster.create_namespace(LOCAL_NAMESPACE, {"visioninapp.io/project": "true"})
+        if self.cluster.get("", "namespaces", "", LOCAL_NAMESPACE) is None:
+            self.cluster.create_namespace(LOCAL_NAMESPACE, {"visioninapp.io/project": "true"})
         self.kubeconfig.write_text(yaml.safe_dump(self.cluster.kubeconfig_dict(LOCAL_NAMESPACE)))
         env = {"KUBECONFIG": str(self.kubeconfig)}
         self.operator_liveness_port = _free_port()

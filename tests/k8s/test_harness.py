@@ -634,3 +634,19 @@ def test_non_json_bodies_get_415_so_clients_fall_back_to_json(cluster: Harness) 
         timeout=5,
     )
     assert response.status_code == 415 and response.json()["reason"] == "UnsupportedMediaType"
+
+
+def test_a_state_file_keeps_users_objects_across_restarts(tmp_path: Any) -> None:
+    state = tmp_path / "state.json"
+    with Harness(tmp_path / "one", script=lambda pod: None, state_file=state) as first:
+        first.create_namespace("vision")
+        created = first.create(GROUP, "trainingjobs", "vision", training_job())
+        first.patch(GROUP, "trainingjobs", "vision", "helmets", {"status": {"phase": "Running"}}, "status")
+        first.create("batch", "jobs", "vision", {"metadata": {"name": "derived"}, "spec": {"template": {}}})
+    with Harness(tmp_path / "two", script=lambda pod: None, state_file=state) as second:
+        restored = second.get(GROUP, "trainingjobs", "vision", "helmets")
+        assert restored is not None
+        assert restored["metadata"]["uid"] == created["metadata"]["uid"]
+        assert restored["status"]["phase"] == "Running"
+        assert second.list("batch", "jobs", "vision") == []  # the operator recreates what it derives
+        assert {n["metadata"]["name"] for n in second.list("", "namespaces")} >= {"default", "vision"}

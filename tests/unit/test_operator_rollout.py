@@ -187,6 +187,11 @@ def test_the_daemonset_carries_the_model_and_the_downward_api() -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert template["spec"]["volumes"][0]["hostPath"]["path"] == "/var/lib/visioninapp/models"
     assert revision != revision_of("v1") and revision == revision_of("v2", format="tensorrt")
+    assert "runtimeClassName" not in template["spec"]
+    nvidia, _ = desired_daemonset(
+        ed, "u", "v2", artifact("v2")["spec"]["formats"][0], image="e", runtime_class="nvidia"
+    )
+    assert nvidia["spec"]["template"]["spec"]["runtimeClassName"] == "nvidia"
 
 
 def test_a_deployment_waits_for_an_available_artifact_with_its_format() -> None:

@@ -448,3 +448,33 @@ def test_a_dataset_key_without_a_scheme_lies_in_the_artifact_store() -> None:
     assert trainer_config(absolute, 1, "s3://out/runs", None, "/scratch")["spec"]["dataset"]["uri"] == (
         "s3://data/helmets/v3"
     )
+
+
+def test_gpu_runs_without_placement_go_to_the_clusters_gpu_pool() -> None:
+    pool = {"agentpool": "gpupool"}
+    spot = {
+        "key": "kubernetes.azure.com/scalesetpriority",
+        "operator": "Equal",
+        "value": "spot",
+        "effect": "NoSchedule",
+    }
+
+    def pod_spec(**spec: Any) -> dict[str, Any]:
+        tj = TrainingJob.model_validate(training_job(**spec))
+        job = desired_job(
+            tj,
+            "uid-1",
+            1,
+            image="t",
+            default_output="s3://o/r",
+            gpu_node_selector=pool,
+            gpu_tolerations=[spot],
+        )
+        return job["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+
+    gpu = pod_spec(resources={"gpu": {"count": 1}})
+    assert gpu["nodeSelector"] == pool and spot in gpu["tolerations"]
+    own = pod_spec(resources={"gpu": {"count": 1}}, placement={"nodeSelector": {"pool": "mine"}})
+    assert own["nodeSelector"] == {"pool": "mine"}
+    cpu = pod_spec(resources={"gpu": {"count": 0}})
+    assert cpu["nodeSelector"] == {} and spot not in cpu["tolerations"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ import yaml
 from kmock._internal.apps import Server
 
 from visioninapp.cluster.controllers import Controllers, PodScript
-from visioninapp.cluster.emulator import ClusterEmulator
+from visioninapp.cluster.emulator import DEFAULT_NAMESPACES, ClusterEmulator
 from visioninapp.cluster.store import Obj, Store
 from visioninapp.crds import crd_for
 from visioninapp.resources import RESOURCES
@@ -32,6 +33,16 @@ from visioninapp.resources import RESOURCES
 __all__ = ["Harness"]
 
 T = TypeVar("T")
+# What a restart of local mode keeps: namespaces, their secrets and config maps, and our resources.
+# Jobs, pods and DaemonSets are not kept: the operator recreates them from the resources.
+PERSISTED = [
+    ("", "namespaces"),
+    ("", "secrets"),
+    ("", "configmaps"),
+    ("visioninapp.io", "trainingjobs"),
+    ("visioninapp.io", "modelartifacts"),
+    ("visioninapp.io", "edgedeployments"),
+]
 
 
 class Harness:
@@ -48,10 +59,12 @@ class Harness:
         install_crds: bool = True,
         history_limit: int = 10_000,
         run_controllers: bool = True,
+        state_file: Path | None = None,
     ) -> None:
         self.work_dir, self.name, self._host, self._port = Path(work_dir), name, host, port
         self._script, self._install_crds, self._history_limit = script, install_crds, history_limit
         self._run_controllers = run_controllers  # False: an API server only (benchmarks of the operator)
+        self._state_file = state_file  # local mode: what users made survives a restart
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"{name}-api", daemon=True)
         self._stopping: asyncio.Event | None = None
@@ -79,14 +92,19 @@ class Harness:
                 crds = self.emulator.store.types[("apiextensions.k8s.io", "customresourcedefinitions")]
                 for kind in RESOURCES:
                     self.emulator.store.create(crds, None, crd_for(kind))
+            if self._state_file is not None and self._state_file.is_file():
+                self._load_state(self._state_file)
             self._stopping = asyncio.Event()
             async with self.emulator, Server(self.emulator, host=self._host, port=self._port) as server:
                 self.url = str(server.url).rstrip("/")
                 controllers = asyncio.create_task(
                     self.controllers.run() if self._run_controllers else asyncio.Event().wait()
                 )
+                saver = asyncio.create_task(self._save_state_periodically())
                 ready.set_result(None)
                 await self._stopping.wait()
+                saver.cancel()
+                self._save_state()
                 self.emulator.store.close_watches()
                 controllers.cancel()
                 await self.controllers.stop()
@@ -96,6 +114,38 @@ class Harness:
             raise
         finally:
             self._done.set_result(None)
+
+    # persistence (local mode): users' objects, not what controllers derive from them
+
+    def _load_state(self, path: Path) -> None:
+        saved = json.loads(path.read_text())
+        for group, plural in PERSISTED:
+            for obj in saved.get(f"{group}/{plural}", []):
+                self.emulator.store.restore(self._type(group, plural), obj)
+
+    def _save_state(self) -> None:
+        if self._state_file is None:
+            return
+        store = self.emulator.store
+        state = {
+            f"{group}/{plural}": [
+                obj
+                for obj in store.select(self._type(group, plural))
+                if plural != "namespaces" or obj["metadata"]["name"] not in DEFAULT_NAMESPACES
+            ]
+            for group, plural in PERSISTED
+        }
+        partial = self._state_file.with_suffix(".partial")
+        partial.write_text(json.dumps(state))
+        partial.replace(self._state_file)  # atomic: a crash leaves the previous state whole
+
+    async def _save_state_periodically(self, seconds: float = 2.0) -> None:
+        saved_at = -1
+        while True:
+            await asyncio.sleep(seconds)
+            if self.emulator.store.resource_version != saved_at:
+                saved_at = self.emulator.store.resource_version
+                self._save_state()
 
     def stop(self) -> None:
         if self._stopping is not None:

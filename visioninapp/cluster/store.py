@@ -400,6 +400,12 @@ class Store:
         self._put(rtype, obj, None)
         return copy.deepcopy(obj)
 
+    def restore(self, rtype: ResourceType, obj: Obj) -> None:
+        """Put back an object saved from an earlier run as it was (uid, status, finalizers)."""
+        meta = obj["metadata"]
+        if self.peek(rtype, meta.get("namespace", ""), meta["name"]) is None:
+            self._put(rtype, copy.deepcopy(obj), None)
+
     def update(
         self, rtype: ResourceType, namespace: str, name: str, body: Obj, *, subresource: str | None = None
     ) -> Obj:

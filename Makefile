@@ -47,6 +47,7 @@ lint: install ## ruff and mypy
 
 crds: install ## Regenerate crds/ from the typed models
 	$(VENV)/bin/visioninapp crds generate
+	$(VENV)/bin/visioninapp crds generate --out charts/visioninapp/crds
 
 demo: install ## The whole loop on this machine through local mode: train, register, roll out, detect (~4 min)
 	$(VENV)/bin/visioninapp validate -f manifests/examples/

@@ -152,20 +152,6 @@ class KubeCluster:
             if error.status != 409:
                 raise translate(error, f"creating namespace {name}") from None
 
-    def list_nodes(self, label_selector: str | None = None) -> list[dict[str, Any]]:
-        try:
-            nodes = self.core.list_node(label_selector=label_selector or "")
-        except ApiException as error:
-            raise translate(error, "listing nodes") from None
-        return [self.api.sanitize_for_serialization(n) for n in nodes.items]
-
-    def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
-        try:
-            pods = self.core.list_namespaced_pod(namespace, label_selector=label_selector)
-        except ApiException as error:
-            raise translate(error, "listing pods") from None
-        return [self.api.sanitize_for_serialization(p) for p in pods.items]
-
 
 def _merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     """RFC 7386 merge patch."""

@@ -73,6 +73,16 @@ def _parse_path(path: str) -> tuple[str | None, str | None, str | None, str | No
     return group, version, namespace, plural, name, subresource
 
 
+def _rbac_verb(method: str, watch: bool, named: bool) -> str:
+    if watch:
+        return "watch"
+    if method == "GET":
+        return "get" if named else "list"
+    if method == "DELETE":
+        return "delete" if named else "deletecollection"
+    return {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(method, method.lower())
+
+
 def validate_ours(rtype: ResourceType, new: Obj, old: Obj | None) -> None:
     """Admission for our CRs: defaults, then the CRD's schema and CEL rules (as the API server would)."""
     if rtype.group != "visioninapp.io":
@@ -100,6 +110,9 @@ class ClusterEmulator(k8s.KubernetesEmulator):
     request_limit: int = 1000  # how many requests are kept for assertions (kmock keeps all)
     request_counts: collections.Counter[str] = attrs.field(factory=collections.Counter)
     log_reader: Callable[[str, str], str | None] | None = None  # (namespace, pod) → its output
+    # (bearer token, RBAC verb, API group, resource[/subresource]) of every request: what each client
+    # needs, for the test that holds the chart's RBAC to it
+    access: set[tuple[str, str, str, str]] = attrs.field(factory=set)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -202,6 +215,15 @@ class ClusterEmulator(k8s.KubernetesEmulator):
         self._requests.append(request)
         watch = raw.query.get("watch") in ("true", "1")
         self.request_counts[f"{'WATCH' if watch else raw.method} {plural or raw.path}"] += 1
+        if plural is not None:
+            self.access.add(
+                (
+                    raw.headers.get("Authorization", "").removeprefix("Bearer "),
+                    _rbac_verb(raw.method, watch, name is not None),
+                    group or "",
+                    f"{plural}/{subresource}" if subresource else plural,
+                )
+            )
         try:
             if group is None or plural is None:
                 return aiohttp.web.json_response(self._discovery(raw.path, group, version))

@@ -31,11 +31,17 @@ def _from_schema(schema: dict[str, Any], key: str = "") -> st.SearchStrategy[Any
         return st.integers(-(-low // step), high // step).map(lambda v: v * step)
     if kind == "number":
         low, high = schema.get("minimum", 0), schema.get("maximum", 10**4)
-        return st.floats(low, high, exclude_min=bool(schema.get("exclusiveMinimum")), allow_nan=False)
+        return st.floats(
+            low,
+            high,
+            exclude_min=bool(schema.get("exclusiveMinimum")),
+            exclude_max=bool(schema.get("exclusiveMaximum")),
+            allow_nan=False,
+        )
     if kind == "string":
         if schema.get("format") == "date-time":
             return st.just("2026-11-23T10:00:00Z")
-        if any("storage URI" in rule["message"] for rule in schema.get("x-kubernetes-validations", [])):
+        if any("s3://" in rule["message"] for rule in schema.get("x-kubernetes-validations", [])):
             return URIS
         if "pattern" in schema:
             limit = schema.get("maxLength", 64)

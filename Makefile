@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 DEPS_STAMP := $(VENV)/.deps-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 
-.PHONY: help install console test test-fast lint crds demo bench clean
+.PHONY: help install console test test-fast lint crds demo bench images images-l4t clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -55,6 +55,21 @@ demo: install ## The whole loop on this machine through local mode: train, regis
 
 bench: install ## Run the benchmarks (prints ratios against in-run baselines)
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+IMAGE_REGISTRY ?= ghcr.io/visioninapp
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+DOCKER_OK = docker info >/dev/null 2>&1 || { echo "this target needs a running Docker daemon" >&2; exit 1; }
+
+images: ## Build the operator, api (with console), trainer and x86 edge images (needs Docker)
+	@$(DOCKER_OK)
+	@for image in operator api trainer edge; do \
+		docker build -f docker/$$image.Dockerfile -t $(IMAGE_REGISTRY)/$$image:$(IMAGE_TAG) . || exit 1; \
+	done
+
+images-l4t: ## Build the Jetson (JetPack 6, arm64) edge image with buildx
+	@$(DOCKER_OK)
+	docker buildx build -f docker/edge-l4t.Dockerfile --platform linux/arm64 \
+		-t $(IMAGE_REGISTRY)/edge:$(IMAGE_TAG)-l4t-r36 --load .
 
 clean: ## Remove build outputs of this clone (keeps the shared virtual environment)
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .visioninapp frontend/node_modules frontend/vendor

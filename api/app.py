@@ -22,7 +22,7 @@ from visioninapp.api.services import Services
 __all__ = ["create_app"]
 
 log = logging.getLogger("visioninapp.api")
-FRONTEND = Path(__file__).resolve().parent.parent / "frontend"
+FRONTEND = Path(__file__).resolve().parent.parent / "frontend"  # a checkout; images set console_dir
 
 _ERRORS = {
     status: {"model": ErrorBody, "description": description}
@@ -138,6 +138,7 @@ def create_app(services: Services, background: bool = False) -> FastAPI:
             return JSONResponse({"status": "unavailable", "reason": str(error)[:200]}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    if FRONTEND.is_dir():
-        app.mount("/", StaticFiles(directory=FRONTEND, html=True), name="console")
+    console = services.settings.console_dir or FRONTEND
+    if console.is_dir():
+        app.mount("/", StaticFiles(directory=console, html=True), name="console")
     return app

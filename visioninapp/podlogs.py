@@ -68,6 +68,7 @@ class PodLogs:
         return cls(kubernetes.client.CoreV1Api(api), namespace or default)
 
     def _pods(self, kind: str, name: str) -> list[Any]:
+        import urllib3
         from kubernetes.client import ApiException
 
         try:
@@ -79,7 +80,7 @@ class PodLogs:
             if error.status == 404:
                 raise LogError(f"pod {name} not found in namespace {self.namespace}") from None
             raise LogError(f"cannot list pods: {error.reason}") from None
-        except OSError as error:  # urllib3 wraps connection failures in OSError subclasses
+        except (OSError, urllib3.exceptions.HTTPError) as error:
             raise LogError(f"cannot reach the cluster: {error}") from None
         if not pods:
             raise LogError(

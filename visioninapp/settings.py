@@ -86,6 +86,9 @@ class Settings(BaseSettings):
         120, ge=1, description="Write requests allowed per user per minute (429 beyond)."
     )
     api_max_upload_mb: int = Field(512, ge=1, description="Largest dataset or image upload accepted.")
+    console_dir: Path | None = Field(
+        None, description="Directory of the web console's files; the checkout's frontend/ when empty."
+    )
     webhook_url: str | None = Field(
         None, description="POST notifications (run finished or failed, rollback) here as JSON."
     )

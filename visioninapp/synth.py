@@ -82,6 +82,7 @@ def generate_image(
     max_objects: int = 4,
     radius: tuple[float, float] = (0.08, 0.22),
     min_contrast: float = 0.0,
+    rotate: bool = True,
 ) -> tuple[Image.Image, list[str]]:
     """One image and its YOLO label lines (`class cx cy w h`, normalised). `min_contrast`: least mean
     difference per channel between a shape's colour and the background under its centre."""
@@ -96,6 +97,8 @@ def generate_image(
         r = float(rng.uniform(*radius) * size)
         cx, cy = (float(v) for v in rng.uniform(r * 0.6, size - r * 0.6, 2))
         angle = float(rng.uniform(0, 2 * math.pi))
+        if not rotate:
+            angle = 0.0  # drawn upright (the draw above keeps the random stream the same)
         under = background[min(int(cy), size - 1), min(int(cx), size - 1)].astype(float)
         colour_array = rng.integers(0, 256, 3)
         for _ in range(20):
@@ -136,6 +139,7 @@ def generate_dataset(
     max_objects: int = 4,
     radius: tuple[float, float] = (0.08, 0.22),
     min_contrast: float = 0.0,
+    rotate: bool = True,
 ) -> Path:
     """Write `images/{train,val}`, `labels/{train,val}` and `data.yaml` under `out`; returns data.yaml."""
     rng = np.random.default_rng(seed)
@@ -143,7 +147,7 @@ def generate_dataset(
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "labels" / split).mkdir(parents=True, exist_ok=True)
         for i in range(count):
-            image, labels = generate_image(rng, imgsz, max_objects, radius, min_contrast)
+            image, labels = generate_image(rng, imgsz, max_objects, radius, min_contrast, rotate)
             stem = f"{split}_{i:05d}"
             image.save(out / "images" / split / f"{stem}.jpg", quality=92)
             (out / "labels" / split / f"{stem}.txt").write_text("\n".join(labels) + ("\n" if labels else ""))

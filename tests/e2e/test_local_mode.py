@@ -299,9 +299,8 @@ def test_demo_in_ci_mode_trains_rolls_out_and_detects(tmp_path: Path) -> None:
     assert summary["rolloutPhase"] == "Healthy"
     assert summary["mAP50"] >= 0.5, summary
     assert summary["classesDetected"] and set(summary["classesDetected"]) <= set(CLASS_NAMES)
-    # the right classes: on most sample images the most confident detection is a labelled shape
-    right = [s for s in summary["samples"] if s["detected"] and s["detected"][0] in s["labelled"]]
-    assert len(right) >= 3, summary["samples"]
+    # the right classes: on most validation images the most confident detection is a labelled shape
+    assert len(summary["samples"]) == 16 and summary["classAccuracy"] >= 0.75, summary["samples"]
     assert all(Path(p).stat().st_size > 0 for p in summary["annotated"])
     assert "detections by the edge runtime" in result.stdout
     _wait_gone(data_dir, 10)

@@ -84,6 +84,9 @@ def test_crds_check_fails_on_a_stale_file(repo: Path, tmp_path: Path) -> None:
         ["demo"],
         ["models"],
         ["models", "quantize"],
+        ["local"],
+        ["local", "up"],
+        ["logs"],
     ],
 )
 def test_help_everywhere(command: list[str]) -> None:
@@ -105,3 +108,18 @@ def test_synth_dataset_is_reproducible(tmp_path: Path) -> None:
         assert path.read_text() == (tmp_path / "b" / "labels" / "train" / path.name).read_text()
     lines = [line.split() for p in labels_a for line in p.read_text().splitlines()]
     assert lines and all(0 <= int(c) < 4 and all(0 <= float(v) <= 1 for v in box) for c, *box in lines)
+
+
+def test_logs_says_what_to_give_and_where_the_cluster_is(tmp_path: Path) -> None:
+    bad = run("logs", "job/x", "--kubeconfig", str(tmp_path / "missing"))
+    assert bad.returncode == 1 and "kubeconfig" in bad.stderr
+    config = tmp_path / "kubeconfig"
+    config.write_text(
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'http://127.0.0.1:9'}}]\n"
+        "users: [{name: u, user: {}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\n"
+        "current-context: c\n"
+    )
+    kind = run("logs", "job/x", "--kubeconfig", str(config))
+    assert kind.returncode == 1 and "give tj/NAME, ed/NAME or pod/NAME" in kind.stderr
+    down = run("logs", "tj/x", "--kubeconfig", str(config))
+    assert down.returncode == 1 and "cannot reach the cluster" in down.stderr

@@ -53,8 +53,9 @@ TRAINING_NODE = "local-cpu-0"
 EDGE_NODE = "local-edge-0"
 LOCAL_NAMESPACE = "demo"  # the project the examples and the demo use
 SHAPES_DATASET = "datasets/shapes/v1"  # the key manifests/examples/local/ trains on, in the artifact store
-# Fewer, larger, contrasting shapes than the default dataset: learnable from scratch in 40 CPU epochs.
-SHAPES_STYLE: dict[str, Any] = {"max_objects": 2, "radius": (0.12, 0.25), "min_contrast": 80}
+# Fewer, larger, contrasting, upright shapes than the default dataset: learnable from scratch in 40
+# CPU epochs (mAP50 0.97 seen; rotated squares pass for circles at this size and budget).
+SHAPES_STYLE: dict[str, Any] = {"max_objects": 2, "radius": (0.12, 0.25), "min_contrast": 80, "rotate": False}
 SESSION_ENV = "VISIONINAPP_LOCAL_SESSION"  # marks every process of one local platform
 EDGE_LABELS = {
     "visioninapp.io/edge": "true",

@@ -69,8 +69,10 @@ class LocalUp:
         self.data_dir, self.env = data_dir, env
         self.log = data_dir.parent / f"{data_dir.name}-up.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.offset = 0
 
     def start(self, timeout: float = 120) -> LocalUp:
+        self.offset = self.log.stat().st_size if self.log.exists() else 0  # a restart appends
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 [CLI, "local", "up", "--data-dir", str(self.data_dir), "--port", "0", "--kube-port", "0"],
@@ -86,7 +88,8 @@ class LocalUp:
         return self
 
     def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+        """What this run printed (not an earlier run in the same directory)."""
+        return self.log.read_bytes()[self.offset :].decode(errors="replace") if self.log.exists() else ""
 
     @property
     def api_url(self) -> str:
@@ -265,6 +268,12 @@ def test_a_second_up_after_a_crash_works_and_nothing_is_orphaned(
     nodes = second.kubectl("get", "nodes")
     assert _columns(nodes, "local-edge-0")["STATUS"] == "Ready"
     assert requests.get(f"{second.api_url}/readyz", timeout=10).status_code == 200
+    # what the user applied survived: the run is back and the operator starts its trainer again
+    assert _columns(second.kubectl("get", "tj"), "shapes-yolo11n")["PHASE"] in ("Pending", "Running")
+    deadline = time.monotonic() + 120
+    while not any("visioninapp-trainer" in p for p in _session_processes(data_dir)):
+        assert time.monotonic() < deadline, second.kubectl("describe", "tj", "shapes-yolo11n")
+        time.sleep(0.5)
     assert second.interrupt() == 0, second.output()
     _wait_gone(data_dir, 10)
 

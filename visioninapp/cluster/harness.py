@@ -139,7 +139,7 @@ class Harness:
         partial.write_text(json.dumps(state))
         partial.replace(self._state_file)  # atomic: a crash leaves the previous state whole
 
-    async def _save_state_periodically(self, seconds: float = 2.0) -> None:
+    async def _save_state_periodically(self, seconds: float = 0.5) -> None:
         saved_at = -1
         while True:
             await asyncio.sleep(seconds)

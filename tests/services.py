@@ -138,7 +138,7 @@ def elasticsearch_server(data_dir: Path) -> Iterator[str]:
         wait_for_port(port, 60, "noida-db (Elasticsearch API)")
         yield f"http://127.0.0.1:{port}"
     finally:
-        process.terminate()
+        os.killpg(process.pid, signal.SIGTERM)  # the group: the noida-db script starts its server as a child
         process.wait(10)
         log.close()
 

@@ -237,7 +237,10 @@ def local_up(
     from visioninapp.settings import Settings
 
     directory = data_dir or Settings().data_dir
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` or a service manager stops as cleanly as Ctrl-C
+    # `kill` or a service manager stops as cleanly as Ctrl-C; SIGINT too when a shell started us in the
+    # background with SIGINT ignored
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _interrupt)
     platform = LocalPlatform(directory, api_port=port or None, kube_port=kube_port or None, say=typer.echo)
     try:
         platform.start()

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import signal
@@ -112,6 +113,7 @@ class Controllers:
     _processes: dict[tuple[str, str], _Process] = field(default_factory=dict)
     _probed_ready: dict[tuple[str, str], bool] = field(default_factory=dict)  # readiness as the pod says
     _next_ip: int = 2
+    _ip_block: int = field(default_factory=lambda: random.randint(1, 254))
 
     def __post_init__(self) -> None:
         self.jobs = self.store.types[("batch", "jobs")]
@@ -512,9 +514,10 @@ class Controllers:
             self.store.update(self.pods, namespace, name, {**pod, "status": status}, subresource="status")
 
     def _allocate_ip(self) -> str:
-        """A loopback address per pod, so servers in pods can all listen on their port."""
+        """A loopback address per pod, so servers in pods can all listen on their port. Each cluster
+        draws its own 127.X block, so two on one machine (local mode and a test run) rarely meet."""
         number, self._next_ip = self._next_ip, self._next_ip + 1
-        return f"127.0.{number // 250}.{number % 250 + 2}"
+        return f"127.{self._ip_block}.{number // 250}.{number % 250 + 2}"
 
     async def _run_pod(self, namespace: str, name: str) -> None:
         pod = self.store.get(self.pods, namespace, name)

@@ -165,6 +165,17 @@ def datasets_synth(
     typer.echo(f"wrote {train} train and {val} val images: {data_yaml}")
 
 
+def _require_local_mode() -> None:
+    """Local mode runs every component: say which install it needs instead of a traceback."""
+    import importlib.util
+
+    missing = [m for m in ("kmock", "kopf", "fastapi", "ultralytics") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise _fail(
+            f"local mode needs every component ({', '.join(missing)} missing): pip install 'visioninapp[all]'"
+        )
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -196,6 +207,7 @@ def demo(
     ] = 6443,
 ) -> None:
     """The whole loop on this machine: local mode, synthetic data, CPU training, rollout, detection."""
+    _require_local_mode()
     from visioninapp.demo import EXAMPLES, DemoError, run_demo
     from visioninapp.local import LocalModeError
 
@@ -233,6 +245,7 @@ def local_up(
     import signal
     import time
 
+    _require_local_mode()
     from visioninapp.local import LocalModeError, LocalPlatform
     from visioninapp.settings import Settings
 

@@ -41,6 +41,7 @@ COLOURS = [(66, 135, 245), (245, 158, 66), (80, 200, 120), (220, 80, 200)]
 TRAINING_TIMEOUT = 900.0
 ROLLOUT_TIMEOUT = 180.0
 SAMPLE_IMAGES = 4
+DEMO_MARKER = ".visioninapp-demo"
 
 
 class DemoError(RuntimeError):
@@ -60,6 +61,15 @@ def _manifests(directory: Path) -> list[dict[str, Any]]:
         raise DemoError(
             f"{directory}: expected TrainingJob/ModelArtifact/EdgeDeployment manifests, got {unknown}"
         )
+    elsewhere = [
+        d["metadata"]["name"]
+        for d in documents
+        if d["metadata"].get("namespace", LOCAL_NAMESPACE) != LOCAL_NAMESPACE
+    ]
+    if elsewhere:
+        raise DemoError(
+            f"{', '.join(elsewhere)}: the demo runs in namespace {LOCAL_NAMESPACE}; set it or leave it out"
+        )
     return documents
 
 
@@ -76,23 +86,26 @@ class _Cluster:
         self.core: Any = kubernetes.client.CoreV1Api(api)
 
     def apply(self, obj: dict[str, Any]) -> None:
-        namespace = obj["metadata"].get("namespace", LOCAL_NAMESPACE)
-        self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURALS[obj["kind"]], obj)
+        self.custom.create_namespaced_custom_object(
+            GROUP, VERSION, LOCAL_NAMESPACE, PLURALS[obj["kind"]], obj
+        )
 
-    def get(self, kind: str, name: str, namespace: str = LOCAL_NAMESPACE) -> dict[str, Any]:
+    def get(self, kind: str, name: str) -> dict[str, Any]:
         from kubernetes.client import ApiException
 
         try:
-            found = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURALS[kind], name)
+            found = self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, LOCAL_NAMESPACE, PLURALS[kind], name
+            )
         except ApiException as error:
             if error.status == 404:
                 return {}
             raise
         return dict(found)
 
-    def edge_pods(self, deployment: str, namespace: str = LOCAL_NAMESPACE) -> list[Any]:
+    def edge_pods(self, deployment: str) -> list[Any]:
         pods = self.core.list_namespaced_pod(
-            namespace, label_selector=f"visioninapp.io/edge-deployment={deployment}"
+            LOCAL_NAMESPACE, label_selector=f"visioninapp.io/edge-deployment={deployment}"
         )
         return list(pods.items)
 
@@ -210,10 +223,13 @@ def run_demo(
     console = console or Console()
     started = time.perf_counter()
     documents = _manifests(manifests)
-    if data_dir.exists():
+    if data_dir.exists() and any(data_dir.iterdir()):
+        if not (data_dir / DEMO_MARKER).is_file():  # never wipe a directory the demo did not make
+            raise DemoError(f"{data_dir} holds other data; give the demo its own --data-dir")
         console.print(f"starting from a clean {data_dir} (the demo's own directory)")
         shutil.rmtree(data_dir)
-    data_dir.mkdir(parents=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / DEMO_MARKER).write_text("made by `visioninapp demo`, which empties it at every run\n")
     settings = Settings(data_dir=data_dir)
     dataset = shapes_copy(data_dir)
     with Progress(

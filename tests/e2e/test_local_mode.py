@@ -25,6 +25,9 @@ import requests
 import yaml
 
 from tests.services import kube_tools
+from visioninapp.datasets import split_images
+from visioninapp.edge.evaluate import evaluate
+from visioninapp.edge.inference import Detector
 from visioninapp.local import SESSION_ENV
 from visioninapp.synth import CLASS_NAMES
 
@@ -311,5 +314,9 @@ def test_demo_in_ci_mode_trains_rolls_out_and_detects(tmp_path: Path) -> None:
     # the right classes: on most validation images the most confident detection is a labelled shape
     assert len(summary["samples"]) == 16 and summary["classAccuracy"] >= 0.75, summary["samples"]
     assert all(Path(p).stat().st_size > 0 for p in summary["annotated"])
+    # the exported ONNX, served by the edge runtime's detector, scores what the trainer reported
+    onnx = next((data_dir / "artifacts" / "demo" / "shapes-yolo11n").rglob("model.onnx"))
+    served = evaluate(Detector(onnx), split_images(data_dir / "local" / "shapes", "val"))
+    assert abs(served.map50 - summary["mAP50"]) < 0.05, (served, summary["mAP50"])
     assert "detections by the edge runtime" in result.stdout
     _wait_gone(data_dir, 10)

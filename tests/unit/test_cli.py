@@ -123,3 +123,12 @@ def test_logs_says_what_to_give_and_where_the_cluster_is(tmp_path: Path) -> None
     assert kind.returncode == 1 and "give tj/NAME, ed/NAME or pod/NAME" in kind.stderr
     down = run("logs", "tj/x", "--kubeconfig", str(config))
     assert down.returncode == 1 and "cannot reach the cluster" in down.stderr
+
+
+def test_the_demo_never_empties_a_directory_it_did_not_make(tmp_path: Path) -> None:
+    precious = tmp_path / "mine"
+    precious.mkdir()
+    (precious / "model.onnx").write_bytes(b"weeks of training")
+    result = run("demo", "--data-dir", str(precious), "--port", "0", "--kube-port", "0")
+    assert result.returncode == 1 and "give the demo its own --data-dir" in result.stderr
+    assert (precious / "model.onnx").read_bytes() == b"weeks of training"

@@ -29,7 +29,7 @@ from typing import Any
 
 import aiohttp
 
-from visioninapp.cluster.store import ApiError, Obj, ResourceType, Store, dig, now_iso
+from visioninapp.cluster.store import ApiError, Obj, ResourceType, Store, dig, is_ready, now_iso
 from visioninapp.scheduling import fits, matches_selector, untolerated_taints
 
 __all__ = ["Controllers", "Outcome", "PodScript", "die_with_parent", "quantity"]
@@ -261,7 +261,7 @@ class Controllers:
         elif not active:
             active = [self._create_pod(job)]
             status.setdefault("startTime", now_iso())
-        ready = sum(1 for p in active if _is_ready(p))
+        ready = sum(1 for p in active if is_ready(p))
         status.update(
             active=len(active), succeeded=succeeded, failed=failed, ready=ready, conditions=conditions
         )
@@ -346,7 +346,7 @@ class Controllers:
         status = {
             "desiredNumberScheduled": len(names),
             "currentNumberScheduled": len(current),
-            "numberReady": sum(1 for p in current if _is_ready(p)),
+            "numberReady": sum(1 for p in current if is_ready(p)),
             "updatedNumberScheduled": sum(
                 1 for p in current if p["metadata"]["labels"].get(REVISION_LABEL) == revision
             ),
@@ -383,14 +383,14 @@ class Controllers:
 
     def sync_node_readiness(self) -> None:
         """The node lifecycle controller's part: pods on a NotReady node are not Ready."""
-        ready_nodes = {n["metadata"]["name"] for n in self.store.select(self.nodes) if _is_ready(n)}
+        ready_nodes = {n["metadata"]["name"] for n in self.store.select(self.nodes) if is_ready(n)}
         for pod in list(self.store.select(self.pods)):
             meta = pod["metadata"]
             key = (meta["namespace"], meta["name"])
             if (pod.get("status") or {}).get("phase") != "Running" or key not in self._probed_ready:
                 continue
             ready = self._probed_ready[key] and pod["spec"].get("nodeName") in ready_nodes
-            if _is_ready(pod) != ready:
+            if is_ready(pod) != ready:
                 self._set_ready(*key, ready, "" if ready else "NodeNotReady")
 
     def _set_ready(self, namespace: str, name: str, ready: bool, reason: str = "") -> None:
@@ -410,14 +410,14 @@ class Controllers:
         if pod is None:
             return
         node = self.store.peek(self.nodes, "", pod["spec"].get("nodeName", ""))
-        effective = ready and node is not None and _is_ready(node)
-        if _is_ready(pod) != effective:
+        effective = ready and node is not None and is_ready(node)
+        if is_ready(pod) != effective:
             self._set_ready(namespace, name, effective, "" if effective else "ReadinessProbeFailed")
 
     # scheduler
 
     def schedule(self) -> None:
-        nodes = [n for n in self.store.select(self.nodes) if _is_ready(n)]
+        nodes = [n for n in self.store.select(self.nodes) if is_ready(n)]
         gpus_used: dict[str, float] = {}
         pods = list(self.store.select(self.pods))
         for pod in pods:
@@ -583,7 +583,7 @@ class Controllers:
         key = (meta["namespace"], meta["name"])
         self._probed_ready[key] = ready
         node = self.store.peek(self.nodes, "", pod["spec"].get("nodeName", ""))
-        effective = ready and (node is None or _is_ready(node))
+        effective = ready and (node is None or is_ready(node))
         self._set_pod_status(
             *key,
             phase="Running",
@@ -730,11 +730,6 @@ def _kill_group(process: asyncio.subprocess.Process) -> None:
     if process.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-
-
-def _is_ready(obj: Obj) -> bool:
-    conditions = (obj.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 REVISION_LABEL = "controller-revision-hash"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import copy
 import json
 import logging
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from visioninapp.cluster.store import (
     ResourceType,
     Store,
     dig,
+    is_ready,
     object_matches,
     parse_field_selector,
     parse_label_selector,
@@ -183,7 +185,8 @@ class ClusterEmulator(k8s.KubernetesEmulator):
     async def __call__(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         body = await raw.read()
         if body and "json" not in raw.headers.get("Content-Type", "application/json"):
-            # Clients (kubectl) try protobuf first for built-in kinds and fall back to JSON on 415.
+            # kubectl's typed clients send protobuf for built-in kinds (`kubectl create namespace`):
+            # say clearly that only JSON is read (apply -f sends JSON and works)
             return self._error(
                 ApiError(415, "UnsupportedMediaType", f"the emulator reads JSON only, not {raw.content_type}")
             )
@@ -362,7 +365,7 @@ class ClusterEmulator(k8s.KubernetesEmulator):
             if crd is None:
                 continue  # built-in kinds: kubectl uses its compiled-in types
             version = next(v for v in crd["spec"]["versions"] if v["name"] == rtype.version)
-            schema = json.loads(json.dumps(version["schema"]["openAPIV3Schema"]))
+            schema = copy.deepcopy(version["schema"]["openAPIV3Schema"])
             schema.setdefault("properties", {}).update(
                 apiVersion={"type": "string"}, kind={"type": "string"}, metadata={"type": "object"}
             )
@@ -500,11 +503,6 @@ def _age(timestamp: str | None) -> str:
     return f"{seconds // 86400}d"
 
 
-def _ready(obj: Obj) -> bool:
-    conditions = (obj.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-
-
 def _pod_status(pod: Obj) -> str:
     if pod["metadata"].get("deletionTimestamp"):
         return "Terminating"
@@ -550,7 +548,7 @@ BUILTIN_COLUMNS: dict[tuple[str, str], list[tuple[str, str, Cell, int]]] = {
         ("Node", "string", lambda p: p["spec"].get("nodeName", "<none>"), 1),
     ],
     ("", "nodes"): [
-        ("Status", "string", lambda n: "Ready" if _ready(n) else "NotReady", 0),
+        ("Status", "string", lambda n: "Ready" if is_ready(n) else "NotReady", 0),
         (
             "Roles",
             "string",

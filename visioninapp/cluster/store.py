@@ -25,6 +25,7 @@ __all__ = [
     "ResourceType",
     "Store",
     "dig",
+    "is_ready",
     "json_patch",
     "merge_patch",
     "now_iso",
@@ -169,6 +170,12 @@ def dig(obj: Any, path: list[str]) -> Any:
     for step in path:
         obj = obj.get(step) if isinstance(obj, dict) else None
     return obj
+
+
+def is_ready(obj: Obj) -> bool:
+    """A pod's or a node's Ready condition is True."""
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def _field(obj: Any, path: list[str]) -> str:

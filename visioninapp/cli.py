@@ -180,6 +180,15 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _stop_on_signals() -> None:
+    """`kill` or a service manager stops as cleanly as Ctrl-C; SIGINT too when a shell started us in
+    the background with SIGINT ignored."""
+    import signal
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _interrupt)
+
+
 def _in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -213,6 +222,7 @@ def demo(
 
     if keep_running is None:
         keep_running = sys.stdin.isatty() and not _in_ci()
+    _stop_on_signals()
     try:
         summary = run_demo(
             data_dir,
@@ -242,7 +252,6 @@ def local_up(
     ] = 6443,
 ) -> None:
     """Run the platform on this machine (emulated cluster, operator, API, console) until Ctrl-C."""
-    import signal
     import time
 
     _require_local_mode()
@@ -250,10 +259,7 @@ def local_up(
     from visioninapp.settings import Settings
 
     directory = data_dir or Settings().data_dir
-    # `kill` or a service manager stops as cleanly as Ctrl-C; SIGINT too when a shell started us in the
-    # background with SIGINT ignored
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, _interrupt)
+    _stop_on_signals()
     platform = LocalPlatform(directory, api_port=port or None, kube_port=kube_port or None, say=typer.echo)
     try:
         platform.start()

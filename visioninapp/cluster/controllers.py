@@ -13,6 +13,7 @@ import base64
 import contextlib
 import ctypes
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -38,6 +39,17 @@ log = logging.getLogger(__name__)
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 GPU = "nvidia.com/gpu"
 PR_SET_PDEATHSIG = 1
+# Pod addresses: each cluster of this process takes the next 127.X.0.0/16 block (a pod of an earlier
+# cluster may still be shutting down on its address); the first block is random, so that clusters
+# of two processes (local mode and a test run) rarely meet.
+_FIRST_IP_BLOCK = random.randrange(254)
+_CLUSTERS_MADE = itertools.count()
+
+
+def _next_ip_block() -> int:
+    return 1 + (_FIRST_IP_BLOCK + next(_CLUSTERS_MADE)) % 254
+
+
 LOG_TAIL_BYTES = 2048  # kubelet's FallbackToLogsOnError keeps at most 80 lines / 2048 bytes
 
 
@@ -113,7 +125,7 @@ class Controllers:
     _processes: dict[tuple[str, str], _Process] = field(default_factory=dict)
     _probed_ready: dict[tuple[str, str], bool] = field(default_factory=dict)  # readiness as the pod says
     _next_ip: int = 2
-    _ip_block: int = field(default_factory=lambda: random.randint(1, 254))
+    _ip_block: int = field(default_factory=_next_ip_block)
 
     def __post_init__(self) -> None:
         self.jobs = self.store.types[("batch", "jobs")]
@@ -514,8 +526,7 @@ class Controllers:
             self.store.update(self.pods, namespace, name, {**pod, "status": status}, subresource="status")
 
     def _allocate_ip(self) -> str:
-        """A loopback address per pod, so servers in pods can all listen on their port. Each cluster
-        draws its own 127.X block, so two on one machine (local mode and a test run) rarely meet."""
+        """A loopback address per pod (in this cluster's block), so pod servers share their port."""
         number, self._next_ip = self._next_ip, self._next_ip + 1
         return f"127.{self._ip_block}.{number // 250}.{number % 250 + 2}"
 

@@ -59,7 +59,7 @@ class EdgeRuntime:
     def __init__(self, settings: Settings, bus: EventBus | None = None) -> None:
         self.settings = settings
         self.metrics = _Metrics()
-        state = settings.data_dir / "edge-state"
+        state = settings.resolved_edge_state_dir
         self.models = ModelManager(
             settings.resolved_edge_cache_dir,
             self._store_for,

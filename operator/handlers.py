@@ -166,6 +166,8 @@ class Operator:
     def service_env(self, training: bool) -> dict[str, str]:
         """Where pods find S3 and the streams: the operator's own settings, then configured extras."""
         values = {
+            # feedback frames of edge pods go to the platform's store unless the deployment names one
+            "VISIONINAPP_ARTIFACTS_URI": self.settings.resolved_artifacts_uri,
             "VISIONINAPP_S3_ENDPOINT_URL": self.settings.s3_endpoint_url,
             "VISIONINAPP_S3_REGION": self.settings.s3_region,
             "VISIONINAPP_RABBITMQ_HOST": self.settings.rabbitmq_host,

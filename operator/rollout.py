@@ -128,6 +128,7 @@ def desired_daemonset(
     spec, name = ed.spec, ed.metadata.name
     runtime = spec.runtime
     feedback = spec.feedback
+    node_dir = f"{cache_path}/$(VISIONINAPP_NODE_NAME)"  # hostPath: survives the pods on the node
     values = {
         "VISIONINAPP_EDGE_MODEL_URI": model["uri"],
         "VISIONINAPP_EDGE_MODEL_SHA256": model["sha256"],
@@ -138,7 +139,10 @@ def desired_daemonset(
         "VISIONINAPP_EDGE_CONFIDENCE": str(runtime.confidence),
         "VISIONINAPP_EDGE_IOU": str(runtime.iou),
         "VISIONINAPP_EDGE_PRECISION": runtime.precision,
-        "VISIONINAPP_EDGE_CACHE_DIR": f"{cache_path}/$(VISIONINAPP_NODE_NAME)",
+        "VISIONINAPP_EDGE_CACHE_DIR": node_dir,
+        # the event and feedback spools on the node too, one per deployment: what a replaced pod
+        # had not sent yet, its successor sends (the container's own disk goes with it)
+        "VISIONINAPP_EDGE_STATE_DIR": f"{node_dir}/state/{ed.metadata.namespace}.{name}",
         "VISIONINAPP_FEEDBACK_ENABLED": str(feedback.enabled).lower(),
         "VISIONINAPP_FEEDBACK_MIN_SCORE": str(feedback.min_score),
         "VISIONINAPP_FEEDBACK_MAX_SCORE": str(feedback.max_score),

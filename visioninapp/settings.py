@@ -125,6 +125,11 @@ class Settings(BaseSettings):
     edge_cache_dir: Path | None = Field(
         None, description="Model cache shared by successive pods (hostPath); data_dir/edge-cache when empty."
     )
+    edge_state_dir: Path | None = Field(
+        None,
+        description="Spools of unsent events and frames (a hostPath per node and deployment, so a "
+        "replaced pod's successor sends them); data_dir/edge-state when empty.",
+    )
     edge_port: int = Field(8080, description="HTTP port of the edge runtime.")
     edge_confidence: float = Field(0.25, description="Default confidence threshold.")
     edge_iou: float = Field(0.45, description="Default NMS IoU threshold.")
@@ -152,6 +157,10 @@ class Settings(BaseSettings):
     @property
     def resolved_edge_cache_dir(self) -> Path:
         return self.edge_cache_dir or self.data_dir / "edge-cache"
+
+    @property
+    def resolved_edge_state_dir(self) -> Path:
+        return self.edge_state_dir or self.data_dir / "edge-state"
 
     @property
     def resolved_feedback_uri(self) -> str:

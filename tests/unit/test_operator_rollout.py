@@ -184,6 +184,12 @@ def test_the_daemonset_carries_the_model_and_the_downward_api() -> None:
         and env["VISIONINAPP_EDGE_MODEL_FORMAT"] == "tensorrt"
     )
     assert env["VISIONINAPP_NODE_NAME"] == "spec.nodeName" and env["VISIONINAPP_REVISION"] == revision
+    names = [e["name"] for e in container["env"]]
+    assert names.index("VISIONINAPP_NODE_NAME") < names.index("VISIONINAPP_EDGE_STATE_DIR")  # $(...) expands
+    assert (
+        env["VISIONINAPP_EDGE_STATE_DIR"]
+        == "/var/lib/visioninapp/models/$(VISIONINAPP_NODE_NAME)/state/edge.helmets"
+    )
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert template["spec"]["volumes"][0]["hostPath"]["path"] == "/var/lib/visioninapp/models"
     assert revision != revision_of("v1") and revision == revision_of("v2", format="tensorrt")

@@ -27,7 +27,8 @@ from visioninapp.backends.events import EventBus, StreamMessage
 __all__ = ["RabbitStreamBus"]
 
 T = TypeVar("T")
-READ_IDLE_SECONDS = 0.5  # a read returns once the stream has been quiet this long
+READ_IDLE_SECONDS = 0.5  # a read returns once the stream has been quiet this long,
+READ_MAX_SECONDS = 2.0  # or after this long in all: a busy stream is never quiet (a large fleet)
 OPERATION_TIMEOUT = 30.0
 
 
@@ -53,7 +54,12 @@ class RabbitStreamBus(EventBus):
         self._streams: set[str] = set()
 
     def _run(self, coroutine: Coroutine[Any, Any, T], timeout: float = OPERATION_TIMEOUT) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()  # never leave it running (a subscription, a wait) behind the caller's back
+            raise
 
     async def _get_producer(self) -> Producer:
         if self._producer is None:
@@ -136,8 +142,9 @@ class RabbitStreamBus(EventBus):
                 offset_specification=ConsumerOffsetSpecification(OffsetType.OFFSET, offset),
                 initial_credit=max(10, min(limit, 1000)),
             )
+            deadline = self._loop.time() + READ_MAX_SECONDS
             try:
-                while len(received) < limit:
+                while len(received) < limit and self._loop.time() < deadline:
                     arrived.clear()
                     try:
                         await asyncio.wait_for(arrived.wait(), READ_IDLE_SECONDS)

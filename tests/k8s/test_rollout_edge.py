@@ -24,8 +24,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.services]
 
 
 # On failure the deployment status and the pods are printed for the diagnosis. It failed about one run
-# in four while every emulated cluster gave its pods the same loopback addresses (seen: a runtime of
-# another cluster answered on 127.0.0.5:8080 for this test's pod); each cluster has its own since.
+# in four until stream reads stopped waiting for a quiet stream: three runtimes reporting every second
+# kept the operator's health read open until its 90 s timeout, so the rejection never arrived.
 def test_real_runtimes_reject_a_corrupt_model_and_the_fleet_rolls_back(
     cluster: Harness,
     operator_factory: Any,

@@ -356,5 +356,6 @@ class LocalPlatform:
                 f"{TRAINING_NODE} (training, CPU), {EDGE_NODE} (edge, labelled and tainted like a Jetson)",
             ),
             ("data", f"{self.data_dir} (artifacts, event log, SQLite, pod logs)"),
+            ("dataset", f"{self.dataset_uri} (what manifests/examples/local/ trains on)"),
             ("logs", f"{self.home}/operator.log, {self.home}/api.log"),
         ]

@@ -165,6 +165,11 @@ def datasets_synth(
     typer.echo(f"wrote {train} train and {val} val images: {data_yaml}")
 
 
+# Options of the commands that start local mode
+ApiPort = Annotated[int, typer.Option(help="Port of the API and console (0: any free port).")]
+KubePort = Annotated[int, typer.Option(help="Port of the local Kubernetes API (0: any free port).")]
+
+
 def _require_local_mode() -> None:
     """Local mode runs every component: say which install it needs instead of a traceback."""
     import importlib.util
@@ -210,10 +215,8 @@ def demo(
             "no under CI=true).",
         ),
     ] = None,
-    port: Annotated[int, typer.Option(help="Port of the API and console (0: any free port).")] = 8000,
-    kube_port: Annotated[
-        int, typer.Option(help="Port of the local Kubernetes API (0: any free port).")
-    ] = 6443,
+    port: ApiPort = 8000,
+    kube_port: KubePort = 6443,
 ) -> None:
     """The whole loop on this machine: local mode, synthetic data, CPU training, rollout, detection."""
     _require_local_mode()
@@ -246,14 +249,10 @@ def local_up(
             help="Where local mode keeps its data (default $VISIONINAPP_DATA_DIR or ~/.visioninapp).",
         ),
     ] = None,
-    port: Annotated[int, typer.Option(help="Port of the API and console (0: any free port).")] = 8000,
-    kube_port: Annotated[
-        int, typer.Option(help="Port of the local Kubernetes API (0: any free port).")
-    ] = 6443,
+    port: ApiPort = 8000,
+    kube_port: KubePort = 6443,
 ) -> None:
     """Run the platform on this machine (emulated cluster, operator, API, console) until Ctrl-C."""
-    import time
-
     _require_local_mode()
     from visioninapp.local import LocalModeError, LocalPlatform
     from visioninapp.settings import Settings
@@ -269,9 +268,7 @@ def local_up(
         typer.echo(
             "then: kubectl apply -f manifests/examples/local/ && kubectl get tj,ma,ed -w   (Ctrl-C stops)"
         )
-        while True:
-            platform.check()
-            time.sleep(1)
+        platform.wait()
     except LocalModeError as error:
         raise _fail(str(error)) from None
     except KeyboardInterrupt:

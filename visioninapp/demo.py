@@ -317,9 +317,7 @@ def run_demo(
                 "Ctrl-C stops it"
             )
             try:
-                while True:
-                    platform.check()
-                    time.sleep(1)
+                platform.wait()
             except KeyboardInterrupt:
                 console.print("stopping")
     return summary

@@ -46,6 +46,7 @@ __all__ = [
     "LocalPlatform",
     "local_kubeconfig",
     "seed_dataset",
+    "session_processes",
     "shapes_copy",
 ]
 
@@ -110,29 +111,29 @@ def _check_port(port: int, what: str, option: str) -> None:
             ) from None
 
 
-def _session_processes(marker: str) -> list[int]:
-    """Processes (other than this one) whose environment carries this session's marker."""
-    needle = f"{SESSION_ENV}={marker}".encode()
-    found = []
+def session_processes(data_dir: Path) -> dict[int, str]:
+    """Processes (other than this one) of the local session in `data_dir`: pid → command line."""
+    needle = f"{SESSION_ENV}={data_dir.resolve()}".encode()
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # gone meanwhile, or not ours to read
             if needle in (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
     return found
 
 
-def stop_leftovers(marker: str, grace: float = 5.0) -> int:
+def stop_leftovers(data_dir: Path, grace: float = 5.0) -> int:
     """SIGTERM, then SIGKILL, what a crashed session left running; returns how many there were."""
-    pids = _session_processes(marker)
+    pids = session_processes(data_dir)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _session_processes(marker):
+    while time.monotonic() < deadline and session_processes(data_dir):
         time.sleep(0.1)
-    for pid in _session_processes(marker):
+    for pid in session_processes(data_dir):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     return len(pids)
@@ -164,7 +165,6 @@ class LocalPlatform:
         self.api_port = api_port or _free_port()
         self.kube_port = kube_port
         self.say = say
-        self.marker = str(self.data_dir)
         self.cluster: Harness | None = None
         self.children: list[_Child] = []
         self._lock: IO[str] | None = None
@@ -192,7 +192,7 @@ class LocalPlatform:
     def _start(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         self._take_lock()
-        left = stop_leftovers(self.marker)
+        left = stop_leftovers(self.data_dir)
         if left:
             self.say(f"stopped {left} process(es) an earlier local session left running")
         _check_port(self.api_port, "the API", "--port")
@@ -200,7 +200,7 @@ class LocalPlatform:
             _check_port(self.kube_port, "the Kubernetes API", "--kube-port")
         # Pods inherit this process's environment: the data directory and the session marker.
         self._set_env(
-            {SESSION_ENV: self.marker, "VISIONINAPP_DATA_DIR": str(self.data_dir), "KUBECONFIG": None}
+            {SESSION_ENV: str(self.data_dir), "VISIONINAPP_DATA_DIR": str(self.data_dir), "KUBECONFIG": None}
         )
         self.cluster = Harness(
             self.home / "cluster",
@@ -301,6 +301,12 @@ class LocalPlatform:
         if response.status_code not in (201, 409):
             raise LocalModeError(f"creating the {LOCAL_NAMESPACE} project failed: {response.text}")
 
+    def wait(self) -> None:
+        """Keep running until interrupted (KeyboardInterrupt) or until a child dies (raises)."""
+        while True:
+            self.check()
+            time.sleep(1)
+
     def check(self) -> None:
         """Raise if a child died (the platform is then not whole)."""
         for child in self.children:
@@ -326,7 +332,7 @@ class LocalPlatform:
         if self.cluster is not None:
             self.cluster.stop()
             self.cluster = None
-        stop_leftovers(self.marker, grace=2.0)
+        stop_leftovers(self.data_dir, grace=2.0)
         for key, value in self._saved_env.items():
             if value is None:
                 os.environ.pop(key, None)

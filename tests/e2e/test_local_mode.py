@@ -28,7 +28,7 @@ from tests.services import kube_tools
 from visioninapp.datasets import split_images
 from visioninapp.edge.evaluate import evaluate
 from visioninapp.edge.inference import Detector
-from visioninapp.local import SESSION_ENV
+from visioninapp.local import session_processes
 from visioninapp.synth import CLASS_NAMES
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
@@ -45,17 +45,8 @@ def _clean_env(**extra: str) -> dict[str, str]:
 
 
 def _session_processes(data_dir: Path) -> list[str]:
-    """Processes that carry this local session's marker, with their command lines."""
-    needle = f"{SESSION_ENV}={data_dir.resolve()}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if needle in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
-            except OSError:
-                continue
-    return found
+    """Command lines of the processes that carry this local session's marker."""
+    return list(session_processes(data_dir).values())
 
 
 def _wait_gone(data_dir: Path, seconds: float) -> None:

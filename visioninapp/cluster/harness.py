@@ -100,11 +100,12 @@ class Harness:
                 controllers = asyncio.create_task(
                     self.controllers.run() if self._run_controllers else asyncio.Event().wait()
                 )
-                saver = asyncio.create_task(self._save_state_periodically())
+                saver = asyncio.create_task(self._save_state_periodically()) if self._state_file else None
                 ready.set_result(None)
                 await self._stopping.wait()
-                saver.cancel()
-                self._save_state()
+                if saver is not None:
+                    saver.cancel()
+                    self._save_state()
                 self.emulator.store.close_watches()
                 controllers.cancel()
                 await self.controllers.stop()
@@ -124,8 +125,7 @@ class Harness:
                 self.emulator.store.restore(self._type(group, plural), obj)
 
     def _save_state(self) -> None:
-        if self._state_file is None:
-            return
+        assert self._state_file is not None
         store = self.emulator.store
         state = {
             f"{group}/{plural}": [

@@ -22,6 +22,7 @@ class OperatorConfig(BaseSettings):
         description="Controllers to run: `training` (TrainingJob → Job → ModelArtifact) on the GPU "
         "cluster, `rollout` (EdgeDeployment) on the edge cluster; both on a single cluster.",
     )
+    context: str | None = Field(None, description="kubeconfig context to use (default: the current one).")
     namespaces: list[str] = Field(
         default_factory=list, description="Namespaces to watch (globs allowed); every namespace when empty."
     )

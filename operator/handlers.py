@@ -9,6 +9,7 @@ TrainingJob and its attempt, so a plan applied twice creates nothing twice.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fnmatch
 import json
 import logging
@@ -25,9 +26,9 @@ from visioninapp.backends.events import EventBus
 from visioninapp.backends.storage import ArtifactStore
 from visioninapp.events import EdgeEvent
 from visioninapp.factory import artifact_store_for, build_event_bus
+from visioninapp.kubeclient import Kube, KubeError, load_connection
 from visioninapp.operator.artifacts import artifact_status, mirror_copy, needs_verification, verify_formats
 from visioninapp.operator.config import OperatorConfig
-from visioninapp.operator.kube import Kube, KubeError, connection_from_kubeconfig
 from visioninapp.operator.metrics import Metrics
 from visioninapp.operator.progress import CONSUMER, ProgressTracker, consume_progress
 from visioninapp.operator.rollout import (
@@ -84,7 +85,7 @@ class Operator:
 
     def __init__(self, config: OperatorConfig, settings: Settings) -> None:
         self.config, self.settings = config, settings
-        self.kube = Kube(connection_from_kubeconfig(), config.api_concurrency)
+        self.kube = Kube(load_connection(context=config.context), config.api_concurrency)
         self.mirror: Kube | None = None
         self.metrics = Metrics(self.kube)
         self.locks: dict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -670,7 +671,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
-        return connection_from_kubeconfig()
+        return kopf.ConnectionInfo(**dataclasses.asdict(load_connection(context=config.context)))
 
     @kopf.on.event(GROUP, VERSION, "modelartifacts", registry=registry)
     async def on_artifact(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
@@ -813,4 +814,4 @@ async def _mirror_client(kube: Kube, secret_ref: str) -> Kube:
         raise kopf.PermanentError(f"mirror Secret {secret_ref} with a `kubeconfig` key not found")
     path = Path(tempfile.mkdtemp(prefix="visioninapp-mirror-")) / "kubeconfig"
     path.write_bytes(base64.b64decode(secret["data"]["kubeconfig"]))
-    return Kube(connection_from_kubeconfig(path))
+    return Kube(load_connection(path))

@@ -63,13 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.metrics_port is not None
         else None,
         "VISIONINAPP_LOG_FORMAT": args.log_format,
+        "VISIONINAPP_OPERATOR_CONTEXT": args.context,
     }
     os.environ.update({k: v for k, v in overrides.items() if v is not None})
-    if args.context:
-        from visioninapp.operator import kube
-
-        kube.DEFAULT_CONTEXT = args.context
-
     import kopf
     from pydantic import ValidationError
 

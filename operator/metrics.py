@@ -11,7 +11,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from visioninapp.operator.kube import Kube
+    from visioninapp.kubeclient import Kube
 
 __all__ = ["Metrics"]
 

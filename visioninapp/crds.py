@@ -66,8 +66,14 @@ def structural_schema(schema: dict[str, Any], defs: dict[str, Any] | None = None
         if len(non_null) == 1:
             return structural_schema({**non_null[0], **outer}, defs)
         if {v.get("type") for v in non_null} == {"integer", "string"}:
+            # The one union a structural schema allows is exactly `anyOf: [{type: integer}, {type:
+            # string}]`; each variant's bounds move up beside it, where JSON Schema applies numeric
+            # keywords to numbers only and string keywords to strings only.
             out["x-kubernetes-int-or-string"] = True
-            out["anyOf"] = [structural_schema(v, defs) for v in non_null]
+            out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+            for variant in non_null:
+                bounds = structural_schema(variant, defs)
+                out.update({k: v for k, v in bounds.items() if k != "type"})
             for key in ("description", "default"):
                 if key in outer:
                     out[key] = outer[key]
@@ -101,8 +107,14 @@ def structural_schema(schema: dict[str, Any], defs: dict[str, Any] | None = None
         out["additionalProperties"] = structural_schema(extra, defs) if isinstance(extra, dict) else {}
     if "maxLength" in schema and schema.get("type") == "object":
         out.pop("maxLength", None)
-    if out.get("type") == "object" and isinstance(out.get("default"), dict) and "properties" in out:
+    if (
+        out.get("type") == "object"
+        and isinstance(out.get("default"), dict)
+        and "properties" in out
+        and "x-kubernetes-validations" not in out
+    ):
         # Kubernetes applies nested defaults inside an empty object: `{}` is enough and stays in sync.
+        # Not under CEL rules: the API server checks a default against them before nested defaults.
         out["default"] = {}
     if out.get("default") in ([], {}) and out.get("type") in ("array", "object") and "properties" not in out:
         out.pop("default")  # an empty list or map is the same as an absent one

@@ -1,7 +1,8 @@
-"""A small async Kubernetes client for the operator's writes (kopf does the watching).
+"""A small async Kubernetes client: the operator's writes (kopf does its watching) and the node agent.
 
-It authenticates with the same credentials as kopf (`kopf.ConnectionInfo`, from the in-cluster
-service account or a kubeconfig), so one login serves both, and counts its requests for metrics.
+It takes a `Connection` (from the in-cluster service account or a kubeconfig; kopf's
+`ConnectionInfo` has the same fields, so the operator's one login serves kopf and this client) and
+counts its requests for metrics.
 """
 
 from __future__ import annotations
@@ -13,18 +14,47 @@ import logging
 import ssl
 import tempfile
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
-import kopf
 
-__all__ = ["Kube", "KubeError", "connection_from_kubeconfig"]
+__all__ = ["Connection", "ConnectionInfo", "Kube", "KubeError", "load_connection"]
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
-DEFAULT_CONTEXT: str | None = None  # set by `visioninapp-operator --context`
 MERGE = "application/merge-patch+json"
+STRATEGIC = "application/strategic-merge-patch+json"
+
+
+class ConnectionInfo(Protocol):
+    """Where the API server is and how to log in: `Connection`, or kopf's `ConnectionInfo`."""
+
+    @property
+    def server(self) -> str: ...
+    @property
+    def ca_path(self) -> str | None: ...
+    @property
+    def ca_data(self) -> bytes | None: ...
+    @property
+    def insecure(self) -> bool | None: ...
+    @property
+    def username(self) -> str | None: ...
+    @property
+    def password(self) -> str | None: ...
+    @property
+    def scheme(self) -> str | None: ...
+    @property
+    def token(self) -> str | None: ...
+    @property
+    def certificate_path(self) -> str | None: ...
+    @property
+    def certificate_data(self) -> bytes | None: ...
+    @property
+    def private_key_path(self) -> str | None: ...
+    @property
+    def private_key_data(self) -> bytes | None: ...
 
 
 class KubeError(Exception):
@@ -35,14 +65,27 @@ class KubeError(Exception):
         self.code, self.reason, self.message = code, reason, message
 
 
-def connection_from_kubeconfig(
-    kubeconfig: str | Path | None = None, context: str | None = None
-) -> kopf.ConnectionInfo:
+@dataclass(frozen=True)
+class Connection:
+    server: str
+    ca_path: str | None = None
+    ca_data: bytes | None = None
+    insecure: bool | None = None
+    username: str | None = None
+    password: str | None = None
+    scheme: str | None = None
+    token: str | None = None
+    certificate_path: str | None = None
+    certificate_data: bytes | None = None
+    private_key_path: str | None = None
+    private_key_data: bytes | None = None
+
+
+def load_connection(kubeconfig: str | Path | None = None, context: str | None = None) -> Connection:
     """Credentials from the in-cluster service account, or from a kubeconfig (and context)."""
     import kubernetes
 
     configuration = kubernetes.client.Configuration()
-    context = context or DEFAULT_CONTEXT
     if kubeconfig is None and context is None:
         try:
             kubernetes.config.load_incluster_config(client_configuration=configuration)
@@ -58,7 +101,7 @@ def connection_from_kubeconfig(
         "authorization"
     )
     scheme, _, token = (header or "").rpartition(" ")
-    return kopf.ConnectionInfo(
+    return Connection(
         server=configuration.host,
         ca_path=configuration.ssl_ca_cert,
         insecure=not configuration.verify_ssl,
@@ -69,7 +112,7 @@ def connection_from_kubeconfig(
     )
 
 
-def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
+def _ssl_context(info: ConnectionInfo) -> ssl.SSLContext | bool:
     if not info.server.startswith("https"):
         return False
     if info.insecure:
@@ -93,14 +136,16 @@ def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
 class Kube:
     """`await kube.create("batch/v1", "jobs", ns, body)` and friends, over one HTTP session."""
 
-    def __init__(self, info: kopf.ConnectionInfo, concurrency: int = 64) -> None:
-        self.info, self.concurrency = info, concurrency
+    def __init__(
+        self, info: ConnectionInfo, concurrency: int = 64, user_agent: str = "visioninapp-operator"
+    ) -> None:
+        self.info, self.concurrency, self.user_agent = info, concurrency, user_agent
         self.requests: Counter[str] = Counter()
         self._session: aiohttp.ClientSession | None = None
 
     async def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            headers = {"Accept": "application/json", "User-Agent": "visioninapp-operator"}
+            headers = {"Accept": "application/json", "User-Agent": self.user_agent}
             if self.info.token:
                 headers["Authorization"] = f"{self.info.scheme or 'Bearer'} {self.info.token}"
             auth = (

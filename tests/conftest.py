@@ -6,8 +6,14 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+from visioninapp.cluster.build import ETCD_VERSION, KUBERNETES_VERSION, binaries_dir
+
+if TYPE_CHECKING:
+    from visioninapp.cluster.controlplane import ControlPlane
 
 from tests.services import (
     delete_test_streams,
@@ -36,9 +42,31 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             )
 
 
+def pytest_report_header() -> str:
+    return (
+        f"kubernetes: v{KUBERNETES_VERSION} (kube-apiserver, kube-controller-manager, kube-scheduler) "
+        f"and etcd v{ETCD_VERSION}, built from source into {binaries_dir()}"
+    )
+
+
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """One real control plane for the session (etcd, kube-apiserver, controller-manager, scheduler),
+    with audit logging on (the RBAC tests read who called what) and nodes declared unreachable
+    10 s after their last heartbeat. Tests share it through namespaces of their own
+    (tests/k8s/conftest.py `cluster`); what needs a control plane to itself starts one."""
+    from visioninapp.cluster.controlplane import ControlPlane
+
+    with ControlPlane(
+        tmp_path_factory.mktemp("control-plane"), audit=True, node_monitor_grace_seconds=10
+    ) as plane:
+        assert plane.version() == f"v{KUBERNETES_VERSION}"
+        yield plane
 
 
 @pytest.fixture

@@ -40,12 +40,42 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def apt_install(*packages: str) -> None:
+    """Install Debian packages (the test setup runs as root on a fresh Debian/Ubuntu machine)."""
+    if not shutil.which("apt-get"):
+        raise ServiceUnavailable(f"{', '.join(packages)} missing and apt-get is not available to install them")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    print(f"[tests] installing {' '.join(packages)} with apt-get (once per machine)", file=sys.stderr, flush=True)
+    # Package scripts must not start services through the init system: the tests start them.
+    policy = Path("/usr/sbin/policy-rc.d")
+    had_policy = policy.exists()
+    if not had_policy:
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+    try:
+        update = subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True, env=env, timeout=600)
+        if update.returncode != 0:
+            raise ServiceUnavailable(f"apt-get update failed: {update.stderr[-2000:]}")
+        install = subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=1200,
+        )
+        if install.returncode != 0:
+            raise ServiceUnavailable(f"apt-get install {' '.join(packages)} failed: {install.stderr[-2000:]}")
+    finally:
+        if not had_policy:
+            policy.unlink(missing_ok=True)
+
+
 def ensure_rabbitmq_streams() -> int:
-    """RabbitMQ with the stream plugin on 5552: start the broker and enable the plugin if needed."""
+    """RabbitMQ with the stream plugin on 5552: installed, started and the plugin enabled if needed."""
     if port_open(5552):
         return 5552
     if not shutil.which("rabbitmq-plugins"):
-        raise ServiceUnavailable("RabbitMQ is not installed (rabbitmq-server, rabbitmq-plugins)")
+        apt_install("rabbitmq-server")
     if not port_open(5672):
         subprocess.run(["rabbitmq-server", "-detached"], check=False, capture_output=True)
         wait_for_port(5672, 90, "rabbitmq-server")
@@ -76,7 +106,7 @@ def ensure_mariadb() -> None:
     if port_open(3306):
         return
     if not Path("/usr/sbin/mariadbd").exists():
-        raise ServiceUnavailable("MariaDB is not installed (/usr/sbin/mariadbd)")
+        apt_install("mariadb-server")
     subprocess.run(
         ["start-stop-daemon", "--start", "--oknodo", "--background", "--exec", "/usr/sbin/mariadbd"],
         check=False,
@@ -89,7 +119,7 @@ def ensure_redis() -> None:
     if port_open(6379):
         return
     if not shutil.which("redis-server"):
-        raise ServiceUnavailable("Redis is not installed (redis-server)")
+        apt_install("redis-server")
     subprocess.run(
         [
             "redis-server",
@@ -209,15 +239,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 def ensure_chromium() -> Path:
     """Debian's chromium for the browser tests, installed with apt when missing (runs as root)."""
-    if CHROMIUM.exists():
-        return CHROMIUM
-    if not shutil.which("apt-get"):
-        raise ServiceUnavailable("chromium is missing and apt-get is not available to install it")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True, env=env, timeout=600)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "chromium"], check=True, capture_output=True, env=env, timeout=900
-    )
+    if not CHROMIUM.exists():
+        apt_install("chromium")
     return CHROMIUM
 
 

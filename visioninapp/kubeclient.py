@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 MERGE = "application/merge-patch+json"
 STRATEGIC = "application/strategic-merge-patch+json"
+# Unknown or duplicate fields in what we write are errors, not silently dropped: a status field
+# missing from the CRD's schema would otherwise vanish without a trace.
+STRICT = {"fieldValidation": "Strict"}
 
 
 class ConnectionInfo(Protocol):
@@ -192,6 +195,16 @@ class Kube:
                 )
             return payload if isinstance(payload, dict) else {}
 
+    async def text(self, path: str, **params: str) -> str:
+        """A GET whose answer is text, not JSON (pod logs)."""
+        session = await self._client()
+        self.requests["GET"] += 1
+        async with session.get(path, params=params or None) as response:
+            body = await response.text()
+            if response.status >= 400:
+                raise KubeError(response.status, "", body)
+            return body
+
     async def watch(
         self, api_version: str, plural: str, label_selector: str, on_reset: Any, on_event: Any
     ) -> None:
@@ -252,7 +265,7 @@ class Kube:
     async def create(self, api_version: str, plural: str, namespace: str | None, body: Obj) -> Obj | None:
         """Create; None when it already exists (every name we create is deterministic)."""
         try:
-            return await self.request("POST", self.path(api_version, plural, namespace), body)
+            return await self.request("POST", self.path(api_version, plural, namespace), body, **STRICT)
         except KubeError as error:
             if error.code == 409 and error.reason == "AlreadyExists":
                 return None
@@ -267,16 +280,25 @@ class Kube:
         patch: Obj,
         sub: str | None = None,
     ) -> Obj:
-        return await self.request("PATCH", self.path(api_version, plural, namespace, name, sub), patch, MERGE)
+        return await self.request(
+            "PATCH", self.path(api_version, plural, namespace, name, sub), patch, MERGE, **STRICT
+        )
 
     async def delete(
-        self, api_version: str, plural: str, namespace: str | None, name: str, propagation: str = "Background"
+        self,
+        api_version: str,
+        plural: str,
+        namespace: str | None,
+        name: str,
+        propagation: str = "Background",
+        grace_seconds: int | None = None,
     ) -> bool:
         """Delete (dependents too, in the background); False when it was already gone."""
+        options: Obj = {"propagationPolicy": propagation}
+        if grace_seconds is not None:
+            options["gracePeriodSeconds"] = grace_seconds
         try:
-            await self.request(
-                "DELETE", self.path(api_version, plural, namespace, name), {"propagationPolicy": propagation}
-            )
+            await self.request("DELETE", self.path(api_version, plural, namespace, name), options)
             return True
         except KubeError as error:
             if error.code == 404:

@@ -1,49 +1,62 @@
-"""Fixtures for tests against the emulated cluster (the harness) and the real operator process."""
+"""Fixtures for tests against the real control plane (nodes from the node agent) and the real
+operator process."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from visioninapp.cluster.harness import Harness
+from visioninapp.cluster.cluster import Cluster
+from visioninapp.cluster.controlplane import ControlPlane
 
 OPERATOR_LOG_TAIL = 4000
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Harness]:
-    """A fresh emulated cluster over HTTP with a GPU node; pods run from `cluster.set_script(...)`."""
-    with Harness(tmp_path / "cluster", script=lambda pod: None) as harness:
-        harness.add_node("gpu-0", gpus=1, labels={"agentpool": "gpu"})
-        harness.create_namespace("vision")
-        yield harness
+def cluster(control_plane: ControlPlane, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """The session's control plane with a namespace of this test's own (`cluster.namespace`) and a
+    GPU node `gpu-0`; pods run as local processes, or from `cluster.set_script(...)`."""
+    with Cluster(tmp_path / "cluster", plane=control_plane, renew_seconds=2, lease_seconds=8) as real:
+        real.namespace = (
+            f"{request.node.name[5:25].lower().replace('_', '-').strip('-')}-{uuid.uuid4().hex[:5]}"
+        )
+        real.create_namespace(real.namespace)
+        real.add_node("gpu-0", gpus=1, labels={"agentpool": "gpu"})
+        try:
+            yield real
+        finally:
+            real.clean_up()
 
 
 @pytest.fixture
-def kube(cluster: Harness) -> Any:
-    """The official kubernetes client configured from the harness's kubeconfig (as a user would)."""
+def kube(cluster: Cluster) -> Any:
+    """The official kubernetes client configured from the cluster's kubeconfig (as a user would)."""
     import kubernetes
 
     return kubernetes.config.new_client_from_config(config_file=str(cluster.kubeconfig))
 
 
 class OperatorProcess:
-    """`visioninapp-operator` as a real process connected to a harness through its kubeconfig."""
+    """`visioninapp-operator` as a real process connected to the cluster through a kubeconfig,
+    watching the test's namespace."""
 
-    def __init__(self, cluster: Harness, work_dir: Path, env: dict[str, str]) -> None:
+    def __init__(self, cluster: Cluster, work_dir: Path, env: dict[str, str]) -> None:
         self.cluster, self.log_path = cluster, work_dir / "operator.log"
         self.env = {
             **os.environ,
             "KUBECONFIG": str(cluster.kubeconfig),
+            "VISIONINAPP_OPERATOR_NAMESPACES": json.dumps([cluster.namespace]),
             "VISIONINAPP_OPERATOR_METRICS_PORT": "0",
             "VISIONINAPP_OPERATOR_LIVENESS_PORT": "0",
             "VISIONINAPP_OPERATOR_RESYNC_SECONDS": "2",
@@ -92,7 +105,7 @@ class OperatorProcess:
 def operator_factory(tmp_path: Path) -> Iterator[Any]:
     started: list[OperatorProcess] = []
 
-    def start(cluster: Harness, **env: str) -> OperatorProcess:
+    def start(cluster: Cluster, **env: str) -> OperatorProcess:
         work_dir = tmp_path / f"operator-{len(started)}"
         work_dir.mkdir()
         process = OperatorProcess(cluster, work_dir, env).start()

@@ -1,4 +1,5 @@
-"""The real operator process against the emulated cluster over HTTP, with a real S3 server.
+"""The real operator process against the real control plane (Job controller, scheduler, garbage
+collector, TTL controller), with a real S3 server.
 
 Pods run from scripts here (fast); test_operator_trainer.py runs the real trainer.
 """
@@ -19,8 +20,8 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tests.k8s.conftest import OperatorProcess, wait_for
-from visioninapp.cluster.controllers import Outcome
-from visioninapp.cluster.harness import Harness
+from visioninapp.cluster.agent import Outcome
+from visioninapp.cluster.cluster import Cluster
 from visioninapp.events import TrainerResult
 
 GROUP, VERSION = "visioninapp.io", "v1alpha1"
@@ -40,7 +41,7 @@ def bucket(s3: Any) -> str:
 
 
 @pytest.fixture
-def operator(cluster: Harness, operator_factory: Any, s3_endpoint: str, bucket: str) -> OperatorProcess:
+def operator(cluster: Cluster, operator_factory: Any, s3_endpoint: str, bucket: str) -> OperatorProcess:
     return operator_factory(
         cluster,
         VISIONINAPP_S3_ENDPOINT_URL=s3_endpoint,
@@ -90,7 +91,7 @@ def training_job(name: str = "helmets", **spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "TrainingJob",
-        "metadata": {"name": name, "namespace": "vision"},
+        "metadata": {"name": name},
         "spec": {
             "model": {"architecture": "yolo11n"},
             "dataset": {"uri": "s3://datasets/helmets/v3"},
@@ -102,17 +103,17 @@ def training_job(name: str = "helmets", **spec: Any) -> dict[str, Any]:
     }
 
 
-def get(cluster: Harness, plural: str, name: str, group: str = GROUP) -> dict[str, Any] | None:
-    return cluster.get(group, plural, "vision", name)
+def get(cluster: Cluster, plural: str, name: str, group: str = GROUP) -> dict[str, Any] | None:
+    return cluster.get(group, plural, cluster.namespace, name)
 
 
-def phase(cluster: Harness, name: str = "helmets", plural: str = "trainingjobs") -> str | None:
+def phase(cluster: Cluster, name: str = "helmets", plural: str = "trainingjobs") -> str | None:
     obj = get(cluster, plural, name)
     return ((obj or {}).get("status") or {}).get("phase")
 
 
 def wait_phase(
-    cluster: Harness, operator: OperatorProcess, wanted: str, name: str = "helmets", **kw: Any
+    cluster: Cluster, operator: OperatorProcess, wanted: str, name: str = "helmets", **kw: Any
 ) -> dict:
     wait_for(lambda: phase(cluster, name, **kw) == wanted, 30, f"{name} to be {wanted}", operator)
     obj = get(cluster, kw.get("plural", "trainingjobs"), name)
@@ -120,9 +121,13 @@ def wait_phase(
     return obj
 
 
-def reasons(cluster: Harness, name: str) -> set[str]:
+def reasons(cluster: Cluster, name: str) -> set[str]:
     """Reasons of the Events about `name` (posted right after the status write: wait for them)."""
-    return {e["reason"] for e in cluster.list("", "events", "vision") if e["involvedObject"]["name"] == name}
+    return {
+        e["reason"]
+        for e in cluster.list("", "events", cluster.namespace)
+        if e["involvedObject"]["name"] == name
+    }
 
 
 def conditions(obj: dict[str, Any]) -> dict[str, tuple[str, str]]:
@@ -130,11 +135,11 @@ def conditions(obj: dict[str, Any]) -> dict[str, tuple[str, str]]:
 
 
 def test_training_job_to_gpu_job_to_verified_artifact(
-    cluster: Harness, operator: OperatorProcess, s3: Any, kube: Any
+    cluster: Cluster, operator: OperatorProcess, s3: Any, kube: Any
 ) -> None:
     cluster.set_script(successful_trainer(s3))
     api = client.CustomObjectsApi(kube)
-    api.create_namespaced_custom_object(GROUP, VERSION, "vision", "trainingjobs", training_job())
+    api.create_namespaced_custom_object(GROUP, VERSION, cluster.namespace, "trainingjobs", training_job())
     job = wait_for(lambda: get(cluster, "jobs", "helmets-1", "batch"), 30, "the Job", operator)
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
@@ -156,9 +161,9 @@ def test_training_job_to_gpu_job_to_verified_artifact(
     )
 
 
-def test_a_corrupt_artifact_is_invalid(cluster: Harness, operator: OperatorProcess, s3: Any) -> None:
+def test_a_corrupt_artifact_is_invalid(cluster: Cluster, operator: OperatorProcess, s3: Any) -> None:
     cluster.set_script(successful_trainer(s3, corrupt=True))
-    cluster.create(GROUP, "trainingjobs", "vision", training_job())
+    cluster.create(GROUP, "trainingjobs", cluster.namespace, training_job())
     artifact = wait_phase(cluster, operator, "Invalid", plural="modelartifacts")
     status, reason = conditions(artifact)["Verified"]
     assert (status, reason) == ("False", "ChecksumMismatch")
@@ -166,39 +171,39 @@ def test_a_corrupt_artifact_is_invalid(cluster: Harness, operator: OperatorProce
 
 
 def test_class_names_left_out_of_the_result_come_from_the_manifest(
-    cluster: Harness, operator: OperatorProcess, s3: Any
+    cluster: Cluster, operator: OperatorProcess, s3: Any
 ) -> None:
     cluster.set_script(successful_trainer(s3, names_in_manifest_only=True))
-    cluster.create(GROUP, "trainingjobs", "vision", training_job())
+    cluster.create(GROUP, "trainingjobs", cluster.namespace, training_job())
     artifact = wait_phase(cluster, operator, "Available", plural="modelartifacts")
     assert artifact["spec"]["classNames"] == ["helmet", "head"]
 
 
-def test_failure_carries_the_pods_reason(cluster: Harness, operator: OperatorProcess) -> None:
+def test_failure_carries_the_pods_reason(cluster: Cluster, operator: OperatorProcess) -> None:
     cluster.set_script(
         lambda pod: Outcome(exit_code=1, message="error: S3 object or bucket not found (NoSuchBucket)")
     )
-    cluster.create(GROUP, "trainingjobs", "vision", training_job(backoffLimit=1))
+    cluster.create(GROUP, "trainingjobs", cluster.namespace, training_job(backoffLimit=1))
     tj = wait_phase(cluster, operator, "Failed")
     assert conditions(tj)["Failed"] == ("True", "BackoffLimitExceeded")
     assert "NoSuchBucket" in tj["status"]["message"]
-    assert len(cluster.list("", "pods", "vision", "job-name=helmets-1")) == 2  # tried twice
+    assert len(cluster.list("", "pods", cluster.namespace, "job-name=helmets-1")) == 2  # tried twice
 
 
-def test_deadline_fails_the_run(cluster: Harness, operator: OperatorProcess) -> None:
+def test_deadline_fails_the_run(cluster: Cluster, operator: OperatorProcess) -> None:
     cluster.set_script(lambda pod: Outcome(seconds=120))
-    cluster.create(GROUP, "trainingjobs", "vision", training_job(activeDeadlineSeconds=60))
+    cluster.create(GROUP, "trainingjobs", cluster.namespace, training_job(activeDeadlineSeconds=60))
     wait_phase(cluster, operator, "Running")
     assert get(cluster, "jobs", "helmets-1", "batch")["spec"]["activeDeadlineSeconds"] == 60
     # Let the deadline pass now rather than in a minute: the Job controller measures from startTime.
-    cluster.patch("batch", "jobs", "vision", "helmets-1", {"spec": {"activeDeadlineSeconds": 1}})
+    cluster.patch("batch", "jobs", cluster.namespace, "helmets-1", {"spec": {"activeDeadlineSeconds": 1}})
     tj = wait_phase(cluster, operator, "Failed")
     assert conditions(tj)["Failed"] == ("True", "DeadlineExceeded")
 
 
-def test_unschedulable_until_a_gpu_node_joins(cluster: Harness, operator: OperatorProcess, s3: Any) -> None:
+def test_unschedulable_until_a_gpu_node_joins(cluster: Cluster, operator: OperatorProcess, s3: Any) -> None:
     cluster.set_script(successful_trainer(s3, seconds=1))
-    cluster.create(GROUP, "trainingjobs", "vision", training_job(resources={"gpu": {"count": 4}}))
+    cluster.create(GROUP, "trainingjobs", cluster.namespace, training_job(resources={"gpu": {"count": 4}}))
 
     def unschedulable() -> Any:
         tj = get(cluster, "trainingjobs", "helmets")
@@ -214,21 +219,23 @@ def test_unschedulable_until_a_gpu_node_joins(cluster: Harness, operator: Operat
 
 
 def test_suspend_deletes_the_job_and_resume_starts_attempt_two(
-    cluster: Harness, operator: OperatorProcess, s3: Any
+    cluster: Cluster, operator: OperatorProcess, s3: Any
 ) -> None:
     cluster.set_script(lambda pod: Outcome(seconds=60))
-    cluster.create(GROUP, "trainingjobs", "vision", training_job())
+    cluster.create(GROUP, "trainingjobs", cluster.namespace, training_job())
     wait_phase(cluster, operator, "Running")
-    cluster.patch(GROUP, "trainingjobs", "vision", "helmets", {"spec": {"suspend": True}})
+    cluster.patch(GROUP, "trainingjobs", cluster.namespace, "helmets", {"spec": {"suspend": True}})
     tj = wait_phase(cluster, operator, "Suspended")
     assert conditions(tj)["Suspended"] == ("True", "Suspended")
-    wait_for(lambda: not cluster.list("batch", "jobs", "vision"), 10, "the Job to be deleted", operator)
-    wait_for(lambda: not cluster.list("", "pods", "vision"), 10, "its pods to be deleted", operator)
+    wait_for(
+        lambda: not cluster.list("batch", "jobs", cluster.namespace), 10, "the Job to be deleted", operator
+    )
+    wait_for(lambda: not cluster.list("", "pods", cluster.namespace), 10, "its pods to be deleted", operator)
     cluster.set_script(successful_trainer(s3))
     cluster.patch(
         GROUP,
         "trainingjobs",
-        "vision",
+        cluster.namespace,
         "helmets",
         {"spec": {"suspend": False, "hyperparameters": {"epochs": 5}}},
     )
@@ -245,10 +252,12 @@ def test_suspend_deletes_the_job_and_resume_starts_attempt_two(
 
 
 def test_kueue_queue_holds_the_job_until_admitted(
-    cluster: Harness, operator: OperatorProcess, s3: Any
+    cluster: Cluster, operator: OperatorProcess, s3: Any
 ) -> None:
     cluster.set_script(successful_trainer(s3))
-    cluster.create(GROUP, "trainingjobs", "vision", training_job(placement={"queueName": "gpu-queue"}))
+    cluster.create(
+        GROUP, "trainingjobs", cluster.namespace, training_job(placement={"queueName": "gpu-queue"})
+    )
     tj = wait_phase(cluster, operator, "Queued")
     job = get(cluster, "jobs", "helmets-1", "batch")
     assert (
@@ -256,50 +265,63 @@ def test_kueue_queue_holds_the_job_until_admitted(
         and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
     )
     assert conditions(tj)["Queued"][0] == "True"
-    cluster.patch("batch", "jobs", "vision", "helmets-1", {"spec": {"suspend": False}})  # what Kueue does
+    cluster.patch(
+        "batch", "jobs", cluster.namespace, "helmets-1", {"spec": {"suspend": False}}
+    )  # what Kueue does
     wait_phase(cluster, operator, "Succeeded")
 
 
 def test_invalid_training_jobs_are_rejected_before_the_operator_sees_them(
-    kube: Any, cluster: Harness
+    kube: Any, cluster: Cluster
 ) -> None:
     api = client.CustomObjectsApi(kube)
     with pytest.raises(ApiException) as error:
         api.create_namespaced_custom_object(
-            GROUP, VERSION, "vision", "trainingjobs", training_job(model={"architecture": "yolox-s"})
+            GROUP, VERSION, cluster.namespace, "trainingjobs", training_job(model={"architecture": "yolox-s"})
         )
     assert error.value.status == 422 and "spec.model.architecture" in error.value.body
-    assert not cluster.list(GROUP, "trainingjobs", "vision")
+    assert not cluster.list(GROUP, "trainingjobs", cluster.namespace)
 
 
 def test_ttl_removes_the_job_never_the_training_job_and_delete_cascades(
-    cluster: Harness, operator: OperatorProcess, s3: Any
+    cluster: Cluster, operator: OperatorProcess, s3: Any
 ) -> None:
     cluster.set_script(successful_trainer(s3))
-    cluster.create(GROUP, "trainingjobs", "vision", training_job(ttlSecondsAfterFinished=0))
+    cluster.create(GROUP, "trainingjobs", cluster.namespace, training_job(ttlSecondsAfterFinished=0))
     wait_phase(cluster, operator, "Succeeded")
-    wait_for(lambda: not cluster.list("batch", "jobs", "vision"), 10, "the TTL to remove the Job", operator)
-    wait_for(lambda: not cluster.list("", "pods", "vision"), 10, "the TTL to remove the pods", operator)
+    wait_for(
+        lambda: not cluster.list("batch", "jobs", cluster.namespace),
+        10,
+        "the TTL to remove the Job",
+        operator,
+    )
+    wait_for(
+        lambda: not cluster.list("", "pods", cluster.namespace), 10, "the TTL to remove the pods", operator
+    )
     assert phase(cluster) == "Succeeded" and get(cluster, "modelartifacts", "helmets") is not None
     cluster.set_script(lambda pod: Outcome(seconds=60))
-    cluster.create(GROUP, "trainingjobs", "vision", training_job("running"))
+    cluster.create(GROUP, "trainingjobs", cluster.namespace, training_job("running"))
     wait_phase(cluster, operator, "Running", name="running")
-    cluster.delete(GROUP, "trainingjobs", "vision", "running")
-    wait_for(lambda: not cluster.list("batch", "jobs", "vision"), 10, "the cascade to the Job", operator)
-    wait_for(lambda: not cluster.list("", "pods", "vision"), 10, "the cascade to the pods", operator)
+    cluster.delete(GROUP, "trainingjobs", cluster.namespace, "running")
+    wait_for(
+        lambda: not cluster.list("batch", "jobs", cluster.namespace), 10, "the cascade to the Job", operator
+    )
+    wait_for(lambda: not cluster.list("", "pods", cluster.namespace), 10, "the cascade to the pods", operator)
     assert get(cluster, "modelartifacts", "helmets") is not None  # artifacts outlive their jobs
 
 
 def test_fine_tuning_resolves_the_base_model_to_its_pt_file(
-    cluster: Harness, operator: OperatorProcess, s3: Any
+    cluster: Cluster, operator: OperatorProcess, s3: Any
 ) -> None:
     cluster.set_script(successful_trainer(s3))
-    cluster.create(GROUP, "trainingjobs", "vision", training_job("base"))
+    cluster.create(GROUP, "trainingjobs", cluster.namespace, training_job("base"))
     wait_phase(cluster, operator, "Available", name="base", plural="modelartifacts")
     seen: list[dict[str, Any]] = []
     trainer = successful_trainer(s3)
     cluster.set_script(lambda pod: (seen.append(trainer_config(pod)), trainer(pod))[1])
-    cluster.create(GROUP, "trainingjobs", "vision", training_job("tuned", model={"baseModel": "base"}))
+    cluster.create(
+        GROUP, "trainingjobs", cluster.namespace, training_job("tuned", model={"baseModel": "base"})
+    )
     tuned = wait_phase(cluster, operator, "Succeeded", name="tuned")
     base_pt = next(
         f for f in get(cluster, "modelartifacts", "base")["spec"]["formats"] if f["format"] == "pt"
@@ -308,7 +330,9 @@ def test_fine_tuning_resolves_the_base_model_to_its_pt_file(
     assert (
         get(cluster, "modelartifacts", tuned["status"]["artifact"])["spec"]["source"]["baseModel"] == "base"
     )
-    cluster.create(GROUP, "trainingjobs", "vision", training_job("orphan", model={"baseModel": "missing"}))
+    cluster.create(
+        GROUP, "trainingjobs", cluster.namespace, training_job("orphan", model={"baseModel": "missing"})
+    )
 
     def waiting() -> Any:
         tj = get(cluster, "trainingjobs", "orphan")
@@ -321,15 +345,16 @@ def test_fine_tuning_resolves_the_base_model_to_its_pt_file(
 
 
 def test_new_artifacts_are_mirrored_to_the_edge_cluster(
-    cluster: Harness, operator_factory: Any, s3: Any, s3_endpoint: str, bucket: str, tmp_path: Any
+    cluster: Cluster, operator_factory: Any, s3: Any, s3_endpoint: str, bucket: str, tmp_path: Any
 ) -> None:
-    with Harness(tmp_path / "edge") as edge:
-        edge.create_namespace("vision")
+    with Cluster(tmp_path / "edge") as edge:  # a second control plane: the edge cluster
+        edge.namespace = cluster.namespace
+        edge.create_namespace(edge.namespace)
         kubeconfig = yaml.safe_dump(edge.kubeconfig_dict()).encode()
         cluster.create(
             "",
             "secrets",
-            "default",
+            cluster.namespace,
             {
                 "metadata": {"name": "edge-cluster"},
                 "data": {"kubeconfig": base64.b64encode(kubeconfig).decode()},
@@ -340,56 +365,61 @@ def test_new_artifacts_are_mirrored_to_the_edge_cluster(
             VISIONINAPP_S3_ENDPOINT_URL=s3_endpoint,
             VISIONINAPP_ARTIFACTS_URI=f"s3://{bucket}/runs",
             VISIONINAPP_OPERATOR_ROLES='["training"]',
-            VISIONINAPP_OPERATOR_MIRROR_KUBECONFIG_SECRET="default/edge-cluster",
+            VISIONINAPP_OPERATOR_MIRROR_KUBECONFIG_SECRET=f"{cluster.namespace}/edge-cluster",
         )
         edge_operator = operator_factory(
             edge, VISIONINAPP_S3_ENDPOINT_URL=s3_endpoint, VISIONINAPP_OPERATOR_ROLES='["rollout"]'
         )
         cluster.set_script(successful_trainer(s3))
-        cluster.create(GROUP, "trainingjobs", "vision", training_job())
+        cluster.create(GROUP, "trainingjobs", cluster.namespace, training_job())
         wait_phase(cluster, operator, "Succeeded")
         mirrored = wait_for(
-            lambda: edge.get(GROUP, "modelartifacts", "vision", "helmets"), 30, "the mirror", operator
+            lambda: edge.get(GROUP, "modelartifacts", cluster.namespace, "helmets"),
+            30,
+            "the mirror",
+            operator,
         )
         assert mirrored["spec"] == get(cluster, "modelartifacts", "helmets")["spec"]
         # The edge cluster's operator verifies it there too (every role verifies artifacts).
         wait_for(
             lambda: (
-                ((edge.get(GROUP, "modelartifacts", "vision", "helmets") or {}).get("status") or {}).get(
-                    "phase"
-                )
+                (
+                    (edge.get(GROUP, "modelartifacts", cluster.namespace, "helmets") or {}).get("status")
+                    or {}
+                ).get("phase")
                 == "Available"
             ),
             30,
             "verification in the edge cluster",
             edge_operator,
         )
-        assert not edge.list("batch", "jobs", "vision")  # no training controller there
+        assert not edge.list("batch", "jobs", cluster.namespace)  # no training controller there
         edge_operator.stop()
 
 
 def test_watches_only_its_namespaces_and_serves_health_and_metrics(
-    cluster: Harness, operator_factory: Any, s3: Any, s3_endpoint: str, bucket: str
+    cluster: Cluster, operator_factory: Any, s3: Any, s3_endpoint: str, bucket: str
 ) -> None:
     import requests
 
     from tests.services import free_port
 
     metrics_port, liveness_port = free_port(), free_port()
-    cluster.create_namespace("other")
+    other = f"{cluster.namespace}-other"
+    cluster.create_namespace(other)
     operator = operator_factory(
         cluster,
-        VISIONINAPP_OPERATOR_NAMESPACES='["vision"]',
+        VISIONINAPP_OPERATOR_NAMESPACES=json.dumps([cluster.namespace]),
         VISIONINAPP_S3_ENDPOINT_URL=s3_endpoint,
         VISIONINAPP_ARTIFACTS_URI=f"s3://{bucket}/runs",
         VISIONINAPP_OPERATOR_METRICS_PORT=str(metrics_port),
         VISIONINAPP_OPERATOR_LIVENESS_PORT=str(liveness_port),
     )
     cluster.set_script(successful_trainer(s3))
-    cluster.create(GROUP, "trainingjobs", "other", {**training_job(), "metadata": {"name": "elsewhere"}})
-    cluster.create(GROUP, "trainingjobs", "vision", training_job())
+    cluster.create(GROUP, "trainingjobs", other, {**training_job(), "metadata": {"name": "elsewhere"}})
+    cluster.create(GROUP, "trainingjobs", cluster.namespace, training_job())
     wait_phase(cluster, operator, "Succeeded")
-    assert not (cluster.get(GROUP, "trainingjobs", "other", "elsewhere") or {}).get("status")
+    assert not (cluster.get(GROUP, "trainingjobs", other, "elsewhere") or {}).get("status")
     assert requests.get(f"http://127.0.0.1:{liveness_port}/healthz", timeout=5).status_code == 200
     metrics = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
     assert 'visioninapp_operator_reconciles_total{kind="TrainingJob",result="ok"}' in metrics

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from tests.k8s.conftest import wait_for
-from visioninapp.cluster.controllers import Outcome
-from visioninapp.cluster.harness import Harness
+from visioninapp.cluster.agent import Outcome
+from visioninapp.cluster.cluster import Cluster
 from visioninapp.events import TrainerResult
 
 GROUP = "visioninapp.io"
@@ -42,20 +42,8 @@ def outcome_for(pod: dict[str, Any]) -> Outcome:
 
 
 def test_killed_operator_creates_nothing_twice_and_finishes_everything(
-    cluster: Harness, operator_factory: Any
+    cluster: Cluster, operator_factory: Any
 ) -> None:
-    created: Counter[tuple[str, str]] = Counter()
-
-    def count(rtype: Any, event: str, obj: dict[str, Any]) -> None:
-        if event == "ADDED" and rtype.plural in ("jobs", "pods", "modelartifacts"):
-            key = (
-                obj["metadata"]["labels"].get("batch.kubernetes.io/job-name")
-                if rtype.plural == "pods"
-                else None
-            )
-            created[(rtype.plural, key or obj["metadata"]["name"])] += 1
-
-    cluster.call(cluster.emulator.store.on_change, count)
     cluster.set_script(outcome_for)
     cluster.add_node("gpu-1", gpus=64, labels={"agentpool": "gpu"})
     operator = operator_factory(cluster)
@@ -63,7 +51,7 @@ def test_killed_operator_creates_nothing_twice_and_finishes_everything(
         cluster.create(
             GROUP,
             "trainingjobs",
-            "vision",
+            cluster.namespace,
             {
                 "apiVersion": "visioninapp.io/v1alpha1",
                 "kind": "TrainingJob",
@@ -84,12 +72,23 @@ def test_killed_operator_creates_nothing_twice_and_finishes_everything(
 
     def phases() -> Counter[str]:
         return Counter(
-            (tj.get("status") or {}).get("phase") for tj in cluster.list(GROUP, "trainingjobs", "vision")
+            (tj.get("status") or {}).get("phase")
+            for tj in cluster.list(GROUP, "trainingjobs", cluster.namespace)
         )
 
     wait_for(lambda: phases()["Succeeded"] + phases()["Failed"] == JOBS, 120, "every run to finish", operator)
     assert phases() == {"Succeeded": 40, "Failed": 10}
-    for tj in cluster.list(GROUP, "trainingjobs", "vision"):
+    # Every creation, as the API server recorded it (audit log): by name for what the operator
+    # names, by the Job it belongs to for pods (the Job controller names them).
+    created: Counter[tuple[str, str]] = Counter()
+    for record in cluster.plane.audit_records(cluster.namespace):
+        ref = record.get("objectRef") or {}
+        answered = record["stage"] == "ResponseComplete" and record["responseStatus"]["code"] == 201
+        if record["verb"] == "create" and answered and ref.get("resource") in ("jobs", "modelartifacts"):
+            created[(ref["resource"], ref["name"])] += 1
+    for pod in cluster.list("", "pods", cluster.namespace):  # none is ever deleted here
+        created[("pods", pod["metadata"]["labels"]["batch.kubernetes.io/job-name"])] += 1
+    for tj in cluster.list(GROUP, "trainingjobs", cluster.namespace):
         name = tj["metadata"]["name"]
         assert tj["status"]["attempts"] == 1, name
         assert created[("jobs", f"{name}-1")] == 1, (

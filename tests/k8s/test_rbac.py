@@ -23,8 +23,8 @@ import yaml
 from tests.k8s.conftest import wait_for
 from tests.k8s.test_operator import successful_trainer, training_job
 from tests.services import free_port
-from visioninapp.cluster.controllers import Outcome
-from visioninapp.cluster.harness import Harness
+from visioninapp.cluster.agent import Outcome
+from visioninapp.cluster.cluster import Cluster
 
 GROUP = "visioninapp.io"
 REPO = Path(__file__).resolve().parents[2]
@@ -39,8 +39,8 @@ RACE_PATHS = {
 }
 
 
-def kubeconfig_with_token(cluster: Harness, path: Path, token: str) -> Path:
-    config = cluster.kubeconfig_dict("vision")
+def kubeconfig_with_token(cluster: Cluster, path: Path, token: str) -> Path:
+    config = cluster.kubeconfig_dict(cluster.namespace)
     config["users"][0]["user"] = {"token": token}
     path.write_text(yaml.safe_dump(config))
     return path
@@ -64,13 +64,13 @@ def chart_rules(values: dict[str, Any], role: str) -> Access:
     }
 
 
-def used_by(cluster: Harness, token: str) -> Access:
+def used_by(cluster: Cluster, token: str) -> Access:
     access = cluster.call(lambda: set(cluster.emulator.access))
     return {(verb, group, resource) for who, verb, group, resource in access if who == token}
 
 
 @pytest.fixture
-def api_process(cluster: Harness, tmp_path: Path) -> Iterator[str]:
+def api_process(cluster: Cluster, tmp_path: Path) -> Iterator[str]:
     """`visioninapp-api serve` on its embedded defaults, talking to the cluster as "api"."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONINAPP_")}
@@ -103,7 +103,7 @@ def _ready(url: str) -> bool:
 
 
 def test_the_operators_cluster_role_is_exactly_what_it_calls(
-    cluster: Harness, operator_factory: Any, s3_endpoint: str, tmp_path: Path
+    cluster: Cluster, operator_factory: Any, s3_endpoint: str, tmp_path: Path
 ) -> None:
     import boto3
 
@@ -128,19 +128,23 @@ def test_the_operators_cluster_role_is_exactly_what_it_calls(
     )
 
     def phase(plural: str, name: str) -> str | None:
-        return ((cluster.get(GROUP, plural, "vision", name) or {}).get("status") or {}).get("phase")
+        return ((cluster.get(GROUP, plural, cluster.namespace, name) or {}).get("status") or {}).get("phase")
 
     for name in ("v1", "v2"):  # two runs, two models
-        cluster.create(GROUP, "trainingjobs", "vision", training_job(name))
+        cluster.create(GROUP, "trainingjobs", cluster.namespace, training_job(name))
         wait_for(lambda n=name: phase("modelartifacts", n) == "Available", 60, f"model {name}", operator)
     tuned = training_job("v3")
     tuned["spec"]["model"] = {"baseModel": "v1"}  # fine-tuning reads its base model
-    cluster.create(GROUP, "trainingjobs", "vision", tuned)
-    cluster.create(GROUP, "trainingjobs", "vision", training_job("long"))
+    cluster.create(GROUP, "trainingjobs", cluster.namespace, tuned)
+    cluster.create(GROUP, "trainingjobs", cluster.namespace, training_job("long"))
     wait_for(lambda: phase("trainingjobs", "long") == "Running", 60, "a long run", operator)
-    cluster.patch(GROUP, "trainingjobs", "vision", "long", {"spec": {"suspend": True}})  # deletes its Job
+    cluster.patch(
+        GROUP, "trainingjobs", cluster.namespace, "long", {"spec": {"suspend": True}}
+    )  # deletes its Job
     wait_for(
-        lambda: not cluster.list("batch", "jobs", "vision", "visioninapp.io/training-job=long"), 30, "suspend"
+        lambda: not cluster.list("batch", "jobs", cluster.namespace, "visioninapp.io/training-job=long"),
+        30,
+        "suspend",
     )
     wait_for(lambda: phase("modelartifacts", "v3") == "Available", 60, "the fine-tuned model", operator)
 
@@ -148,22 +152,26 @@ def test_the_operators_cluster_role_is_exactly_what_it_calls(
         "metadata": {"name": "gate"},
         "spec": {"modelRef": "v1", "strategy": {"healthGate": {"minReadySeconds": 1}}},
     }
-    cluster.create(GROUP, "edgedeployments", "vision", deployment)
+    cluster.create(GROUP, "edgedeployments", cluster.namespace, deployment)
     wait_for(lambda: phase("edgedeployments", "gate") == "Healthy", 60, "v1 on the fleet", operator)
 
     def serving(model: str) -> bool:
-        status = (cluster.get(GROUP, "edgedeployments", "vision", "gate") or {}).get("status") or {}
+        status = (cluster.get(GROUP, "edgedeployments", cluster.namespace, "gate") or {}).get("status") or {}
         return status.get("currentModel") == model and status.get("phase") == "Healthy"
 
-    cluster.patch(GROUP, "edgedeployments", "vision", "gate", {"spec": {"modelRef": "v2"}})
+    cluster.patch(GROUP, "edgedeployments", cluster.namespace, "gate", {"spec": {"modelRef": "v2"}})
     wait_for(lambda: serving("v2"), 60, "v2 on the fleet (its pod replaced)", operator)
     action = {"metadata": {"annotations": {"visioninapp.io/rollout-action": "rollback"}}}
-    cluster.patch(GROUP, "edgedeployments", "vision", "gate", action)  # the operator clears it when done
+    cluster.patch(
+        GROUP, "edgedeployments", cluster.namespace, "gate", action
+    )  # the operator clears it when done
     wait_for(
         lambda: (
             "visioninapp.io/rollout-action"
             not in (
-                (cluster.get(GROUP, "edgedeployments", "vision", "gate") or {})["metadata"].get("annotations")
+                (cluster.get(GROUP, "edgedeployments", cluster.namespace, "gate") or {})["metadata"].get(
+                    "annotations"
+                )
                 or {}
             )
         ),
@@ -171,9 +179,14 @@ def test_the_operators_cluster_role_is_exactly_what_it_calls(
         "the rollback action to be taken",
         operator,
     )
-    cluster.delete(GROUP, "edgedeployments", "vision", "gate")
-    cluster.delete(GROUP, "trainingjobs", "vision", "v2")
-    wait_for(lambda: cluster.get(GROUP, "trainingjobs", "vision", "v2") is None, 30, "v2 deleted", operator)
+    cluster.delete(GROUP, "edgedeployments", cluster.namespace, "gate")
+    cluster.delete(GROUP, "trainingjobs", cluster.namespace, "v2")
+    wait_for(
+        lambda: cluster.get(GROUP, "trainingjobs", cluster.namespace, "v2") is None,
+        30,
+        "v2 deleted",
+        operator,
+    )
     time.sleep(1)
 
     used = used_by(cluster, "operator")
@@ -194,12 +207,12 @@ def test_the_operators_cluster_role_is_exactly_what_it_calls(
     assert ("create", "batch", "jobs") not in rollout_only and ("list", "", "nodes") in rollout_only
 
 
-def test_the_apis_cluster_role_is_exactly_what_it_calls(cluster: Harness, api_process: str) -> None:
+def test_the_apis_cluster_role_is_exactly_what_it_calls(cluster: Cluster, api_process: str) -> None:
     cluster.add_node("jetson-0", labels={"visioninapp.io/edge": "true"})
     cluster.create(
         GROUP,
         "modelartifacts",
-        "vision",
+        cluster.namespace,
         {
             "metadata": {"name": "helmets-v1"},
             "spec": {
@@ -217,7 +230,7 @@ def test_the_apis_cluster_role_is_exactly_what_it_calls(cluster: Harness, api_pr
         assert response.status_code < 400, f"{method} {path}: {response.status_code} {response.text}"
         return response.json() if response.content else None
 
-    call("POST", "/projects", json={"name": "vision"})
+    call("POST", "/projects", json={"name": cluster.namespace})
     spec = {
         "model": {"architecture": "yolo11n"},
         "dataset": {"uri": "s3://datasets/helmets/v3"},

@@ -1,4 +1,5 @@
-"""EdgeDeployment rollouts: the real operator against the harness with 20 simulated Jetsons.
+"""EdgeDeployment rollouts: the real operator, the real DaemonSet controller and 20 Jetsons of the
+node agent (Leases, Ready condition; offline when their heartbeats stop).
 
 Edge pods run from scripts: healthy (Ready), or broken (crash-looping) for a given model.
 """
@@ -15,8 +16,8 @@ import pytest
 
 from tests.k8s.conftest import OperatorProcess, onnx_artifact, wait_for
 from visioninapp.backends.events import LocalEventLog
-from visioninapp.cluster.controllers import Outcome
-from visioninapp.cluster.harness import Harness
+from visioninapp.cluster.agent import Outcome
+from visioninapp.cluster.cluster import Cluster
 from visioninapp.events import EdgeEvent
 
 GROUP = "visioninapp.io"
@@ -47,7 +48,7 @@ class Fleet:
 
 
 @pytest.fixture
-def fleet(cluster: Harness, tmp_path: Path) -> Fleet:
+def fleet(cluster: Cluster, tmp_path: Path) -> Fleet:
     scripted = Fleet()
     cluster.set_script(scripted)
     for index in range(NODES):
@@ -57,12 +58,12 @@ def fleet(cluster: Harness, tmp_path: Path) -> Fleet:
             taints=[{"key": "visioninapp.io/edge", "value": "true", "effect": "NoSchedule"}],
         )
     for name in ("v1", "v2"):
-        cluster.create(GROUP, "modelartifacts", "vision", model_artifact(tmp_path, name))
+        cluster.create(GROUP, "modelartifacts", cluster.namespace, model_artifact(tmp_path, name))
     return scripted
 
 
 @pytest.fixture
-def operator(cluster: Harness, operator_factory: Any, fleet: Fleet) -> OperatorProcess:
+def operator(cluster: Cluster, operator_factory: Any, fleet: Fleet) -> OperatorProcess:
     return operator_factory(cluster, VISIONINAPP_OPERATOR_ROLLOUT_RESYNC_SECONDS="0.3")
 
 
@@ -83,19 +84,21 @@ def deployment(**strategy: Any) -> dict[str, Any]:
     }
 
 
-def status(cluster: Harness) -> dict[str, Any]:
-    return (cluster.get(GROUP, "edgedeployments", "vision", "helmets") or {}).get("status") or {}
+def status(cluster: Cluster) -> dict[str, Any]:
+    return (cluster.get(GROUP, "edgedeployments", cluster.namespace, "helmets") or {}).get("status") or {}
 
 
-def reasons(cluster: Harness) -> set[str]:
+def reasons(cluster: Cluster) -> set[str]:
     """Reasons of the Events about the deployment (posted right after its status writes)."""
     return {
-        e["reason"] for e in cluster.list("", "events", "vision") if e["involvedObject"]["name"] == "helmets"
+        e["reason"]
+        for e in cluster.list("", "events", cluster.namespace)
+        if e["involvedObject"]["name"] == "helmets"
     }
 
 
-def models_by_node(cluster: Harness) -> dict[str, str]:
-    pods = cluster.list("", "pods", "vision", "visioninapp.io/edge-deployment=helmets")
+def models_by_node(cluster: Cluster) -> dict[str, str]:
+    pods = cluster.list("", "pods", cluster.namespace, "visioninapp.io/edge-deployment=helmets")
     return {
         p["spec"]["nodeName"]: p["metadata"]["annotations"]["visioninapp.io/model"]
         for p in pods
@@ -103,28 +106,30 @@ def models_by_node(cluster: Harness) -> dict[str, str]:
     }
 
 
-def deploy_v1(cluster: Harness, operator: OperatorProcess, **strategy: Any) -> None:
+def deploy_v1(cluster: Cluster, operator: OperatorProcess, **strategy: Any) -> None:
     wait_for(
         lambda: (
-            ((cluster.get(GROUP, "modelartifacts", "vision", "v2") or {}).get("status") or {}).get("phase")
+            ((cluster.get(GROUP, "modelartifacts", cluster.namespace, "v2") or {}).get("status") or {}).get(
+                "phase"
+            )
             == "Available"
         ),
         30,
         "the artifacts to be verified",
         operator,
     )
-    cluster.create(GROUP, "edgedeployments", "vision", deployment(**strategy))
+    cluster.create(GROUP, "edgedeployments", cluster.namespace, deployment(**strategy))
     wait_for(lambda: status(cluster).get("phase") == "Healthy", 30, "v1 on the fleet", operator)
     assert set(models_by_node(cluster).values()) == {"v1"} and len(models_by_node(cluster)) == NODES
 
 
-def roll_out_v2(cluster: Harness) -> None:
-    cluster.patch(GROUP, "edgedeployments", "vision", "helmets", {"spec": {"modelRef": "v2"}})
+def roll_out_v2(cluster: Cluster) -> None:
+    cluster.patch(GROUP, "edgedeployments", cluster.namespace, "helmets", {"spec": {"modelRef": "v2"}})
 
 
-def test_canary_waves_reach_every_node(cluster: Harness, operator: OperatorProcess, fleet: Fleet) -> None:
+def test_canary_waves_reach_every_node(cluster: Cluster, operator: OperatorProcess, fleet: Fleet) -> None:
     deploy_v1(cluster, operator)
-    ds = cluster.get("apps", "daemonsets", "vision", "helmets")
+    ds = cluster.get("apps", "daemonsets", cluster.namespace, "helmets")
     assert ds["spec"]["updateStrategy"] == {"type": "OnDelete"}
     assert ds["metadata"]["ownerReferences"][0]["kind"] == "EdgeDeployment"
     roll_out_v2(cluster)
@@ -150,7 +155,7 @@ def test_canary_waves_reach_every_node(cluster: Harness, operator: OperatorProce
     assert (final["desiredNodes"], final["updatedNodes"], final["readyNodes"]) == (NODES, NODES, NODES)
     assert final["previousModel"] == "v1" and final["history"][0]["outcome"] == "Completed"
     assert all(count == 1 for (node, model), count in fleet.started.items() if model == "v2")  # no node twice
-    artifact = cluster.get(GROUP, "modelartifacts", "vision", "v2")
+    artifact = cluster.get(GROUP, "modelartifacts", cluster.namespace, "v2")
     assert artifact["status"]["deployedTo"] == ["helmets"]
     assert "visioninapp.io/in-use" in artifact["metadata"]["finalizers"]
     wanted = {"RolloutStarted", "StepStarted", "RolloutComplete"}
@@ -158,7 +163,7 @@ def test_canary_waves_reach_every_node(cluster: Harness, operator: OperatorProce
 
 
 def test_a_failing_model_rolls_back_every_node(
-    cluster: Harness, operator: OperatorProcess, fleet: Fleet
+    cluster: Cluster, operator: OperatorProcess, fleet: Fleet
 ) -> None:
     deploy_v1(cluster, operator)
     fleet.broken.add("v2")
@@ -174,7 +179,7 @@ def test_a_failing_model_rolls_back_every_node(
     wait_for(lambda: "RolledBack" in reasons(cluster), 10, "the RolledBack Event", operator)
 
 
-def test_bad_health_events_roll_back(cluster: Harness, operator: OperatorProcess, fleet: Fleet) -> None:
+def test_bad_health_events_roll_back(cluster: Cluster, operator: OperatorProcess, fleet: Fleet) -> None:
     deploy_v1(cluster, operator, healthGate={"minReadySeconds": 5, "maxErrorRate": 0.1})
     roll_out_v2(cluster)
     wait_for(lambda: "v2" in models_by_node(cluster).values(), 30, "the first canary", operator)
@@ -184,7 +189,7 @@ def test_bad_health_events_roll_back(cluster: Harness, operator: OperatorProcess
     for node, model in models_by_node(cluster).items():
         if model == "v2":
             event = EdgeEvent(
-                namespace="vision",
+                namespace=cluster.namespace,
                 deployment="helmets",
                 node=node,
                 revision=revision,
@@ -201,19 +206,21 @@ def test_bad_health_events_roll_back(cluster: Harness, operator: OperatorProcess
 
 
 def test_offline_nodes_are_skipped_then_updated_when_back(
-    cluster: Harness, operator: OperatorProcess, fleet: Fleet
+    cluster: Cluster, operator: OperatorProcess, fleet: Fleet
 ) -> None:
     deploy_v1(cluster, operator)
     offline = ["jetson-03", "jetson-11", "jetson-17"]
     for node in offline:
-        cluster.patch(
-            "",
-            "nodes",
-            "",
-            node,
-            {"status": {"conditions": [{"type": "Ready", "status": "False"}]}},
-            "status",
+        cluster.set_online(node, False)  # no more Lease renewals: the node controller notices
+
+    def unreachable() -> bool:
+        nodes = {n["metadata"]["name"]: n for n in cluster.list("", "nodes")}
+        return all(
+            any(c["type"] == "Ready" and c["status"] != "True" for c in nodes[name]["status"]["conditions"])
+            for name in offline
         )
+
+    wait_for(unreachable, 60, "the node lifecycle controller to mark the nodes unreachable", operator)
     roll_out_v2(cluster)
     wait_for(
         lambda: status(cluster).get("phase") == "Healthy" and status(cluster).get("currentModel") == "v2",
@@ -228,9 +235,7 @@ def test_offline_nodes_are_skipped_then_updated_when_back(
     assert [n["name"] for n in final["nodes"][:3]] == offline  # pending nodes listed first
     assert all(models_by_node(cluster)[node] == "v1" for node in offline)
     for node in offline:
-        cluster.patch(
-            "", "nodes", "", node, {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}, "status"
-        )
+        cluster.set_online(node, True)
     wait_for(
         lambda: set(models_by_node(cluster).values()) == {"v2"}, 30, "the returning nodes to update", operator
     )
@@ -238,25 +243,25 @@ def test_offline_nodes_are_skipped_then_updated_when_back(
 
 
 def test_pause_freezes_and_resume_completes(
-    cluster: Harness, operator: OperatorProcess, fleet: Fleet
+    cluster: Cluster, operator: OperatorProcess, fleet: Fleet
 ) -> None:
     deploy_v1(cluster, operator, healthGate={"minReadySeconds": 2})
     roll_out_v2(cluster)
     wait_for(lambda: "v2" in models_by_node(cluster).values(), 30, "the first canary", operator)
-    cluster.patch(GROUP, "edgedeployments", "vision", "helmets", {"spec": {"paused": True}})
+    cluster.patch(GROUP, "edgedeployments", cluster.namespace, "helmets", {"spec": {"paused": True}})
     wait_for(lambda: status(cluster).get("phase") == "Paused", 30, "the pause", operator)
     frozen = models_by_node(cluster)
     import time
 
     time.sleep(3)
     assert models_by_node(cluster) == frozen and list(frozen.values()).count("v2") <= 2
-    cluster.patch(GROUP, "edgedeployments", "vision", "helmets", {"spec": {"paused": False}})
+    cluster.patch(GROUP, "edgedeployments", cluster.namespace, "helmets", {"spec": {"paused": False}})
     wait_for(lambda: status(cluster).get("phase") == "Healthy", 60, "the resumed rollout", operator)
     assert set(models_by_node(cluster).values()) == {"v2"}
 
 
 def test_operator_killed_mid_rollout_resumes_without_updating_a_node_twice(
-    cluster: Harness, operator: OperatorProcess, fleet: Fleet
+    cluster: Cluster, operator: OperatorProcess, fleet: Fleet
 ) -> None:
     deploy_v1(cluster, operator, healthGate={"minReadySeconds": 2})
     roll_out_v2(cluster)
@@ -271,7 +276,7 @@ def test_operator_killed_mid_rollout_resumes_without_updating_a_node_twice(
 
 
 def test_manual_rollback_and_the_in_use_finalizer(
-    cluster: Harness, operator: OperatorProcess, fleet: Fleet
+    cluster: Cluster, operator: OperatorProcess, fleet: Fleet
 ) -> None:
     deploy_v1(cluster, operator)
     roll_out_v2(cluster)
@@ -284,7 +289,7 @@ def test_manual_rollback_and_the_in_use_finalizer(
     cluster.patch(
         GROUP,
         "edgedeployments",
-        "vision",
+        cluster.namespace,
         "helmets",
         {"metadata": {"annotations": {"visioninapp.io/rollout-action": "rollback"}}},
     )
@@ -292,25 +297,28 @@ def test_manual_rollback_and_the_in_use_finalizer(
     assert status(cluster)["phase"] == "RolledBack"
 
     def action_consumed() -> bool:
-        meta = cluster.get(GROUP, "edgedeployments", "vision", "helmets")["metadata"]
+        meta = cluster.get(GROUP, "edgedeployments", cluster.namespace, "helmets")["metadata"]
         return "visioninapp.io/rollout-action" not in (meta.get("annotations") or {})
 
     wait_for(action_consumed, 10, "the annotation to be cleared", operator)
-    cluster.delete(GROUP, "modelartifacts", "vision", "v1")  # in use: held by the finalizer
-    held = cluster.get(GROUP, "modelartifacts", "vision", "v1")
+    cluster.delete(GROUP, "modelartifacts", cluster.namespace, "v1")  # in use: held by the finalizer
+    held = cluster.get(GROUP, "modelartifacts", cluster.namespace, "v1")
     assert held is not None and held["metadata"].get("deletionTimestamp")
-    cluster.delete(GROUP, "edgedeployments", "vision", "helmets")
+    cluster.delete(GROUP, "edgedeployments", cluster.namespace, "helmets")
     wait_for(
-        lambda: cluster.get(GROUP, "modelartifacts", "vision", "v1") is None, 30, "the release", operator
+        lambda: cluster.get(GROUP, "modelartifacts", cluster.namespace, "v1") is None,
+        30,
+        "the release",
+        operator,
     )
 
 
 def test_a_deployment_waits_for_a_usable_artifact(
-    cluster: Harness, operator: OperatorProcess, fleet: Fleet
+    cluster: Cluster, operator: OperatorProcess, fleet: Fleet
 ) -> None:
     body = deployment()
     body["spec"]["modelRef"] = "missing"
-    cluster.create(GROUP, "edgedeployments", "vision", body)
+    cluster.create(GROUP, "edgedeployments", cluster.namespace, body)
 
     def waiting() -> Any:
         conditions = {c["type"]: c for c in status(cluster).get("conditions", [])}
@@ -318,4 +326,4 @@ def test_a_deployment_waits_for_a_usable_artifact(
 
     condition = wait_for(waiting, 30, "ModelReady=False", operator)
     assert "not found" in condition["message"]
-    assert cluster.get("apps", "daemonsets", "vision", "helmets") is None
+    assert cluster.get("apps", "daemonsets", cluster.namespace, "helmets") is None

@@ -17,7 +17,7 @@ import requests
 
 from tests.conftest import ExportedModel
 from tests.k8s.conftest import onnx_artifact, wait_for
-from visioninapp.cluster.harness import Harness
+from visioninapp.cluster.cluster import Cluster
 
 GROUP = "visioninapp.io"
 pytestmark = [pytest.mark.slow, pytest.mark.services]
@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.services]
 # in four until stream reads stopped waiting for a quiet stream: three runtimes reporting every second
 # kept the operator's health read open until its 90 s timeout, so the rejection never arrived.
 def test_real_runtimes_reject_a_corrupt_model_and_the_fleet_rolls_back(
-    cluster: Harness,
+    cluster: Cluster,
     operator_factory: Any,
     exported_model: ExportedModel,
     rabbitmq_stream_port: int,
@@ -42,8 +42,10 @@ def test_real_runtimes_reject_a_corrupt_model_and_the_fleet_rolls_back(
         )
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(b"\x08\x07" + exported_model.onnx.read_bytes()[2:][:50_000])  # truncated protobuf
-    cluster.create(GROUP, "modelartifacts", "vision", onnx_artifact("good", exported_model.onnx, imgsz=96))
-    cluster.create(GROUP, "modelartifacts", "vision", onnx_artifact("bad", corrupt, imgsz=96))
+    cluster.create(
+        GROUP, "modelartifacts", cluster.namespace, onnx_artifact("good", exported_model.onnx, imgsz=96)
+    )
+    cluster.create(GROUP, "modelartifacts", cluster.namespace, onnx_artifact("bad", corrupt, imgsz=96))
     stream = f"edge-events-{uuid.uuid4().hex[:8]}"
     operator = operator_factory(
         cluster,
@@ -55,15 +57,15 @@ def test_real_runtimes_reject_a_corrupt_model_and_the_fleet_rolls_back(
     )
 
     def available(name: str) -> bool:
-        return ((cluster.get(GROUP, "modelartifacts", "vision", name) or {}).get("status") or {}).get(
-            "phase"
-        ) == "Available"
+        return (
+            (cluster.get(GROUP, "modelartifacts", cluster.namespace, name) or {}).get("status") or {}
+        ).get("phase") == "Available"
 
     wait_for(lambda: available("good") and available("bad"), 30, "both artifacts verified", operator)
     cluster.create(
         GROUP,
         "edgedeployments",
-        "vision",
+        cluster.namespace,
         {
             "apiVersion": "visioninapp.io/v1alpha1",
             "kind": "EdgeDeployment",
@@ -80,12 +82,12 @@ def test_real_runtimes_reject_a_corrupt_model_and_the_fleet_rolls_back(
     )
 
     def status() -> dict[str, Any]:
-        return (cluster.get(GROUP, "edgedeployments", "vision", "shapes") or {}).get("status") or {}
+        return (cluster.get(GROUP, "edgedeployments", cluster.namespace, "shapes") or {}).get("status") or {}
 
     def pods() -> list[dict[str, Any]]:
         return [
             p
-            for p in cluster.list("", "pods", "vision", "visioninapp.io/edge-deployment=shapes")
+            for p in cluster.list("", "pods", cluster.namespace, "visioninapp.io/edge-deployment=shapes")
             if not p["metadata"].get("deletionTimestamp")
         ]
 
@@ -104,7 +106,7 @@ def test_real_runtimes_reject_a_corrupt_model_and_the_fleet_rolls_back(
 
     for pod in pods():
         assert detect(pod)["model"]["version"] == "good"
-    cluster.patch(GROUP, "edgedeployments", "vision", "shapes", {"spec": {"modelRef": "bad"}})
+    cluster.patch(GROUP, "edgedeployments", cluster.namespace, "shapes", {"spec": {"modelRef": "bad"}})
     try:
         wait_for(lambda: status().get("phase") == "RolledBack", 120, "the rollback", operator)
     except BaseException:

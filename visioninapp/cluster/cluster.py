@@ -77,6 +77,8 @@ class Cluster:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="cluster-agent", daemon=True)
         self._kinds: dict[tuple[str, str], str] = {}
+        self.namespace = "default"  # the namespace this user of the cluster works in
+        self._namespaces: builtins.list[str] = []  # made here: `clean_up` removes them
         self.kube: Kube
         self.agent: NodeAgent
 
@@ -154,6 +156,25 @@ class Cluster:
             self._thread.join(timeout=10)
         if self._own_plane:
             self.plane.stop()
+
+    def clean_up(self) -> None:
+        """Leave a shared control plane as found: the namespaces made here and the nodes, gone at once.
+
+        Finalizers of our kinds and of Jobs are dropped (no operator is left to remove them) and
+        pods are deleted with grace 0 (no node is left to confirm it), so nothing lingers where the
+        next user's scheduler or operator would meet it.
+        """
+        for namespace in self._namespaces:
+            owned = [("visioninapp.io", p) for p in ("trainingjobs", "modelartifacts", "edgedeployments")]
+            for group, plural in [*owned, ("batch", "jobs")]:
+                for obj in self.list(group, plural, namespace):
+                    if obj["metadata"].get("finalizers"):
+                        name = obj["metadata"]["name"]
+                        self.patch(group, plural, namespace, name, {"metadata": {"finalizers": None}})
+            self.delete("", "namespaces", None, namespace)
+            for pod in self.list("", "pods", namespace):
+                self.run(self.kube.delete("v1", "pods", namespace, pod["metadata"]["name"], grace_seconds=0))
+        self.stop(delete_nodes=True)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -233,7 +254,9 @@ class Cluster:
         )
 
     def create_namespace(self, name: str, labels: dict[str, str] | None = None) -> Obj:
-        return self.create("", "namespaces", None, {"metadata": {"name": name, "labels": labels or {}}})
+        created = self.create("", "namespaces", None, {"metadata": {"name": name, "labels": labels or {}}})
+        self._namespaces.append(name)
+        return created
 
     def add_node(
         self,
@@ -275,6 +298,11 @@ class Cluster:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
             time.sleep(0.05)
+
+    def pod_log(self, namespace: str, name: str) -> str:
+        """The pod's output, read as `kubectl logs` reads it (API server → the node's kubelet API)."""
+        path = Kube.path("v1", "pods", namespace, name, "log")
+        return self.run(self.kube.text(path))
 
     def write_kubeconfig(self, path: Path, namespace: str = "default", token: str | None = None) -> Path:
         path.write_text(yaml.safe_dump(self.kubeconfig_dict(namespace, token)))

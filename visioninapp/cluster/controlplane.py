@@ -12,6 +12,7 @@ started again in the same folder (local mode) has everything it had.
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import ssl
@@ -34,12 +35,25 @@ __all__ = ["ControlPlane", "ControlPlaneError", "free_port"]
 
 SERVICE_CIDR = "10.96.0.0/16"
 # Audit every request once it is answered (watches also when they start): who did what, and the
-# answer. The RBAC tests read it; the request body is not kept.
+# answer (tests read it: RBAC, "created once", live progress). Bodies are kept only for the status
+# writes of our kinds, the record of what the operator reported and when.
 AUDIT_POLICY = {
     "apiVersion": "audit.k8s.io/v1",
     "kind": "Policy",
     "omitStages": ["RequestReceived"],
-    "rules": [{"level": "Metadata"}],
+    "rules": [
+        {
+            "level": "Request",
+            "verbs": ["patch", "update"],
+            "resources": [
+                {
+                    "group": "visioninapp.io",
+                    "resources": ["trainingjobs/status", "modelartifacts/status", "edgedeployments/status"],
+                }
+            ],
+        },
+        {"level": "Metadata"},
+    ],
 }
 
 
@@ -316,13 +330,15 @@ class ControlPlane:
     def kubeconfig_dict(
         self, *, user: KeyPair | None = None, token: str | None = None, namespace: str = "default"
     ) -> dict[str, Any]:
-        """A kubeconfig for this cluster as a client certificate's user or a bearer token's."""
+        """A kubeconfig for this cluster as a client certificate's user or a bearer token's; it
+        carries its certificates (not paths), so it works wherever it is copied to."""
+        pair = user or self.admin
         credentials: dict[str, Any] = (
             {"token": token}
             if token is not None
             else {
-                "client-certificate": str((user or self.admin).cert),
-                "client-key": str((user or self.admin).key),
+                "client-certificate-data": base64.b64encode(pair.cert.read_bytes()).decode(),
+                "client-key-data": base64.b64encode(pair.key.read_bytes()).decode(),
             }
         )
         return {
@@ -372,13 +388,22 @@ class ControlPlane:
     def version(self) -> str:
         return str(self.get_json("/version")["gitVersion"])
 
-    def audit_records(self) -> list[dict[str, Any]]:
-        """Every audit event so far (one per answered request; watches also when they start)."""
+    def audit_records(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        """The audit events so far (one per answered request; watches also when they start), of one
+        namespace's objects if given, in the order the API server answered them."""
         if self.audit_log is None:
             raise ControlPlaneError("this control plane was started without audit=True")
         if not self.audit_log.is_file():
             return []
-        return [json.loads(line) for line in self.audit_log.read_text().splitlines() if line.strip()]
+        records = []
+        needle = f'"namespace":"{namespace}"' if namespace else ""
+        with self.audit_log.open() as lines:
+            for line in lines:
+                if needle in line:
+                    record = json.loads(line)
+                    if namespace is None or (record.get("objectRef") or {}).get("namespace") == namespace:
+                        records.append(record)
+        return records
 
 
 def _port_open(port: int) -> bool:

@@ -118,3 +118,6 @@ class ModelArtifactStatus(KubeModel):
     deployed_to: Annotated[list[DnsSubdomain], Field(max_length=256)] = Field(
         default_factory=list, description="EdgeDeployments that use this model."
     )
+    message: str | None = Field(
+        None, max_length=4096, description="Why the artifact is `Invalid` (a missing object, a checksum)."
+    )

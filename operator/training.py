@@ -338,6 +338,19 @@ def status_from_job(job: Obj, pods: list[Obj]) -> JobState:
                 return JobState("Pending", "Unschedulable", message, unschedulable=message)
     if active and active[0]["spec"].get("nodeName"):
         return JobState("Pending", "PodStarting", f"trainer pod scheduled on {active[0]['spec']['nodeName']}")
+    # No pod runs, yet the Job has not concluded: the Job controller has not recorded the pod that
+    # ended (it removes the pod's tracking finalizer first), or waits out the back-off before a retry.
+    ended = _newest([p for p in pods if (p.get("status") or {}).get("phase") in ("Succeeded", "Failed")])
+    if not active and ended and ended[0]["status"]["phase"] == "Succeeded":
+        return JobState("Running", "PodCompleted", "trainer pod finished; the Job records its completion")
+    if not active and ended:
+        terminated = _terminated(ended[0]) or {}
+        why = (terminated.get("message") or "").strip() or f"exit code {terminated.get('exitCode', '?')}"
+        failed_pods = (job.get("status") or {}).get("failed", 0) or len(ended)
+        retry = f"retry {failed_pods} of {job['spec'].get('backoffLimit', 0)}"
+        return JobState(
+            "Pending", "BackoffLimitNotReached", f"trainer pod failed ({why}); {retry} after a back-off"
+        )
     return JobState("Pending", "JobCreated", "waiting for the trainer pod to be scheduled")
 
 

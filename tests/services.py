@@ -102,17 +102,31 @@ def s3_server() -> Iterator[str]:
 
 
 def ensure_mariadb() -> None:
-    """MariaDB on 127.0.0.1:3306 (root, no password); started through its service if it is down."""
-    if port_open(3306):
-        return
-    if not Path("/usr/sbin/mariadbd").exists():
-        apt_install("mariadb-server")
-    subprocess.run(
-        ["start-stop-daemon", "--start", "--oknodo", "--background", "--exec", "/usr/sbin/mariadbd"],
-        check=False,
-        capture_output=True,
-    )
-    wait_for_port(3306, 60, "MariaDB")
+    """MariaDB on 127.0.0.1:3306 (root, no password): installed, started and opened to root over TCP
+    (Debian's package lets root in through the Unix socket only) when needed."""
+    if not port_open(3306):
+        if not Path("/usr/sbin/mariadbd").exists():
+            apt_install("mariadb-server")
+        run_dir = Path("/run/mysqld")  # /run is emptied at boot
+        run_dir.mkdir(exist_ok=True)
+        shutil.chown(run_dir, "mysql")
+        subprocess.run(
+            ["start-stop-daemon", "--start", "--oknodo", "--background", "--exec", "/usr/sbin/mariadbd",
+             "--", "--user=mysql"],
+            check=False,
+            capture_output=True,
+        )  # fmt: skip
+        wait_for_port(3306, 60, "MariaDB")
+    import pymysql
+
+    try:
+        pymysql.connect(host="127.0.0.1", port=3306, user="root", password="").close()
+    except pymysql.err.OperationalError:
+        grant = (
+            "ALTER USER 'root'@'localhost' IDENTIFIED VIA mysql_native_password USING PASSWORD('') "
+            "OR unix_socket; FLUSH PRIVILEGES;"
+        )
+        subprocess.run(["mariadb", "-uroot", "-e", grant], check=True, capture_output=True, timeout=30)
 
 
 def ensure_redis() -> None:

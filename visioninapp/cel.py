@@ -5,6 +5,10 @@ cluster harness), so a rule that compiles here is written in the dialect a real 
 standard CEL plus the `strings` and `optional` extensions that Kubernetes enables. Rules are written
 with standard functions only; Kubernetes-only libraries (`quantity`, `isSorted`, ...) are not bound,
 so a rule using one fails to compile here, at CRD generation time, instead of in a user's cluster.
+
+`regex_matches` is the same RE2 engine for the schema's `pattern` keyword: the API server checks
+patterns with Go's regexp (RE2 syntax, where `$` is the end of the text unless `(?m)` is set), which
+Python's `re` does not reproduce (its `$` also matches before a trailing newline).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 from cel_expr_python import cel
 from cel_expr_python.ext import ext_optional, ext_strings
 
-__all__ = ["CelError", "compile_rule", "evaluate_rule"]
+__all__ = ["CelError", "compile_rule", "evaluate_rule", "regex_matches"]
 
 
 class CelError(ValueError):
@@ -53,3 +57,20 @@ def evaluate_rule(rule: str, self_value: Any, old_self: Any = None) -> bool:
     if not isinstance(value, bool):
         raise CelError(f"rule {rule!r} did not evaluate to a boolean: {value}")
     return value
+
+
+@lru_cache(maxsize=1)
+def _regex_program() -> Any:
+    env = cel.NewEnv(variables={"value": cel.Type.STRING, "pattern": cel.Type.STRING})
+    return env.compile("value.matches(pattern)")
+
+
+def regex_matches(pattern: str, value: str) -> bool:
+    """Whether RE2 finds `pattern` in `value` (unanchored, as Go's `regexp.MatchString`)."""
+    try:
+        result = _regex_program().eval(data={"value": value, "pattern": pattern}).value()
+    except RuntimeError as error:
+        raise CelError(f"invalid regular expression {pattern!r}: {error}") from None
+    if not isinstance(result, bool):
+        raise CelError(f"invalid regular expression {pattern!r}: {result}")
+    return result

@@ -104,44 +104,100 @@ def validate(
     ],
     old: Annotated[
         Path | None,
-        typer.Option("--old", help="The object before the change, to check immutability (transition) rules."),
+        typer.Option(
+            "--old",
+            help="The stored objects before the change (matched by kind and name): the update is checked "
+            "with transition rules, and unchanged invalid values are allowed (ratcheting).",
+        ),
     ] = None,
+    output: Annotated[
+        str,
+        typer.Option(
+            "--output",
+            "-o",
+            help="text, or json: a list with each object's source, object, result (valid, invalid or "
+            "skipped) and errors (field, message).",
+        ),
+    ] = "text",
 ) -> None:
-    """Check custom resources offline: schema, unknown fields and CEL rules, as a cluster would."""
+    """Check custom resources offline, as `kubectl create/apply/replace` (1.35) and its API server would.
+
+    Nothing contacts a cluster. YAML is read as kubectl reads it (YAML 1.1: y/n/yes/no/on/off are
+    booleans, dates stay strings, 10.0 is the integer 10), and kubectl's default --validate=strict is
+    mirrored: unknown fields, in metadata, spec or status, are errors (fieldValidation=Strict). Then
+    kinds, metadata (names, namespace, labels, annotations), the CRD schema and its CEL rules are
+    checked. Objects of other API groups are skipped, not checked.
+    """
+    import json
+
+    from visioninapp.validation import FieldError, is_ours, load_manifests, manifest_files
     from visioninapp.validation import validate as validate_object
+
+    if output not in ("text", "json"):
+        raise _fail(f"--output must be text or json, not {output!r}")
+
+    def read(path: Path) -> list[tuple[str, Any]]:
+        documents: list[tuple[str, Any]] = []
+        for file in manifest_files(path):
+            try:
+                documents.extend((str(file), doc) for doc in load_manifests(file.read_text()))
+            except (OSError, ValueError, yaml.YAMLError) as error:
+                documents.append((str(file), error))
+        return documents
+
+    def key(doc: Any) -> tuple[str, str]:
+        if not isinstance(doc, dict):
+            return ("", "")
+        metadata = doc.get("metadata")
+        metadata = metadata if isinstance(metadata, dict) else {}
+        return (str(doc.get("kind") or ""), str(metadata.get("name") or ""))
 
     old_objects: dict[tuple[str, str], dict[str, Any]] = {}
     if old is not None:
-        for _, doc in _documents(old):
+        if not old.exists():
+            raise _fail(f"{old}: no such file or directory")
+        for _, doc in read(old):
             if isinstance(doc, dict):
-                old_objects[(doc.get("kind", ""), (doc.get("metadata") or {}).get("name", ""))] = doc
-    failed = checked = 0
+                old_objects[key(doc)] = doc
+    results: list[dict[str, Any]] = []
     for path in files:
         if not path.exists():
             raise _fail(f"{path}: no such file or directory")
-        for source, doc in _documents(path):
-            checked += 1
+        for source, doc in read(path):
             if isinstance(doc, Exception):
-                failed += 1
-                typer.echo(f"{source}: cannot parse: {doc}", err=True)
-                continue
-            key = (
-                (doc.get("kind", ""), (doc.get("metadata") or {}).get("name", ""))
-                if isinstance(doc, dict)
-                else ("", "")
+                errors = [FieldError("(document)", "(document)", f"cannot parse: {doc}")]
+                obj, result = None, "invalid"
+            else:
+                errors = validate_object(doc, old_objects.get(key(doc)))
+                kind, name = key(doc)
+                obj = f"{kind or '(no kind)'}/{name or '(unnamed)'}"
+                result = "invalid" if errors else ("valid" if is_ours(doc) else "skipped")
+            results.append(
+                {
+                    "source": source,
+                    "object": obj,
+                    "result": result,
+                    "errors": [{"field": e.path, "message": e.message} for e in errors],
+                }
             )
-            errors = validate_object(doc, old_objects.get(key))
-            if errors:
-                failed += 1
+            if output == "json":
+                continue
+            if obj is None:
+                typer.echo(f"{source}: {errors[0].message}", err=True)
+            elif errors:
                 for error in errors:
                     typer.echo(f"{source}: {error}", err=True)
+            elif result == "valid":
+                typer.echo(f"{source}: {obj} valid")
             else:
-                kind, name = key
-                typer.echo(f"{source}: {kind}/{name} valid")
-    if checked == 0:
+                typer.echo(f"{source}: {obj} skipped: not a visioninapp.io kind, not checked")
+    if output == "json":
+        typer.echo(json.dumps(results, indent=2))
+    failed = sum(r["result"] == "invalid" for r in results)
+    if not results:
         raise _fail("no manifests found")
     if failed:
-        raise _fail(f"{failed} of {checked} object(s) invalid")
+        raise _fail(f"{failed} of {len(results)} object(s) invalid")
 
 
 @datasets_app.command("synth")

@@ -37,6 +37,14 @@ def matches_selector(node: Obj, node_selector: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in node_selector.items())
 
 
+# Taints the node lifecycle controller puts on a node and takes off again by its condition
+# (not-ready, unreachable, pressure, cordoned): a node under them still belongs to a deployment
+# (offline: pending until it is back), and the DaemonSet controller keeps its pods there.
+CONDITION_TAINTS = "node.kubernetes.io/"
+
+
 def fits(node: Obj, node_selector: dict[str, str], tolerations: list[Obj]) -> bool:
-    """The node's labels match the selector and every taint that repels pods is tolerated."""
-    return matches_selector(node, node_selector) and not untolerated_taints(node, tolerations)
+    """The node's labels match the selector and every taint of its own (not of its condition) that
+    repels pods is tolerated."""
+    repelling = [t for t in untolerated_taints(node, tolerations) if not t["key"].startswith(CONDITION_TAINTS)]
+    return matches_selector(node, node_selector) and not repelling

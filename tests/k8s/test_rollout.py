@@ -97,12 +97,18 @@ def reasons(cluster: Cluster) -> set[str]:
     }
 
 
+def serving(cluster: Cluster, model: str) -> bool:
+    """Healthy on `model`, from one read of the status (two reads may straddle a status write)."""
+    current = status(cluster)
+    return current.get("phase") == "Healthy" and current.get("currentModel") == model
+
+
 def models_by_node(cluster: Cluster) -> dict[str, str]:
     pods = cluster.list("", "pods", cluster.namespace, "visioninapp.io/edge-deployment=helmets")
     return {
         p["spec"]["nodeName"]: p["metadata"]["annotations"]["visioninapp.io/model"]
         for p in pods
-        if not p["metadata"].get("deletionTimestamp")
+        if not p["metadata"].get("deletionTimestamp") and p["spec"].get("nodeName")  # bound ones
     }
 
 
@@ -223,7 +229,7 @@ def test_offline_nodes_are_skipped_then_updated_when_back(
     wait_for(unreachable, 60, "the node lifecycle controller to mark the nodes unreachable", operator)
     roll_out_v2(cluster)
     wait_for(
-        lambda: status(cluster).get("phase") == "Healthy" and status(cluster).get("currentModel") == "v2",
+        lambda: serving(cluster, "v2"),
         60,
         "the rollout without the offline nodes",
         operator,
@@ -281,7 +287,7 @@ def test_manual_rollback_and_the_in_use_finalizer(
     deploy_v1(cluster, operator)
     roll_out_v2(cluster)
     wait_for(
-        lambda: status(cluster).get("phase") == "Healthy" and status(cluster).get("currentModel") == "v2",
+        lambda: serving(cluster, "v2"),
         60,
         "v2",
         operator,

@@ -1,6 +1,7 @@
-"""A rollout where the pods run the real edge runtime as local processes on three simulated Jetsons.
+"""A rollout where the pods run the real edge runtime as local processes on three Jetsons of the
+node agent.
 
-Readiness comes from the runtime's own `/readyz` (the harness probes it like a kubelet), health from
+Readiness comes from the runtime's own `/readyz` (the agent probes it like a kubelet), health from
 its EdgeEvents over RabbitMQ Streams; a corrupt model is rejected by the runtime's self-test and
 the operator rolls the fleet back while every node keeps detecting.
 """
@@ -92,7 +93,9 @@ def test_real_runtimes_reject_a_corrupt_model_and_the_fleet_rolls_back(
         ]
 
     wait_for(
-        lambda: status().get("phase") == "Healthy" and status().get("readyNodes") == 3,
+        lambda: (lambda current: current.get("phase") == "Healthy" and current.get("readyNodes") == 3)(
+            status()
+        ),
         120,
         "good on 3 nodes",
         operator,

@@ -214,6 +214,13 @@ def test_status_from_job_reads_each_state() -> None:
     )
     assert (waiting.phase, waiting.unschedulable) == ("Pending", "0/3 nodes: Insufficient nvidia.com/gpu")
     assert status_from_job(job(), []).reason == "JobCreated"
+    # Between a pod's end and the Job's verdict (the real Job controller takes a moment to record
+    # it, and waits a back-off before a retry) the run neither looks unscheduled nor finished.
+    finishing = status_from_job(job(), [pod("Succeeded", "{}")])
+    assert (finishing.phase, finishing.reason) == ("Running", "PodCompleted")
+    retrying = status_from_job(job(failed=1), [pod("Failed", "error: NoSuchBucket")])
+    assert (retrying.phase, retrying.reason) == ("Pending", "BackoffLimitNotReached")
+    assert "NoSuchBucket" in retrying.message and "retry 1 of 2" in retrying.message
 
 
 # --- plans ----------------------------------------------------------------------------------

@@ -124,9 +124,11 @@ def validate(
 
     Nothing contacts a cluster. YAML is read as kubectl reads it (YAML 1.1: y/n/yes/no/on/off are
     booleans, dates stay strings, 10.0 is the integer 10), and kubectl's default --validate=strict is
-    mirrored: unknown fields, in metadata, spec or status, are errors (fieldValidation=Strict). Then
-    kinds, metadata (names, namespace, labels, annotations), the CRD schema and its CEL rules are
-    checked. Objects of other API groups are skipped, not checked.
+    mirrored: unknown fields, in metadata, spec or status, are errors (fieldValidation=Strict), not
+    dropped as with --validate=false. Then kinds, metadata (name, namespace, labels, annotations,
+    finalizers, owner references), the CRD schema and its CEL rules are checked; errors name fields
+    as the API server does. Built-in Kubernetes kinds (ConfigMap, ...) are skipped, not checked; a
+    kind served by neither is an error.
     """
     import json
 
@@ -190,7 +192,7 @@ def validate(
             elif result == "valid":
                 typer.echo(f"{source}: {obj} valid")
             else:
-                typer.echo(f"{source}: {obj} skipped: not a visioninapp.io kind, not checked")
+                typer.echo(f"{source}: {obj} skipped: a built-in Kubernetes kind, not checked")
     if output == "json":
         typer.echo(json.dumps(results, indent=2))
     failed = sum(r["result"] == "invalid" for r in results)

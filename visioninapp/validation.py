@@ -11,23 +11,26 @@ these stages in order, and, as for kubectl and the API server, the first stage t
    `1e3`, `0o17`, `0x1F`, `08` and `1_000` are numbers; `10.0` is sent as `10`; map keys become
    strings; `.nan` and `.inf` make the document unconvertible (field `(document)`).
 2. Kind: kubectl maps apiVersion and kind to a served resource first: our kinds, or the built-in
-   kinds of a Kubernetes 1.35 API server. A kind served nowhere (or none) fails on `kind`; a served
-   kind at an apiVersion that does not serve it (or none) on `apiVersion`. Built-in kinds are not
-   ours to judge: `validate` returns no errors for a ConfigMap.
+   kinds of a Kubernetes 1.35 API server. A kind served nowhere (a typo, or the kind of a CRD that
+   is not ours) fails on `kind`; a served kind at an apiVersion that does not serve it on
+   `apiVersion`; a missing one on that field. Built-in kinds are not ours to judge: `validate`
+   returns no errors for a ConfigMap.
 3. Metadata types: kubectl decodes `metadata` as an ObjectMeta, so a label value that is a number
    (`version: 3`) is refused there, on the whole field (`metadata.labels`).
 4. Strict field validation: kubectl's default `--validate=strict` sends `fieldValidation=Strict`, so
    unknown fields anywhere (metadata, spec, status) are errors and nothing else is checked; with
    `--validate=false` (Ignore) or Warn the API server would drop them instead.
 5. Namespace: a namespace that is not a DNS label cannot exist (the API server answers NotFound).
-6. Validation: metadata (name or generateName, labels, annotations, finalizers, as Kubernetes' own
-   rules); the CRD's structural schema after nulls are pruned and defaults applied (integers may be
-   written as whole floats; `pattern` is matched by RE2 as Go's regexp does, `$` being the end of
-   the text); the CRD's CEL rules, which the API server skips all after a wrong type, an enum value
-   not allowed, a required field missing, a string too long or too many items. The
-   status is dropped on create and kept from the stored object on update, so its values are never
-   checked here. With `old` (an update), transition rules (`oldSelf`) are evaluated, and an error in
-   a value that did not change is allowed (CRD validation ratcheting, on since Kubernetes 1.33).
+6. Validation: metadata (name or generateName, labels, annotations, finalizers, owner references,
+   by Kubernetes' own rules); the CRD's structural schema after nulls are pruned and defaults
+   applied (integers may be written as whole floats; `pattern` is matched by RE2 as Go's regexp
+   does, `$` being the end of the text); the CRD's CEL rules, all skipped by the API server after a
+   wrong type, an enum value not allowed, a required field missing, a string too long or too many
+   items. The status is dropped on create and kept from the stored object on update, so its values
+   are never checked here. With `old` (an update), transition rules (`oldSelf`) are evaluated, and
+   an error in a value that did not change is allowed (CRD validation ratcheting, on since
+   Kubernetes 1.33): values are matched through object fields and map keys, and a list, atomic,
+   as a whole.
 
 Field paths are the API server's: `spec.hyperparameters.epochs`, `spec.strategy.canary.steps[1]`,
 map keys after a dot (`spec.nodeSelector.gpu`), and label, annotation and finalizer errors on the
@@ -220,6 +223,7 @@ _GO_INT_FORMS = (
     (re.compile(r"([1-9][0-9]*)"), 10),
 )
 _YAML_STYLE_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
+_MAX_FLOAT32 = 3.4028234663852886e38
 _DOT_FLOAT = re.compile(r"\.[0-9]+([eE][-+]?[0-9]+)?")
 
 
@@ -264,9 +268,9 @@ def _go_float32_key(number: float) -> str:
     """strconv.FormatFloat(number, 'g', -1, 32): how sigs.k8s.io/yaml writes a float map key."""
     if math.isnan(number):
         return ".nan"
-    if math.isinf(number):
+    if math.isinf(number) or abs(number) > _MAX_FLOAT32:  # +Inf once a float32
         return ".inf" if number > 0 else "-.inf"
-    single = struct.unpack("f", struct.pack("f", number))[0] if abs(number) < 3.5e38 else number
+    single = struct.unpack("f", struct.pack("f", number))[0]
     for precision in range(1, 10):
         text = f"{single:.{precision - 1}e}"
         if struct.unpack("f", struct.pack("f", float(text)))[0] == single:

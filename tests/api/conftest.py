@@ -24,18 +24,18 @@ from cryptography.x509.oid import NameOID
 
 from tests.conftest import FIREBASE_PROJECT
 from tests.services import free_port
-from visioninapp.cluster.harness import Harness
+from visioninapp.cluster.cluster import Cluster
+from visioninapp.cluster.controlplane import ControlPlane
 from visioninapp.settings import Settings
 
 ADMIN_UID = "platform-admin"
 
 
 @pytest.fixture(scope="session")
-def api_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    """One emulated cluster for the API tests; each test works in namespaces of its own."""
-    with Harness(tmp_path_factory.mktemp("api-cluster"), script=lambda pod: None) as harness:
-        harness.add_node("jetson-0", labels={"visioninapp.io/edge": "true"})
-        yield harness
+def api_cluster(tmp_path_factory: pytest.TempPathFactory, control_plane: ControlPlane) -> Iterator[Cluster]:
+    """The session's control plane for the API tests; each test works in namespaces of its own."""
+    with Cluster(tmp_path_factory.mktemp("api-cluster"), plane=control_plane) as cluster:
+        yield cluster
 
 
 def _self_signed(key: rsa.RSAPrivateKey) -> str:
@@ -125,7 +125,7 @@ class ApiEnv:
     client: Any  # fastapi.testclient.TestClient
     app: Any  # the FastAPI app
     services: Any  # visioninapp.api.services.Services
-    cluster: Harness
+    cluster: Cluster
     tokens: Tokens
 
     def as_user(self, uid: str, **kwargs: Any) -> dict[str, str]:
@@ -156,7 +156,7 @@ def _database_url(request: pytest.FixtureRequest, backend: str, tmp_path: Path) 
 
     server = request.getfixturevalue("mariadb_server")
     name = f"vt_{uuid.uuid4().hex[:10]}"
-    engine = sqlalchemy.create_engine(f"{server}/test")
+    engine = sqlalchemy.create_engine(f"{server}/")
     with engine.begin() as connection:
         connection.exec_driver_sql(f"CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
     try:
@@ -210,7 +210,7 @@ def api(
     elasticsearch_url: str,
     s3_endpoint: str,
     rabbitmq_stream_port: int,
-    api_cluster: Harness,
+    api_cluster: Cluster,
     tokens: Tokens,
 ) -> Iterator[ApiEnv]:
     """The API over every real service, on MariaDB and on SQLite (the same tests run on both)."""

@@ -78,7 +78,7 @@ def test_killed_consumer_resumes_with_nothing_lost_or_doubled(
     import sqlalchemy
 
     name = f"vt_crash_{os.getpid()}"
-    admin = sqlalchemy.create_engine(f"{mariadb_server}/test")
+    admin = sqlalchemy.create_engine(f"{mariadb_server}/")
     with admin.begin() as connection:
         connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
         connection.exec_driver_sql(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")

@@ -8,13 +8,13 @@ import pytest
 
 from tests.api.conftest import build_settings
 from tests.conftest import sign_up
-from visioninapp.cluster.harness import Harness
+from visioninapp.cluster.cluster import Cluster
 
 pytestmark = pytest.mark.services
 
 
 def test_emulator_tokens_authenticate_and_map_to_roles(
-    auth_emulator: str, tmp_path: Path, api_cluster: Harness, monkeypatch: pytest.MonkeyPatch
+    auth_emulator: str, tmp_path: Path, api_cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from fastapi.testclient import TestClient
 

@@ -20,7 +20,8 @@ import pytest
 from tests.api.conftest import build_settings
 from tests.conftest import REPO, sign_up
 from tests.services import ensure_chromium, ensure_console_built, free_port, wait_for_port
-from visioninapp.cluster.harness import Harness
+from visioninapp.cluster.cluster import Cluster
+from visioninapp.cluster.controlplane import ControlPlane
 from visioninapp.events import TrainingEvent
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -39,6 +40,7 @@ def console(
     elasticsearch_url: str,
     s3_endpoint: str,
     rabbitmq_stream_port: int,
+    control_plane: ControlPlane,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[dict[str, Any]]:
     import sqlalchemy
@@ -51,11 +53,10 @@ def console(
     ensure_console_built(FRONTEND)
     monkeypatch.setenv("FIREBASE_AUTH_EMULATOR_HOST", auth_emulator)
     database = f"vt_e2e_{uuid.uuid4().hex[:8]}"
-    admin_engine = sqlalchemy.create_engine(f"{mariadb_server}/test")
+    admin_engine = sqlalchemy.create_engine(f"{mariadb_server}/")
     with admin_engine.begin() as connection:
         connection.exec_driver_sql(f"CREATE DATABASE {database} CHARACTER SET utf8mb4")
-    with Harness(tmp_path / "cluster", script=lambda pod: None) as cluster:
-        cluster.add_node("jetson-0", labels={"visioninapp.io/edge": "true"})
+    with Cluster(tmp_path / "cluster", plane=control_plane) as cluster:
         settings = build_settings(
             tmp_path,
             f"{mariadb_server}/{database}?charset=utf8mb4",
@@ -114,7 +115,7 @@ def play_operator_and_trainer(env: dict[str, Any], onnx: Path, stop: threading.E
     from visioninapp.backends.storage import sha256_file
     from visioninapp.synth import CLASS_NAMES
 
-    cluster: Harness = env["cluster"]
+    cluster: Cluster = env["cluster"]
     services, settings = env["services"], env["settings"]
     while not stop.is_set() and cluster.get(GROUP, "trainingjobs", "vision", "e2e-run") is None:
         time.sleep(0.3)
@@ -205,7 +206,7 @@ def test_console_end_to_end(console: dict[str, Any], exported_model: Any) -> Non
     assert result.returncode == 0
     assert report["boxes"] > 0
     assert all(title.endswith("VisionInApp") for title in report["titles"].values()), report["titles"]
-    cluster: Harness = console["cluster"]
+    cluster: Cluster = console["cluster"]
     tj = cluster.get(GROUP, "trainingjobs", "vision", "e2e-run")
     assert tj["spec"]["hyperparameters"]["epochs"] == 3 and tj["spec"]["hyperparameters"]["imgsz"] == 320
     ed = cluster.get(GROUP, "edgedeployments", "vision", "e2e-canary")

@@ -180,7 +180,10 @@ class Cluster:
         return self.start()
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
-        self.stop()
+        if self._own_plane:
+            self.stop()
+        else:  # a shared control plane outlives this user: leave nothing of ours on it
+            self.clean_up()
 
     # access
 

@@ -46,5 +46,7 @@ CONDITION_TAINTS = "node.kubernetes.io/"
 def fits(node: Obj, node_selector: dict[str, str], tolerations: list[Obj]) -> bool:
     """The node's labels match the selector and every taint of its own (not of its condition) that
     repels pods is tolerated."""
-    repelling = [t for t in untolerated_taints(node, tolerations) if not t["key"].startswith(CONDITION_TAINTS)]
+    repelling = [
+        t for t in untolerated_taints(node, tolerations) if not t["key"].startswith(CONDITION_TAINTS)
+    ]
     return matches_selector(node, node_selector) and not repelling

@@ -140,8 +140,8 @@ class Cluster:
         for kind in RESOURCES:
             name = crd_for(kind)["metadata"]["name"]
             while True:
-                crd = await self.kube.get(version, "customresourcedefinitions", None, name)
-                conditions = ((crd or {}).get("status") or {}).get("conditions") or []
+                stored = await self.kube.get(version, "customresourcedefinitions", None, name)
+                conditions = ((stored or {}).get("status") or {}).get("conditions") or []
                 if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
                     break
                 await asyncio.sleep(0.1)

@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.services import ensure_mariadb, ensure_redis, free_port, wait_for_port  # noqa: E402
 from visioninapp.backends.cache import Cache  # noqa: E402
-from visioninapp.cluster.harness import Harness  # noqa: E402
+from visioninapp.cluster.cluster import Cluster  # noqa: E402
 
 PROJECT = "bench"
 
@@ -128,13 +128,13 @@ def main() -> None:
     import sqlalchemy
 
     database = f"bench_{uuid.uuid4().hex[:8]}"
-    admin = sqlalchemy.create_engine("mysql+pymysql://root@127.0.0.1:3306/test")
+    admin = sqlalchemy.create_engine("mysql+pymysql://root@127.0.0.1:3306/")
     with admin.begin() as connection:
         connection.exec_driver_sql(f"CREATE DATABASE {database} CHARACTER SET utf8mb4")
     results: dict[str, list[tuple[list[float], float]]] = {"uncached": [], "cached": []}
     with (
         tempfile.TemporaryDirectory() as tmp,
-        Harness(Path(tmp) / "cluster", script=lambda pod: None) as cluster,
+        Cluster(Path(tmp) / "cluster") as cluster,
     ):
         cluster.create_namespace(PROJECT)
         for i in range(args.models):

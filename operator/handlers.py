@@ -55,7 +55,7 @@ from visioninapp.operator.training import (
 )
 from visioninapp.resources import API_VERSION, GROUP, VERSION, EdgeDeployment, ModelArtifact, TrainingJob
 from visioninapp.resources.base import ADMITTED
-from visioninapp.scheduling import fits
+from visioninapp.operator.scheduling import fits
 from visioninapp.settings import Settings
 
 log = logging.getLogger("visioninapp.operator")

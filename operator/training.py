@@ -234,6 +234,13 @@ def desired_job(
         pod_spec["priorityClassName"] = spec.placement.priority_class_name
     job_spec: Obj = {
         "backoffLimit": spec.backoff_limit,
+        # A pod lost to a disruption (node shutdown or drain, spot eviction, preemption) is retried
+        # without using up the run's retries; it resumes from its last checkpoint.
+        "podFailurePolicy": {
+            "rules": [
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+            ]
+        },
         "suspend": bool(spec.placement.queue_name),  # Kueue admits (unsuspends) queued Jobs
         "template": {"metadata": {"labels": labels}, "spec": pod_spec},
     }
@@ -297,6 +304,14 @@ def _terminated(pod: Obj) -> Obj | None:
     return None
 
 
+def _condition(pod: Obj, kind: str) -> Obj:
+    """The pod's condition of this type when it is True, else {}."""
+    for condition in (pod.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == kind and condition.get("status") == "True":
+            return condition  # type: ignore[no-any-return]
+    return {}
+
+
 def _newest(pods: list[Obj]) -> list[Obj]:
     return sorted(
         pods, key=lambda p: (p["metadata"].get("creationTimestamp", ""), p["metadata"]["name"]), reverse=True
@@ -343,6 +358,9 @@ def status_from_job(job: Obj, pods: list[Obj]) -> JobState:
     ended = _newest([p for p in pods if (p.get("status") or {}).get("phase") in ("Succeeded", "Failed")])
     if not active and ended and ended[0]["status"]["phase"] == "Succeeded":
         return JobState("Running", "PodCompleted", "trainer pod finished; the Job records its completion")
+    if not active and ended and _condition(ended[0], "DisruptionTarget"):
+        why = _condition(ended[0], "DisruptionTarget").get("message") or "a disruption"
+        return JobState("Pending", "PodDisrupted", f"trainer pod stopped by {why!r}; the Job starts another")
     if not active and ended:
         terminated = _terminated(ended[0]) or {}
         why = (terminated.get("message") or "").strip() or f"exit code {terminated.get('exitCode', '?')}"

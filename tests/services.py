@@ -43,9 +43,15 @@ def free_port() -> int:
 def apt_install(*packages: str) -> None:
     """Install Debian packages (the test setup runs as root on a fresh Debian/Ubuntu machine)."""
     if not shutil.which("apt-get"):
-        raise ServiceUnavailable(f"{', '.join(packages)} missing and apt-get is not available to install them")
+        raise ServiceUnavailable(
+            f"{', '.join(packages)} missing and apt-get is not available to install them"
+        )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    print(f"[tests] installing {' '.join(packages)} with apt-get (once per machine)", file=sys.stderr, flush=True)
+    print(
+        f"[tests] installing {' '.join(packages)} with apt-get (once per machine)",
+        file=sys.stderr,
+        flush=True,
+    )
     # Package scripts must not start services through the init system: the tests start them.
     policy = Path("/usr/sbin/policy-rc.d")
     had_policy = policy.exists()
@@ -53,7 +59,9 @@ def apt_install(*packages: str) -> None:
         policy.write_text("#!/bin/sh\nexit 101\n")
         policy.chmod(0o755)
     try:
-        update = subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True, env=env, timeout=600)
+        update = subprocess.run(
+            ["apt-get", "update", "-qq"], capture_output=True, text=True, env=env, timeout=600
+        )
         if update.returncode != 0:
             raise ServiceUnavailable(f"apt-get update failed: {update.stderr[-2000:]}")
         install = subprocess.run(

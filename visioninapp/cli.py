@@ -232,7 +232,8 @@ def _require_local_mode() -> None:
     """Local mode runs every component: say which install it needs instead of a traceback."""
     import importlib.util
 
-    missing = [m for m in ("kmock", "kopf", "fastapi", "ultralytics") if importlib.util.find_spec(m) is None]
+    modules = ("kopf", "fastapi", "ultralytics", "cryptography")
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
         raise _fail(
             f"local mode needs every component ({', '.join(missing)} missing): pip install 'visioninapp[all]'"
@@ -310,7 +311,9 @@ def local_up(
     port: ApiPort = 8000,
     kube_port: KubePort = 6443,
 ) -> None:
-    """Run the platform on this machine (emulated cluster, operator, API, console) until Ctrl-C."""
+    """Run the platform on this machine until Ctrl-C: a real Kubernetes control plane (built from
+    source on first use, about 10 minutes on 2 cores) with two local nodes, the operator, the API and
+    the console."""
     _require_local_mode()
     from visioninapp.local import LocalModeError, LocalPlatform
     from visioninapp.settings import Settings

@@ -1,6 +1,7 @@
 """`visioninapp demo`: the whole loop on this machine through the real platform, in a few minutes.
 
-It starts local mode (emulated cluster, operator, API and console), draws the synthetic shapes
+It starts local mode (a real Kubernetes control plane with two local nodes, the operator, the API
+and the console), draws the synthetic shapes
 dataset into the artifact store, applies `manifests/examples/local/` as `kubectl apply` would (a
 TrainingJob sized for a CPU and an EdgeDeployment of its model), follows the run from the
 TrainingJob's status, waits for the rollout to the simulated Jetson, sends validation images to

@@ -29,6 +29,7 @@ STRATEGIC = "application/strategic-merge-patch+json"
 # Unknown or duplicate fields in what we write are errors, not silently dropped: a status field
 # missing from the CRD's schema would otherwise vanish without a trace.
 STRICT = {"fieldValidation": "Strict"}
+RETRIES_ON_429 = 10
 
 
 class ConnectionInfo(Protocol):
@@ -181,19 +182,27 @@ class Kube:
     async def request(
         self, method: str, path: str, body: Any = None, content_type: str = "application/json", **params: str
     ) -> Obj:
+        """One API call; 429 (the server's flow control, or a resource whose storage is still
+        starting) is retried after the server's Retry-After, up to `RETRIES_ON_429` times."""
         session = await self._client()
-        self.requests[method] += 1
         headers = {"Content-Type": content_type} if body is not None else {}
-        async with session.request(
-            method, path, json=body, params=params or None, headers=headers
-        ) as response:
-            payload = await response.json(content_type=None) if response.content_length != 0 else {}
-            if response.status >= 400:
-                payload = payload if isinstance(payload, dict) else {}
-                raise KubeError(
-                    response.status, payload.get("reason", ""), payload.get("message", str(payload))
-                )
-            return payload if isinstance(payload, dict) else {}
+        for attempt in range(RETRIES_ON_429 + 1):
+            self.requests[method] += 1
+            async with session.request(
+                method, path, json=body, params=params or None, headers=headers
+            ) as response:
+                payload = await response.json(content_type=None) if response.content_length != 0 else {}
+                if response.status == 429 and attempt < RETRIES_ON_429:
+                    retry_after = float(response.headers.get("Retry-After") or 1)
+                    await asyncio.sleep(min(retry_after, 10.0))
+                    continue
+                if response.status >= 400:
+                    payload = payload if isinstance(payload, dict) else {}
+                    raise KubeError(
+                        response.status, payload.get("reason", ""), payload.get("message", str(payload))
+                    )
+                return payload if isinstance(payload, dict) else {}
+        raise AssertionError("unreachable")
 
     async def text(self, path: str, **params: str) -> str:
         """A GET whose answer is text, not JSON (pod logs)."""

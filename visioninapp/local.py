@@ -1,11 +1,16 @@
-"""Local mode: the whole platform on one machine, no cluster (`visioninapp local up`).
+"""Local mode: the whole platform on one machine (`visioninapp local up`).
 
-One process tree: the Kubernetes API emulator (the harness) with its Job/DaemonSet controllers and
-a pod runner that runs every pod as a local process, the real operator and the API with the
-console, each as a child process. Two simulated nodes: `local-cpu-0` takes trainer pods and
-`local-edge-0` is labelled and tainted like a Jetson, so EdgeDeployments land there unchanged.
-Every service a user has not configured falls back to its embedded default (file store, local
-event log, SQLite, in-process cache, local admin on loopback); configured ones are used as is.
+One process tree: a real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler, built from source once per machine) with the node agent, which runs every pod as a
+local process on two nodes (`local-cpu-0` takes trainer pods; `local-edge-0` is labelled and
+tainted like a Jetson, so EdgeDeployments land there unchanged), and the real operator and the API
+with the console as child processes. Every service a user has not configured falls back to its
+embedded default (file store, local event log, SQLite, in-process cache, local admin on loopback);
+configured ones are used as is.
+
+What users made lives in etcd in the data directory, so it survives a restart; pods that were
+running when the platform stopped are treated as a node restart treats them (a Job's pod is
+replaced without using up its retries, a DaemonSet's pod restarts).
 
 Nothing outlives it: children die with it (PR_SET_PDEATHSIG), and a later `up` in the same data
 directory first stops whatever a crashed one left behind (processes carry the session marker).
@@ -28,12 +33,13 @@ from types import TracebackType
 from typing import IO, Any, Self
 
 import requests
-import yaml
 
 from visioninapp.backends.storage import join_uri
-from visioninapp.cluster.controllers import die_with_parent
-from visioninapp.cluster.harness import Harness
+from visioninapp.cluster.build import BuildError
+from visioninapp.cluster.cluster import Cluster
+from visioninapp.cluster.controlplane import ControlPlaneError
 from visioninapp.factory import artifact_store_for
+from visioninapp.processes import die_with_parent
 from visioninapp.settings import Settings
 from visioninapp.synth import generate_dataset
 
@@ -150,7 +156,7 @@ class _Child:
 
 
 class LocalPlatform:
-    """Emulated cluster + operator + API/console on this machine, in `data_dir`."""
+    """A real cluster (control plane + node agent) + operator + API/console on this machine."""
 
     def __init__(
         self,
@@ -165,7 +171,7 @@ class LocalPlatform:
         self.api_port = api_port or _free_port()
         self.kube_port = kube_port
         self.say = say
-        self.cluster: Harness | None = None
+        self.cluster: Cluster | None = None
         self.children: list[_Child] = []
         self._lock: IO[str] | None = None
         self._saved_env: dict[str, str | None] = {}
@@ -202,21 +208,19 @@ class LocalPlatform:
         self._set_env(
             {SESSION_ENV: str(self.data_dir), "VISIONINAPP_DATA_DIR": str(self.data_dir), "KUBECONFIG": None}
         )
-        self.cluster = Harness(
-            self.home / "cluster",
-            script=None,
-            port=self.kube_port,
-            state_file=self.home / "cluster-state.json",
-        ).start()
+        try:
+            self.cluster = Cluster(self.home / "cluster", port=self.kube_port, say=self.say).start()
+        except (BuildError, ControlPlaneError) as error:
+            raise LocalModeError(f"the Kubernetes control plane did not start: {error}") from None
         self.cluster.add_node(
             TRAINING_NODE, cpu=str(os.cpu_count() or 2), labels={"visioninapp.io/pool": "cpu"}
         )
         self.cluster.add_node(
             EDGE_NODE, cpu="6", memory="8Gi", gpus=1, labels=EDGE_LABELS, taints=[EDGE_TAINT]
         )
-        if self.cluster.get("", "namespaces", "", LOCAL_NAMESPACE) is None:
+        if self.cluster.get("", "namespaces", None, LOCAL_NAMESPACE) is None:
             self.cluster.create_namespace(LOCAL_NAMESPACE, {"visioninapp.io/project": "true"})
-        self.kubeconfig.write_text(yaml.safe_dump(self.cluster.kubeconfig_dict(LOCAL_NAMESPACE)))
+        self.cluster.write_kubeconfig(self.kubeconfig, LOCAL_NAMESPACE)
         env = {"KUBECONFIG": str(self.kubeconfig)}
         self.operator_liveness_port = _free_port()
         self._spawn(
@@ -330,7 +334,7 @@ class LocalPlatform:
                 child.process.wait()
         self.children.clear()
         if self.cluster is not None:
-            self.cluster.stop()
+            self.cluster.stop(graceful=True)  # a node shutdown: runs resume without using a retry
             self.cluster = None
         stop_leftovers(self.data_dir, grace=2.0)
         for key, value in self._saved_env.items():

@@ -221,6 +221,23 @@ def test_status_from_job_reads_each_state() -> None:
     retrying = status_from_job(job(failed=1), [pod("Failed", "error: NoSuchBucket")])
     assert (retrying.phase, retrying.reason) == ("Pending", "BackoffLimitNotReached")
     assert "NoSuchBucket" in retrying.message and "retry 1 of 2" in retrying.message
+    disrupted = pod("Failed")
+    disrupted["status"]["conditions"] = [
+        {
+            "type": "DisruptionTarget",
+            "status": "True",
+            "message": "Pod was terminated in response to imminent node shutdown.",
+        }
+    ]
+    lost = status_from_job(job(), [disrupted])
+    assert (lost.phase, lost.reason) == ("Pending", "PodDisrupted") and "node shutdown" in lost.message
+
+
+def test_a_disrupted_trainer_pod_costs_no_retry() -> None:
+    rules = make_job(TrainingJob.model_validate(training_job()), 1)["spec"]["podFailurePolicy"]["rules"]
+    assert rules == [
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    ]
 
 
 # --- plans ----------------------------------------------------------------------------------

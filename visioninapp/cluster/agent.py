@@ -262,6 +262,8 @@ class NodeAgent:
         self._ip_block = random.randrange(1, 254)  # agents of two processes rarely share addresses
         self._next_ip = 2
         self._mount_namespaces: bool | None = None
+        self._shutting_down = False  # a graceful node shutdown is under way
+        self._powered_off = False  # stopped: its processes are gone and it reports nothing more
 
     # lifecycle
 
@@ -274,12 +276,24 @@ class NodeAgent:
                 asyncio.create_task(self.kube.watch("v1", "pods", "", self._reset, self._event))
             )
 
-    async def stop(self, delete_nodes: bool = False) -> None:
-        """Stop every pod's process (as a machine that powers off) and, if asked, remove the nodes."""
+    async def stop(self, delete_nodes: bool = False, graceful: bool = False) -> None:
+        """Stop every pod's process and, if asked, remove the nodes.
+
+        Not graceful: as a machine that loses power (statuses stay as they were; the next agent on
+        these nodes finds the pods gone). Graceful: as a kubelet's node shutdown, each pod gets
+        SIGTERM and its grace period, then is reported Failed with `DisruptionTarget`.
+        """
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if graceful:
+            self._shutting_down = True
+            running = [p for p in self.pods.values() if p.task is not None and not p.task.done()]
+            for pod in running:
+                self._terminate(pod, MAX_GRACE_SECONDS / 3)
+            await asyncio.wait([p.task for p in running if p.task], timeout=MAX_GRACE_SECONDS)
+        self._powered_off = True  # from here on nothing is reported
         for pod in list(self.pods.values()):
             pod.stopping = True
             self._signal(pod, signal.SIGKILL)
@@ -308,6 +322,7 @@ class NodeAgent:
                 "v1", "nodes", None, spec.name, {"status": body["status"]}, "status"
             )
         await self._renew(spec.name, created)
+        await self._resync(spec.name)  # pods bound to it before (an agent restarted on this machine)
         return created
 
     async def remove_node(self, name: str) -> None:
@@ -324,17 +339,23 @@ class NodeAgent:
                 "v1", "nodes", None, name, {"status": {"conditions": _node_conditions()}}, "status"
             )
             await self._renew(name)
-            listed = await self.kube.request("GET", "api/v1/pods", fieldSelector=f"spec.nodeName={name}")
-            current = {(p["metadata"]["namespace"], p["metadata"]["name"]) for p in listed["items"]}
-            for key, pod in list(self.pods.items()):
-                if pod.node == name and key not in current:
-                    self._forget(pod)  # deleted while the node was away
-                elif pod.node == name:
-                    await self._report_running(pod)  # the controller marked them NotReady meanwhile
-            for item in listed["items"]:
-                self._event("MODIFIED", item)
+            for pod in [p for p in self.pods.values() if p.node == name]:
+                await self._report_running(pod)  # the controller marked them NotReady meanwhile
+            await self._resync(name)
         elif not online:
             self.offline.add(name)
+
+    async def _resync(self, node: str) -> None:
+        """Catch up with the pods bound to `node` (a node just added, or back online)."""
+        if not self.run_pods:
+            return
+        listed = await self.kube.request("GET", "api/v1/pods", fieldSelector=f"spec.nodeName={node}")
+        current = {(p["metadata"]["namespace"], p["metadata"]["name"]) for p in listed["items"]}
+        for key, pod in list(self.pods.items()):
+            if pod.node == node and key not in current:
+                self._forget(pod)  # deleted while the node was away
+        for item in listed["items"]:
+            self._event("MODIFIED", item)
 
     async def _heartbeats(self) -> None:
         while True:
@@ -466,8 +487,12 @@ class NodeAgent:
                 restarts += 1
                 await self._report_waiting(entry, pod, "CrashLoopBackOff", outcome, restarts)
                 await asyncio.sleep(min(2 ** min(restarts, 4) * 0.5, 8.0))  # back-off, shortened
-        except _Lost:
-            outcome = Outcome(137, "the node restarted while the pod ran", reason="Error")
+        except _Lost:  # as a kubelet reports a container that vanished with its machine
+            outcome = Outcome(
+                137,
+                "The container could not be located when the pod was terminated",
+                reason="ContainerStatusUnknown",
+            )
         except asyncio.CancelledError:
             if not entry.stopping:
                 raise
@@ -478,8 +503,12 @@ class NodeAgent:
         self.finished[entry.uid] = outcome.reason or str(outcome.exit_code)
         if outcome.reason == "ImageNotRunnable":
             return  # stays Pending, as a pod whose image cannot be pulled
-        await self._report_terminated(entry, pod, outcome, restarts)
-        if entry.stopping and self.pods.get((entry.namespace, entry.name)) is entry:
+        await self._report_terminated(entry, pod, outcome, restarts, disrupted=self._shutting_down)
+        if (
+            entry.stopping
+            and not (self._shutting_down or self._powered_off)
+            and self.pods.get((entry.namespace, entry.name)) is entry
+        ):
             del self.pods[(entry.namespace, entry.name)]
             await self._finish_deletion(pod)
 
@@ -700,7 +729,7 @@ class NodeAgent:
         if not self._mount_namespaces:
             return None
         steps = ["set -e"]
-        for source, target, read_only in mounts:
+        for source, target, read_only in _mount_order(mounts):
             kind = "-d" if source.is_dir() else "-f"
             quoted, parent = shlex.quote(target), shlex.quote(str(Path(target).parent))
             make = f"mkdir -p {quoted}" if source.is_dir() else f"mkdir -p {parent}; : > {quoted}"
@@ -759,8 +788,8 @@ class NodeAgent:
     # status reports
 
     async def _patch_status(self, entry: _Pod, status: Obj) -> None:
-        if entry.node in self.offline:
-            return  # a node without network reports nothing; `set_online` reports again
+        if entry.node in self.offline or self._powered_off:
+            return  # a node without network reports nothing (`set_online` reports again), nor one off
         patch = {"metadata": {"uid": entry.uid}, "status": status}  # the uid: never another pod's status
         try:
             await self.kube.request(
@@ -838,9 +867,18 @@ class NodeAgent:
             },
         )
 
-    async def _report_terminated(self, entry: _Pod, pod: Obj, outcome: Outcome, restarts: int) -> None:
+    async def _report_terminated(
+        self, entry: _Pod, pod: Obj, outcome: Outcome, restarts: int, disrupted: bool = False
+    ) -> None:
+        """Terminated: Succeeded or Failed by the exit code; Failed with `DisruptionTarget` when the
+        node shut down under it (a Job's podFailurePolicy may then retry it for free)."""
         container = pod["spec"]["containers"][0]
         finished = _now()
+        shutdown = "Pod was terminated in response to imminent node shutdown."
+        disruption = [
+            {"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet",
+             "message": shutdown, "lastTransitionTime": finished}
+        ] if disrupted else []  # fmt: skip
         terminated = {
             "exitCode": outcome.exit_code,
             "reason": outcome.reason or ("Completed" if outcome.exit_code == 0 else "Error"),
@@ -851,8 +889,9 @@ class NodeAgent:
         await self._patch_status(
             entry,
             {
-                "phase": "Succeeded" if outcome.exit_code == 0 else "Failed",
+                "phase": "Succeeded" if outcome.exit_code == 0 and not disrupted else "Failed",
                 "conditions": [
+                    *disruption,
                     {
                         "type": "Ready",
                         "status": "False",
@@ -923,6 +962,31 @@ class NodeAgent:
                     position = size
         await response.write_eof()
         return response
+
+
+def _mount_order(mounts: list[tuple[Path, str, bool]]) -> list[tuple[Path, str, bool]]:
+    """The order to bind the pod's volumes in: a mount before those inside its target, and a target
+    that hides where other mounts come from (an emptyDir on /tmp over the pod's folder in /tmp)
+    after them. The pod shares this machine's tree, so a bind there shadows what lies beneath."""
+
+    def within(path: str, folder: str) -> bool:
+        return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+    remaining, ordered = list(mounts), []
+    while remaining:
+        free = [
+            mount
+            for mount in remaining
+            if not any(
+                (within(mount[1], other[1]) and mount[1] != other[1]) or within(str(other[0]), mount[1])
+                for other in remaining
+                if other is not mount
+            )
+        ]
+        chosen = (free or remaining)[0]  # a cycle (a mount inside one that hides its source): as given
+        ordered.append(chosen)
+        remaining.remove(chosen)
+    return ordered
 
 
 async def _can_unshare() -> bool:

@@ -146,10 +146,12 @@ class Cluster:
                     break
                 await asyncio.sleep(0.1)
 
-    def stop(self, delete_nodes: bool = False) -> None:
+    def stop(self, delete_nodes: bool = False, graceful: bool = False) -> None:
+        """Stop the nodes (`graceful`: as a node shutdown, see `NodeAgent.stop`), then the control
+        plane if it is this cluster's own."""
         if self._thread.is_alive():
             if hasattr(self, "agent"):
-                self.run(self.agent.stop(delete_nodes=delete_nodes), timeout=60)
+                self.run(self.agent.stop(delete_nodes=delete_nodes, graceful=graceful), timeout=90)
             if hasattr(self, "kube"):
                 self.run(self.kube.close())
             self._loop.call_soon_threadsafe(self._loop.stop)
@@ -164,6 +166,8 @@ class Cluster:
         pods are deleted with grace 0 (no node is left to confirm it), so nothing lingers where the
         next user's scheduler or operator would meet it.
         """
+        if not self._thread.is_alive():
+            return  # stopped already
         for namespace in self._namespaces:
             owned = [("visioninapp.io", p) for p in ("trainingjobs", "modelartifacts", "edgedeployments")]
             for group, plural in [*owned, ("batch", "jobs")]:

@@ -1,8 +1,4 @@
-"""Which nodes a pod may run on by its node selector and tolerations (Kubernetes' rules).
-
-Shared by the operator (which nodes an EdgeDeployment covers) and the cluster harness (its
-scheduler and DaemonSet controller), so both agree on what "a matching node" is.
-"""
+"""Which nodes an EdgeDeployment covers: its node selector and tolerations, by Kubernetes' rules."""
 
 from __future__ import annotations
 

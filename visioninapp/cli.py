@@ -24,7 +24,11 @@ datasets_app = typer.Typer(help="Datasets in YOLO format.", no_args_is_help=True
 models_app = typer.Typer(help="Model versions (ModelArtifacts).", no_args_is_help=True)
 app.add_typer(crds_app, name="crds")
 app.add_typer(datasets_app, name="datasets")
-local_app = typer.Typer(help="Local mode: the platform on this machine, no cluster.", no_args_is_help=True)
+local_app = typer.Typer(help="Local mode: the platform on this machine.", no_args_is_help=True)
+cluster_app = typer.Typer(
+    help="The real Kubernetes control plane that local mode and the tests run on.", no_args_is_help=True
+)
+app.add_typer(cluster_app, name="cluster")
 app.add_typer(models_app, name="models")
 app.add_typer(local_app, name="local")
 
@@ -200,6 +204,19 @@ def validate(
         raise _fail("no manifests found")
     if failed:
         raise _fail(f"{failed} of {len(results)} object(s) invalid")
+
+
+@cluster_app.command("build")
+def cluster_build() -> None:
+    """Build kube-apiserver, kube-controller-manager, kube-scheduler, etcd and kwok from source with Go
+    (once per machine, into ~/.cache/visioninapp; VISIONINAPP_CACHE_DIR moves it) and print their
+    folder; a second run finds them and returns at once."""
+    from visioninapp.cluster.build import BuildError, ensure_binaries
+
+    try:
+        typer.echo(ensure_binaries())
+    except BuildError as error:
+        raise _fail(str(error)) from None
 
 
 @datasets_app.command("synth")

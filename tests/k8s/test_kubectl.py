@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from tests.services import kube_tools
+from visioninapp.cluster.build import KUBERNETES_VERSION
 from visioninapp.cluster.cluster import Cluster
 
 TRAINING_JOB = """
@@ -119,3 +120,11 @@ def test_imperative_commands_of_built_in_kinds_work(cluster: Cluster) -> None:
     kubectl(cluster, "create", "configmap", "settings", "--from-literal=mode=fast")
     secret = yaml.safe_load(kubectl(cluster, "get", "secret", "creds", "-o", "yaml").stdout)
     assert secret["data"]["KEY"] == "dmFsdWU="
+
+
+def test_kubectl_and_the_control_plane_are_one_minor(cluster: Cluster) -> None:
+    """The tests' kubectl (PyPI kubectl layer) and the built control plane move together."""
+    versions = json.loads(kubectl(cluster, "version", "-o", "json").stdout)
+    minor = KUBERNETES_VERSION.split(".")[1]
+    assert versions["clientVersion"]["minor"] == versions["serverVersion"]["minor"] == minor, versions
+    assert versions["serverVersion"]["gitVersion"] == f"v{KUBERNETES_VERSION}"

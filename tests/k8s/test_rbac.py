@@ -91,7 +91,7 @@ def test_proto(cluster: Cluster, operator_factory: Any, s3_endpoint: str, tmp_pa
                 if labels.get("visioninapp.io/training-job", "").startswith("long"):
                     return Outcome(seconds=600)
                 return trainer(pod)
-            return Outcome(math.inf, ready=True)
+            return Outcome(seconds=math.inf, ready=True)
         cluster.set_script(script)
         cluster.add_node("gpu-1", gpus=8, labels={"agentpool": "gpu"})
         cluster.add_node("jetson-0", labels={"visioninapp.io/edge": "true"},

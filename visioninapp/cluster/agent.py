@@ -246,12 +246,11 @@ class NodeAgent:
         api_server: tuple[str, int] = ("127.0.0.1", 443),
         serving: tuple[Path, Path] | None = None,
         client_ca: Path | None = None,
-        ca_cert: Path | None = None,
     ) -> None:
         self.kube, self.work_dir, self.script, self.run_pods = kube, Path(work_dir), script, run_pods
         self.lease_seconds, self.renew_seconds = lease_seconds, renew_seconds
         self.api_server = api_server
-        self.serving, self.client_ca, self.ca_cert = serving, client_ca, ca_cert
+        self.serving, self.client_ca = serving, client_ca
         self.nodes: dict[str, NodeSpec] = {}
         self.offline: set[str] = set()
         self.pods: dict[tuple[str, str], _Pod] = {}
@@ -315,9 +314,8 @@ class NodeAgent:
         body = spec.node(self.kubelet_port)
         created = await self.kube.create("v1", "nodes", None, body)
         if created is None:  # registered before (a restart): take it over with our status
-            await self.kube.patch(
-                "v1", "nodes", None, spec.name, {"metadata": {"labels": body["metadata"]["labels"]}}
-            )
+            ours = {"metadata": {"labels": body["metadata"]["labels"]}, "spec": {"taints": spec.taints}}
+            await self.kube.patch("v1", "nodes", None, spec.name, ours)
             created = await self.kube.patch(
                 "v1", "nodes", None, spec.name, {"status": body["status"]}, "status"
             )

@@ -347,7 +347,10 @@ class ControlPlane:
             "clusters": [
                 {
                     "name": self.name,
-                    "cluster": {"server": self.url, "certificate-authority": str(self.ca_cert)},
+                    "cluster": {
+                        "server": self.url,
+                        "certificate-authority-data": base64.b64encode(self.ca_cert.read_bytes()).decode(),
+                    },
                 }
             ],
             "users": [{"name": "user", "user": credentials}],

@@ -43,6 +43,7 @@ from visioninapp.operator.rollout import (
     plan_rollout,
     pod_view,
 )
+from visioninapp.operator.scheduling import fits
 from visioninapp.operator.training import (
     JOB_FINALIZER,
     TRAINING_JOB_LABEL,
@@ -55,7 +56,6 @@ from visioninapp.operator.training import (
 )
 from visioninapp.resources import API_VERSION, GROUP, VERSION, EdgeDeployment, ModelArtifact, TrainingJob
 from visioninapp.resources.base import ADMITTED
-from visioninapp.operator.scheduling import fits
 from visioninapp.settings import Settings
 
 log = logging.getLogger("visioninapp.operator")

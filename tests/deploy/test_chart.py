@@ -103,7 +103,8 @@ def test_the_chart_lints_and_renders_valid_objects(values_file: str) -> None:
 
 
 def test_the_charts_crds_are_the_generated_ones() -> None:
-    chart = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
+    # besides ours, kopf's peering CRD (operator.leaderElection), installed before the templates
+    chart = sorted(p.name for p in (CHART / "crds").glob("*.yaml") if p.name != "kopf-peering.yaml")
     assert chart == sorted(p.name for p in (REPO / "crds").glob("*.yaml") if p.name != "kustomization.yaml")
     for name in chart:
         assert (CHART / "crds" / name).read_text() == (REPO / "crds" / name).read_text(), name

@@ -23,8 +23,10 @@ import pytest
 import yaml
 
 from tests.services import ensure_mariadb, free_port, kube_tools
+from visioninapp.backends.rabbitmq import RabbitStreamBus
 from visioninapp.cluster.cluster import Cluster
 from visioninapp.cluster.controlplane import ControlPlane
+from visioninapp.events import TrainingEvent
 from visioninapp.synth import generate_dataset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,28 +107,59 @@ def assert_release_stored(tools: Tools, namespace: str = NAMESPACE) -> list[Obj]
             }
         problems += [f"{want['kind']}/{want['metadata']['name']}{p}" for p in contains(have, want)]
     assert problems == [], "\n".join(problems)
-    for crd in sorted((CHART / "crds").glob("*.yaml")):
-        name = yaml.safe_load(crd.read_text())["metadata"]["name"]
-        tools("kubectl", "wait", "--for=condition=Established", f"crd/{name}", "--timeout=30s")
+    crds = [
+        f"crd/{yaml.safe_load(p.read_text())['metadata']['name']}"
+        for p in sorted((CHART / "crds").glob("*.yaml"))
+    ]
+    tools("kubectl", "wait", "--for=condition=Established", *crds, "--timeout=60s")
     return rendered
 
 
-@pytest.mark.parametrize("values_file", ["values-aks.yaml", "values-eks.yaml", "values-k3s.yaml"])
-def test_helm_install_with_a_target_values_file_is_accepted(values_file: str, tmp_path: Path) -> None:
+LEADER_ELECTION = [
+    "--set",
+    "operator.leaderElection=true,operator.replicas=2,operator.podDisruptionBudget.enabled=true",
+]
+INSTALLS = [
+    pytest.param("values.yaml", [], {"PodDisruptionBudget", "Service"}, id="default"),
+    pytest.param("values-aks.yaml", [], {"PodDisruptionBudget", "Ingress", "Role"}, id="aks"),
+    pytest.param("values-eks.yaml", [], {"PodDisruptionBudget", "Ingress"}, id="eks"),
+    pytest.param("values-k3s.yaml", [], {"RuntimeClass", "PersistentVolumeClaim", "Ingress"}, id="k3s"),
+    pytest.param(
+        "values.yaml",
+        LEADER_ELECTION,
+        {"ClusterKopfPeering", "PodDisruptionBudget"},
+        id="leader-election",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="templates/operator-extras.yaml still renders the ClusterKopfPeering CRD, which the "
+            "chart's crds/kopf-peering.yaml now installs first: Helm refuses to adopt it",
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(("values_file", "options", "kinds"), INSTALLS)
+def test_helm_install_is_accepted(
+    values_file: str, options: list[str], kinds: set[str], tmp_path: Path
+) -> None:
+    """Installed as the README says (no pods run here: nothing but the API server's verdict)."""
     with Cluster(tmp_path / "cluster", run_pods=False, install_crds=False) as cluster:
         tools = Tools(cluster, tmp_path)
         out = tools(
             "helm", "install", RELEASE, str(CHART), "-n", NAMESPACE, "--create-namespace",
-            "-f", str(CHART / values_file),
+            "-f", str(CHART / values_file), *options,
         )  # fmt: skip
         assert "STATUS: deployed" in out, out
         rendered = assert_release_stored(tools)
-        kinds = {d["kind"] for d in rendered}
-        assert {"Deployment", "ClusterRole", "ClusterRoleBinding", "ServiceAccount", "NetworkPolicy"} <= kinds
-        if values_file == "values-k3s.yaml":
-            assert "RuntimeClass" in kinds and "PersistentVolumeClaim" in kinds
-        else:
-            assert "PodDisruptionBudget" in kinds and "Ingress" in kinds
+        common = {
+            "Deployment",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ServiceAccount",
+            "ConfigMap",
+            "NetworkPolicy",
+        }
+        assert common | kinds <= {d["kind"] for d in rendered}
 
 
 # --- the default values, running ---------------------------------------------------------------
@@ -146,6 +179,22 @@ def database() -> Iterator[str]:
         connection.close()
 
 
+@pytest.fixture
+def rabbitmq_user(rabbitmq_stream_port: int) -> Iterator[tuple[str, str]]:
+    """A RabbitMQ user of this test's own (not `guest`: what the chart's pods sign in as must be wired)."""
+    user, password = f"chart-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+
+    def rabbitmqctl(*args: str) -> None:
+        subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
+
+    rabbitmqctl("add_user", user, password)
+    try:
+        rabbitmqctl("set_permissions", "-p", "/", user, ".*", ".*", ".*")
+        yield user, password
+    finally:
+        rabbitmqctl("delete_user", user)
+
+
 def explain(cluster: Cluster, tools: Tools) -> Callable[[], str]:
     """What the pods of the release and of the run are doing, with their logs (for failures)."""
 
@@ -160,7 +209,8 @@ def explain(cluster: Cluster, tools: Tools) -> Callable[[], str]:
             )
             try:
                 log = cluster.pod_log(meta["namespace"], meta["name"]).splitlines()
-                lines += [line for line in log if "/healthz" not in line and "/readyz" not in line][-40:]
+                said = [line[:2000] for line in log if "/healthz" not in line and "/readyz" not in line]
+                lines += said if len(said) <= 60 else [*said[:30], "...", *said[-30:]]
             except Exception as error:  # no log yet
                 lines.append(f"(no log: {error})")
         return "\n".join(lines)
@@ -180,8 +230,13 @@ def ready_pods(cluster: Cluster, component: str) -> list[Obj]:
     ]
 
 
+@pytest.mark.timeout(900)
 def test_default_install_runs_the_operator_and_api_and_trains_a_model(
-    tmp_path: Path, s3_endpoint: str, rabbitmq_stream_port: int, database: str
+    tmp_path: Path,
+    s3_endpoint: str,
+    rabbitmq_stream_port: int,
+    rabbitmq_user: tuple[str, str],
+    database: str,
 ) -> None:
     bucket = f"chart-{uuid.uuid4().hex[:8]}"
     s3 = boto3.client(
@@ -202,7 +257,7 @@ def test_default_install_runs_the_operator_and_api_and_trains_a_model(
     credentials = {
         "AWS_ACCESS_KEY_ID": "chart-key",
         "AWS_SECRET_ACCESS_KEY": "chart-secret",
-        "VISIONINAPP_RABBITMQ_PASSWORD": "guest",
+        "VISIONINAPP_RABBITMQ_PASSWORD": rabbitmq_user[1],
     }
     with Cluster(tmp_path / "cluster", install_crds=False, audit=True) as cluster:
         tools = Tools(cluster, tmp_path)
@@ -224,7 +279,7 @@ def test_default_install_runs_the_operator_and_api_and_trains_a_model(
                 "rabbitmq": {
                     "host": "127.0.0.1",
                     "streamPort": rabbitmq_stream_port,
-                    "user": "guest",
+                    "user": rabbitmq_user[0],
                     "trainingStream": training_stream,
                     "edgeStream": edge_stream,
                 },
@@ -293,7 +348,8 @@ def test_default_install_runs_the_operator_and_api_and_trains_a_model(
         def run_status() -> Obj:
             return (cluster.get(GROUP, "trainingjobs", project, "shapes") or {}).get("status") or {}
 
-        wait_for(lambda: run_status().get("phase") in ("Succeeded", "Failed"), 60, "the training run", why)
+        wait_for(lambda: run_status().get("phase"), 120, "the chart's operator to take the run up", why)
+        wait_for(lambda: run_status().get("phase") in ("Succeeded", "Failed"), 360, "the training run", why)
         assert run_status()["phase"] == "Succeeded", f"{run_status()}\n{why()}"
         assert run_status()["epoch"] == 2 and run_status()["artifact"] == "shapes"
         trainer = cluster.list("", "pods", project, "job-name=shapes-1")[0]
@@ -308,6 +364,13 @@ def test_default_install_runs_the_operator_and_api_and_trains_a_model(
         assert artifact is not None
         assert {f["format"] for f in artifact["spec"]["formats"]} == {"pt", "onnx"}
         assert all(f["uri"].startswith(f"s3://{bucket}/platform/") for f in artifact["spec"]["formats"])
+        # the trainer pod published its epochs to the chart's stream, signed in as the chart's user
+        bus = RabbitStreamBus("127.0.0.1", rabbitmq_stream_port)
+        try:
+            events = [TrainingEvent.from_bytes(m.body) for m in bus.read(training_stream, 0, 10_000)]
+        finally:
+            bus.close()
+        assert [e.epoch for e in events if e.type == "epoch" and e.training_job == "shapes"] == [1, 2]
 
         # What the cluster's audit log says: the operator acted as the chart's ServiceAccount
         operator_user = f"system:serviceaccount:{NAMESPACE}:{RELEASE}-operator"

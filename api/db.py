@@ -7,6 +7,7 @@ the same test suite run on both. The schema is owned by the Alembic migrations i
 
 from __future__ import annotations
 
+import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -312,10 +313,35 @@ class Database:
             yield session
 
     def migrate(self) -> None:
-        """Bring the schema to the newest migration (idempotent)."""
+        """Bring the schema to the newest migration (idempotent). Replicas that start together take
+        turns: the first migrates, the others then find nothing to do."""
         from alembic import command
 
-        command.upgrade(alembic_config(self.url), "head")
+        with self._migration_lock():
+            command.upgrade(alembic_config(self.url), "head")
+
+    @contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        """A MySQL named lock (held by one connection), or a file lock beside the SQLite file."""
+        from sqlalchemy import text
+
+        if self.engine.dialect.name == "mysql":
+            with self.engine.connect() as connection:
+                taken = connection.execute(text(f"SELECT GET_LOCK('{MIGRATION_LOCK}', 600)")).scalar()
+                if taken != 1:
+                    raise RuntimeError("another API replica has been migrating the database for 10 minutes")
+                try:
+                    yield
+                finally:
+                    connection.execute(text(f"SELECT RELEASE_LOCK('{MIGRATION_LOCK}')"))
+            return
+        path = self.url.split("///", 1)[-1] if self.url.startswith("sqlite") else ""
+        if not path or path == ":memory:":
+            yield
+            return
+        with open(f"{path}.migrate.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
 
     def ping(self) -> bool:
         from sqlalchemy import text
@@ -326,6 +352,9 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+MIGRATION_LOCK = "visioninapp-migrations"
 
 
 def alembic_config(url: str) -> Any:

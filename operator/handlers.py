@@ -172,9 +172,16 @@ class Operator:
             "VISIONINAPP_S3_ENDPOINT_URL": self.settings.s3_endpoint_url,
             "VISIONINAPP_S3_REGION": self.settings.s3_region,
             "VISIONINAPP_RABBITMQ_HOST": self.settings.rabbitmq_host,
-            "VISIONINAPP_RABBITMQ_STREAM_PORT": self.settings.rabbitmq_stream_port
-            if self.settings.rabbitmq_host
-            else None,
+            # where and as whom; the password comes from a Secret (trainerEnvSecret), never plain env
+            **(
+                {
+                    "VISIONINAPP_RABBITMQ_STREAM_PORT": self.settings.rabbitmq_stream_port,
+                    "VISIONINAPP_RABBITMQ_USER": self.settings.rabbitmq_user,
+                    "VISIONINAPP_RABBITMQ_VHOST": self.settings.rabbitmq_vhost,
+                }
+                if self.settings.rabbitmq_host
+                else {}
+            ),
             "VISIONINAPP_TRAINING_STREAM" if training else "VISIONINAPP_EDGE_STREAM": (
                 self.settings.training_stream if training else self.settings.edge_stream
             ),

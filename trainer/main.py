@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         "--termination-log",
         type=Path,
         default=os.environ.get("VISIONINAPP_TERMINATION_LOG") or None,
-        help="override the result path from the config (default: $VISIONINAPP_TERMINATION_LOG, which "
-        "the local pod runner sets to the pod's terminationMessagePath on this machine)",
+        help="override the result path from the config (default: $VISIONINAPP_TERMINATION_LOG, else the "
+        "config's terminationLog, /dev/termination-log: the pod's terminationMessagePath)",
     )
     args = parser.parse_args(argv)
     settings = Settings()

@@ -42,3 +42,35 @@ def test_serve_without_kubernetes_configuration_says_what_to_set(tmp_path: Path)
     assert result.returncode == 1
     assert "VISIONINAPP_KUBECONFIG" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_replicas_starting_together_migrate_one_at_a_time(tmp_path: Path, mariadb_server: str) -> None:
+    """Two API replicas migrate one new database at once: both succeed (a named lock), on MariaDB
+    and on SQLite (a file lock)."""
+    import uuid
+
+    import sqlalchemy
+
+    name = f"vt_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(f"{mariadb_server}/")
+    with admin.begin() as connection:
+        connection.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        for url in (f"{mariadb_server}/{name}", f"sqlite:///{tmp_path / 'api.db'}"):
+            env = {**os.environ, "VISIONINAPP_DATA_DIR": str(tmp_path), "VISIONINAPP_DATABASE_URL": url}
+            replicas = [
+                subprocess.Popen(
+                    [sys.executable, "-m", "visioninapp.api.main", "migrate"],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                for _ in range(3)
+            ]
+            for replica in replicas:
+                _, errors = replica.communicate(timeout=180)
+                assert replica.returncode == 0, f"{url}: {errors}"
+    finally:
+        with admin.begin() as connection:
+            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")

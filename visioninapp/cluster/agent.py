@@ -536,7 +536,8 @@ class NodeAgent:
             return Outcome(message=message, reason="ImageNotRunnable")
         entry.dir.mkdir(parents=True, exist_ok=True)
         termination = entry.dir / "termination-log"
-        termination.unlink(missing_ok=True)
+        termination.write_bytes(b"")  # bound where the container writes it, as a kubelet does
+        termination_path = container.get("terminationMessagePath") or "/dev/termination-log"
         pod_env = await self._environment(pod, container)
         command = [expand(arg, pod_env) for arg in command]
         executable = shutil.which(
@@ -545,11 +546,10 @@ class NodeAgent:
         if executable is None:
             return Outcome(127, f"{command[0]!r} not found on PATH", reason="StartError")
         try:
-            mounts = await self._mounts(pod, container, entry.dir)
+            mounts = [*await self._mounts(pod, container, entry.dir), (termination, termination_path, False)]
         except (KubeError, OSError) as error:
             return Outcome(128, f"volumes: {error}", reason="StartError")
-        environment = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-        environment |= pod_env | {"VISIONINAPP_TERMINATION_LOG": str(termination)}
+        environment = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"} | pod_env
         argv = await self._in_mount_namespace(mounts, [executable, *command[1:]])
         if argv is None:
             return Outcome(

@@ -61,6 +61,7 @@ from visioninapp.settings import Settings
 log = logging.getLogger("visioninapp.operator")
 Obj = dict[str, Any]
 JOB_LABEL = "batch.kubernetes.io/job-name"
+DELETED_UIDS_KEPT = 100_000  # deletions remembered; a late write's answer comes within seconds
 REPLAN_INTERVAL = 0.5  # seconds between two plans of one EdgeDeployment (rollout steps take minutes)
 
 
@@ -100,17 +101,31 @@ class Operator:
         self.edge_pods: dict[tuple[str, str], dict[str, Obj]] = defaultdict(dict)  # (ns, deployment) → pods
         self.nodes: dict[str, Obj] = {}
         self.health = EdgeHealthTracker()
-        self.pending: set[tuple[str, str]] = set()  # deployments with a re-plan queued
+        self.pending: set[tuple[str, str]] = set()  # runs and deployments with a re-plan queued
+        self.background: set[asyncio.Task[None]] = set()  # work started by watch callbacks
+        self.deleted: dict[str, None] = {}  # uids of objects seen deleted, oldest first
         self.replan_at: dict[tuple[str, str], float] = {}  # earliest time of the next re-plan
 
     # reading
 
     def remember(self, cache: dict[tuple[str, str], Obj], body: Obj) -> Obj:
+        """Keep the newer of `body` and the cached copy; never an object whose deletion was seen
+        (a write's answer can arrive after the watch reported the object gone)."""
         key = (body["metadata"].get("namespace", ""), body["metadata"]["name"])
+        if body["metadata"].get("uid") in self.deleted:
+            return body
         newest = _newer(body, cache.get(key))
         assert newest is not None
         cache[key] = newest
         return newest
+
+    def forget(self, cache: dict[tuple[str, str], Obj], meta: Mapping[str, Any]) -> Obj | None:
+        """The watch saw `meta`'s object deleted: drop it, and remember that it is gone."""
+        if meta.get("uid"):
+            self.deleted[meta["uid"]] = None
+            while len(self.deleted) > DELETED_UIDS_KEPT:
+                del self.deleted[next(iter(self.deleted))]  # the oldest
+        return cache.pop((meta.get("namespace", ""), meta["name"]), None)
 
     async def post_event(self, body: Obj, kind: str, reason: str, message: str) -> None:
         """A Kubernetes Event about `body` (for `kubectl describe`); never fails the reconciliation."""
@@ -213,8 +228,15 @@ class Operator:
     # TrainingJob
 
     async def reconcile_training_job(self, namespace: str, name: str) -> None:
-        async with self.locks[(namespace, name)]:
-            body = self.training_jobs.get((namespace, name))
+        """Re-plan a run; events that arrive while a plan waits or runs collapse into one more plan
+        (a new run's Job, its pod and the scheduler's verdict come in a burst)."""
+        key = (namespace, name)
+        if key in self.pending:
+            return  # a re-plan is already queued: it will see this event's state too
+        self.pending.add(key)
+        async with self.locks[key]:
+            self.pending.discard(key)
+            body = self.training_jobs.get(key)
             if body is None:
                 return
             started = time.perf_counter()
@@ -533,6 +555,76 @@ class Operator:
             fnmatch.fnmatch(namespace, p) for p in self.config.namespaces
         )
 
+    def spawn(self, work: Awaitable[None]) -> None:
+        """Run `work` in the background (a watch callback cannot wait), keeping the task alive."""
+        task = asyncio.ensure_future(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    # Jobs and trainer pods through lean watches: kopf's per-event pipeline costs about a
+    # millisecond an event, and every run brings four of them (a Job and a pod, each made and then
+    # reported on by their controllers), which at a thousand runs at once delayed new runs' Jobs.
+
+    async def watch_trainer_jobs(self) -> None:
+        await self.kube.watch("batch/v1", "jobs", TRAINING_JOB_LABEL, self.reset_jobs, self.job_changed)
+
+    async def watch_trainer_pods(self) -> None:
+        selector = f"{TRAINING_JOB_LABEL},{JOB_LABEL}"
+        await self.kube.watch("v1", "pods", selector, self.reset_trainer_pods, self.trainer_pod_changed)
+
+    def reset_jobs(self, items: list[Obj]) -> None:
+        listed = {(j["metadata"]["namespace"], j["metadata"]["name"]) for j in items}
+        for key in [k for k in self.jobs if k not in listed]:  # gone while the watch was down
+            self.job_changed("DELETED", self.jobs[key])
+        for job in items:
+            self.job_changed("MODIFIED", job)
+
+    def job_changed(self, kind: str, job: Obj) -> None:
+        meta = job["metadata"]
+        if not self.watched_namespace(meta.get("namespace", "")):
+            return
+        if kind == "DELETED":
+            self.forget(self.jobs, meta)
+        elif self.is_own_write(self.jobs, job):
+            return
+        else:
+            self.remember(self.jobs, job)
+        owner = _owner_name(meta)
+        if not owner:
+            return
+        if (
+            kind != "DELETED"
+            and meta.get("deletionTimestamp")
+            and JOB_FINALIZER in (meta.get("finalizers") or [])
+        ):
+            self.spawn(self.release_if_orphaned(job, owner))
+        self.spawn(self.reconcile_training_job(meta["namespace"], owner))
+
+    def reset_trainer_pods(self, items: list[Obj]) -> None:
+        listed = {(p["metadata"]["namespace"], p["metadata"]["name"]) for p in items}
+        for (namespace, _job), pods in list(self.pods.items()):
+            for pod in [p for name, p in pods.items() if (namespace, name) not in listed]:
+                self.trainer_pod_changed("DELETED", pod)
+        for pod in items:
+            self.trainer_pod_changed("MODIFIED", pod)
+
+    def trainer_pod_changed(self, kind: str, pod: Obj) -> None:
+        meta = pod["metadata"]
+        if not self.watched_namespace(meta.get("namespace", "")):
+            return
+        job = meta["labels"][JOB_LABEL]
+        pods = self.pods[(meta["namespace"], job)]
+        if kind == "DELETED":
+            pods.pop(meta["name"], None)
+        else:
+            newest = _newer(pod, pods.get(meta["name"]))
+            assert newest is not None
+            pods[meta["name"]] = newest
+        owner = (self.jobs.get((meta["namespace"], job)) or {}).get("metadata", {})
+        training_job = _owner_name(owner) if owner else None
+        if training_job:
+            self.spawn(self.reconcile_training_job(meta["namespace"], training_job))
+
     def reset_edge_pods(self, items: list[Obj]) -> None:
         self.edge_pods.clear()
         for pod in items:
@@ -660,6 +752,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         if config.metrics_port:
             operator.metrics.serve(config.metrics_port)
         if "training" in config.roles:
+            operator.tasks.append(asyncio.create_task(operator.watch_trainer_jobs()))
+            operator.tasks.append(asyncio.create_task(operator.watch_trainer_pods()))
             operator.tasks.append(asyncio.create_task(operator.resync()))
             operator.tasks.append(asyncio.create_task(operator.progress()))
         if "rollout" in config.roles:
@@ -686,7 +780,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
         if type == "DELETED":
-            operator.artifacts.pop(key, None)
+            operator.forget(operator.artifacts, meta)
             return
         if operator.is_own_write(operator.artifacts, body):
             return
@@ -708,55 +802,13 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
         if type == "DELETED":
-            operator.training_jobs.pop(key, None)
+            operator.forget(operator.training_jobs, meta)
             operator.locks.pop(key, None)
             return
         if operator.is_own_write(operator.training_jobs, body):
             return
         operator.remember(operator.training_jobs, _plain(body))
         await operator.reconcile_training_job(*key)
-
-    @kopf.on.event("batch", "v1", "jobs", labels={TRAINING_JOB_LABEL: kopf.PRESENT}, registry=registry)
-    async def on_job(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        operator = _operator(memo)
-        meta = body["metadata"]
-        if type == "DELETED":
-            operator.jobs.pop((meta["namespace"], meta["name"]), None)
-        elif operator.is_own_write(operator.jobs, body):
-            return
-        else:
-            operator.remember(operator.jobs, _plain(body))
-        owner = _owner_name(meta)
-        if not owner:
-            return
-        if type != "DELETED" and (
-            meta.get("deletionTimestamp") and JOB_FINALIZER in (meta.get("finalizers") or [])
-        ):
-            await operator.release_if_orphaned(_plain(body), owner)
-        await operator.reconcile_training_job(meta["namespace"], owner)
-
-    @kopf.on.event(
-        "",
-        "v1",
-        "pods",
-        labels={TRAINING_JOB_LABEL: kopf.PRESENT, JOB_LABEL: kopf.PRESENT},
-        registry=registry,
-    )
-    async def on_pod(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        operator = _operator(memo)
-        meta = body["metadata"]
-        job = meta["labels"][JOB_LABEL]
-        pods = operator.pods[(meta["namespace"], job)]
-        if type == "DELETED":
-            pods.pop(meta["name"], None)
-        else:
-            newest = _newer(_plain(body), pods.get(meta["name"]))
-            assert newest is not None
-            pods[meta["name"]] = newest
-        owner = (operator.jobs.get((meta["namespace"], job)) or {}).get("metadata", {})
-        tj = _owner_name(owner) if owner else None
-        if tj:
-            await operator.reconcile_training_job(meta["namespace"], tj)
 
 
 def artifact_users_of(deployment: Obj) -> set[str]:
@@ -773,7 +825,7 @@ def register_rollout(registry: kopf.OperatorRegistry) -> None:
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
         if type == "DELETED":
-            gone = operator.deployments.pop(key, None)
+            gone = operator.forget(operator.deployments, meta)
             for model in artifact_users_of(gone or _plain(body)):
                 await operator.reconcile_artifact(key[0], model)
             return
@@ -787,7 +839,7 @@ def register_rollout(registry: kopf.OperatorRegistry) -> None:
         operator = _operator(memo)
         meta = body["metadata"]
         if type == "DELETED":
-            operator.daemonsets.pop((meta["namespace"], meta["name"]), None)
+            operator.forget(operator.daemonsets, meta)
         else:
             operator.remember(operator.daemonsets, _plain(body))
 

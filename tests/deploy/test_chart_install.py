@@ -125,15 +125,7 @@ INSTALLS = [
     pytest.param("values-eks.yaml", [], {"PodDisruptionBudget", "Ingress"}, id="eks"),
     pytest.param("values-k3s.yaml", [], {"RuntimeClass", "PersistentVolumeClaim", "Ingress"}, id="k3s"),
     pytest.param(
-        "values.yaml",
-        LEADER_ELECTION,
-        {"ClusterKopfPeering", "PodDisruptionBudget"},
-        id="leader-election",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="templates/operator-extras.yaml still renders the ClusterKopfPeering CRD, which the "
-            "chart's crds/kopf-peering.yaml now installs first: Helm refuses to adopt it",
-        ),
+        "values.yaml", LEADER_ELECTION, {"ClusterKopfPeering", "PodDisruptionBudget"}, id="leader-election"
     ),
 ]
 

@@ -30,6 +30,7 @@ STRATEGIC = "application/strategic-merge-patch+json"
 # missing from the CRD's schema would otherwise vanish without a trace.
 STRICT = {"fieldValidation": "Strict"}
 RETRIES_ON_429 = 10
+WATCH_RETRY_SECONDS = (1.0, 30.0)  # a failed watch is tried again after 1 s, doubling up to 30 s
 
 
 class ConnectionInfo(Protocol):
@@ -137,6 +138,18 @@ def _ssl_context(info: ConnectionInfo) -> ssl.SSLContext | bool:
     return context
 
 
+async def _json_or_text(response: aiohttp.ClientResponse) -> Any:
+    """The answer's JSON; a plain-text answer (`404 page not found` for a group not served yet) as
+    `{"message": text}`, so that it becomes a KubeError like any other."""
+    body = await response.read()
+    if not body:
+        return {}
+    try:
+        return json.loads(body)
+    except ValueError:
+        return {"message": body.decode(errors="replace").strip()}
+
+
 class Kube:
     """`await kube.create("batch/v1", "jobs", ns, body)` and friends, over one HTTP session."""
 
@@ -191,7 +204,7 @@ class Kube:
             async with session.request(
                 method, path, json=body, params=params or None, headers=headers
             ) as response:
-                payload = await response.json(content_type=None) if response.content_length != 0 else {}
+                payload = await _json_or_text(response)
                 if response.status == 429 and attempt < RETRIES_ON_429:
                     retry_after = float(response.headers.get("Retry-After") or 1)
                     await asyncio.sleep(min(retry_after, 10.0))
@@ -224,6 +237,7 @@ class Kube:
         the high-volume pod events of large fleets.
         """
         path = self.path(api_version, plural, None)
+        delay = WATCH_RETRY_SECONDS[0]
         while True:
             try:
                 listing = await self.request("GET", path, labelSelector=label_selector)
@@ -231,9 +245,15 @@ class Kube:
                 version = listing["metadata"]["resourceVersion"]
                 while version is not None:
                     version = await self._watch_once(path, label_selector, version, on_event)
+                    delay = WATCH_RETRY_SECONDS[0]  # a watch ran: the next failure starts afresh
             except (aiohttp.ClientError, KubeError, TimeoutError) as error:
-                log.warning("watch of %s failed (%s); listing again in 1 s", plural, error)
-                await asyncio.sleep(1)
+                # A refused watch (RBAC) is a misconfiguration to fix, not a reason to poll hard.
+                level = (
+                    logging.ERROR if isinstance(error, KubeError) and error.code == 403 else logging.WARNING
+                )
+                log.log(level, "watch of %s failed (%s); listing again in %.0f s", plural, error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, WATCH_RETRY_SECONDS[1])
 
     async def _watch_once(self, path: str, label_selector: str, version: str, on_event: Any) -> str | None:
         """One watch request; the version to resume from, or None when a fresh listing is needed."""

@@ -39,6 +39,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -109,7 +110,9 @@ SCENARIOS = {
     "recreate-ds": "a DaemonSet deleted by hand is made again",
     "missing-model": "a deployment of a missing ModelArtifact says so (ModelReady False)",
     "join": "an edge node that joins after the operator started gets the model",
-    "pod-watch": "the fleet's pods are followed by one watch (without it: re-listed every second)",
+    "pod-watch": "the pods it follows (trainer pods, the fleet's pods) are followed by a watch each "
+    "(without it: re-listed, again and again)",
+    "job-watch": "the runs' Jobs are followed by one watch (without it: re-listed, again and again)",
     # leader election (kopf peering)
     "leader": "the operator registers in its ClusterKopfPeering (the other replicas see it)",
     "serve": "the operator finds no replica above it and serves",
@@ -132,7 +135,7 @@ OPERATOR_NEEDS: dict[Grant, tuple[str | None, str | None]] = {
     ("update", GROUP, "trainingjobs/finalizers"): ("job", None),
     ("get", "batch", "jobs"): ("adopt-job", None),
     ("list", "batch", "jobs"): ("train", None),
-    ("watch", "batch", "jobs"): ("train", None),
+    ("watch", "batch", "jobs"): ("job-watch", None),
     ("create", "batch", "jobs"): ("job", None),
     ("patch", "batch", "jobs"): ("release", None),
     ("delete", "batch", "jobs"): ("suspend", None),
@@ -143,7 +146,7 @@ OPERATOR_NEEDS: dict[Grant, tuple[str | None, str | None]] = {
     ("patch", GROUP, "modelartifacts"): (None, "in-use"),
     ("patch", GROUP, "modelartifacts/status"): ("verify", "verify"),
     ("list", "", "pods"): ("running", "deploy"),
-    ("watch", "", "pods"): ("running", "pod-watch"),
+    ("watch", "", "pods"): ("pod-watch", "pod-watch"),
     ("delete", "", "pods"): (None, "update"),
     ("list", GROUP, "edgedeployments"): (None, "deploy"),
     ("watch", GROUP, "edgedeployments"): (None, "deploy"),
@@ -489,6 +492,12 @@ class Release:
 
 def _nothing() -> None:
     return None
+
+
+def _selector(record: Obj) -> str:
+    """The label selector of a list or watch request, from its URI."""
+    query = urllib.parse.parse_qs(urllib.parse.urlparse(record["requestURI"]).query)
+    return query.get("labelSelector", [""])[0]
 
 
 @dataclass
@@ -1036,7 +1045,10 @@ class OperatorLab(Lab):
         )
 
     def _pod_watch(self, key: str) -> Trial:
-        return Trial(_nothing, self.follows_pods, prepare=self.models)
+        return Trial(_nothing, lambda: self.follows("", "pods"), prepare=self.models)
+
+    def _job_watch(self, key: str) -> Trial:
+        return Trial(_nothing, lambda: self.follows("batch", "jobs"))
 
     def _adopt_job(self, key: str) -> Trial:
         """The Job `<key>-1` exists before the operator creates it: its create answers 409."""
@@ -1139,27 +1151,32 @@ class OperatorLab(Lab):
         }
         self.cluster.create("apps", "daemonsets", self.namespace, body)
 
-    def follows_pods(self) -> bool:
-        """Since the operator started: one successful watch of the edge pods, no list after it."""
-        pods = [
+    def follows(self, group: str, resource: str) -> bool:
+        """Since the operator started: each of its cluster-wide listings of `resource` (one per
+        label selector) went on as one successful watch, with no listing again after it (a one-off
+        list in a namespace, e.g. a finished Job's pods, is not a watch's)."""
+        calls = [
             e
             for e in self.audit.of(self.user, self.started_at)
-            if grant_of(e) in (("list", "", "pods"), ("watch", "", "pods"))
+            if grant_of(e) in (("list", group, resource), ("watch", group, resource))
+            and not (e.get("objectRef") or {}).get("namespace")
         ]
-        watches = [
-            i for i, e in enumerate(pods) if e["verb"] == "watch" and e["responseStatus"]["code"] == 200
-        ]
-        return bool(watches) and not any(e["verb"] == "list" for e in pods[watches[0] :])
+        selectors = {_selector(e) for e in calls}
+        for selector in selectors:
+            mine = [e for e in calls if _selector(e) == selector]
+            ok = [
+                i for i, e in enumerate(mine) if e["verb"] == "watch" and e["responseStatus"]["code"] == 200
+            ]
+            if not ok or any(e["verb"] == "list" for e in mine[ok[0] :]):
+                return False
+        return bool(selectors)
 
     # leader election
 
     def peering(self) -> Obj | None:
         if self.cluster.get(CRDS, "customresourcedefinitions", None, "clusterkopfpeerings.kopf.dev") is None:
             return None
-        try:
-            return self.cluster.get("kopf.dev", "clusterkopfpeerings", None, self.release.fullname)
-        except ValueError:  # the group not served (yet, or any more): a plain-text 404
-            return None
+        return self.cluster.get("kopf.dev", "clusterkopfpeerings", None, self.release.fullname)
 
     def peers(self) -> dict[str, Any]:
         return (self.peering() or {}).get("status") or {}

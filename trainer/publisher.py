@@ -63,20 +63,25 @@ class EventPublisher:
             self._buffer.append((publishing_id, event.to_bytes()))
 
     def flush(self) -> bool:
-        """Send what is buffered; returns False (and keeps it) when the broker is unreachable."""
+        """Send what is buffered; returns False (and keeps it) when the broker is unreachable.
+
+        The lock guards only the buffer: publishing and logging happen outside it, since a log
+        line of another thread (a checkpoint upload) comes back here through the log handler."""
         with self._lock:
             pending = sorted(self._buffer)
-            if not pending:
-                return True
-            try:
-                self.bus.publish(self.stream, self.producer, pending)
-            except Exception as error:  # any broker failure: keep the events, keep training
-                log.warning(
-                    "events buffered (%d): cannot publish to %s: %s", len(pending), self.stream, error
-                )
-                return False
             self._buffer.clear()
+        if not pending:
             return True
+        try:
+            self.bus.publish(self.stream, self.producer, pending)
+        except Exception as error:  # any broker failure: keep the events, keep training
+            with self._lock:  # back in front of what arrived meanwhile (ids deduplicate a resend)
+                arrived = list(self._buffer)
+                self._buffer.clear()
+                self._buffer.extend(pending + arrived)
+            log.warning("events buffered (%d): cannot publish to %s: %s", len(pending), self.stream, error)
+            return False
+        return True
 
     @property
     def buffered(self) -> int:

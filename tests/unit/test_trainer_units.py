@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -130,3 +132,20 @@ def test_events_wait_in_a_bounded_buffer_while_the_broker_is_down(tmp_path: Path
     for i in range(BUFFER_LIMIT + 5):
         publisher.log_line(f"line {i}")
     assert publisher.buffered == BUFFER_LIMIT and publisher.dropped == 5
+
+
+def test_another_threads_log_line_during_a_failing_publish_neither_waits_nor_is_lost(tmp_path: Path) -> None:
+    """A checkpoint upload logs (→ a log event) while an epoch's publish fails: the trainer once
+    deadlocked there (the buffer's lock held across the publish and its warning)."""
+
+    class AwayBus(SwitchableBus):
+        def publish(self, stream: str, producer: str, messages: Any) -> None:
+            other = threading.Thread(target=publisher.log_line, args=("checkpoint of epoch 1 uploaded",))
+            other.start()
+            other.join(5)
+            assert not other.is_alive(), "log_line waited for a publish in progress"
+            raise ConnectionError("the broker is away")
+
+    publisher = EventPublisher(AwayBus(LocalEventLog(tmp_path), up=False), "training-events", "ns", "tj", 1)
+    publisher.epoch(_epoch(1))
+    assert publisher.buffered == 2  # the epoch and the other thread's line, both kept

@@ -84,6 +84,14 @@ def ensure_rabbitmq_streams() -> int:
         return 5552
     if not shutil.which("rabbitmq-plugins"):
         apt_install("rabbitmq-server")
+    # Stream clients connect to the host the broker advertises: its host name by default, which a
+    # test's network guard (or a machine without that name in /etc/hosts) refuses. Loopback it is.
+    config = Path("/etc/rabbitmq/rabbitmq.conf")
+    if config.parent.is_dir() and "stream.advertised_host" not in (
+        config.read_text() if config.exists() else ""
+    ):
+        with config.open("a") as out:
+            out.write("stream.advertised_host = 127.0.0.1\n")
     if not port_open(5672):
         subprocess.run(["rabbitmq-server", "-detached"], check=False, capture_output=True)
         wait_for_port(5672, 90, "rabbitmq-server")

@@ -291,7 +291,8 @@ class NodeAgent:
             running = [p for p in self.pods.values() if p.task is not None and not p.task.done()]
             for pod in running:
                 self._terminate(pod, MAX_GRACE_SECONDS / 3)
-            await asyncio.wait([p.task for p in running if p.task], timeout=MAX_GRACE_SECONDS)
+            if running:
+                await asyncio.wait([p.task for p in running if p.task], timeout=MAX_GRACE_SECONDS)
         self._powered_off = True  # from here on nothing is reported
         for pod in list(self.pods.values()):
             pod.stopping = True

@@ -34,7 +34,7 @@ install: $(DEPS_STAMP) console kubernetes ## Install the project and every extra
 	$(PIP) install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v -i warning || true
 	@$(PY) -c "import visioninapp.operator, visioninapp.trainer" || { echo "install failed" >&2; exit 1; }
 
-kubernetes: $(DEPS_STAMP) ## Build the Kubernetes control plane from source once per machine (~7 min on 2 cores; Go 1.25+)
+kubernetes: $(DEPS_STAMP) ## Build the Kubernetes control plane from source once per machine (5 min on 2 cores; Go 1.25+)
 	$(VENV)/bin/visioninapp cluster build
 
 test: install ## Install what the tests need, start the services and run the whole suite

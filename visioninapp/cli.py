@@ -329,7 +329,7 @@ def local_up(
     kube_port: KubePort = 6443,
 ) -> None:
     """Run the platform on this machine until Ctrl-C: a real Kubernetes control plane (built from
-    source on first use, about 10 minutes on 2 cores) with two local nodes, the operator, the API and
+    source on first use, about 5 minutes on 2 cores) with two local nodes, the operator, the API and
     the console."""
     _require_local_mode()
     from visioninapp.local import LocalModeError, LocalPlatform

@@ -225,7 +225,7 @@ def _build_all(home: Path, bin_dir: Path, say: Callable[[str], None]) -> None:
         f"building Kubernetes v{KUBERNETES_VERSION} (kube-apiserver, kube-controller-manager, "
         f"kube-scheduler), etcd v{ETCD_VERSION} and kwok v{KWOK_VERSION} from source with "
         f"{subprocess.run([go, 'version'], capture_output=True, text=True).stdout.strip()}: once per "
-        f"machine, about 10 minutes on 2 cores (log: {home / 'build.log'})"
+        f"machine, about 5 minutes on 2 cores (log: {home / 'build.log'})"
     )
     staging = home / "bin.partial"
     shutil.rmtree(staging, ignore_errors=True)

@@ -9,6 +9,7 @@ TrainingJob and its attempt, so a plan applied twice creates nothing twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import fnmatch
 import json
@@ -62,6 +63,10 @@ log = logging.getLogger("visioninapp.operator")
 Obj = dict[str, Any]
 JOB_LABEL = "batch.kubernetes.io/job-name"
 DELETED_UIDS_KEPT = 100_000  # deletions remembered; a late write's answer comes within seconds
+# Job creates go before status writes: under a burst of new runs the API server's capacity goes
+# first to what starts training, and a run's status follows once the burst's Jobs exist (at most
+# this many seconds later).
+STATUS_BEHIND_STARTS_SECONDS = 3.0
 REPLAN_INTERVAL = 0.5  # seconds between two plans of one EdgeDeployment (rollout steps take minutes)
 
 
@@ -105,6 +110,10 @@ class Operator:
         self.background: set[asyncio.Task[None]] = set()  # work started by watch callbacks
         self.deleted: dict[str, None] = {}  # uids of objects seen deleted, oldest first
         self.replan_at: dict[tuple[str, str], float] = {}  # earliest time of the next re-plan
+        self.starting = 0  # Job creates in flight
+        self.no_starts = asyncio.Event()  # set while none is
+        self.no_starts.set()
+        self.trainer_env, self.edge_env = self.service_env(training=True), self.service_env(training=False)
 
     # reading
 
@@ -204,8 +213,8 @@ class Operator:
         extra = self.config.trainer_env if training else self.config.edge_env
         return {k: str(v) for k, v in values.items() if v is not None} | extra
 
-    def make_job(self, uid: str, base: BaseModel | None) -> Any:
-        env = self.service_env(training=True)
+    def make_job(self, uid: str, base: BaseModel | None) -> Callable[[TrainingJob, int], Obj]:
+        env = self.trainer_env
 
         def build(tj: TrainingJob, attempt: int) -> Obj:
             return desired_job(
@@ -271,7 +280,7 @@ class Operator:
         tj = TrainingJob.model_validate(body, context=ADMITTED)
         base = await self.base_model(tj) if attempt == 0 or status.get("phase") == "Suspended" else None
         plan = plan_training(
-            body, job, pods, datetime.now(UTC), make_job=self.make_job(meta["uid"], base), base=base
+            tj, body, job, pods, datetime.now(UTC), make_job=self.make_job(meta["uid"], base), base=base
         )
         await self.apply(body, plan)
 
@@ -288,7 +297,14 @@ class Operator:
                 artifact["spec"]["classNames"] = manifest["classNames"]
             await self.kube.create(API_VERSION, "modelartifacts", namespace, artifact)
         if plan.create_job is not None:
-            created = await self.kube.create("batch/v1", "jobs", namespace, plan.create_job)
+            self.starting += 1
+            self.no_starts.clear()
+            try:
+                created = await self.kube.create("batch/v1", "jobs", namespace, plan.create_job)
+            finally:
+                self.starting -= 1
+                if not self.starting:
+                    self.no_starts.set()
             if created is None:  # it exists already: adopt it
                 created = await self.kube.get(
                     "batch/v1", "jobs", namespace, plan.create_job["metadata"]["name"]
@@ -298,6 +314,9 @@ class Operator:
         if plan.delete_job is not None:
             await self.kube.delete("batch/v1", "jobs", namespace, plan.delete_job, "Background")
         if plan.status:
+            if not self.no_starts.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.no_starts.wait(), STATUS_BEHIND_STARTS_SECONDS)
             try:
                 updated = await self.kube.patch(
                     API_VERSION, "trainingjobs", namespace, name, {"status": plan.status}, "status"
@@ -438,7 +457,7 @@ class Operator:
         )
 
     def make_daemonset(self, uid: str) -> Any:
-        env = self.service_env(training=False)
+        env = self.edge_env
 
         def build(ed: EdgeDeployment, artifact: str, entry: Obj) -> tuple[Obj, str]:
             return desired_daemonset(

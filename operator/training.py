@@ -1,6 +1,6 @@
 """TrainingJob decisions as pure functions: no I/O, so every branch is tested without a cluster.
 
-`plan_training(tj, job, pods, ...)` looks at a TrainingJob, the Job of its current attempt and that
+`plan_training(tj, body, job, pods, ...)` looks at a TrainingJob, the Job of its current attempt and that
 Job's pods, and says what to do: create a Job, delete one, create the ModelArtifact, and which status
 fields change. Handlers read, call it, and write. Every name is derived from the TrainingJob and its
 attempt, so running a plan twice (after a crash, or from two events) creates nothing twice.
@@ -9,6 +9,7 @@ attempt, so running a plan twice (after a crash, or from two events) creates not
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -19,7 +20,7 @@ from visioninapp.backends.storage import join_uri
 from visioninapp.events import TrainerResult
 from visioninapp.operator.names import job_name
 from visioninapp.resources import API_VERSION, TrainingJob
-from visioninapp.resources.base import ADMITTED, to_dns_label
+from visioninapp.resources.base import to_dns_label
 
 __all__ = [
     "ATTEMPT_LABEL",
@@ -430,19 +431,21 @@ def _status_patch(current: Obj, wanted: Obj) -> Obj:
 
 
 def plan_training(
+    tj: TrainingJob,
     body: Obj,
     job: Obj | None,
     pods: list[Obj],
     now: datetime,
     *,
-    make_job: Any,
+    make_job: Callable[[TrainingJob, int], Obj],
     base: BaseModel | None = None,
 ) -> TrainingPlan:
-    """Decide one reconciliation of a TrainingJob (`body` as stored) from its current Job and pods.
+    """Decide one reconciliation of a TrainingJob (`body` as stored, `tj` the same validated) from
+    its current Job and pods.
 
     `make_job(tj, attempt)` builds the desired Job (a closure over the operator's settings).
     """
-    plan = _plan(body, job, pods, now, make_job, base)
+    plan = _plan(tj, body, job, pods, now, make_job, base)
     if job is not None and JOB_FINALIZER in (job["metadata"].get("finalizers") or []):
         phase = plan.status.get("phase", (body.get("status") or {}).get("phase"))
         if job["metadata"].get("deletionTimestamp") or phase in TERMINAL:
@@ -451,9 +454,14 @@ def plan_training(
 
 
 def _plan(
-    body: Obj, job: Obj | None, pods: list[Obj], now: datetime, make_job: Any, base: BaseModel | None
+    tj: TrainingJob,
+    body: Obj,
+    job: Obj | None,
+    pods: list[Obj],
+    now: datetime,
+    make_job: Callable[[TrainingJob, int], Obj],
+    base: BaseModel | None,
 ) -> TrainingPlan:
-    tj = TrainingJob.model_validate(body, context=ADMITTED)
     status = dict(body.get("status") or {})
     generation = int(body["metadata"].get("generation") or 1)
     phase = status.get("phase", "Pending")

@@ -20,6 +20,7 @@ from visioninapp.operator.training import (
     trainer_config,
 )
 from visioninapp.resources import ModelArtifact, TrainingJob
+from visioninapp.resources.base import ADMITTED
 from visioninapp.validation import apply_defaults, validate
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -100,7 +101,8 @@ def result_message(attempt: int = 1) -> str:
 def plan(
     body: dict[str, Any], the_job: dict[str, Any] | None = None, pods: list[dict[str, Any]] = (), **kw: Any
 ):
-    return plan_training(body, the_job, list(pods), NOW, make_job=make_job, **kw)
+    tj = TrainingJob.model_validate(body, context=ADMITTED)
+    return plan_training(tj, body, the_job, list(pods), NOW, make_job=make_job, **kw)
 
 
 def with_status(body: dict[str, Any], **status: Any) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """Detection preview: a ModelArtifact's ONNX run in process with the edge package's inference.
 
 Sessions are cached per sha256 (a few, least recently used first out), and every file is
-verified against its checksum before it is loaded — the same rule as on a device.
+verified against its checksum before it is loaded — the same rule as on a device. Images are
+decoded with `visioninapp.images`, as on a device: the pixel count is read from the header first,
+so a decompression bomb is refused (413) before a pixel is decoded.
 """
 
 from __future__ import annotations
@@ -11,10 +13,23 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from visioninapp.api.errors import ApiError
 from visioninapp.backends.storage import ArtifactStore, ChecksumMismatch, ObjectNotFound
+from visioninapp.images import ImageError, decode_image
 
-__all__ = ["PreviewModels"]
+__all__ = ["PREVIEW_MAX_BYTES", "PreviewModels", "preview_image"]
+
+PREVIEW_MAX_BYTES = 32 * 1024 * 1024  # as on a device (the edge's /v1/detect)
+
+
+def preview_image(data: bytes) -> np.ndarray:
+    """An uploaded image to BGR pixels; ApiError 413 (too large), 415 (not an image we read) or 400."""
+    try:
+        return decode_image(data)
+    except ImageError as error:
+        raise ApiError(error.status, str(error)) from None
 
 
 class PreviewModels:

@@ -25,10 +25,8 @@ __all__ = [
     "Detection",
     "DetectionResult",
     "Detector",
-    "ImageError",
     "ModelError",
     "choose_providers",
-    "decode_image",
     "letterbox",
     "nms",
 ]
@@ -38,12 +36,7 @@ log = logging.getLogger(__name__)
 Head = Literal["v8", "v5", "end2end"]
 MAX_WH = 7680  # class offset for batched NMS, as ultralytics uses
 MAX_NMS_CANDIDATES = 30000
-MAX_IMAGE_PIXELS = 8192 * 8192
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-
-
-class ImageError(ValueError):
-    """The request's image cannot be used; the message says why."""
 
 
 class ModelError(RuntimeError):
@@ -68,19 +61,6 @@ class DetectionResult:
     @property
     def top_score(self) -> float:
         return max((d.score for d in self.detections), default=0.0)
-
-
-def decode_image(data: bytes) -> np.ndarray:
-    """Bytes of a JPEG/PNG/... to a BGR array; ImageError for empty, non-image or huge input."""
-    if not data:
-        raise ImageError("empty request body: send an image (JPEG, PNG, BMP, WebP, TIFF)")
-    buffer = np.frombuffer(data, dtype=np.uint8)
-    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
-    if image is None or image.size == 0:
-        raise ImageError("cannot decode the image: it is not a supported image format or it is corrupt")
-    if image.shape[0] * image.shape[1] > MAX_IMAGE_PIXELS:
-        raise ImageError(f"image too large: {image.shape[1]}x{image.shape[0]}, at most 8192x8192")
-    return image
 
 
 def letterbox(

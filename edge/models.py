@@ -6,7 +6,8 @@
   verified (sha256), loaded and self-tested, and only then swapped in, atomically: a request uses
   the model it started with.
 - A model that fails any step is rejected: the last-good one keeps serving and `ready` is False
-  with the reason, so a rollout's health gate fails while the node keeps detecting.
+  with the reason, so a rollout's health gate fails while the node keeps detecting. Its file (and
+  its TensorRT engines) are deleted from the cache: nothing rejected stays on the device's disk.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -116,6 +118,14 @@ class ModelManager:
     def _cached_path(self, sha256: str) -> Path:
         return self.cache_dir / "models" / f"{sha256}.onnx"
 
+    def _discard(self, sha256: str) -> None:
+        """Delete a rejected model's file and engines from the cache (never the one serving)."""
+        current = self.current
+        if current is not None and current.spec.sha256 == sha256:
+            return
+        self._cached_path(sha256).unlink(missing_ok=True)
+        shutil.rmtree(self.cache_dir / "engines" / sha256, ignore_errors=True)
+
     def _write_last_good(self, spec: ModelSpec) -> None:
         marker = self.cache_dir / "last-good.json"
         partial = marker.with_suffix(".partial")
@@ -133,7 +143,12 @@ class ModelManager:
             if sha256_file(path) != spec.sha256:
                 raise ModelError("cached file does not match its checksum")
             self._activate(spec, self._load(spec, path))
-        except (OSError, ValueError, TypeError, ModelError) as error:
+        except ModelError as error:  # corrupt on disk, or no longer loads: never try it again
+            log.error("last-good model rejected, waiting for the desired one: %s", error)
+            self._discard(spec.sha256)
+            marker.unlink(missing_ok=True)
+            return False
+        except (OSError, ValueError, TypeError) as error:
             log.error("last-good model unusable, waiting for the desired one: %s", error)
             return False
         log.info("serving last-good model %s from the cache", spec.label)
@@ -171,6 +186,7 @@ class ModelManager:
                 self.retryable = False
                 self.rejection = f"model {spec.label} rejected: {error}"
                 self.rejections += 1
+                self._discard(spec.sha256)
                 log.error(
                     "%s; still serving %s",
                     self.rejection,

@@ -14,13 +14,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from visioninapp.backends.events import EventBus
 from visioninapp.backends.storage import ArtifactStore
-from visioninapp.edge.inference import DetectionResult, decode_image
+from visioninapp.edge.inference import DetectionResult
 from visioninapp.edge.models import ModelManager, ModelSpec
 from visioninapp.edge.telemetry import FeedbackPolicy, FeedbackSpool, Spool, WindowStats, publish_spool
 from visioninapp.factory import artifact_store_for, build_event_bus
+from visioninapp.images import decode_image
 from visioninapp.settings import Settings
 
-__all__ = ["EdgeRuntime", "NoModelError"]
+__all__ = ["EdgeRuntime", "ModelGovernedError", "NoModelError"]
 
 log = logging.getLogger(__name__)
 RETRY_SECONDS = 30.0
@@ -29,6 +30,10 @@ LATENCY_BUCKETS_MS = (2, 5, 10, 20, 30, 50, 75, 100, 150, 250, 500, 1000, 2500)
 
 class NoModelError(RuntimeError):
     """No model is loaded yet."""
+
+
+class ModelGovernedError(RuntimeError):
+    """A deployment sets this node's model; an admin swap would be undone, so it is refused."""
 
 
 class _Metrics:
@@ -107,6 +112,26 @@ class EdgeRuntime:
         if s.edge_model_uri and s.edge_model_sha256:
             return ModelSpec(s.edge_model_uri, s.edge_model_sha256, s.edge_model_format, s.edge_model_version)
         return None
+
+    def governed_by(self) -> str | None:
+        """What sets this node's desired model, if anything but the admin API does (None: nothing)."""
+        s = self.settings
+        if s.edge_model_config is not None:
+            return f"the watched model config file {s.edge_model_config} (VISIONINAPP_EDGE_MODEL_CONFIG)"
+        if self.desired_from_settings() is not None:
+            return "its deployment (VISIONINAPP_EDGE_MODEL_URI and _SHA256, set from the EdgeDeployment)"
+        return None
+
+    def set_model_by_admin(self, spec: ModelSpec) -> bool:
+        """The admin API's swap: refused (ModelGovernedError) while a deployment governs the model,
+        because the model watcher would put the deployment's model back; else as `set_desired`."""
+        governor = self.governed_by()
+        if governor is not None:
+            raise ModelGovernedError(
+                f"this node's model is governed by {governor}: an admin swap to {spec.label} would be "
+                "undone; change the EdgeDeployment (or that file) instead"
+            )
+        return self.models.set_desired(spec)
 
     def _desired_from_config_file(self) -> ModelSpec | None:
         path = self.settings.edge_model_config

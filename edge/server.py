@@ -2,6 +2,12 @@
 
 `POST /v1/detect`, `GET /v1/model`, `PUT /v1/admin/model`, `GET /healthz`, `GET /readyz` (200 only
 while the desired model serves; 503 with the reason otherwise), `GET /metrics` (Prometheus).
+
+Every error has the project's one error body, `{"error": {status, code, message, details,
+requestId}}` (`visioninapp.api.errors`: FastAPI and pydantic only, which the edge image has). Request
+bodies are limited while they are read (`MAX_UPLOAD_BYTES`, chunked bodies included): a body over the
+limit is answered 413 and never held whole, and an image whose header declares too many pixels is
+answered 413 before any pixel is decoded (`visioninapp.images`).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ import argparse
 import hmac
 import logging
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,14 +26,16 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import generate_latest
 from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from visioninapp.api.errors import ApiError, error_response, install_error_handlers
 from visioninapp.backends.auth import is_loopback
-from visioninapp.edge.inference import ImageError
 from visioninapp.edge.models import ModelSpec
-from visioninapp.edge.runtime import EdgeRuntime, NoModelError
+from visioninapp.edge.runtime import EdgeRuntime, ModelGovernedError, NoModelError
+from visioninapp.images import ImageError
 from visioninapp.settings import Settings
 
-__all__ = ["create_app", "main"]
+__all__ = ["MAX_UPLOAD_BYTES", "BodyLimitMiddleware", "create_app", "main"]
 
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 log = logging.getLogger(__name__)
@@ -39,11 +48,66 @@ class DesiredModel(BaseModel):
     version: str | None = Field(None, max_length=253, description="Name reported in responses.")
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _too_large(size: str, limit: int) -> str:
+    return f"request body too large: {size}, at most {limit:,} bytes ({limit // 2**20} MiB)"
 
 
-def create_app(runtime: EdgeRuntime, start: bool = True) -> FastAPI:
+class RequestIdMiddleware:
+    """Gives each request an id (X-Request-ID in, or a new one) for the error body and the response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = dict(scope["headers"]).get(b"x-request-id", b"")[:64].decode("latin-1") or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over `limit` bytes while reading them: a declared Content-Length at once,
+    a chunked (or lying) body as soon as the bytes received pass the limit. Nothing over the limit is
+    ever held; what was received is dropped with the request."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_UPLOAD_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            response = error_response(Request(scope), 413, _too_large(f"{int(declared):,} bytes", self.limit))
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    # Raised inside the request: the app's handlers answer it in the error body
+                    # (FastAPI re-raises HTTPExceptions met while it reads a body).
+                    raise HTTPException(413, _too_large(f"over {self.limit:,} bytes sent", self.limit))
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def create_app(runtime: EdgeRuntime, start: bool = True, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if start:
@@ -55,35 +119,40 @@ def create_app(runtime: EdgeRuntime, start: bool = True) -> FastAPI:
                 await run_in_threadpool(runtime.stop)
 
     app = FastAPI(title="VisionInApp edge runtime", version="0.1.0", lifespan=lifespan)
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, limit=max_upload_bytes)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every answer, a 413 included, has the id
 
-    @app.post("/v1/detect", summary="Detect objects in one image (multipart `file` or raw bytes)")
+    @app.post(
+        "/v1/detect",
+        summary="Detect objects in one image (multipart `file` or raw bytes)",
+        description=f"A JPEG, PNG, WebP, TIFF or BMP of at most {max_upload_bytes // 2**20} MiB and "
+        "8192x8192 pixels. 413: the body or the image is too large (the pixel count is read from the "
+        "header, before decoding); 415: not one of those formats; 400: empty or corrupt; 503: no model "
+        "loaded yet.",
+    )
     async def detect(
         request: Request,
         conf: float | None = Query(None, ge=0, le=1, description="Confidence threshold"),
         iou: float | None = Query(None, gt=0, le=1, description="NMS IoU threshold"),
     ) -> Any:
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_UPLOAD_BYTES:
-            return _error(413, f"image too large: {length} bytes, at most {MAX_UPLOAD_BYTES}")
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            form = await request.form()
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                return _error(400, "multipart upload without a `file` part: send the image as `file`")
-            data = await upload.read()
+            async with request.form(max_files=1, max_fields=10) as form:
+                upload = form.get("file")
+                if upload is None or isinstance(upload, str):
+                    raise ApiError(400, "multipart upload without a `file` part: send the image as `file`")
+                data = await upload.read()
         else:
-            data = await request.body()
-        if len(data) > MAX_UPLOAD_BYTES:
-            return _error(413, f"image too large: {len(data)} bytes, at most {MAX_UPLOAD_BYTES}")
+            data = await request.body()  # at most max_upload_bytes: BodyLimitMiddleware
         try:
             return await run_in_threadpool(runtime.detect, data, conf, iou)
         except ImageError as error:
-            return _error(413 if "too large" in str(error) else 400, str(error))
+            raise ApiError(error.status, str(error)) from None
         except NoModelError as error:
-            return _error(503, str(error))
+            raise ApiError(503, str(error)) from None
         except Exception as error:  # never crash the server on one request
             log.exception("detect failed")
-            return _error(500, f"inference failed: {type(error).__name__}: {error}")
+            raise ApiError(500, f"inference failed: {type(error).__name__}: {error}") from None
 
     @app.get("/healthz", summary="Liveness: the process serves HTTP")
     async def healthz() -> dict[str, str]:
@@ -111,19 +180,34 @@ def create_app(runtime: EdgeRuntime, start: bool = True) -> FastAPI:
     async def model() -> dict[str, Any]:
         return runtime.model_info()
 
-    @app.put("/v1/admin/model", summary="Swap to another model (verified, self-tested, atomic)")
+    @app.put(
+        "/v1/admin/model",
+        summary="Swap to another model (verified, self-tested, atomic)",
+        description="For a device whose model nobody else sets. When a deployment governs this node's "
+        "model (`VISIONINAPP_EDGE_MODEL_URI`, set by the operator from the EdgeDeployment, or a watched "
+        "`VISIONINAPP_EDGE_MODEL_CONFIG` file), the swap is refused with 409 and nothing changes: the "
+        "runtime would put the deployment's model back moments later, and a node serving another model "
+        "than its rollout believes would defeat the rollout's health gate. Change the EdgeDeployment "
+        "(or the config file) instead. 200: the model now serves; 422: it was rejected (checksum, load "
+        "or self-test) and the previous one keeps serving; 401/403: no admin token, or not on loopback.",
+    )
     async def set_model(desired: DesiredModel, request: Request) -> JSONResponse:
         token = runtime.settings.edge_admin_token
         supplied = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         if token:
-            if not hmac.compare_digest(token, supplied):
-                raise HTTPException(401, "a valid admin bearer token is required")
+            if not hmac.compare_digest(token.encode(), supplied.encode()):
+                raise ApiError(401, "a valid admin bearer token is required")
         elif not is_loopback(request.client.host if request.client else None):
-            raise HTTPException(403, "the admin API is only open on loopback unless an admin token is set")
+            raise ApiError(403, "the admin API is only open on loopback unless an admin token is set")
         spec = ModelSpec(desired.uri, desired.sha256, desired.format, desired.version)
-        serving = await run_in_threadpool(runtime.models.set_desired, spec)
-        info = runtime.model_info()
-        return JSONResponse(info, status_code=200 if serving else 422)
+        try:
+            serving = await run_in_threadpool(runtime.set_model_by_admin, spec)
+        except ModelGovernedError as error:
+            raise ApiError(409, str(error)) from None
+        if not serving:
+            reason = runtime.models.not_ready_reason or f"model {spec.label} was not swapped in"
+            raise ApiError(422, reason, code="model_rejected")
+        return JSONResponse(runtime.model_info())
 
     return app
 

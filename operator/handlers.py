@@ -66,7 +66,7 @@ DELETED_UIDS_KEPT = 100_000  # deletions remembered; a late write's answer comes
 # Job creates go before status writes: under a burst of new runs the API server's capacity goes
 # first to what starts training, and a run's status follows once the burst's Jobs exist (at most
 # this many seconds later).
-STATUS_BEHIND_STARTS_SECONDS = 3.0
+STATUS_BEHIND_STARTS_SECONDS = 10.0
 REPLAN_INTERVAL = 0.5  # seconds between two plans of one EdgeDeployment (rollout steps take minutes)
 
 
@@ -96,6 +96,7 @@ class Operator:
         self.metrics = Metrics(self.kube)
         self.locks: dict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self.training_jobs: dict[tuple[str, str], Obj] = {}  # (ns, name) → newest body seen
+        self.validated: dict[str, tuple[str | None, TrainingJob]] = {}  # uid → (version, model)
         self.jobs: dict[tuple[str, str], Obj] = {}  # (ns, job name) → newest body seen
         self.pods: dict[tuple[str, str], dict[str, Obj]] = defaultdict(dict)  # (ns, job) → pods by name
         self.stores: dict[str, ArtifactStore] = {}
@@ -260,29 +261,55 @@ class Operator:
                     name,
                 )
 
-    async def _reconcile_training_job(self, body: Obj) -> None:
+    def training_job_model(self, body: Obj) -> TrainingJob:
+        """`body` validated, once per stored version: the Job's and pods' events re-plan a run
+        several times while the TrainingJob itself stays the same."""
         meta = body["metadata"]
-        namespace, _name = meta["namespace"], meta["name"]
-        status = body.get("status") or {}
-        if meta.get("deletionTimestamp"):
+        version, cached = self.validated.get(meta["uid"], (None, None))
+        if cached is None or version != meta.get("resourceVersion"):
+            cached = TrainingJob.model_validate(body, context=ADMITTED)
+            self.validated[meta["uid"]] = (meta.get("resourceVersion"), cached)
+        return cached
+
+    async def _reconcile_training_job(self, body: Obj) -> None:
+        if body["metadata"].get("deletionTimestamp"):
             return
+        plan = await self.plan_run(body)
+        if plan.create_job is None or not plan.status:
+            await self.apply(body, plan)
+            return
+        # A new attempt: its Job first; its status once the burst's other new Jobs exist too, in
+        # one write with what the Job controller and the scheduler said about it meanwhile.
+        await self.apply(body, dataclasses.replace(plan, status={}, event=None))
+        if not self.no_starts.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.no_starts.wait(), STATUS_BEHIND_STARTS_SECONDS)
+        ahead = {**body, "status": {**(body.get("status") or {}), **plan.status}}
+        later = await self.plan_run(ahead)
+        await self.apply(
+            body,
+            dataclasses.replace(
+                later, status={**plan.status, **later.status}, event=plan.event or later.event
+            ),
+        )
+
+    async def plan_run(self, body: Obj) -> TrainingPlan:
+        """Plan a run from the cached Job and pods of its current attempt."""
+        meta = body["metadata"]
+        namespace, status = meta["namespace"], body.get("status") or {}
         attempt = int(status.get("attempts") or 0)
-        job = None
-        if attempt:
-            job_name = status.get("jobName") or ""
-            job = self.jobs.get((namespace, job_name))
+        job = self.jobs.get((namespace, status.get("jobName") or "")) if attempt else None
         pods: list[Obj] = []
         if job is not None:
             job_name = job["metadata"]["name"]
             pods = list(self.pods.get((namespace, job_name), {}).values())
             if job_finished(job):  # the outcome is read from the pods themselves, not a possibly late cache
                 pods = await self.kube.list("v1", "pods", namespace, f"{JOB_LABEL}={job_name}")
-        tj = TrainingJob.model_validate(body, context=ADMITTED)
+        tj = self.training_job_model(body)
         base = await self.base_model(tj) if attempt == 0 or status.get("phase") == "Suspended" else None
-        plan = plan_training(
+        return plan_training(
             tj, body, job, pods, datetime.now(UTC), make_job=self.make_job(meta["uid"], base), base=base
         )
-        await self.apply(body, plan)
 
     async def apply(self, body: Obj, plan: TrainingPlan) -> None:
         meta = body["metadata"]
@@ -314,9 +341,6 @@ class Operator:
         if plan.delete_job is not None:
             await self.kube.delete("batch/v1", "jobs", namespace, plan.delete_job, "Background")
         if plan.status:
-            if not self.no_starts.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.no_starts.wait(), STATUS_BEHIND_STARTS_SECONDS)
             try:
                 updated = await self.kube.patch(
                     API_VERSION, "trainingjobs", namespace, name, {"status": plan.status}, "status"
@@ -580,9 +604,37 @@ class Operator:
         self.background.add(task)
         task.add_done_callback(self.background.discard)
 
-    # Jobs and trainer pods through lean watches: kopf's per-event pipeline costs about a
-    # millisecond an event, and every run brings four of them (a Job and a pod, each made and then
-    # reported on by their controllers), which at a thousand runs at once delayed new runs' Jobs.
+    # TrainingJobs, their Jobs and trainer pods through lean watches: kopf's per-event pipeline
+    # costs about a millisecond an event, and every run brings seven of them (its own create and
+    # two status writes, a Job and a pod each made and then reported on by their controllers),
+    # which at a thousand runs at once delayed new runs' Jobs.
+
+    async def watch_training_jobs(self) -> None:
+        await self.kube.watch(
+            API_VERSION, "trainingjobs", "", self.reset_training_jobs, self.training_job_changed
+        )
+
+    def reset_training_jobs(self, items: list[Obj]) -> None:
+        listed = {(t["metadata"]["namespace"], t["metadata"]["name"]) for t in items}
+        for key in [k for k in self.training_jobs if k not in listed]:  # gone while the watch was down
+            self.training_job_changed("DELETED", self.training_jobs[key])
+        for body in items:
+            self.training_job_changed("MODIFIED", {"apiVersion": API_VERSION, "kind": "TrainingJob", **body})
+
+    def training_job_changed(self, kind: str, body: Obj) -> None:
+        meta = body["metadata"]
+        if not self.watched_namespace(meta.get("namespace", "")):
+            return
+        key = (meta["namespace"], meta["name"])
+        if kind == "DELETED":
+            self.forget(self.training_jobs, meta)
+            self.validated.pop(meta.get("uid", ""), None)
+            self.locks.pop(key, None)
+            return
+        if self.is_own_write(self.training_jobs, body):
+            return
+        self.remember(self.training_jobs, body)
+        self.spawn(self.reconcile_training_job(*key))
 
     async def watch_trainer_jobs(self) -> None:
         await self.kube.watch("batch/v1", "jobs", TRAINING_JOB_LABEL, self.reset_jobs, self.job_changed)
@@ -754,8 +806,8 @@ def _operator(memo: kopf.Memo) -> Operator:
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
-    """Register the handlers of the configured roles: ModelArtifacts always, TrainingJobs with
-    `training`, EdgeDeployments with `rollout`."""
+    """Register the handlers of the configured roles: ModelArtifacts always, EdgeDeployments with
+    `rollout`; TrainingJobs (role `training`) are followed by the lean watches started at startup."""
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
@@ -771,6 +823,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         if config.metrics_port:
             operator.metrics.serve(config.metrics_port)
         if "training" in config.roles:
+            operator.tasks.append(asyncio.create_task(operator.watch_training_jobs()))
             operator.tasks.append(asyncio.create_task(operator.watch_trainer_jobs()))
             operator.tasks.append(asyncio.create_task(operator.watch_trainer_pods()))
             operator.tasks.append(asyncio.create_task(operator.resync()))
@@ -811,23 +864,6 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
 
     if "rollout" in config.roles:
         register_rollout(registry)
-
-    if "training" not in config.roles:
-        return
-
-    @kopf.on.event(GROUP, VERSION, "trainingjobs", registry=registry)
-    async def on_training_job(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        operator = _operator(memo)
-        meta = body["metadata"]
-        key = (meta["namespace"], meta["name"])
-        if type == "DELETED":
-            operator.forget(operator.training_jobs, meta)
-            operator.locks.pop(key, None)
-            return
-        if operator.is_own_write(operator.training_jobs, body):
-            return
-        operator.remember(operator.training_jobs, _plain(body))
-        await operator.reconcile_training_job(*key)
 
 
 def artifact_users_of(deployment: Obj) -> set[str]:

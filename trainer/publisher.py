@@ -79,7 +79,7 @@ class EventPublisher:
                 arrived = list(self._buffer)
                 self._buffer.clear()
                 self._buffer.extend(pending + arrived)
-            log.warning("events buffered (%d): cannot publish to %s: %s", len(pending), self.stream, error)
+            log.warning("events buffered (%d): cannot publish to %s: %r", len(pending), self.stream, error)
             return False
         return True
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from importlib.machinery import ModuleSpec
 from pathlib import Path
@@ -9,6 +10,13 @@ from types import ModuleType
 from typing import Any
 
 __version__ = "0.1.0"
+
+# The largest image any of our processes decodes (a 64-megapixel frame: 192 MiB as BGR). OpenCV
+# reads its own limit once, when its library loads; every program of ours imports this package
+# before anything (ultralytics, ingest) imports cv2, so the limit holds everywhere
+# (visioninapp.images checks image headers against the same figure first).
+MAX_IMAGE_PIXELS = 8192 * 8192
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
 
 
 class _SourceOperatorFinder:

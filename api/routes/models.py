@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Query, UploadFile
 
 from visioninapp.api.errors import ApiError
+from visioninapp.api.preview import PREVIEW_MAX_BYTES, preview_image
 from visioninapp.api.routes.common import (
     Limit,
     Offset,
@@ -124,20 +125,23 @@ def detect(
     name: str,
     access: ProjectReader,
     services: ServicesDep,
-    image: Annotated[UploadFile, File(description="A JPEG, PNG or WebP image.")],
+    image: Annotated[
+        UploadFile,
+        File(
+            description="A JPEG, PNG, WebP, TIFF or BMP of at most 32 MiB and 8192x8192 pixels: 413 when "
+            "larger (the pixel count is read from the header, before decoding), 415 when not one of those."
+        ),
+    ],
     confidence: Annotated[float, Query(ge=0.01, le=1.0, description="Minimum score.")] = 0.25,
     iou: Annotated[float, Query(ge=0.05, le=1.0, description="NMS IoU threshold.")] = 0.45,
 ) -> Any:
-    from visioninapp.edge.inference import ImageError, decode_image
-
     artifact = services.clusters.training.get(KIND, access.project, name)
-    data = image.file.read(services.settings.api_max_upload_mb * 1024 * 1024 + 1)
-    if len(data) > services.settings.api_max_upload_mb * 1024 * 1024:
-        raise ApiError(413, f"image larger than {services.settings.api_max_upload_mb} MB")
-    try:
-        pixels = decode_image(data)
-    except ImageError as error:
-        raise ApiError(415, f"cannot read the image: {error}") from None
+    limit = min(services.settings.api_max_upload_mb * 1024 * 1024, PREVIEW_MAX_BYTES)
+    data = image.file.read(limit + 1)
+    if len(data) > limit:
+        raise ApiError(413, f"image larger than {limit // 2**20} MiB")
+    pixels = preview_image(data)  # the header's size first: a bomb is refused before decoding
+    del data
     detector = services.preview.detector(artifact, services.store_for)
     started = time.perf_counter()
     result = detector.detect(pixels, conf=confidence, iou=iou)

@@ -188,6 +188,9 @@ def test_hot_swap_under_load_never_fails_a_request(exported_model: ExportedModel
     assert [r for r in responses if r[0] != 200] == []
     assert {version for _, version in responses} <= set(good)
     assert "visioninapp_edge_model_rejections_total 4.0" in metrics
+    # The rejected files (corrupt, NaN) were deleted from the cache; the good ones stay for restarts.
+    cached = {p.name for p in (tmp_path / "data" / "edge-cache" / "models").iterdir()}
+    assert cached == {f"{_sha(path)}.onnx" for path in good.values()}
 
 
 def test_bad_images_get_clear_4xx(exported_model: ExportedModel, tmp_path: Path) -> None:
@@ -196,16 +199,22 @@ def test_bad_images_get_clear_4xx(exported_model: ExportedModel, tmp_path: Path)
         assert requests.post(f"{base}/v1/detect", data=b"x", timeout=10).status_code == 503  # no model yet
         assert _put_model(base, exported_model.onnx, "m").status_code == 200
         jpeg = cv2.imencode(".jpg", np.full((50, 80, 3), 90, np.uint8))[1].tobytes()
-        cases = {b"": (400, "empty"), b"not an image": (400, "cannot decode"), jpeg[: len(jpeg) // 3]: None}
+        cases = {
+            b"": (400, "empty"),
+            b"not an image": (415, "not a supported image"),
+            b"GIF89a\x01\x00\x01\x00\x00\x00\x00;": (415, "JPEG, PNG"),
+            jpeg[: len(jpeg) // 3]: None,
+        }
         for body, expected in cases.items():
             r = requests.post(f"{base}/v1/detect", data=body, timeout=10)
             if expected is None:  # truncated JPEG: decoded partially or refused, never a crash
                 assert r.status_code in (200, 400)
                 continue
-            assert r.status_code == expected[0] and expected[1] in r.json()["error"]
+            error = r.json()["error"]  # the one error body, as everywhere in the project
+            assert r.status_code == expected[0] == error["status"] and expected[1] in error["message"], error
         huge = cv2.imencode(".png", np.zeros((9000, 9000), np.uint8))[1].tobytes()
         r = requests.post(f"{base}/v1/detect", data=huge, timeout=60)
-        assert r.status_code == 413 and "too large" in r.json()["error"]
+        assert r.status_code == 413 and "too large" in r.json()["error"]["message"]  # not 415
         r = requests.post(f"{base}/v1/detect", files={"file": ("a.jpg", jpeg, "image/jpeg")}, timeout=10)
         assert r.status_code == 200 and r.json()["image"] == {"width": 80, "height": 50}
         assert requests.get(f"{base}/healthz", timeout=5).status_code == 200

@@ -77,7 +77,7 @@ def test_training_job_runs_the_real_trainer_to_a_verified_artifact(
     finally:
         bus.close()
     epochs = [e for e in events if e.type == "epoch" and e.training_job == "shapes"]
-    assert [e.epoch for e in epochs] == [1, 2, 3, 4]
+    assert [e.epoch for e in epochs] == [1, 2, 3, 4], f"events on {stream}: {events}\n{log[-3000:]}"
     ended = pods[0]["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"]
     assert all(e.time <= datetime.fromisoformat(ended) for e in epochs)
     writes = [

@@ -1,7 +1,12 @@
-"""Edge runtime pieces without a server: providers, pre/post-processing, heads, feedback, spools."""
+"""Edge runtime pieces without a server: providers, pre/post-processing, heads, feedback, spools,
+the model cache's rejections and who may swap the model."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -9,16 +14,14 @@ import pytest
 
 from tests.helpers import SwitchableBus
 from visioninapp.backends.events import LocalEventLog
-from visioninapp.edge.inference import (
-    Detector,
-    ImageError,
-    choose_providers,
-    decode_image,
-    letterbox,
-    nms,
-)
+from visioninapp.backends.storage import LocalArtifactStore
+from visioninapp.edge.inference import Detector, choose_providers, letterbox, nms
+from visioninapp.edge.models import ModelManager, ModelSpec
+from visioninapp.edge.runtime import EdgeRuntime, ModelGovernedError
 from visioninapp.edge.telemetry import FeedbackPolicy, Spool, WindowStats, publish_spool
 from visioninapp.events import EdgeEvent
+from visioninapp.images import ImageError, decode_image
+from visioninapp.settings import Settings
 
 
 @pytest.mark.parametrize(
@@ -67,10 +70,31 @@ def test_nms_keeps_the_best_of_overlapping_boxes() -> None:
 
 
 def test_decode_image_rejects_bad_input() -> None:
-    with pytest.raises(ImageError, match="empty"):
+    import cv2
+
+    with pytest.raises(ImageError, match="empty") as empty:
         decode_image(b"")
-    with pytest.raises(ImageError, match="cannot decode"):
+    assert empty.value.status == 400
+    with pytest.raises(ImageError, match="not a supported image") as garbage:
         decode_image(b"\x89PNG garbage")
+    assert garbage.value.status == 415 and garbage.value.unsupported
+    gif = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;"
+    with pytest.raises(ImageError) as unsupported:
+        decode_image(gif)
+    assert unsupported.value.status == 415
+    png = cv2.imencode(".png", np.zeros((4096, 4096), np.uint8))[1].tobytes()
+    with pytest.raises(ImageError, match="corrupt") as truncated:  # a good header, then nothing
+        decode_image(png[:200])
+    assert truncated.value.status == 400
+    huge = cv2.imencode(".png", np.zeros((8193, 8192), np.uint8))[1].tobytes()  # one row too many
+    with pytest.raises(ImageError, match="8192x8193") as large:
+        decode_image(huge)
+    assert large.value.too_large and large.value.status == 413
+    assert decode_image(cv2.imencode(".png", np.zeros((8192, 8), np.uint8))[1].tobytes()).shape == (
+        8192,
+        8,
+        3,
+    )
 
 
 def _detector(head: str, names: list[str]) -> Detector:
@@ -140,3 +164,114 @@ def test_spool_numbers_survive_restarts_and_publishing_is_idempotent(tmp_path: P
     publish_spool(again, bus, "edge-events", "edge.ns.d.n")
     events = bus.read("edge-events", 0)
     assert len(events) == 3 and EdgeEvent.model_validate_json(events[0].body).deployment == "d"
+
+
+# --- the model cache and who sets the model -----------------------------------------------------
+
+
+def _model(path: Path, nan: bool = False, classes: int = 2, size: int = 32) -> Path:
+    """A YOLOv8-shaped ONNX whose output is 0 everywhere (or NaN: only the self-test catches it)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    anchors = sum((size // stride) ** 2 for stride in (8, 16, 32))
+    shape = [1, 4 + classes, anchors]
+    values = helper.make_tensor("v", TensorProto.FLOAT, shape, [-1.0 if nan else 0.0] * (shape[1] * anchors))
+    nodes = [helper.make_node("Constant", [], ["v" if nan else "output0"], value=values)]
+    if nan:
+        nodes.append(helper.make_node("Sqrt", ["v"], ["output0"]))
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, shape)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def _spec(path: Path, version: str, sha256: str | None = None) -> ModelSpec:
+    return ModelSpec(path.as_uri(), sha256 or hashlib.sha256(path.read_bytes()).hexdigest(), version=version)
+
+
+def test_rejected_models_leave_nothing_in_the_cache(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    manager = ModelManager(cache, lambda uri: LocalArtifactStore())
+    good = _spec(_model(tmp_path / "good.onnx"), "good")
+    assert manager.set_desired(good)
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(os.urandom(4096))
+    rejected = [
+        _spec(corrupt, "corrupt"),  # does not load
+        _spec(_model(tmp_path / "nan.onnx", nan=True), "nan"),  # loads, fails its self-test
+        _spec(tmp_path / "good.onnx", "wrong-sum", "0" * 64),  # checksum mismatch
+    ]
+    engines = cache / "engines" / rejected[1].sha256
+    engines.mkdir(parents=True)  # as TensorRT would have built for it
+    for spec in rejected:
+        assert not manager.set_desired(spec)
+        assert manager.current is not None and manager.current.spec == good, "the last-good one serves"
+        assert "rejected" in (manager.not_ready_reason or "")
+    assert sorted(p.name for p in (cache / "models").iterdir()) == [f"{good.sha256}.onnx"]
+    assert not (cache / "engines").exists() or list((cache / "engines").iterdir()) == []
+    assert json.loads((cache / "last-good.json").read_text())["version"] == "good"
+
+
+def test_a_corrupt_last_good_model_is_deleted_not_served(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    good = _spec(_model(tmp_path / "good.onnx"), "good")
+    assert ModelManager(cache, lambda uri: LocalArtifactStore()).set_desired(good)
+    cached = cache / "models" / f"{good.sha256}.onnx"
+    cached.write_bytes(cached.read_bytes()[:100])  # the disk went bad
+    restarted = ModelManager(cache, lambda uri: LocalArtifactStore())
+    assert not restarted.load_last_good() and restarted.current is None
+    assert not cached.exists() and not (cache / "last-good.json").exists()
+
+
+def _runtime(tmp_path: Path, **settings: object) -> EdgeRuntime:
+    return EdgeRuntime(Settings(data_dir=tmp_path / "data", **settings), bus=LocalEventLog(tmp_path / "ev"))
+
+
+def test_admin_swap_is_refused_while_a_deployment_governs_the_model(tmp_path: Path) -> None:
+    first = _spec(_model(tmp_path / "first.onnx"), "first")
+    other = _spec(_model(tmp_path / "other.onnx", classes=3), "other")
+    config = tmp_path / "model.yaml"
+    config.write_text(f"uri: {first.uri}\nsha256: {first.sha256}\nversion: first\n")
+    for settings in (
+        {"edge_model_config": config},
+        {"edge_model_uri": first.uri, "edge_model_sha256": first.sha256, "edge_model_version": "first"},
+    ):
+        runtime = _runtime(tmp_path / str(len(settings)), **settings)
+        runtime.start(sync_interval=0.02)
+        try:
+            deadline = time.monotonic() + 60
+            while not runtime.models.ready:
+                assert time.monotonic() < deadline, runtime.models.not_ready_reason
+                time.sleep(0.02)
+            with pytest.raises(ModelGovernedError, match="EdgeDeployment"):
+                runtime.set_model_by_admin(other)
+            assert runtime.models.desired == first and runtime.models.current is not None
+            assert runtime.models.current.spec == first
+            assert not (runtime.models.cache_dir / "models" / f"{other.sha256}.onnx").exists()
+        finally:
+            runtime.stop()
+
+
+def test_admin_swap_holds_where_nothing_else_sets_the_model(tmp_path: Path) -> None:
+    first = _spec(_model(tmp_path / "first.onnx"), "first")
+    other = _spec(_model(tmp_path / "other.onnx", classes=3), "other")
+    runtime = _runtime(tmp_path)
+    assert runtime.governed_by() is None
+    runtime.start(sync_interval=0.01)
+    try:
+        assert runtime.set_model_by_admin(first) and runtime.set_model_by_admin(other)
+        passes = 0
+        while passes < 20:  # the model watcher runs every 10 ms; give it many chances to interfere
+            time.sleep(0.02)
+            passes += 1
+            assert runtime.models.current is not None and runtime.models.current.spec == other
+        assert runtime.models.ready and runtime.models.desired == other
+    finally:
+        runtime.stop()

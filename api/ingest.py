@@ -1,20 +1,43 @@
-"""Dataset ingest: validate a YOLO dataset, normalise it with OpenCV, store it as an immutable version.
+"""Dataset ingest: unpack safely, validate a YOLO dataset, normalise it, publish an immutable version.
 
 Validation is the trainer's own (`visioninapp.datasets.validate_dataset`: image/label pairs, class
-ids, boxes in range), so what the API accepts trains. Preprocessing: EXIF orientation applied to
-the pixels (OpenCV's reader does it; YOLO labels describe the image as displayed), images larger
-than `max_side` scaled down (labels are normalised, so they stay valid), exact duplicates (same
-decoded pixels) removed with their labels.
+ids, boxes in range, every path contained in the dataset), so what the API accepts trains.
+Preprocessing: EXIF orientation applied to the pixels (OpenCV's reader does it; YOLO labels describe
+the image as displayed), images larger than `max_side` scaled down (labels are normalised, so they
+stay valid), exact duplicates (same decoded pixels) removed with their labels.
+
+Nothing of a refused or crashed upload becomes part of a version:
+
+- the archive is unpacked into a work folder under `<data_dir>/ingest/`, locked (flock) while its
+  upload runs; the next upload removes folders whose lock is free (their process died);
+- only the entries a dataset uses (data.yaml, images, label and list .txt files) are unpacked, and
+  the bytes actually written are counted against `expansion_limit` (4x the upload limit, and 8x
+  the archive's own size + 64 MiB);
+- every version goes to a prefix of its own (`v<n>-<time>-<random>`), its files first and
+  `manifest.json` last; the database row is written after the manifest, so a prefix without a row
+  is never shown, never trained on (the trainer downloads exactly the manifest's files), and is
+  deleted by a later upload of the same dataset once older than `STALE_AFTER_S`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import logging
+import os
+import re
+import shutil
+import stat
+import time
+import uuid
 import zipfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import cv2
@@ -23,13 +46,48 @@ import yaml
 from PIL import Image
 
 from visioninapp.backends.storage import ArtifactStore, join_uri, sha256_file
-from visioninapp.datasets import DatasetError, label_of, split_images, validate_dataset
+from visioninapp.datasets import (
+    IMAGE_SUFFIXES,
+    MANIFEST,
+    DatasetError,
+    contained,
+    label_of,
+    read_text_file,
+    split_images,
+    validate_dataset,
+)
+from visioninapp.images import ImageError, read_image
 
-__all__ = ["DatasetError", "Ingested", "extract_archive", "ingest_directory", "upload_version"]
+__all__ = [
+    "DatasetError",
+    "Ingested",
+    "TooLarge",
+    "discard_version",
+    "expansion_limit",
+    "extract_archive",
+    "ingest_directory",
+    "ingest_workspace",
+    "manifest_of",
+    "new_version_uri",
+    "sweep_versions",
+    "upload_version",
+]
 
+log = logging.getLogger(__name__)
 MAX_ARCHIVE_MEMBERS = 200_000
-MAX_UNCOMPRESSED_BYTES = 20 * 1024**3
+MAX_EXPANSION = 4  # an archive may unpack to 4x the upload limit (images barely compress; labels do)
+MAX_RATIO = 8  # ... and to 8x its own size plus 64 MiB: a dataset zip is mostly JPEG/PNG (ratio ~1)
+RATIO_SLACK = 64 * 1024 * 1024
+CHUNK = 1024 * 1024
 EXIF_ORIENTATION = 274
+STALE_AFTER_S = 3600.0  # an unrecorded version prefix older than this is a dead upload's leftover
+SUPPORTED_COMPRESSION = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+VERSION_DIR = re.compile(r"^v(\d+)-(\d{8}T\d{6})-[0-9a-f]{8}$")
+SAFE_STEM = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class TooLarge(DatasetError):
+    """The upload is over a size limit (HTTP 413)."""
 
 
 @dataclass
@@ -41,29 +99,149 @@ class Ingested:
     preprocessing: dict[str, Any] = field(default_factory=dict)
 
 
-def extract_archive(archive: Path, target: Path) -> Path:
-    """Unpack a zip safely (no paths outside `target`, bounded size); returns the dataset root."""
+# Work folders ------------------------------------------------------------------------------------
+
+
+def _sweep_workspaces(base: Path) -> None:
+    """Remove work folders of dead uploads: their lock file is no longer held by anyone."""
+    for lock in base.glob("*.lock"):
+        try:
+            with lock.open("a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(lock.with_suffix(""), ignore_errors=True)
+                lock.unlink(missing_ok=True)
+        except (BlockingIOError, FileNotFoundError):
+            continue  # a live upload, or one that just finished
+    for stale in base.iterdir():
+        orphan = not stale.name.endswith(".lock") and not stale.with_suffix(".lock").exists()
+        with contextlib.suppress(FileNotFoundError):
+            if orphan and time.time() - stale.stat().st_mtime > 60:
+                if stale.is_dir():
+                    shutil.rmtree(stale, ignore_errors=True)
+                else:
+                    stale.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def ingest_workspace(base: Path) -> Iterator[Path]:
+    """A locked, private work folder under `base`; removed afterwards, or by the next upload after a crash.
+
+    The lock file is locked before it gets its `.lock` name, so a sweeper never sees it unlocked
+    while its upload lives; the lock dies with the process (SIGKILL included).
+    """
+    base.mkdir(parents=True, exist_ok=True)
+    _sweep_workspaces(base)
+    token = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
+    pending, lock_path, work = base / f".{token}.new", base / f"{token}.lock", base / token
+    fd = os.open(pending, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(pending, lock_path)
+        work.mkdir()
+        try:
+            yield work
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            lock_path.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
+# Archives ----------------------------------------------------------------------------------------
+
+
+def _wanted(path: PurePosixPath) -> bool:
+    """Entries a dataset uses: data.yaml, images, and .txt files (labels, image lists)."""
+    if "__MACOSX" in path.parts or path.name.startswith("._"):
+        return False
+    return path.name == "data.yaml" or path.suffix.lower() in IMAGE_SUFFIXES or path.suffix.lower() == ".txt"
+
+
+def _check_member(info: zipfile.ZipInfo) -> None:
+    name = info.filename
+    if info.flag_bits & 0x1:
+        raise DatasetError(f"archive entry {name!r} is encrypted: zip the dataset without a password")
+    if info.compress_type not in SUPPORTED_COMPRESSION:
+        raise DatasetError(
+            f"archive entry {name!r} uses an unsupported compression method ({info.compress_type}): "
+            "zip the dataset with the standard deflate compression"
+        )
+
+
+def expansion_limit(archive_bytes: int, upload_limit_bytes: int) -> int:
+    """How many bytes an archive may unpack to: bounded by the upload limit and by its own size."""
+    return min(MAX_EXPANSION * upload_limit_bytes, MAX_RATIO * archive_bytes + RATIO_SLACK)
+
+
+def extract_archive(archive: Path, target: Path, max_bytes: int) -> Path:
+    """Unpack the dataset entries of a zip into `target`; returns the dataset root (data.yaml's folder).
+
+    Refused (DatasetError; TooLarge for sizes): entries outside `target`, links, encrypted entries,
+    unknown compression, a name that is both a file and a folder, and more than `max_bytes` actually
+    written. Entries a dataset does not use are not unpacked.
+    """
+    target.mkdir(parents=True, exist_ok=True)
+    written = 0
     try:
         with zipfile.ZipFile(archive) as bundle:
             members = bundle.infolist()
             if len(members) > MAX_ARCHIVE_MEMBERS:
                 raise DatasetError(f"archive has {len(members)} entries; at most {MAX_ARCHIVE_MEMBERS}")
-            if sum(m.file_size for m in members) > MAX_UNCOMPRESSED_BYTES:
-                raise DatasetError("archive expands to more than 20 GiB; split the dataset")
-            base = target.resolve()
-            for member in members:
-                destination = (target / member.filename).resolve()
-                if base not in destination.parents and destination != base:
-                    raise DatasetError(f"archive entry {member.filename!r} points outside the dataset")
-            bundle.extractall(target)
-    except zipfile.BadZipFile:
+            chosen: dict[PurePosixPath, zipfile.ZipInfo] = {}
+            folders: set[PurePosixPath] = set()
+            for info in members:
+                if stat.S_ISLNK(info.external_attr >> 16):
+                    raise DatasetError(
+                        f"archive entry {info.filename!r} is a symbolic link: zip the files themselves "
+                        "(zip without -y)"
+                    )
+                path = PurePosixPath(info.filename)
+                if info.is_dir() or not _wanted(path):
+                    continue  # never unpacked
+                _check_member(info)
+                contained(target, info.filename, "archive entry")
+                if path in chosen:
+                    raise DatasetError(f"archive has two entries named {info.filename!r}; keep one")
+                chosen[path] = info
+                folders.update(path.parents)
+            clash = sorted(str(p) for p in chosen if p in folders)
+            if clash:
+                raise DatasetError(
+                    f"archive entry {clash[0]!r} is both a file and a folder; rename one of them"
+                )
+            for path, info in chosen.items():
+                destination = contained(target, str(path), "archive entry")
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                with bundle.open(info) as source, destination.open("xb") as out:
+                    while chunk := source.read(CHUNK):
+                        written += len(chunk)
+                        if written > max_bytes:
+                            raise TooLarge(
+                                f"archive unpacks to more than {max_bytes:,} bytes (limits: "
+                                "VISIONINAPP_API_MAX_UPLOAD_MB): split the dataset or shrink its images"
+                            )
+                        out.write(chunk)
+    except (zipfile.BadZipFile, EOFError, UnicodeDecodeError):
         raise DatasetError(
-            "not a zip archive: upload the dataset folder zipped (data.yaml at its top)"
+            "not a zip archive, or a damaged one: upload the dataset folder zipped (data.yaml at its top)"
         ) from None
-    candidates = sorted(p.parent for p in target.rglob("data.yaml") if "__MACOSX" not in p.parts)
+    except (NotImplementedError, RuntimeError, ValueError, OSError) as error:
+        if isinstance(error, DatasetError):
+            raise
+        raise DatasetError(
+            f"archive cannot be unpacked ({str(error)[:200]}): zip it again with deflate"
+        ) from None
+    except Exception as error:  # zlib.error, lzma.LZMAError: a corrupt compressed stream
+        if isinstance(error, DatasetError):
+            raise
+        raise DatasetError(f"archive is damaged ({type(error).__name__}): zip the dataset again") from None
+    candidates = sorted(p.parent for p in target.rglob("data.yaml") if p.is_file())
     if not candidates:
         raise DatasetError("no data.yaml in the archive: YOLO datasets name their classes and splits there")
     return min(candidates, key=lambda p: len(p.parts))
+
+
+# Normalisation -----------------------------------------------------------------------------------
 
 
 def _orientation(path: Path) -> int:
@@ -76,6 +254,7 @@ def _orientation(path: Path) -> int:
 
 def ingest_directory(root: Path, out: Path, max_side: int = 1920) -> Ingested:
     """Validate `root` (data.yaml + images/labels) and write the normalised dataset to `out`."""
+    root = root.resolve()
     names = validate_dataset(root, "data.yaml", out.parent / "resolved-data.yaml")
     seen: set[str] = set()
     counts: Counter[str] = Counter()
@@ -86,9 +265,13 @@ def ingest_directory(root: Path, out: Path, max_side: int = 1920) -> Ingested:
         (out / "labels" / split).mkdir(parents=True, exist_ok=True)
         kept = 0
         for number, image_path in enumerate(split_images(root, split)):
-            pixels = cv2.imread(str(image_path), cv2.IMREAD_COLOR)  # applies the EXIF orientation
-            if pixels is None:
-                raise DatasetError(f"{image_path.relative_to(root)}: not a readable image")
+            try:
+                pixels = read_image(image_path)  # size checked from the header; EXIF orientation applied
+            except ImageError as error:
+                refusal = TooLarge if error.too_large else DatasetError
+                raise refusal(
+                    f"{image_path.relative_to(root)}: {str(error).removeprefix(image_path.name + ': ')}"
+                ) from None
             digest = hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
             if digest in seen:
                 duplicates += 1
@@ -100,21 +283,31 @@ def ingest_directory(root: Path, out: Path, max_side: int = 1920) -> Ingested:
             if max(height, width) > max_side:
                 scale = max_side / max(height, width)
                 pixels = cv2.resize(
-                    pixels, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA
+                    pixels,
+                    (max(1, round(width * scale)), max(1, round(height * scale))),
+                    interpolation=cv2.INTER_AREA,
                 )
                 resized += 1
-            stem = f"{number:06d}_{image_path.stem}"[:120]
-            cv2.imwrite(str(out / "images" / split / f"{stem}.jpg"), pixels, [cv2.IMWRITE_JPEG_QUALITY, 95])
+            stem = f"{number:06d}_{SAFE_STEM.sub('_', image_path.stem)}"[:120]
+            if not cv2.imwrite(
+                str(out / "images" / split / f"{stem}.jpg"), pixels, [cv2.IMWRITE_JPEG_QUALITY, 95]
+            ):
+                raise DatasetError(f"{image_path.relative_to(root)}: cannot be re-encoded as JPEG")
             label = label_of(image_path)
-            text = label.read_text() if label.is_file() else ""
+            text = read_text_file(label, str(label.relative_to(root))) if label.is_file() else ""
             (out / "labels" / split / f"{stem}.txt").write_text(text)
             for line in text.splitlines():
                 if line.split():
                     counts[names[int(line.split()[0])]] += 1
             kept += 1
+        if kept == 0:
+            raise DatasetError(
+                f"the {split} split is empty once exact duplicates are removed: add {split} images "
+                "that differ from the others"
+            )
         images[split] = kept
     data = {"path": ".", "train": "images/train", "val": "images/val", "nc": len(names), "names": names}
-    (out / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    (out / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     return Ingested(
         out,
         names,
@@ -124,9 +317,12 @@ def ingest_directory(root: Path, out: Path, max_side: int = 1920) -> Ingested:
     )
 
 
+# Publishing --------------------------------------------------------------------------------------
+
+
 def manifest_of(root: Path) -> tuple[list[dict[str, Any]], str]:
     files = [
-        {"path": str(path.relative_to(root)), "sha256": sha256_file(path), "size": path.stat().st_size}
+        {"path": path.relative_to(root).as_posix(), "sha256": sha256_file(path), "size": path.stat().st_size}
         for path in sorted(root.rglob("*"))
         if path.is_file()
     ]
@@ -134,12 +330,62 @@ def manifest_of(root: Path) -> tuple[list[dict[str, Any]], str]:
     return files, digest
 
 
+def new_version_uri(dataset_uri: str, number: int) -> str:
+    """A prefix no other upload uses: `v<n>-<UTC time>-<random>` under the dataset's prefix."""
+    return join_uri(dataset_uri, f"v{number}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}")
+
+
+def discard_version(store: ArtifactStore, uri: str) -> None:
+    """Delete everything under a version prefix (a refused or failed upload's files)."""
+    for stored in store.list(uri):
+        store.delete(stored.uri)
+
+
 def upload_version(
     root: Path, files: list[dict[str, Any]], digest: str, store: ArtifactStore, uri: str
 ) -> None:
-    """Upload every file, then the manifest last (its presence marks a complete version)."""
-    for entry in files:
-        store.put_file(root / entry["path"], join_uri(uri, entry["path"]))
-    store.put_bytes(
-        json.dumps({"files": files, "sha256": digest}, indent=1).encode(), join_uri(uri, "manifest.json")
-    )
+    """Upload every file, then the manifest last (its presence marks a complete version).
+
+    `uri` must be fresh (`new_version_uri`); if anything fails, what was uploaded is deleted again.
+    """
+    try:
+        for entry in files:
+            store.put_file(root / entry["path"], join_uri(uri, entry["path"]))
+        store.put_bytes(
+            json.dumps({"files": files, "sha256": digest}, indent=1).encode(), join_uri(uri, MANIFEST)
+        )
+    except Exception:
+        with contextlib.suppress(Exception):
+            discard_version(store, uri)
+        raise
+
+
+def sweep_versions(store: ArtifactStore, dataset_uri: str, recorded: set[str]) -> int:
+    """Delete version prefixes under `dataset_uri` that no recorded version names (dead uploads).
+
+    Prefixes newer than `STALE_AFTER_S` are left alone: their upload may still be running.
+    Returns how many prefixes were removed.
+    """
+    prefix = dataset_uri.rstrip("/") + "/"
+    keep = {uri.rstrip("/") for uri in recorded}
+    groups: dict[str, list[str]] = {}
+    for stored in store.list(dataset_uri):
+        if not stored.uri.startswith(prefix):
+            continue
+        head = stored.uri[len(prefix) :].split("/", 1)[0]
+        groups.setdefault(head, []).append(stored.uri)
+    removed = 0
+    now = datetime.now(UTC)
+    for head, uris in groups.items():
+        if join_uri(dataset_uri, head) in keep:
+            continue
+        match = VERSION_DIR.match(head)
+        if match:
+            started = datetime.strptime(match.group(2), "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+            if (now - started).total_seconds() < STALE_AFTER_S:
+                continue
+        log.warning("removing %d file(s) of an unfinished dataset upload under %s", len(uris), head)
+        for uri in uris:
+            store.delete(uri)
+        removed += 1
+    return removed

@@ -3,24 +3,31 @@
 from __future__ import annotations
 
 import json
-import tempfile
+import unicodedata
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
-import cv2
 import yaml
 from fastapi import APIRouter, File, Form, Response, UploadFile
+from fastapi import Path as PathParam
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from visioninapp.api.db import Dataset, DatasetVersion, FeedbackFrame
 from visioninapp.api.errors import ApiError, ErrorDetail
 from visioninapp.api.ingest import (
     DatasetError,
+    TooLarge,
+    discard_version,
+    expansion_limit,
     extract_archive,
     ingest_directory,
+    ingest_workspace,
     manifest_of,
+    new_version_uri,
+    sweep_versions,
     upload_version,
 )
 from visioninapp.api.routes.common import Limit, Offset, page
@@ -35,10 +42,14 @@ from visioninapp.api.schemas import (
 from visioninapp.api.security import ProjectReader, ProjectWriter, ServicesDep
 from visioninapp.api.services import Services
 from visioninapp.backends.storage import ObjectNotFound, join_uri
+from visioninapp.datasets import IMAGE_SUFFIXES, fetch_dataset
+from visioninapp.images import ImageError, read_image
 
 router = APIRouter(tags=["datasets"])
 
 CHUNK = 1024 * 1024
+MAX_ID = 2**63 - 1  # the database's BIGINT
+FrameId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="A feedback frame's id.")]
 
 
 def version_out(version: DatasetVersion) -> dict[str, Any]:
@@ -122,14 +133,32 @@ def get_dataset(name: str, access: ProjectReader, services: ServicesDep) -> Any:
         return dataset_out(_dataset(session, access.project, name))
 
 
-def _save_upload(upload: UploadFile, target: Path, limit_mb: int) -> None:
+def _save_upload(upload: UploadFile, target: Path, limit_mb: int, budget: list[int] | None = None) -> None:
+    """Stream an upload to `target`, refusing (413) past `limit_mb`, or past `budget[0]` bytes in all."""
     written = 0
-    with target.open("wb") as out:
+    with target.open("xb") as out:
         while chunk := upload.file.read(CHUNK):
             written += len(chunk)
             if written > limit_mb * CHUNK:
                 raise ApiError(413, f"upload larger than {limit_mb} MB (VISIONINAPP_API_MAX_UPLOAD_MB)")
+            if budget is not None:
+                budget[0] -= len(chunk)
+                if budget[0] < 0:
+                    raise ApiError(
+                        413,
+                        "the files together are larger than the upload limit "
+                        "(VISIONINAPP_API_MAX_UPLOAD_MB): upload the dataset in parts or as a zip",
+                    )
             out.write(chunk)
+
+
+def _rejected(error: DatasetError) -> ApiError:
+    problems = [ErrorDetail(field=None, message=part.strip()[:500]) for part in str(error).split(";")[:50]]
+    return ApiError(413 if isinstance(error, TooLarge) else 422, f"dataset rejected: {error}", problems)
+
+
+def _workspace(services: Services) -> Any:
+    return ingest_workspace(services.settings.data_dir / "ingest")
 
 
 def _publish_version(
@@ -142,12 +171,11 @@ def _publish_version(
     note: str,
     parent: int | None,
 ) -> dict[str, Any]:
-    """Validate and normalise `source`, upload it as the next version, record it."""
+    """Validate and normalise `source`, upload it as the next version (manifest last), record it."""
     try:
         ingested = ingest_directory(source, work / "normalised")
     except DatasetError as error:
-        problems = [ErrorDetail(field=None, message=part.strip()) for part in str(error).split(";")[:50]]
-        raise ApiError(422, f"dataset rejected: {error}", problems) from None
+        raise _rejected(error) from None
     files, digest = manifest_of(ingested.root)
     with services.db.session() as session:
         dataset = _dataset(session, project, name)
@@ -155,26 +183,38 @@ def _publish_version(
         if latest is not None and latest.sha256 == digest:
             raise ApiError(409, f"identical to version {latest.version} of {name}; nothing to add")
         number = (latest.version if latest else 0) + 1
-    uri = join_uri(services.settings.resolved_artifacts_uri, "datasets", project, name, f"v{number}")
-    upload_version(ingested.root, files, digest, services.store_for(uri), uri)
-    with services.db.session() as session:
-        dataset = _dataset(session, project, name)
-        version = DatasetVersion(
-            dataset_id=dataset.id,
-            version=number,
-            uri=uri,
-            class_names=ingested.class_names,
-            class_counts=ingested.class_counts,
-            images=ingested.images,
-            preprocessing=ingested.preprocessing,
-            sha256=digest,
-            parent_version=parent if parent is not None else (number - 1 or None),
-            note=note,
-            created_by=creator,
-        )
-        session.add(version)
-        session.flush()
-        out = version_out(version)
+        recorded = {v.uri for v in dataset.versions}
+    dataset_uri = join_uri(services.settings.resolved_artifacts_uri, "datasets", project, name)
+    store = services.store_for(dataset_uri)
+    sweep_versions(store, dataset_uri, recorded)  # leftovers of uploads that died midway
+    uri = new_version_uri(dataset_uri, number)
+    upload_version(ingested.root, files, digest, store, uri)
+    try:
+        with services.db.session() as session:
+            dataset = _dataset(session, project, name)
+            version = DatasetVersion(
+                dataset_id=dataset.id,
+                version=number,
+                uri=uri,
+                class_names=ingested.class_names,
+                class_counts=ingested.class_counts,
+                images=ingested.images,
+                preprocessing=ingested.preprocessing,
+                sha256=digest,
+                parent_version=parent if parent is not None else (number - 1 or None),
+                note=note,
+                created_by=creator,
+            )
+            session.add(version)
+            session.flush()
+            out = version_out(version)
+    except BaseException as error:
+        discard_version(store, uri)
+        if isinstance(error, IntegrityError):
+            raise ApiError(
+                409, f"another upload created version {number} of {name} at the same time; upload again"
+            ) from None
+        raise
     services.search.index(
         "datasets",
         f"{project}/{name}/v{number}",
@@ -207,14 +247,31 @@ def upload_dataset_version(
 ) -> Any:
     with services.db.session() as session:
         _dataset(session, access.project, name)
-    with tempfile.TemporaryDirectory(prefix="dataset-") as tmp:
-        work = Path(tmp)
-        _save_upload(archive, work / "upload.zip", services.settings.api_max_upload_mb)
+    limit_mb = services.settings.api_max_upload_mb
+    with _workspace(services) as work:
+        _save_upload(archive, work / "upload.zip", limit_mb)
         try:
-            root = extract_archive(work / "upload.zip", work / "source")
+            cap = expansion_limit((work / "upload.zip").stat().st_size, limit_mb * CHUNK)
+            root = extract_archive(work / "upload.zip", work / "source", cap)
         except DatasetError as error:
-            raise ApiError(422, f"dataset rejected: {error}") from None
+            raise _rejected(error) from None
+        (work / "upload.zip").unlink()
         return _publish_version(services, access.project, name, root, work, access.user.label, note, None)
+
+
+def _upload_stem(upload: UploadFile, kinds: set[str], what: str) -> tuple[str, str]:
+    """(stem, suffix) of an uploaded file's name; 422 for names that cannot be dataset files."""
+    raw = upload.filename or ""
+    name = PurePosixPath(raw.replace("\\", "/")).name
+    if not name or any(unicodedata.category(c) == "Cc" for c in raw) or len(name) > 200:
+        shown = raw[:80].encode("unicode_escape").decode("ascii")
+        raise ApiError(
+            422, f"{what} file name {shown!r} is empty, too long or has control characters; rename the file"
+        )
+    suffix = PurePosixPath(name).suffix.lower()
+    if suffix not in kinds:
+        raise ApiError(422, f"{what} {name!r}: expected one of {', '.join(sorted(kinds))}")
+    return PurePosixPath(name).stem, suffix
 
 
 @router.post(
@@ -243,27 +300,34 @@ def upload_dataset_files(
         raise ApiError(422, "classNames must list at least one class, comma-separated in id order")
     with services.db.session() as session:
         _dataset(session, access.project, name)
-    with tempfile.TemporaryDirectory(prefix="dataset-") as tmp:
-        work = Path(tmp)
+    limit_mb = services.settings.api_max_upload_mb
+    budget = [limit_mb * CHUNK]  # all files together stay within the upload limit
+    label_texts: dict[str, UploadFile] = {}
+    for upload in labels:
+        stem, _ = _upload_stem(upload, {".txt"}, "label")
+        if stem in label_texts:
+            raise ApiError(422, f"two label files named {stem}.txt; one per image")
+        label_texts[stem] = upload
+    named = [(*_upload_stem(image, IMAGE_SUFFIXES, "image"), image) for image in images]
+    stems = [stem for stem, _, _ in named]
+    if len(set(stems)) != len(stems):
+        twice = sorted({s for s in stems if stems.count(s) > 1})[:10]
+        raise ApiError(422, f"images share a name (without extension): {', '.join(twice)}; rename them")
+    orphans = sorted(set(label_texts) - set(stems))
+    if orphans:
+        raise ApiError(422, f"labels without an image: {', '.join(orphans[:10])}")
+    with _workspace(services) as work:
         root = work / "source"
-        label_texts = {Path(f.filename or "").stem: f for f in labels}
-        ordered = sorted(images, key=lambda f: f.filename or "")
         every = max(2, round(1 / val_fraction))  # every n-th image validates: a stable, spread-out split
-        for number, image in enumerate(ordered):
-            stem = Path(image.filename or f"image-{number}").stem
-            suffix = Path(image.filename or "").suffix.lower() or ".jpg"
+        for number, (stem, suffix, image) in enumerate(sorted(named, key=lambda item: item[0])):
             split = "val" if number % every == every - 1 else "train"
             (root / "images" / split).mkdir(parents=True, exist_ok=True)
             (root / "labels" / split).mkdir(parents=True, exist_ok=True)
-            _save_upload(
-                image, root / "images" / split / f"{stem}{suffix}", services.settings.api_max_upload_mb
-            )
+            _save_upload(image, root / "images" / split / f"{stem}{suffix}", limit_mb, budget)
             if stem in label_texts:
-                _save_upload(label_texts.pop(stem), root / "labels" / split / f"{stem}.txt", 1)
-        if label_texts:
-            raise ApiError(422, f"labels without an image: {', '.join(sorted(label_texts)[:10])}")
+                _save_upload(label_texts[stem], root / "labels" / split / f"{stem}.txt", 1, budget)
         data = {"path": ".", "train": "images/train", "val": "images/val", "names": names}
-        (root / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+        (root / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
         return _publish_version(services, access.project, name, root, work, access.user.label, note, None)
 
 
@@ -380,7 +444,7 @@ def list_feedback(
     responses={200: {"content": {"image/jpeg": {}}}},
     summary="The frame's JPEG",
 )
-def feedback_image(frame_id: int, access: ProjectReader, services: ServicesDep) -> Response:
+def feedback_image(frame_id: FrameId, access: ProjectReader, services: ServicesDep) -> Response:
     with services.db.session() as session:
         frame = session.get(FeedbackFrame, frame_id)
         if frame is None or frame.project_name != access.project:
@@ -400,6 +464,8 @@ def feedback_image(frame_id: int, access: ProjectReader, services: ServicesDep) 
     summary="Add frames to a new dataset version (the edge's detections become their starting labels)",
 )
 def accept_feedback(body: FeedbackAccept, access: ProjectWriter, services: ServicesDep) -> Any:
+    if any(not 1 <= frame_id <= MAX_ID for frame_id in body.ids):
+        raise ApiError(422, f"feedback ids are 1 to {MAX_ID}; take them from the feedback list")
     with services.db.session() as session:
         dataset = _dataset(session, access.project, body.dataset)
         if not dataset.versions:
@@ -415,14 +481,9 @@ def accept_feedback(body: FeedbackAccept, access: ProjectWriter, services: Servi
         if missing:
             raise ApiError(404, f"feedback frames {missing} not found in {access.project!r}")
         chosen = [(f.id, f.image_uri, f.detections) for f in frames]
-    with tempfile.TemporaryDirectory(prefix="feedback-") as tmp:
-        work = Path(tmp)
+    with _workspace(services) as work:
         source = work / "source"
-        store = services.store_for(latest_uri)
-        for stored in store.list(latest_uri):
-            relative = stored.uri[len(latest_uri.rstrip("/")) + 1 :]
-            if relative != "manifest.json":
-                store.get_file(stored.uri, source / relative)
+        fetch_dataset(services.store_for(latest_uri), latest_uri, "data.yaml", source)  # the manifest's files
         for frame_id, image_uri, detections in chosen:
             image_path = source / "images" / "train" / f"feedback_{frame_id}.jpg"
             services.store_for(image_uri).get_file(image_uri, image_path)
@@ -444,9 +505,10 @@ def accept_feedback(body: FeedbackAccept, access: ProjectWriter, services: Servi
 
 
 def _write_pseudo_labels(image_path: Path, detections: list[dict[str, Any]], names: list[str]) -> None:
-    pixels = cv2.imread(str(image_path))
-    if pixels is None:
-        raise ApiError(409, f"feedback image {image_path.name} is not readable")
+    try:
+        pixels = read_image(image_path)
+    except ImageError as error:
+        raise ApiError(422, f"feedback image {image_path.name} cannot be used: {error}") from None
     height, width = pixels.shape[:2]
     lines = []
     for detection in detections:

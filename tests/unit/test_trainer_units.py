@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.helpers import SwitchableBus
 from visioninapp.backends.events import LocalEventLog
-from visioninapp.backends.storage import LocalArtifactStore
+from visioninapp.backends.storage import ChecksumMismatch, LocalArtifactStore, sha256_file
 from visioninapp.datasets import DatasetError, fetch_dataset, validate_dataset
 from visioninapp.events import TrainingEvent
 from visioninapp.synth import generate_dataset
@@ -72,11 +74,128 @@ def test_many_bad_files_are_summarised(dataset: Path, tmp_path: Path) -> None:
         validate_dataset(dataset, "data.yaml", tmp_path / "resolved.yaml")
 
 
-def test_local_dataset_is_used_in_place_and_missing_one_is_named(dataset: Path, tmp_path: Path) -> None:
+def test_local_dataset_is_copied_and_missing_one_is_named(dataset: Path, tmp_path: Path) -> None:
     store = LocalArtifactStore()
-    assert fetch_dataset(store, dataset.as_uri(), "data.yaml", tmp_path / "x") == dataset
+    fetched = fetch_dataset(store, dataset.as_uri(), "data.yaml", tmp_path / "x")
+    assert fetched == tmp_path / "x"  # a private copy: training never writes into the store
+    assert _tree(fetched) == _tree(dataset)
     with pytest.raises(DatasetError, match=r"dataset not found: .*/missing/data\.yaml"):
         fetch_dataset(store, (tmp_path / "missing").as_uri(), "data.yaml", tmp_path / "x")
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _publish(dataset: Path, store_root: Path) -> str:
+    """The dataset as the API publishes it: files, then manifest.json naming them."""
+    from visioninapp.api.ingest import manifest_of, upload_version
+
+    files, digest = manifest_of(dataset)
+    uri = (store_root / "v1").as_uri()
+    upload_version(dataset, files, digest, LocalArtifactStore(), uri)
+    return uri
+
+
+def test_fetch_takes_exactly_the_manifests_files(dataset: Path, tmp_path: Path) -> None:
+    uri = _publish(dataset, tmp_path / "store")
+    stored = tmp_path / "store" / "v1"
+    # Leftovers of a crashed upload under the same prefix: images, labels, a stale cache.
+    (stored / "images" / "train" / "stale.jpg").write_bytes(
+        (dataset / "images/train/train_00000.jpg").read_bytes()
+    )
+    (stored / "labels" / "train" / "stale.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    (stored / "labels" / "train.cache").write_bytes(b"x")
+    target = tmp_path / "work"
+    (target / "images" / "train").mkdir(parents=True)
+    (target / "images" / "train" / "old.jpg").write_bytes(b"from an earlier attempt")
+    fetch_dataset(LocalArtifactStore(), uri, "data.yaml", target)
+    assert _tree(target) == _tree(dataset)  # nothing more, nothing less
+    # A file changed after publication is refused by its sha256.
+    (stored / "labels" / "val" / "val_00000.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    with pytest.raises(ChecksumMismatch):
+        fetch_dataset(LocalArtifactStore(), uri, "data.yaml", tmp_path / "work2")
+
+
+def test_manifest_paths_cannot_leave_the_target(dataset: Path, tmp_path: Path) -> None:
+    uri = _publish(dataset, tmp_path / "store")
+    manifest = tmp_path / "store" / "v1" / "manifest.json"
+    body = json.loads(manifest.read_text())
+    body["files"].append({"path": "../../escaped.txt", "sha256": "0" * 64, "size": 1})
+    manifest.write_text(json.dumps(body))
+    with pytest.raises(DatasetError, match="leaves the dataset folder"):
+        fetch_dataset(LocalArtifactStore(), uri, "data.yaml", tmp_path / "work")
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_training_preparation_leaves_the_stored_version_unchanged(dataset: Path, tmp_path: Path) -> None:
+    """ultralytics writes labels/*.cache next to the labels: into the private copy, not the store."""
+    from ultralytics.data.dataset import YOLODataset
+
+    uri = _publish(dataset, tmp_path / "store")
+    before = _tree(tmp_path / "store")
+    root = fetch_dataset(LocalArtifactStore(), uri, "data.yaml", tmp_path / "work" / "dataset")
+    validate_dataset(root, "data.yaml", tmp_path / "work" / "data.resolved.yaml")
+    data = yaml.safe_load((tmp_path / "work" / "data.resolved.yaml").read_text())
+    for split in ("train", "val"):
+        built = YOLODataset(img_path=str(Path(data["path"]) / data[split]), data=data, augment=False)
+        assert len(built) > 0
+    assert (root / "labels" / "train.cache").is_file()  # ultralytics did write its cache ...
+    assert _tree(tmp_path / "store") == before  # ... and not into the stored version
+
+
+def test_resolved_yaml_drops_download_and_other_keys(dataset: Path, tmp_path: Path) -> None:
+    text = (dataset / "data.yaml").read_text()
+    (dataset / "data.yaml").write_text(
+        text + "download: import os; os.system('touch /tmp/pwned')\ntest: /etc\n"
+    )
+    validate_dataset(dataset, "data.yaml", tmp_path / "resolved.yaml")
+    resolved = yaml.safe_load((tmp_path / "resolved.yaml").read_text())
+    assert set(resolved) == {"path", "train", "val", "nc", "names"}
+
+
+OUTSIDE_SPLITS = [
+    ("train: /etc\nval: images/val\nnames: [a, b, c, d]\n", "leaves the dataset folder"),
+    ("train: ../other/images/train\nval: images/val\nnames: [a, b, c, d]\n", "leaves the dataset folder"),
+    ("train: list.txt\nval: images/val\nnames: [a, b, c, d]\n", "leaves the dataset folder"),
+    ("train: linked\nval: images/val\nnames: [a, b, c, d]\n", "through a symlink"),
+]
+
+
+@pytest.mark.parametrize(("data_yaml", "message"), OUTSIDE_SPLITS)
+def test_split_paths_stay_inside_the_dataset(
+    dataset: Path, tmp_path: Path, data_yaml: str, message: str
+) -> None:
+    other = tmp_path / "other"
+    generate_dataset(other, train=2, val=1, imgsz=64, seed=9)
+    (dataset / "list.txt").write_text(f"images/train/train_00000.jpg\n{other}/images/train/train_00000.jpg\n")
+    (dataset / "linked").symlink_to(other / "images" / "train")
+    (dataset / "data.yaml").write_text(data_yaml)
+    with pytest.raises(DatasetError, match=message):
+        validate_dataset(dataset, "data.yaml", tmp_path / "resolved.yaml")
+
+
+def test_yaml_alias_bomb_and_control_characters_are_refused(dataset: Path, tmp_path: Path) -> None:
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
+        for i in range(8)
+    )
+    (dataset / "data.yaml").write_text(bomb + "train: images/train\nval: images/val\nnames: [*i]\n")
+    assert len((dataset / "data.yaml").read_bytes()) < 400
+    with pytest.raises(DatasetError, match="aliases"):
+        validate_dataset(dataset, "data.yaml", tmp_path / "resolved.yaml")
+    (dataset / "data.yaml").write_text(
+        'train: images/train\nval: images/val\nnames: ["ok", "bad\\u0007bell"]\n'
+    )
+    with pytest.raises(DatasetError, match="control characters"):
+        validate_dataset(dataset, "data.yaml", tmp_path / "resolved.yaml")
+    (dataset / "data.yaml").write_bytes(b"train: images/train\nval: images/val\nnames: [\xff\xfe]\n")
+    with pytest.raises(DatasetError, match="not UTF-8"):
+        validate_dataset(dataset, "data.yaml", tmp_path / "resolved.yaml")
+    (dataset / "data.yaml").write_text("train: images/train\nval: images/val\nnames: [a, b, c, d]\n")
+    (dataset / "labels" / "train" / "train_00000.txt").write_bytes(b"0 0.5 0.5 0.1 0.1 \xff\n")
+    with pytest.raises(DatasetError, match="not UTF-8"):
+        validate_dataset(dataset, "data.yaml", tmp_path / "resolved.yaml")
 
 
 def test_config_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

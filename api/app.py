@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from visioninapp import __version__
 from visioninapp.api.errors import ErrorBody, install_error_handlers
 from visioninapp.api.routes import activity, datasets, deployments, models, projects, summaries, training
+from visioninapp.api.routes.common import no_control_characters
 from visioninapp.api.services import Services
 
 __all__ = ["create_app"]
@@ -105,7 +106,11 @@ def create_app(services: Services, background: bool = False) -> FastAPI:
 
     app.add_middleware(RequestIdMiddleware)
 
-    api = APIRouter(prefix="/api/v1", responses=_ERRORS)  # type: ignore[arg-type]
+    api = APIRouter(
+        prefix="/api/v1",
+        responses=_ERRORS,  # type: ignore[arg-type]
+        dependencies=[Depends(no_control_characters)],  # NUL & co. in any parameter: a 422, not a 500
+    )
     for module in (projects, training, models, deployments, datasets, summaries, activity):
         api.include_router(module.router)
     app.include_router(api)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 from visioninapp.resources.edgedeployment import EdgeDeploymentSpec
@@ -14,6 +15,68 @@ from visioninapp.resources.trainingjob import TrainingJobSpec
 T = TypeVar("T")
 
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+# Top-level folders of the platform's artifact store: a project of that name would have its runs'
+# outputs (`<artifacts>/<project>/`) among the platform's datasets, feedback frames or log archive.
+RESERVED_PROJECT_NAMES = frozenset({"datasets", "feedback", "logs"})
+
+# Control characters (C0, DEL, C1) and the bidirectional overrides that make text read otherwise
+# than it is stored: never in a name shown to people. Free text may keep tab and line breaks.
+_NAME_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_TEXT_FORBIDDEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _display_name(value: str) -> str:
+    found = _NAME_FORBIDDEN.search(value)
+    if found:
+        raise ValueError(f"control or bidi-override character U+{ord(found.group()):04X} is not allowed")
+    return value
+
+
+def _free_text(value: str) -> str:
+    found = _TEXT_FORBIDDEN.search(value)
+    if found:
+        raise ValueError(
+            f"control character U+{ord(found.group()):04X} is not allowed (tab and line breaks are)"
+        )
+    return value
+
+
+DisplayName = Annotated[str, AfterValidator(_display_name)]
+FreeText = Annotated[str, AfterValidator(_free_text)]
+
+# Kubernetes label syntax (k8s.io/apimachinery/pkg/util/validation): a key is `[prefix/]name`, the
+# name 1-63 characters [A-Za-z0-9] with `-_.` inside, the prefix a DNS subdomain of at most 253; a
+# value is empty or 1-63 characters of the name's alphabet. The platform's own prefixes are reserved.
+_LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_RESERVED_LABEL_PREFIXES = ("kubernetes.io", "k8s.io", "visioninapp.io")
+MAX_LABELS = 64
+MAX_ANNOTATIONS_BYTES = 256 * 1024  # the API server's limit on all annotations of an object together
+
+
+def label_key_problem(key: str) -> str | None:
+    prefix, slash, name = key.rpartition("/")
+    if slash:
+        if not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix):
+            return "the prefix must be a lowercase DNS subdomain of at most 253 characters, e.g. example.com"
+        if any(prefix == r or prefix.endswith("." + r) for r in _RESERVED_LABEL_PREFIXES):
+            return f"the prefix {prefix!r} is reserved for the platform"
+    if not name or len(name) > 63 or not _LABEL_NAME.fullmatch(name):
+        return (
+            "the name must be 1 to 63 characters: letters, digits, '-', '_' or '.', starting and "
+            "ending with a letter or digit"
+        )
+    return None
+
+
+def label_value_problem(value: str) -> str | None:
+    if value and (len(value) > 63 or not _LABEL_NAME.fullmatch(value)):
+        return (
+            "a value is empty or 1 to 63 characters: letters, digits, '-', '_' or '.', starting and "
+            "ending with a letter or digit"
+        )
+    return None
 
 
 class Body(BaseModel):
@@ -31,8 +94,17 @@ class ProjectIn(Body):
     name: str = Field(
         min_length=1, max_length=63, pattern=NAME_PATTERN, description="Also the Kubernetes namespace."
     )
-    display_name: str = Field("", max_length=200)
-    description: str = Field("", max_length=2000)
+    display_name: DisplayName = Field("", max_length=200, description="No control characters.")
+    description: FreeText = Field("", max_length=2000)
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name in RESERVED_PROJECT_NAMES:
+            raise ValueError(
+                f"{name!r} is reserved (a folder of the platform's artifact store); choose another name"
+            )
+        return name
 
 
 class ProjectOut(Body):
@@ -55,7 +127,25 @@ class MemberOut(Body):
 class TrainingJobIn(Body):
     name: str = Field(min_length=1, max_length=253, pattern=NAME_PATTERN)
     spec: TrainingJobSpec
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=MAX_LABELS,
+        description=f"Kubernetes labels of the TrainingJob (at most {MAX_LABELS}): keys `[prefix/]name` "
+        "(name 1-63 of `[A-Za-z0-9]` with `-_.` inside; prefix a DNS subdomain of at most 253, "
+        "not `kubernetes.io`, `k8s.io` or `visioninapp.io`), values empty or 1-63 of the same.",
+    )
+
+    @field_validator("labels")
+    @classmethod
+    def _kubernetes_labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        for key, value in labels.items():
+            problem = label_key_problem(key)
+            if problem:
+                raise ValueError(f"label key {key!r}: {problem}")
+            problem = label_value_problem(value)
+            if problem:
+                raise ValueError(f"label value {value!r} (key {key!r}): {problem}")
+        return labels
 
 
 class EpochOut(Body):
@@ -190,7 +280,7 @@ class NotificationOut(Body):
 
 class DatasetIn(Body):
     name: str = Field(min_length=1, max_length=63, pattern=NAME_PATTERN)
-    description: str = Field("", max_length=2000)
+    description: FreeText = Field("", max_length=2000)
 
 
 class DatasetVersionOut(Body):
@@ -230,7 +320,7 @@ class FeedbackOut(Body):
 class FeedbackAccept(Body):
     ids: list[int] = Field(min_length=1, max_length=1000)
     dataset: str = Field(min_length=1, max_length=63, pattern=NAME_PATTERN)
-    note: str = Field("", max_length=2000)
+    note: FreeText = Field("", max_length=2000)
 
 
 class DetectionOut(Body):

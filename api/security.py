@@ -27,6 +27,7 @@ __all__ = [
 ]
 
 ROLES = ("viewer", "member", "admin")
+PROJECT_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"  # a DNS label: projects are namespaces
 _RANK = {role: rank for rank, role in enumerate(ROLES)}
 
 
@@ -73,7 +74,8 @@ def role_cache_prefix(project: str) -> str:
 
 def role_in(services: Services, user: Principal, project: str) -> str | None:
     """The caller's role in a project (None: not a member, or no such project), cached briefly."""
-    key = f"{role_cache_prefix(project)}{user.uid}:{user.email or ''}:{int(user.is_platform_admin)}"
+    # The identities, not the raw email: a token whose email is not verified must not share an entry.
+    key = f"{role_cache_prefix(project)}{'|'.join(user.identities)}:{int(user.is_platform_admin)}"
     cached = services.cache.get(key)
     if cached is not None:
         return cached.decode() or None
@@ -112,7 +114,9 @@ def _access(minimum: str):  # type: ignore[no-untyped-def]
         request: Request,
         services: ServicesDep,
         user: CurrentUser,
-        project: Annotated[str, Path(description="Project (namespace) name.", max_length=63)],
+        project: Annotated[
+            str, Path(description="Project (namespace) name.", max_length=63, pattern=PROJECT_PATTERN)
+        ],
     ) -> Access:
         role = role_in(services, user, project)
         if role is None:  # the same answer whether it does not exist or is not yours: nothing leaks

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -14,17 +16,22 @@ from sqlalchemy import func, select
 
 from visioninapp.api.db import EdgeWindow, EpochMetric, LogLine, Membership, Notification
 from visioninapp.api.errors import ApiError
-from visioninapp.api.routes.common import Limit, Offset
+from visioninapp.api.routes.common import OBJECT_NAME_PATTERN, Limit, Offset
 from visioninapp.api.routes.training import epoch_view
 from visioninapp.api.schemas import NotificationOut, Page, SearchHitOut
-from visioninapp.api.security import CurrentUser, ProjectReader, ServicesDep, role_in
+from visioninapp.api.security import PROJECT_PATTERN, CurrentUser, ProjectReader, ServicesDep, role_in
 from visioninapp.api.services import Services
 from visioninapp.backends.elastic import COLLECTIONS
 
 router = APIRouter(tags=["activity"])
+log = logging.getLogger(__name__)
+Collection = Literal[COLLECTIONS]  # type: ignore[valid-type]
 
 POLL_SECONDS = 1.0
 HEARTBEAT_SECONDS = 15.0
+# A stream ends after this long (after a poll); the client reconnects with its Last-Event-ID, so
+# nothing is lost, and no connection (or proxy slot) is held forever.
+STREAM_MAX_SECONDS = 3600.0
 
 
 @router.get("/search", response_model=list[SearchHitOut], summary="Full-text search over your projects")
@@ -32,9 +39,12 @@ def search(
     services: ServicesDep,
     user: CurrentUser,
     q: Annotated[str, Query(min_length=1, max_length=200, description="Words to find.")],
-    project: Annotated[str | None, Query(max_length=63, description="Only this project.")] = None,
+    project: Annotated[
+        str | None, Query(max_length=63, pattern=PROJECT_PATTERN, description="Only this project.")
+    ] = None,
     collections: Annotated[
-        list[str] | None, Query(description=f"Only these collections: {', '.join(COLLECTIONS)}.")
+        list[Collection] | None,
+        Query(max_length=len(COLLECTIONS), description=f"Only these collections: {', '.join(COLLECTIONS)}."),
     ] = None,
     limit: Limit = 20,
 ) -> Any:
@@ -104,13 +114,19 @@ def list_notifications(
 
 # The live stream: new rows since a cursor, one cursor per table, resumable through Last-Event-ID.
 _TABLES = {"epoch": EpochMetric, "log": LogLine, "notification": Notification, "edge": EdgeWindow}
+# `kind-id` parts joined by dots, e.g. `epoch-12.log-40.notification-0.edge-7`; ids are ASCII digits
+# that fit a signed 64-bit column (18 digits), so a cursor never reaches SQL as an overflow.
+_PART = rf"({'|'.join(_TABLES)})-[0-9]{{1,18}}"
+CURSOR_PATTERN = rf"^{_PART}(\.{_PART}){{0,{len(_TABLES) - 1}}}$"
+_CURSOR_HELP = "A cursor: an event id of this stream, e.g. `epoch-12.log-40.notification-0.edge-7`."
 
 
 def _cursor(text: str | None) -> dict[str, int]:
+    """The cursor of a validated id (CURSOR_PATTERN): unnamed kinds start at 0."""
     cursor = dict.fromkeys(_TABLES, 0)
     for part in (text or "").split("."):
         name, _, value = part.partition("-")
-        if name in cursor and value.isdigit():
+        if name in cursor and value.isascii() and value.isdigit():
             cursor[name] = int(value)
     return cursor
 
@@ -176,9 +192,15 @@ async def events(
     request: Request,
     access: ProjectReader,
     services: ServicesDep,
-    training_job: Annotated[str | None, Query(alias="trainingJob", max_length=253)] = None,
-    after: Annotated[str | None, Query(max_length=200, description="Cursor to resume from.")] = None,
-    last_event_id: Annotated[str | None, Header(max_length=200)] = None,
+    training_job: Annotated[
+        str | None, Query(alias="trainingJob", max_length=253, pattern=OBJECT_NAME_PATTERN)
+    ] = None,
+    after: Annotated[
+        str | None, Query(max_length=200, pattern=CURSOR_PATTERN, description=_CURSOR_HELP)
+    ] = None,
+    last_event_id: Annotated[
+        str | None, Header(max_length=200, pattern=CURSOR_PATTERN, description=_CURSOR_HELP)
+    ] = None,
 ) -> StreamingResponse:
     cursor = _cursor(last_event_id or after)
     project = access.project
@@ -186,8 +208,15 @@ async def events(
     async def stream() -> AsyncIterator[bytes]:
         yield b"retry: 2000\n\n"
         quiet = 0.0
+        ends = time.monotonic() + STREAM_MAX_SECONDS
         while not await request.is_disconnected():
-            found = await run_in_threadpool(_fresh, services, project, cursor, training_job)
+            try:
+                found = await run_in_threadpool(_fresh, services, project, cursor, training_job)
+            except Exception:  # the 200 is sent: say so in the stream, and let the client reconnect
+                log.exception("event stream of %s failed at %s", project, _cursor_text(cursor))
+                message = {"message": "the stream failed; reconnect with the last event id"}
+                yield f"event: error\ndata: {json.dumps(message)}\n\n".encode()
+                return
             for kind, row_id, data in found:
                 cursor[kind] = row_id
                 yield f"event: {kind}\nid: {_cursor_text(cursor)}\ndata: {json.dumps(data)}\n\n".encode()
@@ -198,6 +227,8 @@ async def events(
                 if quiet >= HEARTBEAT_SECONDS:
                     quiet = 0.0
                     yield b": keep-alive\n\n"
+            if time.monotonic() >= ends:
+                return
             await asyncio.sleep(POLL_SECONDS)
 
     return StreamingResponse(

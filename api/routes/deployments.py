@@ -11,9 +11,11 @@ from sqlalchemy import func, select
 from visioninapp.api.db import EdgeWindow
 from visioninapp.api.routes.common import (
     Limit,
+    ObjectName,
     Offset,
     Sort,
     cached_json,
+    check_output_uri,
     invalidate,
     list_cache_prefix,
     page,
@@ -73,6 +75,8 @@ def list_deployments(
     summary="Roll a model out to edge nodes (creates an EdgeDeployment)",
 )
 def create_deployment(body: DeploymentIn, access: ProjectWriter, services: ServicesDep) -> Any:
+    if not access.user.is_platform_admin:  # edge pods write hard frames there: the project's prefix only
+        check_output_uri(services, access.project, body.spec.feedback.uri, "spec.feedback.uri")
     obj = {
         "apiVersion": API_VERSION,
         "kind": KIND,
@@ -94,7 +98,7 @@ def _strip(item: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.get("/projects/{project}/deployments/{name}", response_model=DeploymentOut, summary="One deployment")
-def get_deployment(name: str, access: ProjectReader, services: ServicesDep) -> Any:
+def get_deployment(name: ObjectName, access: ProjectReader, services: ServicesDep) -> Any:
     return _strip(deployment_out(services.clusters.rollout.get(KIND, access.project, name)))
 
 
@@ -103,7 +107,9 @@ def get_deployment(name: str, access: ProjectReader, services: ServicesDep) -> A
     response_model=DeploymentOut,
     summary="Change the model (a new rollout) or pause/resume",
 )
-def patch_deployment(name: str, body: DeploymentPatch, access: ProjectWriter, services: ServicesDep) -> Any:
+def patch_deployment(
+    name: ObjectName, body: DeploymentPatch, access: ProjectWriter, services: ServicesDep
+) -> Any:
     spec: dict[str, Any] = {}
     if body.model is not None:
         spec["modelRef"] = body.model
@@ -124,7 +130,7 @@ def patch_deployment(name: str, body: DeploymentPatch, access: ProjectWriter, se
     "or retry a rolled-back revision",
 )
 def rollout_action(
-    name: str,
+    name: ObjectName,
     action: Annotated[
         Literal["promote", "rollback", "retry"], Path(description="What the operator should do.")
     ],
@@ -143,7 +149,7 @@ def rollout_action(
 
 
 @router.delete("/projects/{project}/deployments/{name}", status_code=204, summary="Delete a deployment")
-def delete_deployment(name: str, access: ProjectWriter, services: ServicesDep) -> None:
+def delete_deployment(name: ObjectName, access: ProjectWriter, services: ServicesDep) -> None:
     services.clusters.rollout.delete(KIND, access.project, name)
     invalidate(services, access.project, KIND, "ModelArtifact")
 
@@ -153,7 +159,7 @@ def delete_deployment(name: str, access: ProjectWriter, services: ServicesDep) -
     response_model=list[NodeOut],
     summary="Per-node model, readiness and heartbeat (operator status + the newest EdgeEvent)",
 )
-def deployment_nodes(name: str, access: ProjectReader, services: ServicesDep) -> Any:
+def deployment_nodes(name: ObjectName, access: ProjectReader, services: ServicesDep) -> Any:
     obj = services.clusters.rollout.get(KIND, access.project, name)
     status = obj.get("status") or {}
     nodes: dict[str, dict[str, Any]] = {

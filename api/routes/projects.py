@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -109,6 +109,23 @@ def list_members(access: ProjectReader, services: ServicesDep) -> Any:
         return [MemberOut(principal=m.principal, role=m.role).model_dump(by_alias=True) for m in rows]
 
 
+# A Firebase uid (at most 128 characters) or an email (at most 254): no whitespace or control characters.
+PrincipalName = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=254,
+        pattern=r"^[^\x00-\x20\x7f-\x9f]+$",
+        description="Firebase uid or email (an email counts only for tokens whose email is verified).",
+    ),
+]
+
+
+def _admins(session: Session, project: str) -> list[Membership]:
+    query = select(Membership).where(Membership.project_name == project, Membership.role == "admin")
+    return list(session.scalars(query).all())
+
+
 def _membership(session: Session, project: str, principal: str) -> Membership | None:
     query = select(Membership).where(Membership.project_name == project, Membership.principal == principal)
     return session.scalars(query).first()
@@ -119,29 +136,28 @@ def _membership(session: Session, project: str, principal: str) -> Membership | 
     response_model=MemberOut,
     summary="Add a member or change a role (project admins)",
 )
-def put_member(principal: str, body: MemberIn, access: ProjectAdmin, services: ServicesDep) -> Any:
-    if not principal or len(principal) > 254:
-        raise ApiError(422, "principal must be a Firebase uid or an email, 1 to 254 characters")
+def put_member(principal: PrincipalName, body: MemberIn, access: ProjectAdmin, services: ServicesDep) -> Any:
     with services.db.session() as session:
         member = _membership(session, access.project, principal)
         if member is None:
             session.add(Membership(project_name=access.project, principal=principal, role=body.role))
         else:
+            if member.role == "admin" and body.role != "admin" and len(_admins(session, access.project)) == 1:
+                raise ApiError(
+                    409, "cannot demote the last admin of a project; make someone else admin first"
+                )
             member.role = body.role
     services.cache.delete_prefix(role_cache_prefix(access.project))
     return {"principal": principal, "role": body.role}
 
 
 @router.delete("/projects/{project}/members/{principal}", status_code=204, summary="Remove a member")
-def delete_member(principal: str, access: ProjectAdmin, services: ServicesDep) -> None:
+def delete_member(principal: PrincipalName, access: ProjectAdmin, services: ServicesDep) -> None:
     with services.db.session() as session:
         member = _membership(session, access.project, principal)
         if member is None:
             raise ApiError(404, f"{principal!r} is not a member of {access.project!r}")
-        admins = session.scalars(
-            select(Membership).where(Membership.project_name == access.project, Membership.role == "admin")
-        ).all()
-        if member.role == "admin" and len(admins) == 1:
+        if member.role == "admin" and len(_admins(session, access.project)) == 1:
             raise ApiError(409, "cannot remove the last admin of a project; make someone else admin first")
         session.delete(member)
     services.cache.delete_prefix(role_cache_prefix(access.project))

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from visioninapp.api.db import Dataset, DatasetVersion, EpochMetric, RunSummary, TrainingRun
 from visioninapp.api.errors import ApiError
-from visioninapp.api.routes.common import Limit, Offset, page
+from visioninapp.api.routes.common import Limit, ObjectName, Offset, page
 from visioninapp.api.routes.training import create_training_job
 from visioninapp.api.schemas import Page, ProposalAccept, SummaryOut, TrainingJobIn, TrainingJobOut
 from visioninapp.api.security import ProjectReader, ProjectWriter, ServicesDep
@@ -102,7 +102,7 @@ def gather(services: Services, project: str, name: str) -> RunFacts:
     status_code=201,
     summary="Write a summary with recommendations and a next-run proposal",
 )
-def create_summary(name: str, access: ProjectWriter, services: ServicesDep) -> Any:
+def create_summary(name: ObjectName, access: ProjectWriter, services: ServicesDep) -> Any:
     facts = gather(services, access.project, name)
     try:
         chat_model = chat_model_from(services.settings.llm_model)
@@ -138,7 +138,7 @@ def _latest(services: Services, project: str, name: str) -> RunSummary | None:
     summary="Summaries of a run, newest first (empty until one is written)",
 )
 def list_summaries(
-    name: str, access: ProjectReader, services: ServicesDep, limit: Limit = 20, offset: Offset = 0
+    name: ObjectName, access: ProjectReader, services: ServicesDep, limit: Limit = 20, offset: Offset = 0
 ) -> Any:
     with services.db.session() as session:
         rows = session.scalars(
@@ -155,7 +155,9 @@ def list_summaries(
     status_code=201,
     summary="Start the proposed next run",
 )
-def accept_proposal(name: str, body: ProposalAccept, access: ProjectWriter, services: ServicesDep) -> Any:
+def accept_proposal(
+    name: ObjectName, body: ProposalAccept, access: ProjectWriter, services: ServicesDep
+) -> Any:
     latest = _latest(services, access.project, name)
     if latest is None:
         raise ApiError(404, f"no summary of {name!r} yet: write one first (POST .../summary)")

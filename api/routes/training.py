@@ -8,18 +8,24 @@ from fastapi import APIRouter, Query
 from sqlalchemy import select
 
 from visioninapp.api.db import EpochMetric, LogLine, TrainingRun
-from visioninapp.api.errors import ApiError
+from visioninapp.api.errors import ApiError, ErrorDetail
 from visioninapp.api.routes.common import (
     Limit,
+    ObjectName,
     Offset,
     Sort,
+    below,
     cached_json,
+    check_output_uri,
     invalidate,
     list_cache_prefix,
     page,
+    plain_relative_path,
     sort_items,
+    store_base,
 )
 from visioninapp.api.schemas import (
+    MAX_ANNOTATIONS_BYTES,
     EpochOut,
     LogLineOut,
     Page,
@@ -27,9 +33,11 @@ from visioninapp.api.schemas import (
     TrainingJobIn,
     TrainingJobOut,
 )
-from visioninapp.api.security import ProjectReader, ProjectWriter, ServicesDep
+from visioninapp.api.security import Access, ProjectReader, ProjectWriter, ServicesDep
+from visioninapp.api.services import Services
 from visioninapp.api.sync import record_run
 from visioninapp.resources import API_VERSION
+from visioninapp.resources.trainingjob import TrainingJobPhase, TrainingJobSpec
 
 router = APIRouter(tags=["training"])
 KIND = "TrainingJob"
@@ -100,7 +108,7 @@ def _all_jobs(services: Any, project: str) -> list[dict[str, Any]]:
 def list_training_jobs(
     access: ProjectReader,
     services: ServicesDep,
-    phase: Annotated[str | None, Query(max_length=32, description="Only runs in this phase.")] = None,
+    phase: Annotated[TrainingJobPhase | None, Query(description="Only runs in this phase.")] = None,
     include_history: Annotated[bool, Query(alias="includeHistory", description="Also deleted runs.")] = True,
     sort: Sort = "-createdAt",
     limit: Limit = 50,
@@ -126,6 +134,7 @@ def list_training_jobs(
     summary="Start a training run (creates a TrainingJob)",
 )
 def create_training_job(body: TrainingJobIn, access: ProjectWriter, services: ServicesDep) -> Any:
+    check_references(body.spec, access, services)
     obj = manifest(body, access.project, access.user.label)
     created = services.clusters.training.create(obj)
     with services.db.session() as session:
@@ -134,7 +143,58 @@ def create_training_job(body: TrainingJobIn, access: ProjectWriter, services: Se
     return from_cr(created)
 
 
+def check_references(spec: TrainingJobSpec, access: Access, services: Services) -> None:
+    """What a run reads and writes stays in its project (platform admins may name any URI):
+
+    - `spec.dataset.uri`: a dataset of the project, `datasets/<project>/...` (a key in the
+      platform's artifact store, as the dataset routes store them) or the same under its full URI;
+      `spec.dataset.dataYaml` a plain path inside that folder;
+    - `spec.output.uri`: empty (the default, `<artifacts>/<project>/<run>/`) or under
+      `<artifacts>/<project>/`;
+    - `spec.model.baseModel`: a ModelArtifact of the project (for everyone: the operator looks it up
+      in the run's namespace, and a name that is not there is a mistake to say now, not later).
+    """
+    project = access.project
+    if not access.user.is_platform_admin:
+        uri = spec.dataset.uri
+        relative = f"datasets/{project}"
+        absolute = f"{store_base(services)}/{relative}"
+        if not (below(uri, relative) or below(uri, absolute)):
+            message = (
+                f"spec.dataset.uri: {uri!r} is not a dataset of project {project!r}; use one of its "
+                f"dataset versions, {relative}/<dataset>/v<N> (or {absolute}/<dataset>/v<N>), as "
+                f"GET /api/v1/projects/{project}/datasets lists them; only platform admins may train "
+                "on other URIs"
+            )
+            raise ApiError(403, message, [ErrorDetail(field="spec.dataset.uri", message=message)])
+        if not plain_relative_path(spec.dataset.data_yaml):
+            message = (
+                f"spec.dataset.dataYaml: {spec.dataset.data_yaml!r} must be a path inside the dataset "
+                "folder (relative, no `..`), e.g. `data.yaml`"
+            )
+            raise ApiError(422, message, [ErrorDetail(field="spec.dataset.dataYaml", message=message)])
+        check_output_uri(services, project, spec.output.uri, "spec.output.uri")
+    base = spec.model.base_model
+    if base is not None:
+        try:
+            services.clusters.training.get("ModelArtifact", project, base)
+        except ApiError as error:
+            if error.status != 404:
+                raise
+            message = (
+                f"spec.model.baseModel: no ModelArtifact {base!r} in project {project!r}; fine-tune "
+                f"from one of its models (GET /api/v1/projects/{project}/models)"
+            )
+            raise ApiError(
+                422, message, [ErrorDetail(field="spec.model.baseModel", message=message)]
+            ) from None
+
+
 def manifest(body: TrainingJobIn, project: str, creator: str) -> dict[str, Any]:
+    annotations = {"visioninapp.io/created-by": creator}
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in annotations.items())
+    if size > MAX_ANNOTATIONS_BYTES:  # the API server's limit; no field of the body can reach it today
+        raise ApiError(422, f"metadata.annotations: {size} bytes, at most {MAX_ANNOTATIONS_BYTES}")
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
@@ -142,7 +202,7 @@ def manifest(body: TrainingJobIn, project: str, creator: str) -> dict[str, Any]:
             "name": body.name,
             "namespace": project,
             "labels": body.labels,
-            "annotations": {"visioninapp.io/created-by": creator},
+            "annotations": annotations,
         },
         "spec": body.spec.wire(),
     }
@@ -153,7 +213,7 @@ def manifest(body: TrainingJobIn, project: str, creator: str) -> dict[str, Any]:
     response_model=TrainingJobDetail,
     summary="One run with its epoch history",
 )
-def get_training_job(name: str, access: ProjectReader, services: ServicesDep) -> Any:
+def get_training_job(name: ObjectName, access: ProjectReader, services: ServicesDep) -> Any:
     with services.db.session() as session:
         epochs = session.scalars(
             select(EpochMetric)
@@ -180,7 +240,7 @@ def get_training_job(name: str, access: ProjectReader, services: ServicesDep) ->
     summary="Log lines of a run, oldest first; `q` filters by text",
 )
 def get_logs(
-    name: str,
+    name: ObjectName,
     access: ProjectReader,
     services: ServicesDep,
     q: Annotated[str | None, Query(max_length=200, description="Only lines containing this text.")] = None,
@@ -212,14 +272,14 @@ def _set_suspend(name: str, project: str, services: Any, suspend: bool) -> dict[
     response_model=TrainingJobOut,
     summary="Suspend a run (its pod stops; resume continues from the last checkpoint)",
 )
-def suspend(name: str, access: ProjectWriter, services: ServicesDep) -> Any:
+def suspend(name: ObjectName, access: ProjectWriter, services: ServicesDep) -> Any:
     return _set_suspend(name, access.project, services, True)
 
 
 @router.post(
     "/projects/{project}/training-jobs/{name}/resume", response_model=TrainingJobOut, summary="Resume a run"
 )
-def resume(name: str, access: ProjectWriter, services: ServicesDep) -> Any:
+def resume(name: ObjectName, access: ProjectWriter, services: ServicesDep) -> Any:
     return _set_suspend(name, access.project, services, False)
 
 
@@ -228,6 +288,6 @@ def resume(name: str, access: ProjectWriter, services: ServicesDep) -> Any:
     status_code=204,
     summary="Delete the TrainingJob (its Job and pods go with it; the history and artifacts stay)",
 )
-def delete_training_job(name: str, access: ProjectWriter, services: ServicesDep) -> None:
+def delete_training_job(name: ObjectName, access: ProjectWriter, services: ServicesDep) -> None:
     services.clusters.training.delete(KIND, access.project, name)
     invalidate(services, access.project, KIND)

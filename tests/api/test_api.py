@@ -6,9 +6,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import jwt
 import pytest
 
-from tests.api.conftest import ApiEnv
+from tests.api.conftest import ApiEnv, Tokens
 from visioninapp.resources import API_VERSION
 
 pytestmark = pytest.mark.services
@@ -18,6 +19,18 @@ TJ_SPEC = {
     "dataset": {"uri": "s3://datasets/helmets/v1"},
     "hyperparameters": {"epochs": 5, "imgsz": 320},
 }
+
+
+def member_spec(project: str) -> dict[str, Any]:
+    """TJ_SPEC on a dataset of the project: what a member (not a platform admin) may train on."""
+    return {**TJ_SPEC, "dataset": {"uri": f"datasets/{project}/helmets/v1"}}
+
+
+def id_token_headers(tokens: Tokens, uid: str, **claims: Any) -> dict[str, str]:
+    """A token of the test issuer with extra claims, e.g. `email=..., email_verified=True`."""
+    base = jwt.decode(tokens.token(uid), options={"verify_signature": False})
+    token = jwt.encode({**base, **claims}, tokens.key, algorithm="RS256", headers={"kid": "local-key"})
+    return {"Authorization": f"Bearer {token}"}
 
 
 def artifact(
@@ -56,14 +69,16 @@ def test_projects_are_namespaces_and_members_see_only_theirs(api: ApiEnv) -> Non
 
 def test_training_job_lifecycle_through_the_api(api: ApiEnv) -> None:
     project = api.new_project({"alice": "member", "vera": "viewer"})
-    alice = api.as_user("alice", email="alice@example.com")
+    alice = id_token_headers(api.tokens, "alice", email="alice@example.com", email_verified=True)
     created = api.client.post(
-        f"/api/v1/projects/{project}/training-jobs", json={"name": "run-1", "spec": TJ_SPEC}, headers=alice
+        f"/api/v1/projects/{project}/training-jobs",
+        json={"name": "run-1", "spec": member_spec(project)},
+        headers=alice,
     )
     assert created.status_code == 201, created.text
     cr = api.cluster.get("visioninapp.io", "trainingjobs", project, "run-1")
     assert cr is not None and cr["spec"]["hyperparameters"]["epochs"] == 5
-    assert cr["metadata"]["annotations"]["visioninapp.io/created-by"] == "alice@example.com"
+    assert cr["metadata"]["annotations"]["visioninapp.io/created-by"] == "alice@example.com"  # verified
 
     # A CR applied by kubectl or GitOps in the namespace appears as well.
     api.cluster.create(

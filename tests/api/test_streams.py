@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.api.conftest import ApiEnv
-from tests.api.test_api import TJ_SPEC, artifact, wait_for
+from tests.api.test_api import artifact, member_spec, wait_for
 from visioninapp.api.consumers import wait_drained
 from visioninapp.api.db import EpochMetric, LogLine, Notification
 from visioninapp.api.sync import ClusterSync
@@ -44,7 +44,7 @@ def test_training_events_land_once_in_sql_search_and_s3(api: ApiEnv) -> None:
     project = api.new_project({"alice": "member"})
     api.client.post(
         f"/api/v1/projects/{project}/training-jobs",
-        json={"name": "run-1", "spec": TJ_SPEC},
+        json={"name": "run-1", "spec": member_spec(project)},
         headers=api.as_user("alice"),
     )
     stream = api.settings.training_stream
@@ -160,7 +160,7 @@ def test_run_outcomes_become_notifications_once_and_reach_the_webhook(api: ApiEn
         api.client.post(
             f"/api/v1/projects/{project}/training-jobs",
             headers=api.as_user("alice"),
-            json={"name": "run-1", "spec": TJ_SPEC},
+            json={"name": "run-1", "spec": member_spec(project)},
         )
         api.cluster.patch(
             "visioninapp.io",

@@ -56,12 +56,7 @@ class FirebaseAuthenticator(Authenticator):
             raise AuthError(f"invalid ID token: {error}") from None
         if float(claims.get("exp", 0)) < time.time() - CLOCK_SKEW_SECONDS:
             raise AuthError("the ID token has expired: sign in again to get a fresh one")
-        uid = str(claims["uid"])
-        email = claims.get("email")
-        is_admin = (
-            claims.get("admin") is True or uid in self._admins or (email in self._admins if email else False)
-        )
-        return Principal(uid=uid, email=email, is_platform_admin=is_admin)
+        return Principal.from_claims(claims, self._admins)
 
     def close(self) -> None:
         firebase_admin.delete_app(self._app)

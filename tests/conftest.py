@@ -166,8 +166,9 @@ def auth_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield host
 
 
-def sign_up(host: str, email: str, password: str = "secret-password") -> str:
-    """Create a user through the emulator's REST API (as the Firebase JS SDK calls it); its ID token."""
+def sign_up(host: str, email: str, password: str = "secret-password", verified: bool = False) -> str:
+    """Create a user through the emulator's REST API (as the Firebase JS SDK calls it); its ID token
+    (with `verified`, after the email was verified: roles come from verified emails only)."""
     import httpx
 
     response = httpx.post(
@@ -176,4 +177,32 @@ def sign_up(host: str, email: str, password: str = "secret-password") -> str:
         timeout=30,
     )
     response.raise_for_status()
-    return str(response.json()["idToken"])
+    token = str(response.json()["idToken"])
+    return verify_email(host, token, password) if verified else token
+
+
+def verify_email(host: str, id_token: str, password: str = "secret-password") -> str:
+    """Mark the user's email verified (what the emulator's verification link does); a fresh token.
+
+    The new state is in tokens issued afterwards only, as with Firebase: sign in again.
+    """
+    import httpx
+
+    base = f"http://{host}/identitytoolkit.googleapis.com/v1"
+    looked = httpx.post(f"{base}/accounts:lookup?key=any-key", json={"idToken": id_token}, timeout=30)
+    looked.raise_for_status()
+    user = looked.json()["users"][0]
+    updated = httpx.post(
+        f"{base}/projects/{FIREBASE_PROJECT}/accounts:update",
+        json={"localId": user["localId"], "emailVerified": True},
+        headers={"Authorization": "Bearer owner"},  # the emulator's admin credential
+        timeout=30,
+    )
+    updated.raise_for_status()
+    signed_in = httpx.post(
+        f"{base}/accounts:signInWithPassword?key=any-key",
+        json={"email": user["email"], "password": password, "returnSecureToken": True},
+        timeout=30,
+    )
+    signed_in.raise_for_status()
+    return str(signed_in.json()["idToken"])

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from tests.api.conftest import ApiEnv
-from tests.api.test_api import TJ_SPEC, artifact
+from tests.api.test_api import artifact, member_spec
 from visioninapp.synth import CLASS_NAMES, generate_dataset
 
 pytestmark = pytest.mark.services
@@ -185,9 +185,12 @@ def test_summary_recommends_and_its_proposal_starts_the_next_run(api: ApiEnv) ->
 
     project = api.new_project({"alice": "member"})
     alice = api.as_user("alice")
-    api.client.post(
-        f"/api/v1/projects/{project}/training-jobs", json={"name": "run-1", "spec": TJ_SPEC}, headers=alice
+    created = api.client.post(
+        f"/api/v1/projects/{project}/training-jobs",
+        json={"name": "run-1", "spec": member_spec(project)},
+        headers=alice,
     )
+    assert created.status_code == 201, created.text
     scores = [0.2, 0.4, 0.6, 0.55, 0.5, 0.45]  # peaks at epoch 3, then overfits
     publish(
         api,
@@ -202,6 +205,9 @@ def test_summary_recommends_and_its_proposal_starts_the_next_run(api: ApiEnv) ->
         "run-1",
         {"status": {"phase": "Succeeded", "artifact": "run-1-v1"}},
         subresource="status",
+    )
+    api.cluster.create(
+        "visioninapp.io", "modelartifacts", project, artifact("run-1-v1", project, map5095=0.3)
     )
     written = api.client.post(f"/api/v1/projects/{project}/training-jobs/run-1/summary", headers=alice)
     assert written.status_code == 201, written.text

@@ -9,41 +9,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.api.conftest import build_settings
-from tests.conftest import FIREBASE_PROJECT, sign_up
+from tests.conftest import sign_up, verify_email
 from visioninapp.cluster.cluster import Cluster
 
 pytestmark = pytest.mark.services
-
-PASSWORD = "secret-password"
-
-
-def verify_email(host: str, id_token: str) -> str:
-    """Mark the user's email verified (what the emulator's verification link does); a fresh token.
-
-    The new state is in tokens issued afterwards only, as with Firebase: sign in again.
-    """
-    base = f"http://{host}/identitytoolkit.googleapis.com/v1"
-    looked = httpx.post(f"{base}/accounts:lookup?key=any-key", json={"idToken": id_token}, timeout=30)
-    looked.raise_for_status()
-    user = looked.json()["users"][0]
-    updated = httpx.post(
-        f"{base}/projects/{FIREBASE_PROJECT}/accounts:update",
-        json={"localId": user["localId"], "emailVerified": True},
-        headers={"Authorization": "Bearer owner"},  # the emulator's admin credential
-        timeout=30,
-    )
-    updated.raise_for_status()
-    signed_in = httpx.post(
-        f"{base}/accounts:signInWithPassword?key=any-key",
-        json={"email": user["email"], "password": PASSWORD, "returnSecureToken": True},
-        timeout=30,
-    )
-    signed_in.raise_for_status()
-    return str(signed_in.json()["idToken"])
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -67,7 +67,7 @@ try {
   await step("create-training-job", async () => {
     await page.getByRole("link", { name: "New training run" }).click();
     await page.getByLabel("Name", { exact: true }).fill("e2e-run");
-    await page.getByLabel("Dataset URI").fill("s3://datasets/shapes/v1");
+    await page.getByLabel("Dataset URI").fill("datasets/vision/shapes/v1");
     await page.getByLabel("epochs").fill("3");
     await page.getByLabel("imgsz").fill("320");
     const yaml = await page.getByLabel("TrainingJob YAML").textContent();

@@ -84,9 +84,9 @@ def console(
         wait_for_port(port, 30, "the API")
         import httpx
 
-        admin = {"Authorization": f"Bearer {sign_up(auth_emulator, boss)}"}
-        sign_up(auth_emulator, dev)
-        sign_up(auth_emulator, vera)
+        admin = {"Authorization": f"Bearer {sign_up(auth_emulator, boss, verified=True)}"}
+        sign_up(auth_emulator, dev, verified=True)
+        sign_up(auth_emulator, vera, verified=True)
         base = f"http://127.0.0.1:{port}/api/v1"
         assert httpx.post(f"{base}/projects", json={"name": "vision"}, headers=admin).status_code == 201
         for email, role in ((dev, "member"), (vera, "viewer")):

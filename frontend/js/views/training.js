@@ -40,7 +40,7 @@ async function form(project) {
   const architecture = h("select", { class: "form-select" },
     architectures.map((a) => h("option", { value: a, selected: a === "yolo11n" }, a)));
   const dataset = h("input", { class: "form-control", required: true, list: "dataset-versions",
-    placeholder: "s3://bucket/datasets/helmets/v1" });
+    placeholder: `datasets/${project}/helmets/v1` });
   const datalist = h("datalist", { id: "dataset-versions" }, versions.map((v) => h("option", { value: v.uri }, v.label)));
   const numbers = {};
   for (const key of ["epochs", "imgsz", "batch", "lr0", "patience"]) numbers[key] = numberInput(h, hyper[key]);
@@ -74,7 +74,7 @@ async function form(project) {
   const formEl = h("form", { novalidate: true, oninput: refresh, onchange: refresh },
     field("Name", name, "Lowercase letters, digits and '-'."),
     field("Architecture", architecture),
-    field("Dataset URI", dataset, "A dataset version of this project, or any s3:// folder with a data.yaml."), datalist,
+    field("Dataset URI", dataset, "A dataset version of this project (platform admins: any folder with a data.yaml)."), datalist,
     h("div", { class: "row" }, Object.entries(numbers).map(([key, input]) =>
       h("div", { class: "col-6 col-lg-4" }, field(key, input, limits(hyper[key]))))),
     h("div", { class: "row" },

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -12,10 +10,10 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from visioninapp import __version__
 from visioninapp.api.errors import ErrorBody, install_error_handlers
+from visioninapp.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from visioninapp.api.routes import activity, datasets, deployments, models, projects, summaries, training
 from visioninapp.api.routes.common import no_control_characters
 from visioninapp.api.services import Services
@@ -38,46 +36,6 @@ _ERRORS = {
         (502, "The Kubernetes API failed"),
     )
 }
-
-
-class RequestIdMiddleware:
-    """Gives each request an id (X-Request-ID in, or a new one), returns it, and logs one line.
-
-    Plain ASGI rather than BaseHTTPMiddleware: no extra task and no body buffering per request.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        incoming = dict(scope["headers"]).get(b"x-request-id", b"")[:64].decode("latin-1")
-        rid = incoming or uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = rid
-        started = time.perf_counter()
-        status = 500
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            log.info(
-                "%s %s %d %.1fms rid=%s user=%s",
-                scope["method"],
-                scope["path"],
-                status,
-                (time.perf_counter() - started) * 1000,
-                rid,
-                scope["state"].get("user", "-"),
-            )
 
 
 def create_app(services: Services, background: bool = False) -> FastAPI:
@@ -104,7 +62,11 @@ def create_app(services: Services, background: bool = False) -> FastAPI:
     app.state.services = services
     install_error_handlers(app)
 
-    app.add_middleware(RequestIdMiddleware)
+    # Multipart uploads are spooled to disk before a route runs: their size is limited while read.
+    # (The largest upload plus room for the form's other parts.)
+    limit = services.settings.api_max_upload_mb * 2**20 + 2**20
+    app.add_middleware(BodyLimitMiddleware, limit=limit)
+    app.add_middleware(RequestIdMiddleware, log_requests=True)  # outermost: a 413 has the id too
 
     api = APIRouter(
         prefix="/api/v1",

@@ -16,26 +16,25 @@ import argparse
 import hmac
 import logging
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import generate_latest
 from pydantic import BaseModel, Field
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from visioninapp.api.errors import ApiError, error_response, install_error_handlers
+from visioninapp.api.errors import ApiError, install_error_handlers
+from visioninapp.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from visioninapp.backends.auth import is_loopback
 from visioninapp.edge.models import ModelSpec
 from visioninapp.edge.runtime import EdgeRuntime, ModelGovernedError, NoModelError
 from visioninapp.images import ImageError
 from visioninapp.settings import Settings
 
-__all__ = ["MAX_UPLOAD_BYTES", "BodyLimitMiddleware", "create_app", "main"]
+__all__ = ["MAX_UPLOAD_BYTES", "create_app", "main"]
 
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 log = logging.getLogger(__name__)
@@ -46,65 +45,6 @@ class DesiredModel(BaseModel):
     sha256: str = Field(pattern=r"^[a-f0-9]{64}$", description="Expected sha256 of the file.")
     format: str = Field("onnx", pattern=r"^(onnx|onnx-int8|tensorrt)$")
     version: str | None = Field(None, max_length=253, description="Name reported in responses.")
-
-
-def _too_large(size: str, limit: int) -> str:
-    return f"request body too large: {size}, at most {limit:,} bytes ({limit // 2**20} MiB)"
-
-
-class RequestIdMiddleware:
-    """Gives each request an id (X-Request-ID in, or a new one) for the error body and the response."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        rid = dict(scope["headers"]).get(b"x-request-id", b"")[:64].decode("latin-1") or uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = rid
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
-
-
-class BodyLimitMiddleware:
-    """Refuses request bodies over `limit` bytes while reading them: a declared Content-Length at once,
-    a chunked (or lying) body as soon as the bytes received pass the limit. Nothing over the limit is
-    ever held; what was received is dropped with the request."""
-
-    def __init__(self, app: ASGIApp, limit: int = MAX_UPLOAD_BYTES) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.limit:
-            response = error_response(Request(scope), 413, _too_large(f"{int(declared):,} bytes", self.limit))
-            await response(scope, receive, send)
-            return
-        received = 0
-
-        async def limited() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    # Raised inside the request: the app's handlers answer it in the error body
-                    # (FastAPI re-raises HTTPExceptions met while it reads a body).
-                    raise HTTPException(413, _too_large(f"over {self.limit:,} bytes sent", self.limit))
-            return message
-
-        await self.app(scope, limited, send)
 
 
 def create_app(runtime: EdgeRuntime, start: bool = True, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> FastAPI:

@@ -1,7 +1,7 @@
 """Model-list throughput and latency of the API with and without the Redis cache, in one run.
 
-The API runs as a real uvicorn process (MariaDB, Redis, the cluster emulator holding 200
-ModelArtifacts); an async client sends a fixed number of requests over 50 connections to
+The API runs as a real uvicorn process (MariaDB, Redis, a real Kubernetes control plane in its own
+processes holding 200 ModelArtifacts); an async client sends a fixed number of requests over 50 connections to
 `GET /api/v1/projects/{p}/models`. The baseline is the same server with a cache that never hits.
 Auth is the local admin on loopback (no token checks) in both runs. Goals: cached req/s >= 3x
 uncached, cached p99 < 100 ms.
@@ -23,6 +23,7 @@ import uuid
 from pathlib import Path
 
 import aiohttp
+from goals import Goals
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -191,7 +192,11 @@ def main() -> None:
         print(f"{variant:9s} {rate:8.0f} req/s   p50 {p50:7.1f} ms   p99 {p99:7.1f} ms")
     ratio = summary["cached"][0] / summary["uncached"][0]
     cached_p99 = summary["cached"][2]
-    print(f"cached/uncached: {ratio:.1f}x req/s (goal >= 3x); cached p99 {cached_p99:.1f} ms (goal < 100)")
+    print("goals:")
+    goals = Goals("api_load")
+    goals.at_least("cached / uncached req/s", ratio, 3.0, "x")
+    goals.at_most("cached p99", cached_p99, 100.0, "ms", strict=True)
+    goals.finish()
 
 
 def model(i: int) -> dict[str, object]:

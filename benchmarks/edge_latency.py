@@ -29,6 +29,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from goals import Goals
 
 RSS_SCRIPT = {
     "edge": """
@@ -164,6 +165,7 @@ def main() -> None:
         server.should_exit = True
 
         floor = statistics.median(timings["floor (session.run)"])
+        p50s = {name: statistics.median(values) for name, values in timings.items()}
         print(
             f"model yolo11n {args.imgsz}x{args.imgsz}, image bus.jpg, {args.rounds} interleaved rounds, "
             f"provider {detector.provider}"
@@ -185,17 +187,22 @@ def main() -> None:
             )
             rss[name] = int(out.stdout.strip().splitlines()[-1]) / 1024
         print(
-            f"peak RSS: edge runtime {rss['edge']:.0f} MiB, "
-            f"ultralytics + torch {rss['ultralytics']:.0f} MiB, "
-            f"ratio {rss['edge'] / rss['ultralytics']:.2f} (goal <= 0.33)"
+            f"peak RSS: edge runtime {rss['edge']:.0f} MiB, ultralytics + torch {rss['ultralytics']:.0f} MiB"
         )
         edge_deps = _requirements("onnxruntime") + _requirements("opencv-python-headless") + ["numpy"]
         heavy = _requirements("ultralytics") + _requirements("torch") + _requirements("torchvision")
         edge_size, heavy_size = _distribution_size(edge_deps), _distribution_size(heavy)
         print(
             f"installed size: edge inference deps {edge_size / 2**20:.0f} MiB, ultralytics + torch "
-            f"{heavy_size / 2**20:.0f} MiB, ratio {edge_size / heavy_size:.3f} (goal <= 0.20)"
+            f"{heavy_size / 2**20:.0f} MiB"
         )
+        print("goals:")
+        goals = Goals("edge_latency")
+        goals.at_most("runtime / floor", p50s["runtime (bytes -> dict)"] / floor, 1.10, "x")
+        goals.at_most("HTTP / floor", p50s["runtime over HTTP"] / floor, 1.20, "x")
+        goals.at_most("peak RSS / ultralytics'", rss["edge"] / rss["ultralytics"], 0.33, "x")
+        goals.at_most("installed size / ultralytics + torch", edge_size / heavy_size, 0.20, "x")
+        goals.finish()
 
 
 if __name__ == "__main__":

@@ -49,12 +49,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from goals import Goals
 from realcluster import (
     AuditLog,
     Counts,
     cpu_seconds,
     describe_counts,
-    goal_line,
     identity,
     log_problems,
     metric_delta,
@@ -370,6 +370,7 @@ def main() -> None:
             print(f"  RolledBack condition: {r['rolled_back'][:160]}")
         print(f"  error lines in the operator's log so far: {r['log_problems']}")
     print("\ngoals (each phase):")
+    goals = Goals("rollout_scale")
     for label, m in medians.items():
         last = runs[-1][label]
         top = ", ".join(f"{v} {res}" for (v, res), _ in last["requests"].most_common(3))
@@ -380,10 +381,9 @@ def main() -> None:
             f"~{sum(seen.values()) / nodes:.1f} watch events per node ({events}), and a re-plan over all "
             f"{nodes} nodes and pods at most twice a second"
         )
-        print(goal_line(f"{label}: operator CPU per node", m["cpu_ms_per_node"], 5.0, "ms", why))
-        print(
-            goal_line(f"{label}: requests per node", m["requests_per_node"], 3.0, "", f"most frequent: {top}")
-        )
+        goals.at_most(f"{label}: operator CPU per node", m["cpu_ms_per_node"], 5.0, "ms", why)
+        goals.at_most(f"{label}: requests per node", m["requests_per_node"], 3.0, "", f"most frequent: {top}")
+    goals.finish()
 
 
 def watched_writes(served: Counts) -> dict[str, int]:

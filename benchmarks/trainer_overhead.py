@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import yaml
+from goals import Goals
 
 from visioninapp.synth import generate_dataset
 
@@ -114,7 +115,10 @@ def main() -> None:
     base, cand = statistics.median(plain), statistics.median(ours)
     print(f"plain ultralytics (train + ONNX export) median: {base:.2f} s")
     print(f"visioninapp-trainer (events + checkpoint every epoch) median: {cand:.2f} s")
-    print(f"ratio: {cand / base:.3f}  (goal <= 1.03)")
+    print("goals:")
+    goals = Goals("trainer_overhead")
+    goals.at_most("visioninapp-trainer / plain ultralytics", cand / base, 1.03, "x")
+    goals.finish()
 
 
 if __name__ == "__main__":

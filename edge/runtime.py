@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from visioninapp.backends.events import EventBus
 from visioninapp.backends.storage import ArtifactStore
+from visioninapp.edge.identity import EdgeCredentials, NodeIdentity
 from visioninapp.edge.inference import DetectionResult
 from visioninapp.edge.models import ModelManager, ModelSpec
 from visioninapp.edge.telemetry import FeedbackPolicy, FeedbackSpool, Spool, WindowStats, publish_spool
@@ -60,6 +61,24 @@ class _Metrics:
         self.spooled_frames = Gauge("visioninapp_edge_spooled_frames", "Feedback frames waiting", registry=r)
 
 
+def node_s3_store(settings: Settings, credentials: EdgeCredentials) -> ArtifactStore:
+    """An S3 store signing with this node's own keys (not the ambient AWS_* of the pod)."""
+    import boto3
+    from botocore.config import Config
+
+    from visioninapp.backends.s3 import S3ArtifactStore
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        region_name=settings.s3_region,
+        aws_access_key_id=credentials.access_key_id,
+        aws_secret_access_key=credentials.secret_access_key,
+        config=Config(retries={"max_attempts": 2, "mode": "standard"}),
+    )
+    return S3ArtifactStore(client=client)
+
+
 class EdgeRuntime:
     def __init__(self, settings: Settings, bus: EventBus | None = None) -> None:
         self.settings = settings
@@ -74,8 +93,21 @@ class EdgeRuntime:
         self.window = WindowStats()
         self.events = Spool(state / "events", ".json")
         self.feedback = FeedbackSpool(
-            state / "feedback", settings.resolved_feedback_uri, settings.deployment, settings.node_name
+            state / "feedback",
+            settings.resolved_feedback_uri,
+            settings.namespace,
+            settings.deployment,
+            settings.node_name,
         )
+        # the node's own S3 keys from the operator's exchange, when it runs one (never the fleet's)
+        self.identity = (
+            NodeIdentity(
+                settings.edge_identity_url, settings.edge_identity_token_file, settings.edge_identity_ca_file
+            )
+            if settings.edge_identity_url
+            else None
+        )
+        self._s3: tuple[EdgeCredentials, ArtifactStore] | None = None
         self.policy = FeedbackPolicy(
             settings.feedback_enabled,
             settings.feedback_min_score,
@@ -94,7 +126,12 @@ class EdgeRuntime:
     # --- wiring -------------------------------------------------------------------------------
 
     def _store_for(self, uri: str) -> ArtifactStore:
-        return artifact_store_for(uri, self.settings)
+        if self.identity is None or not uri.startswith("s3://"):
+            return artifact_store_for(uri, self.settings)
+        credentials = self.identity.credentials()
+        if self._s3 is None or self._s3[0] != credentials:
+            self._s3 = (credentials, node_s3_store(self.settings, credentials))
+        return self._s3[1]
 
     def _model_changed(self) -> None:
         self.metrics.model.clear()
@@ -240,6 +277,8 @@ class EdgeRuntime:
         if self.feedback.spool.items():
             try:
                 self.feedback.upload(self._store_for(self.feedback.prefix))
+                if self.identity is not None and self.feedback.spool.items():
+                    self.identity.credentials(refresh=True)  # refused keys: rotated or revoked?
             except Exception as error:  # a misconfigured store must not stop the runtime
                 log.error("feedback upload failed: %s", error)
         self.metrics.spooled_events.set(len(self.events.items()))

@@ -3,7 +3,9 @@
 Every window the runtime writes one `EdgeEvent` into a spool directory; a sync pass publishes the
 spool to `edge-events` with the spool number as publishing id (a resend after a crash is dropped by
 the stream) and deletes what was confirmed. Low-confidence frames are sampled, rate-limited, and
-spooled the same way until their upload to `<feedback uri>/<deployment>/<node>/` succeeds.
+spooled the same way until their upload to `<feedback uri>/<namespace>/<deployment>/<node>/`
+succeeds (`visioninapp.feedback.feedback_prefix`), each named `<spool id>-<number>`: the spool id is
+drawn once per spool directory, so a node whose state was wiped never overwrites its earlier frames.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import secrets
 import threading
 import time
 from collections import Counter
@@ -24,6 +27,7 @@ import numpy as np
 from visioninapp.backends.events import EventBus
 from visioninapp.backends.storage import ArtifactStore, join_uri
 from visioninapp.events import EdgeEvent
+from visioninapp.feedback import feedback_prefix
 
 __all__ = ["FeedbackPolicy", "FeedbackSpool", "Spool", "WindowStats"]
 
@@ -160,15 +164,31 @@ class FeedbackPolicy:
 
 
 class FeedbackSpool:
-    """Hard frames waiting for upload (image + detections JSON)."""
+    """Hard frames waiting for upload (image + detections JSON) to this node's own prefix."""
 
-    def __init__(self, directory: Path, uri: str, deployment: str, node: str) -> None:
+    def __init__(self, directory: Path, uri: str, namespace: str, deployment: str, node: str) -> None:
         self.spool = Spool(directory, ".json")
-        self.prefix = join_uri(uri, deployment, node)
+        self.prefix = feedback_prefix(uri, namespace, deployment, node)
+        self.spool_id = self._spool_id(directory)
+
+    @staticmethod
+    def _spool_id(directory: Path) -> str:
+        """Random, drawn when the spool directory is new: numbers restart with a new directory."""
+        path = directory / "spool-id"
+        if path.exists() and (text := path.read_text().strip()):
+            return text
+        value = secrets.token_hex(6)
+        partial = directory / ".spool-id.partial"
+        partial.write_text(value)
+        partial.replace(path)
+        return value
 
     def add(self, image: bytes, detections: list[dict[str, object]], model: str | None) -> None:
         record = {"time": datetime.now(UTC).isoformat(), "model": model, "detections": detections}
         self.spool.add(json.dumps(record).encode(), {".jpg": image})
+
+    def object_uri(self, stem: str, suffix: str) -> str:
+        return join_uri(self.prefix, f"{self.spool_id}-{stem}{suffix}")
 
     def upload(self, store: ArtifactStore) -> int:
         uploaded = 0
@@ -177,9 +197,9 @@ class FeedbackSpool:
             image = path.with_name(f"{stem}.jpg")
             try:
                 if image.exists():
-                    store.put_file(image, join_uri(self.prefix, f"{stem}.jpg"))
-                store.put_file(path, join_uri(self.prefix, f"{stem}.json"))
-            except Exception as error:  # offline: keep the frame
+                    store.put_file(image, self.object_uri(stem, ".jpg"))
+                store.put_file(path, self.object_uri(stem, ".json"))  # the record last: it marks a frame
+            except Exception as error:  # offline (or refused): keep the frame
                 log.info("feedback frames spooled (%d): %s", len(self.spool.items()), error)
                 break
             self.spool.remove(path)

@@ -60,6 +60,26 @@ class OperatorConfig(BaseSettings):
         description="Image of the edge runtime pods (L4T arm64 on Jetsons).",
     )
     edge_env: dict[str, str] = Field(default_factory=dict, description="Plain environment for the edge pods.")
+    edge_identity: bool = Field(
+        False,
+        description="Per-node edge credentials: each edge pod trades its projected token at the operator "
+        "(`edge_identity_port`) for an IAM access key of its node in its namespace, scoped to that node's "
+        "feedback prefixes and the namespace's models; a Node labelled `visioninapp.io/edge-revoked=true` "
+        "is cut off. Keep S3 keys out of `edge_env` then.",
+    )
+    edge_identity_port: int = Field(8443, ge=1, le=65535, description="Port of the credential exchange.")
+    edge_identity_url: str | None = Field(
+        None,
+        description="URL edge pods reach the exchange at (the operator's Service, "
+        "`https://…:8443/v1/edge/credentials`).",
+    )
+    edge_identity_tls_cert: str | None = Field(
+        None, description="Certificate (PEM) of the exchange; plain HTTP without it (tests only)."
+    )
+    edge_identity_tls_key: str | None = Field(None, description="Private key (PEM) of that certificate.")
+    edge_identity_iam_endpoint_url: str | None = Field(
+        None, description="IAM endpoint issuing the node keys; AWS IAM when empty."
+    )
     edge_runtime_class: str | None = Field(
         None, description="RuntimeClass of the edge pods (`nvidia` on Jetsons without it as default)."
     )

@@ -30,6 +30,8 @@ from visioninapp.factory import artifact_store_for, build_event_bus
 from visioninapp.kubeclient import Kube, KubeError, load_connection
 from visioninapp.operator.artifacts import artifact_status, mirror_copy, needs_verification, verify_formats
 from visioninapp.operator.config import OperatorConfig
+from visioninapp.operator.edge_identity import EdgeIdentities
+from visioninapp.operator.edge_identity import start as start_identities
 from visioninapp.operator.metrics import Metrics
 from visioninapp.operator.progress import CONSUMER, ProgressTracker, consume_progress
 from visioninapp.operator.rollout import (
@@ -115,6 +117,7 @@ class Operator:
         self.no_starts = asyncio.Event()  # set while none is
         self.no_starts.set()
         self.trainer_env, self.edge_env = self.service_env(training=True), self.service_env(training=False)
+        self.identities: EdgeIdentities | None = None  # per-node edge credentials (config.edge_identity)
 
     # reading
 
@@ -493,6 +496,7 @@ class Operator:
                 env=env,
                 cache_path=self.config.edge_cache_path,
                 runtime_class=self.config.edge_runtime_class,
+                identity_url=self.config.edge_identity_url if self.config.edge_identity else None,
             )
 
         return build
@@ -832,6 +836,10 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
             operator.tasks.append(asyncio.create_task(operator.resync_rollouts()))
             operator.tasks.append(asyncio.create_task(operator.watch_edge_pods()))
             operator.tasks.append(asyncio.create_task(operator.consume_health()))
+            if config.edge_identity:
+                operator.identities, _ = await start_identities(
+                    operator.kube, operator, config, operator.settings
+                )
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
@@ -906,6 +914,8 @@ def register_rollout(registry: kopf.OperatorRegistry) -> None:
             operator.nodes.pop(name, None)
         else:
             operator.nodes[name] = _plain(body)
+        if operator.identities is not None:
+            operator.identities.node_changed(name, operator.nodes.get(name))
         for namespace, deployment in list(operator.deployments):
             await operator.reconcile_deployment(namespace, deployment)
 

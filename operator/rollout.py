@@ -45,6 +45,8 @@ ACTION_ANNOTATION = "visioninapp.io/rollout-action"  # promote | rollback | retr
 IN_USE_FINALIZER = "visioninapp.io/in-use"
 ARTIFACT_FORMAT = {"onnx": "onnx", "tensorrt": "onnx", "onnx-int8": "onnx-int8"}
 NODES_SHOWN = 100
+IDENTITY_AUDIENCE = "visioninapp-edge"  # operator/edge_identity.py AUDIENCE
+TOKEN_FILE = "/var/run/secrets/visioninapp/edge/token"
 CONDITION_TYPES = ("ModelReady", "Progressing", "Available", "RolledBack", "Paused")
 
 
@@ -123,8 +125,13 @@ def desired_daemonset(
     env: dict[str, str] | None = None,
     cache_path: str = "/var/lib/visioninapp/models",
     runtime_class: str | None = None,
+    identity_url: str | None = None,
 ) -> tuple[Obj, str]:
-    """The DaemonSet (updateStrategy OnDelete) serving `model` (a format entry of `artifact`)."""
+    """The DaemonSet (updateStrategy OnDelete) serving `model` (a format entry of `artifact`).
+
+    With `identity_url` the pods get no S3 keys at all: a projected token (audience
+    `visioninapp-edge`, bound to the pod and so to its node) that the runtime trades at that URL for
+    its node's own credentials (operator/edge_identity.py)."""
     spec, name = ed.spec, ed.metadata.name
     runtime = spec.runtime
     feedback = spec.feedback
@@ -150,6 +157,14 @@ def desired_daemonset(
         "VISIONINAPP_FEEDBACK_MAX_FRAMES_PER_HOUR": str(feedback.max_frames_per_hour),
         **({"VISIONINAPP_FEEDBACK_URI": feedback.uri} if feedback.uri else {}),
         **(env or {}),
+        **(
+            {
+                "VISIONINAPP_EDGE_IDENTITY_URL": identity_url,
+                "VISIONINAPP_EDGE_IDENTITY_TOKEN_FILE": TOKEN_FILE,
+            }
+            if identity_url
+            else {}
+        ),
     }
     downward = [
         {"name": "VISIONINAPP_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -190,6 +205,15 @@ def desired_daemonset(
     }
     if runtime_class:
         template["spec"]["runtimeClassName"] = runtime_class
+    if identity_url:
+        token = {"audience": IDENTITY_AUDIENCE, "expirationSeconds": 3600, "path": "token"}
+        template["spec"]["automountServiceAccountToken"] = False  # the exchange token only, no API access
+        template["spec"]["volumes"].append(
+            {"name": "edge-identity", "projected": {"sources": [{"serviceAccountToken": token}]}}
+        )
+        template["spec"]["containers"][0]["volumeMounts"].append(
+            {"name": "edge-identity", "mountPath": TOKEN_FILE.rsplit("/", 1)[0], "readOnly": True}
+        )
     revision = template_revision(template)
     template["metadata"]["labels"][REVISION_LABEL] = revision
     template["spec"]["containers"][0]["env"].append({"name": "VISIONINAPP_REVISION", "value": revision})

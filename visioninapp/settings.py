@@ -146,6 +146,18 @@ class Settings(BaseSettings):
     feedback_uri: str | None = Field(
         None, description="Prefix for frames; artifacts_uri/feedback when empty."
     )
+    edge_identity_url: str | None = Field(
+        None,
+        description="The operator's credential exchange (`https://…/v1/edge/credentials`): the edge pod "
+        "trades its projected token for its node's own S3 credentials; the ambient ones when empty.",
+    )
+    edge_identity_token_file: Path = Field(
+        Path("/var/run/secrets/visioninapp/edge/token"),
+        description="The pod's projected ServiceAccount token (audience `visioninapp-edge`).",
+    )
+    edge_identity_ca_file: Path | None = Field(
+        None, description="CA bundle that signs the exchange's certificate (https); the system's when empty."
+    )
     # Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     log_format: Literal["text", "json"] = Field("text", description="`json` for structured logs.")

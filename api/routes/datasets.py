@@ -43,6 +43,7 @@ from visioninapp.api.security import ProjectReader, ProjectWriter, ServicesDep
 from visioninapp.api.services import Services
 from visioninapp.backends.storage import ObjectNotFound, join_uri
 from visioninapp.datasets import IMAGE_SUFFIXES, fetch_dataset
+from visioninapp.feedback import feedback_frame, feedback_prefix
 from visioninapp.images import ImageError, read_image
 
 router = APIRouter(tags=["datasets"])
@@ -345,7 +346,9 @@ def get_dataset_version(name: str, version: int, access: ProjectReader, services
     raise ApiError(404, f"{name} has no version {version}")
 
 
-# Feedback: hard frames the edge uploaded under <feedback uri>/<deployment>/<node>/<stem>.{jpg,json}.
+# Feedback: hard frames the edge uploaded under
+# <feedback uri>/<namespace>/<deployment>/<node>/<stem>.{jpg,json} (visioninapp.feedback): a project
+# only ever lists its own namespace's prefix.
 
 
 def feedback_out(frame: FeedbackFrame) -> dict[str, Any]:
@@ -368,16 +371,20 @@ def feedback_out(frame: FeedbackFrame) -> dict[str, Any]:
     summary="Import new hard frames of the project's deployments from the artifact store",
 )
 def sync_feedback(access: ProjectWriter, services: ServicesDep) -> Any:
-    base = services.settings.resolved_feedback_uri
-    store = services.store_for(base)
     imported = []
     for deployment in services.clusters.rollout.list("EdgeDeployment", access.project):
         name = deployment["metadata"]["name"]
-        for stored in store.list(join_uri(base, name)):
-            if not stored.uri.endswith(".json"):
+        # where its pods write: the deployment's own feedback URI, or the platform's
+        base = (deployment.get("spec", {}).get("feedback") or {}).get("uri") or (
+            services.settings.resolved_feedback_uri
+        )
+        store = services.store_for(base)
+        for stored in store.list(feedback_prefix(base, access.project, name)):
+            ref = feedback_frame(base, access.project, stored.uri)
+            if ref is None or ref.deployment != name:
                 continue
             image_uri = stored.uri[: -len(".json")] + ".jpg"
-            node = stored.uri.rsplit("/", 2)[-2]
+            node = ref.node
             with services.db.session() as session:
                 if session.scalars(
                     select(FeedbackFrame.id).where(FeedbackFrame.image_uri == image_uri)

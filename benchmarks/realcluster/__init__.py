@@ -39,7 +39,6 @@ __all__ = [
     "Counts",
     "cpu_seconds",
     "describe_counts",
-    "goal_line",
     "identity",
     "log_problems",
     "metric_delta",
@@ -204,15 +203,6 @@ def describe_counts(counts: Counts, per: int, limit: int = 8) -> str:
     if rest:
         shown.append(f"other {rest / per:.2f}")
     return ", ".join(shown) or "none"
-
-
-def goal_line(label: str, value: float, limit: float, unit: str, why: str, strict: bool = False) -> str:
-    """`label: value unit (goal <= limit unit) — met`, or `— MISSED by X unit (Y%): why`."""
-    met = value < limit if strict else value <= limit
-    sign = "<" if strict else "<="
-    unit = f" {unit}" if unit else ""
-    verdict = "met" if met else f"MISSED by {value - limit:.2f}{unit} ({value / limit - 1:.0%} over): {why}"
-    return f"  {label}: {value:.2f}{unit} (goal {sign} {limit:g}{unit}) — {verdict}"
 
 
 def start_process(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:

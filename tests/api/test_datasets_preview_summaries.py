@@ -15,6 +15,7 @@ from PIL import Image
 
 from tests.api.conftest import ApiEnv
 from tests.api.test_api import artifact, member_spec
+from visioninapp.feedback import feedback_prefix
 from visioninapp.synth import CLASS_NAMES, generate_dataset
 
 pytestmark = pytest.mark.services
@@ -110,18 +111,21 @@ def test_feedback_frames_become_a_new_dataset_version(api: ApiEnv, dataset_dir: 
         json={"name": "dock", "spec": {"modelRef": "m1"}},
         headers=alice,
     )
-    # What an edge runtime uploads: <feedback uri>/<deployment>/<node>/<stem>.{jpg,json}
+    # What an edge runtime uploads: <feedback uri>/<namespace>/<deployment>/<node>/<stem>.{jpg,json};
+    # another project's deployment of the same name writes beside it, and is never imported here.
     feedback = api.settings.resolved_feedback_uri
     store = api.services.store_for(feedback)
     frame = io.BytesIO()
     Image.fromarray(np.full((96, 128, 3), 200, np.uint8)).save(frame, format="JPEG")
-    store.put_bytes(frame.getvalue(), f"{feedback}/dock/jetson-0/000001.jpg")
     record = {
         "time": "2026-11-23T10:00:00+00:00",
         "model": "m1",
         "detections": [{"box": [10, 20, 50, 60], "score": 0.31, "classId": 1, "className": CLASS_NAMES[1]}],
     }
-    store.put_bytes(json.dumps(record).encode(), f"{feedback}/dock/jetson-0/000001.json")
+    for namespace, node in ((project, "jetson-0"), (f"{project}-other", "jetson-9")):
+        prefix = feedback_prefix(feedback, namespace, "dock", node)
+        store.put_bytes(frame.getvalue(), f"{prefix}abc123-000000000001.jpg")
+        store.put_bytes(json.dumps(record).encode(), f"{prefix}abc123-000000000001.json")
 
     synced = api.client.post(f"/api/v1/projects/{project}/feedback/sync", headers=alice).json()
     assert [f["node"] for f in synced["items"]] == ["jetson-0"]

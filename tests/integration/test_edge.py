@@ -285,7 +285,7 @@ def test_offline_restart_serves_the_cache_and_uploads_resume(
         assert second.feedback.spool.items() == [] and second.events.items() == []
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket="feedback")["Contents"]]
         assert len([k for k in keys if k.endswith(".jpg")]) == 5
-        assert all(k.startswith("frames/gate/jetson-1/") for k in keys)
+        assert all(k.startswith("frames/ci/gate/jetson-1/") for k in keys)  # the namespace first
         events = [EdgeEvent.model_validate_json(m.body) for m in bus.read("edge-events", 0)]
         assert sum(e.requests for e in events) == 5
         assert {(e.deployment, e.node, e.revision) for e in events} == {("gate", "jetson-1", "r1")}

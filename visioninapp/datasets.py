@@ -88,9 +88,9 @@ def contained(root: Path, relative: str | Path, what: str) -> Path:
 class _NoAliasLoader(yaml.SafeLoader):
     """SafeLoader that refuses anchors/aliases: data.yaml never needs them, alias bombs do."""
 
-    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
+    def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
+            event: Any = self.peek_event()  # type: ignore[no-untyped-call]
             raise DatasetError(
                 f"data.yaml line {event.start_mark.line + 1}: YAML aliases (*name) are not allowed; "
                 "write the values out"
@@ -178,7 +178,9 @@ def fetch_dataset(
             listed = store.path_of(uri).resolve().as_uri().rstrip("/") + "/"
         objects = [o for o in store.list(uri) if o.uri.startswith(listed) and not o.uri.endswith(".cache")]
         log.warning("dataset %s has no %s: taking every file under the prefix", uri, MANIFEST)
-        wanted = [{"path": o.uri[len(listed) :], "sha256": None, "size": o.size} for o in objects]
+        wanted: list[dict[str, Any]] = [
+            {"path": o.uri[len(listed) :], "sha256": None, "size": o.size} for o in objects
+        ]
     else:
         wanted = manifest
     if not any(entry["path"] == data_yaml for entry in wanted):

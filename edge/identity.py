@@ -1,9 +1,10 @@
 """The edge pod's own credentials: its projected token traded at the operator for its node's keys.
 
 Nothing of the fleet's keys is in the pod's environment: the operator answers a verified pod with
-the keys of that pod's node in that pod's namespace only (operator/edge_identity.py), and a revoked
-node gets 403. The keys are kept in memory; a refused upload fetches them again (at most every
-`RETRY_SECONDS`), so a node whose keys were rotated picks the new ones up.
+the keys (and broker user) of that pod's node in that pod's namespace only
+(operator/edge_identity.py), and a revoked node gets 403. The keys are kept in memory; a refused
+upload or publish fetches them again (at most every `RETRY_SECONDS`), so a node whose keys were
+rotated picks the new ones up.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ class IdentityError(RuntimeError):
 class EdgeCredentials:
     access_key_id: str
     secret_access_key: str
+    # the node's own RabbitMQ user (publish to the edge-events stream only), when the operator
+    # issues broker users; the environment's broker user otherwise
+    broker_user: str | None = None
+    broker_password: str | None = None
 
 
 class NodeIdentity:
@@ -58,8 +63,13 @@ class NodeIdentity:
             raise IdentityError(f"credential exchange refused ({error.code}): {detail}") from None
         except OSError as error:
             raise IdentityError(f"credential exchange unreachable: {error}") from None
-        s3 = body["s3"]
-        return EdgeCredentials(s3["accessKeyId"], s3["secretAccessKey"])
+        try:
+            s3, broker = body["s3"], body.get("rabbitmq") or {}
+            return EdgeCredentials(
+                s3["accessKeyId"], s3["secretAccessKey"], broker.get("user"), broker.get("password")
+            )
+        except (KeyError, TypeError, AttributeError) as error:
+            raise IdentityError(f"credential exchange answered without credentials: {error!r}") from None
 
     def credentials(self, refresh: bool = False) -> EdgeCredentials:
         """The node's keys; `refresh` trades the token again (not more often than every 30 s)."""

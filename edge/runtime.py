@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -116,6 +117,7 @@ class EdgeRuntime:
             settings.feedback_max_frames_per_hour,
         )
         self.bus = bus
+        self._bus_user: tuple[str, str] | None = None  # the node's broker user the bus signs in as
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._config_mtime: float | None = None
@@ -132,6 +134,22 @@ class EdgeRuntime:
         if self._s3 is None or self._s3[0] != credentials:
             self._s3 = (credentials, node_s3_store(self.settings, credentials))
         return self._s3[1]
+
+    def _node_bus(self) -> EventBus | None:
+        """With an exchange issuing broker users: a bus signing in as this node's own user (rebuilt
+        when the exchange hands out another one); the bus given or built otherwise."""
+        if self.identity is None or not self.settings.rabbitmq_host or (self._bus_user is None and self.bus):
+            return self.bus
+        credentials = self.identity.credentials()
+        if credentials.broker_user is None or credentials.broker_password is None:
+            return self.bus  # the operator issues no broker users: the environment's one
+        user = (credentials.broker_user, credentials.broker_password)
+        if user != self._bus_user:
+            if self.bus is not None:
+                self.bus.close()
+            update = {"rabbitmq_user": user[0], "rabbitmq_password": user[1]}
+            self.bus, self._bus_user = build_event_bus(self.settings.model_copy(update=update)), user
+        return self.bus
 
     def _model_changed(self) -> None:
         self.metrics.model.clear()
@@ -196,7 +214,7 @@ class EdgeRuntime:
         """Serve the last-good model now; fetch the desired one and sync in the background."""
         if self.bus is None:
             try:
-                self.bus = build_event_bus(self.settings)
+                self.bus = self._node_bus() or build_event_bus(self.settings)
             except Exception as error:  # events stay spooled until a bus works
                 log.error("event bus unavailable: %s", error)
         self.models.load_last_good()
@@ -271,9 +289,17 @@ class EdgeRuntime:
             self._sync()
 
     def _sync(self) -> None:
-        if self.bus is not None:
+        try:
+            bus = self._node_bus()
+        except Exception as error:  # refused or unreachable exchange: events stay spooled
+            log.error("event bus unavailable: %s", error)
+            bus = None
+        if bus is not None:
             producer = f"edge.{self.settings.namespace}.{self.settings.deployment}.{self.settings.node_name}"
-            publish_spool(self.events, self.bus, self.settings.edge_stream, producer)
+            publish_spool(self.events, bus, self.settings.edge_stream, producer)
+            if self._bus_user is not None and self.identity is not None and self.events.items():
+                with contextlib.suppress(Exception):  # refused: rotated or revoked? (every 30 s)
+                    self.identity.credentials(refresh=True)
         if self.feedback.spool.items():
             try:
                 self.feedback.upload(self._store_for(self.feedback.prefix))

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["OperatorConfig", "Role"]
+__all__ = ["OperatorConfig", "Role", "plain_credentials"]
 
 Role = Literal["training", "rollout"]
+
+
+CREDENTIAL_KEYS = frozenset(
+    {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "VISIONINAPP_RABBITMQ_PASSWORD"}
+)
+
+
+def plain_credentials(env: dict[str, str]) -> list[str]:
+    """The credential keys of a plain environment (they belong in a Secret, or per node)."""
+    return sorted(k for k in env if k in CREDENTIAL_KEYS)
 
 
 class OperatorConfig(BaseSettings):
@@ -59,7 +69,29 @@ class OperatorConfig(BaseSettings):
         "ghcr.io/visioninapp/edge:latest",
         description="Image of the edge runtime pods (L4T arm64 on Jetsons).",
     )
-    edge_env: dict[str, str] = Field(default_factory=dict, description="Plain environment for the edge pods.")
+    edge_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Plain environment for the edge pods (no credentials: those come from `edge_env_secret` "
+        "or, in production, per node from `edge_identity`).",
+    )
+
+    @field_validator("edge_env")
+    @classmethod
+    def _no_plain_credentials(cls, env: dict[str, str]) -> dict[str, str]:
+        found = plain_credentials(env)
+        if found:
+            raise ValueError(
+                f"{', '.join(found)} in the edge pods' plain environment: put them in `edge_env_secret` "
+                "(a Secret), or enable `edge_identity` for per-node credentials"
+            )
+        return env
+
+    edge_env_secret: str | None = Field(
+        None,
+        description="Secret in the EdgeDeployment's namespace whose keys become the edge pods' environment "
+        "(AWS_ACCESS_KEY_ID, VISIONINAPP_RABBITMQ_PASSWORD, ...) when `edge_identity` is off: shared by "
+        "every node of the namespace; per-node identity is the production setting.",
+    )
     edge_identity: bool = Field(
         False,
         description="Per-node edge credentials: each edge pod trades its projected token at the operator "
@@ -79,6 +111,18 @@ class OperatorConfig(BaseSettings):
     edge_identity_tls_key: str | None = Field(None, description="Private key (PEM) of that certificate.")
     edge_identity_iam_endpoint_url: str | None = Field(
         None, description="IAM endpoint issuing the node keys; AWS IAM when empty."
+    )
+    edge_identity_rabbitmq_management_url: str | None = Field(
+        None,
+        description="RabbitMQ management HTTP API (`http://rabbitmq:15672`) where the operator makes a "
+        "broker user per (namespace, node) allowed only to publish to the edge-events stream; edge pods "
+        "keep the broker user of their environment when empty.",
+    )
+    edge_identity_rabbitmq_admin_user: str | None = Field(
+        None, description="Management user allowed to create users and set permissions (from a Secret)."
+    )
+    edge_identity_rabbitmq_admin_password: str | None = Field(
+        None, description="Its password (from a Secret, never plain values)."
     )
     edge_runtime_class: str | None = Field(
         None, description="RuntimeClass of the edge pods (`nvidia` on Jetsons without it as default)."

@@ -8,11 +8,15 @@ TokenReview and answers with the credentials of that node in that namespace only
 - an IAM user per (namespace, node), path `/visioninapp/edge/<node hash>/`, whose inline policy
   allows `s3:PutObject` on `<feedback uri>/<namespace>/<deployment>/<node>/*` of the namespace's
   deployments and `s3:GetObject` on the namespace's model artifacts, and denies reads of feedback;
-- its access key, kept in a Secret of the namespace (`edge-identity-<hash>`), never in plain env.
+- a RabbitMQ user per (namespace, node) (`visioninapp-edge-<node hash>-<namespace hash>`, through the
+  management HTTP API) that may only publish to the edge-events stream: configure and write on that
+  stream alone, read on nothing (no subscribing to the fleet's events);
+- both kept in a Secret of the namespace (`edge-identity-<hash>`), never in plain env.
 
 Revoking a node (label `visioninapp.io/edge-revoked=true` on the Node, or deleting the Node) deletes
-its IAM users with their keys and Secrets, and the exchange refuses it from then on; other nodes keep
-their keys. Decisions are the pure functions here; `EdgeIdentities` only reads and writes.
+its IAM users with their keys, its broker users (their open connections closed) and its Secrets,
+and the exchange refuses it from then on; other nodes keep their keys. Decisions are the pure
+functions here; `EdgeIdentities` only reads and writes.
 """
 
 from __future__ import annotations
@@ -23,11 +27,15 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
+import secrets
 import ssl
+import urllib.error
+import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 from visioninapp.backends.storage import join_uri
 from visioninapp.feedback import feedback_prefix
@@ -37,9 +45,12 @@ from visioninapp.operator.training import MANAGED_BY
 __all__ = [
     "AUDIENCE",
     "REVOKED_LABEL",
+    "BrokerIssuer",
     "Caller",
     "EdgeIdentities",
     "IamIssuer",
+    "broker_permissions",
+    "broker_user",
     "caller_from_review",
     "edge_policy",
     "identity_name",
@@ -55,6 +66,9 @@ REVOKED_LABEL = "visioninapp.io/edge-revoked"
 NODE_HASH_LABEL = "visioninapp.io/edge-node-hash"
 POLICY_NAME = "visioninapp-edge"
 POLICY_ANNOTATION = "visioninapp.io/policy-sha256"
+BROKER_ANNOTATION = "visioninapp.io/broker-permissions-sha256"
+S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+BROKER_KEYS = ("VISIONINAPP_RABBITMQ_USER", "VISIONINAPP_RABBITMQ_PASSWORD")
 IAM_PATH = "/visioninapp/edge/"
 SA_PREFIX = "system:serviceaccount:"
 EXTRA_NODE = "authentication.kubernetes.io/node-name"
@@ -81,6 +95,26 @@ def identity_path(node: str) -> str:
 
 def secret_name(node: str) -> str:
     return f"edge-identity-{_hash(node)}"
+
+
+def broker_user_prefix(node: str) -> str:
+    """Every broker user of one node starts so: revocation finds them (all namespaces) by it."""
+    return f"visioninapp-edge-{_hash(node)}-"
+
+
+def broker_user(namespace: str, node: str) -> str:
+    """The RabbitMQ user of `node` in `namespace`."""
+    return broker_user_prefix(node) + _hash(namespace)[:12]
+
+
+def broker_permissions(stream: str) -> dict[str, str]:
+    """What an edge node may do on the broker (its vhost): declare and publish to the edge-events
+    stream, nothing else. No read: reading would let a node subscribe to every node's events, and
+    the only read a publisher makes, its publisher-sequence query, is answered ACCESS_REFUSED
+    (rstream then reports 0) while the broker still drops re-sent publishing ids (deduplication
+    is the server's), so a resend after a lost confirm never duplicates an event."""
+    exact = f"^{re.escape(stream)}$"
+    return {"configure": exact, "write": exact, "read": "^$"}
 
 
 def node_revoked(node: Obj | None) -> bool:
@@ -234,6 +268,67 @@ class IamIssuer:
         return removed
 
 
+# --- RabbitMQ (management HTTP API, blocking: called in a thread) --------------------------------
+
+
+class BrokerIssuer:
+    """RabbitMQ users of edge nodes, made and removed through the management HTTP API."""
+
+    def __init__(self, url: str, user: str, password: str, vhost: str = "/", timeout: float = 10.0) -> None:
+        self.api = url.rstrip("/") + "/api"
+        self.vhost, self.timeout = vhost, timeout
+        self.auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    def _call(self, method: str, path: str, body: Obj | None = None, missing_ok: bool = False) -> Any:
+        request = urllib.request.Request(
+            self.api + path,
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": self.auth, "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as error:
+            if missing_ok and error.code == 404:
+                return None
+            detail = error.read().decode(errors="replace")[:300]
+            raise RuntimeError(f"RabbitMQ management {method} {path}: {error.code} {detail}") from None
+        return json.loads(raw) if raw else None
+
+    def ensure(self, name: str, password: str, permissions: Mapping[str, str]) -> None:
+        """Create (or re-password) `name` with `permissions` on the vhost only."""
+        user = quote(name, safe="")
+        self._call("PUT", f"/users/{user}", {"password": password, "tags": ""})
+        self._call("PUT", f"/permissions/{quote(self.vhost, safe='')}/{user}", dict(permissions))
+
+    def users(self, prefix: str) -> list[str]:
+        return sorted(
+            str(u["name"])
+            for u in self._call("GET", "/users") or []
+            if str(u.get("name", "")).startswith(prefix)
+        )
+
+    def close_connections(self, users: Iterable[str]) -> int:
+        """Close the open connections (AMQP and stream) of `users`: deleting a user does not."""
+        wanted, closed = set(users), 0
+        for connection in self._call("GET", "/connections") or []:
+            if connection.get("user") in wanted:
+                self._call(
+                    "DELETE", f"/connections/{quote(str(connection['name']), safe='')}", missing_ok=True
+                )
+                closed += 1
+        return closed
+
+    def revoke_node(self, node: str) -> list[str]:
+        """Delete every broker user of `node` (all namespaces), then close their connections."""
+        removed = self.users(broker_user_prefix(node))
+        for name in removed:
+            self._call("DELETE", f"/users/{quote(name, safe='')}", missing_ok=True)
+        self.close_connections(removed)
+        return removed
+
+
 # --- the exchange -------------------------------------------------------------------------------
 
 
@@ -260,10 +355,21 @@ class EdgeIdentities:
     """Issue, hand out and revoke per-node credentials for the `rollout` role."""
 
     def __init__(
-        self, kube: Kube, issuer: IamIssuer, fleet: FleetView, artifacts_uri: str, feedback_uri: str
+        self,
+        kube: Kube,
+        issuer: IamIssuer,
+        fleet: FleetView,
+        artifacts_uri: str,
+        feedback_uri: str,
+        broker: BrokerIssuer | None = None,
+        edge_stream: str = "edge-events",
+        recheck_seconds: float = 10.0,
     ) -> None:
         self.kube, self.issuer, self.fleet = kube, issuer, fleet
         self.artifacts_uri, self.feedback_uri = artifacts_uri, feedback_uri
+        self.broker, self.edge_stream = broker, edge_stream
+        # the management API lists a connection some seconds after it opened: close again then
+        self.recheck_seconds = recheck_seconds
         self.locks: dict[tuple[str, str], asyncio.Lock] = {}
         self.revoked: set[str] = set()
         self.tasks: set[asyncio.Task[list[str]]] = set()
@@ -317,40 +423,56 @@ class EdgeIdentities:
             return Answer(403, {"message": why})
         key = (caller.namespace, caller.node)
         async with self.locks.setdefault(key, asyncio.Lock()):
-            access_key, secret_key = await self._issue(caller.namespace, caller.node)
-        return Answer(
-            200,
-            {
-                "namespace": caller.namespace,
-                "node": caller.node,
-                "s3": {"accessKeyId": access_key, "secretAccessKey": secret_key},
-            },
-        )
+            data = await self._issue(caller.namespace, caller.node)
+        body: Obj = {
+            "namespace": caller.namespace,
+            "node": caller.node,
+            "s3": {"accessKeyId": data[S3_KEYS[0]], "secretAccessKey": data[S3_KEYS[1]]},
+        }
+        if self.broker is not None:
+            body["rabbitmq"] = {"user": data[BROKER_KEYS[0]], "password": data[BROKER_KEYS[1]]}
+        return Answer(200, body)
 
-    async def _issue(self, namespace: str, node: str) -> tuple[str, str]:
-        """The Secret's key, its policy brought up to date; a new user and key when there is none."""
+    async def _issue(self, namespace: str, node: str) -> dict[str, str]:
+        """The Secret's credentials, brought up to date: the IAM policy and broker permissions
+        re-applied when they changed, a new IAM user and key (a broker user) when there is none."""
         name, policy = identity_name(namespace, node), self.policy_for(namespace, node)
         digest = policy_digest(policy)
         secret = await self.kube.get("v1", "secrets", namespace, secret_name(node))
-        data = (secret or {}).get("data") or {}
-        if secret is not None and "AWS_ACCESS_KEY_ID" in data and "AWS_SECRET_ACCESS_KEY" in data:
-            if (secret["metadata"].get("annotations") or {}).get(POLICY_ANNOTATION) != digest:
+        data = {k: base64.b64decode(v).decode() for k, v in ((secret or {}).get("data") or {}).items()}
+        annotations = dict(((secret or {}).get("metadata") or {}).get("annotations") or {})
+        before = (dict(data), dict(annotations))
+        if annotations.get(POLICY_ANNOTATION) != digest or not all(k in data for k in S3_KEYS):
+            await asyncio.to_thread(
+                self.issuer.ensure, name, identity_path(node), policy, {"namespace": namespace}
+            )
+            annotations[POLICY_ANNOTATION] = digest
+        if not all(k in data for k in S3_KEYS):
+            data.update(zip(S3_KEYS, await asyncio.to_thread(self.issuer.new_key, name), strict=True))
+            log.info("issued S3 keys of edge node %s in %s (IAM user %s)", node, namespace, name)
+        if self.broker is not None:
+            permissions = broker_permissions(self.edge_stream)
+            broker_digest = policy_digest({"vhost": self.broker.vhost, **permissions})
+            fresh = not all(k in data for k in BROKER_KEYS)
+            if fresh:
+                data.update(
+                    zip(BROKER_KEYS, (broker_user(namespace, node), secrets.token_urlsafe(32)), strict=True)
+                )
+            if fresh or annotations.get(BROKER_ANNOTATION) != broker_digest:
                 await asyncio.to_thread(
-                    self.issuer.ensure, name, identity_path(node), policy, {"namespace": namespace}
+                    self.broker.ensure, data[BROKER_KEYS[0]], data[BROKER_KEYS[1]], permissions
                 )
-                await self.kube.patch(
-                    "v1",
-                    "secrets",
-                    namespace,
-                    secret_name(node),
-                    {"metadata": {"annotations": {POLICY_ANNOTATION: digest}}},
+                annotations[BROKER_ANNOTATION] = broker_digest
+                log.info(
+                    "broker user %s of edge node %s in %s ensured", data[BROKER_KEYS[0]], node, namespace
                 )
-            decode = base64.b64decode
-            return decode(data["AWS_ACCESS_KEY_ID"]).decode(), decode(data["AWS_SECRET_ACCESS_KEY"]).decode()
-        await asyncio.to_thread(
-            self.issuer.ensure, name, identity_path(node), policy, {"namespace": namespace}
-        )
-        access_key, secret_key = await asyncio.to_thread(self.issuer.new_key, name)
+        if (data, annotations) == before:
+            return data
+        if secret is not None and data == before[0]:
+            await self.kube.patch(
+                "v1", "secrets", namespace, secret_name(node), {"metadata": {"annotations": annotations}}
+            )
+            return data
         body = {
             "apiVersion": "v1",
             "kind": "Secret",
@@ -358,10 +480,10 @@ class EdgeIdentities:
                 "name": secret_name(node),
                 "namespace": namespace,
                 "labels": {**MANAGED_BY, NODE_HASH_LABEL: _hash(node)},
-                "annotations": {"visioninapp.io/node": node, POLICY_ANNOTATION: digest},
+                "annotations": {**annotations, "visioninapp.io/node": node},
             },
             "type": "Opaque",
-            "data": {"AWS_ACCESS_KEY_ID": _b64(access_key), "AWS_SECRET_ACCESS_KEY": _b64(secret_key)},
+            "data": {k: _b64(v) for k, v in data.items()},
         }
         if secret is None:
             await self.kube.create("v1", "secrets", namespace, body)
@@ -369,8 +491,7 @@ class EdgeIdentities:
             await self.kube.request(
                 "PUT", self.kube.path("v1", "secrets", namespace, secret_name(node)), body
             )
-        log.info("issued edge credentials of node %s in %s (IAM user %s)", node, namespace, name)
-        return access_key, secret_key
+        return data
 
     def node_changed(self, name: str, node: Obj | None) -> None:
         """A Node event: a revoked (or deleted) node is cut off once; un-revoking allows it again."""
@@ -390,13 +511,19 @@ class EdgeIdentities:
     async def revoke(self, node: str) -> list[str]:
         """Cut `node` off: its IAM users (every namespace) and their keys go, then its Secrets."""
         removed = await asyncio.to_thread(self.issuer.revoke_node, node)
+        if self.broker is not None:
+            users = await asyncio.to_thread(self.broker.revoke_node, node)
+            removed += users
+            if users and self.recheck_seconds > 0:  # connections opened just before, listed late
+                await asyncio.sleep(self.recheck_seconds)
+                await asyncio.to_thread(self.broker.close_connections, users)
         for namespace in sorted({ns for ns, _ in self.fleet.deployments}):
             try:
                 await self.kube.delete("v1", "secrets", namespace, secret_name(node))
             except KubeError as error:
                 log.warning("Secret of revoked node %s in %s not deleted: %s", node, namespace, error)
         if removed:
-            log.warning("edge node %s revoked: IAM users %s deleted", node, ", ".join(removed))
+            log.warning("edge node %s revoked: IAM and broker users %s deleted", node, ", ".join(removed))
         return removed
 
 
@@ -424,8 +551,22 @@ async def start(kube: Kube, fleet: FleetView, config: Any, settings: Any) -> tup
     iam = boto3.client(
         "iam", endpoint_url=config.edge_identity_iam_endpoint_url, region_name=settings.s3_region
     )
+    broker = None
+    if config.edge_identity_rabbitmq_management_url:
+        broker = BrokerIssuer(
+            config.edge_identity_rabbitmq_management_url,
+            config.edge_identity_rabbitmq_admin_user or "",
+            config.edge_identity_rabbitmq_admin_password or "",
+            settings.rabbitmq_vhost,
+        )
     identities = EdgeIdentities(
-        kube, IamIssuer(iam), fleet, settings.resolved_artifacts_uri, settings.resolved_feedback_uri
+        kube,
+        IamIssuer(iam),
+        fleet,
+        settings.resolved_artifacts_uri,
+        settings.resolved_feedback_uri,
+        broker=broker,
+        edge_stream=settings.edge_stream,
     )
     tls = None
     if config.edge_identity_tls_cert:

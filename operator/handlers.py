@@ -497,6 +497,7 @@ class Operator:
                 cache_path=self.config.edge_cache_path,
                 runtime_class=self.config.edge_runtime_class,
                 identity_url=self.config.edge_identity_url if self.config.edge_identity else None,
+                env_secret=self.config.edge_env_secret,
             )
 
         return build

@@ -126,12 +126,14 @@ def desired_daemonset(
     cache_path: str = "/var/lib/visioninapp/models",
     runtime_class: str | None = None,
     identity_url: str | None = None,
+    env_secret: str | None = None,
 ) -> tuple[Obj, str]:
     """The DaemonSet (updateStrategy OnDelete) serving `model` (a format entry of `artifact`).
 
     With `identity_url` the pods get no S3 keys at all: a projected token (audience
     `visioninapp-edge`, bound to the pod and so to its node) that the runtime trades at that URL for
-    its node's own credentials (operator/edge_identity.py)."""
+    its node's own credentials (operator/edge_identity.py). Otherwise credentials come from
+    `env_secret` (a Secret of the namespace, as envFrom), never from the plain `env`."""
     spec, name = ed.spec, ed.metadata.name
     runtime = spec.runtime
     feedback = spec.feedback
@@ -192,6 +194,7 @@ def desired_daemonset(
                     "command": ["visioninapp-edge", "--host", "$(POD_IP)"],
                     "ports": [{"name": "http", "containerPort": runtime.port}],
                     "env": [*downward, *({"name": k, "value": v} for k, v in values.items())],
+                    **({"envFrom": [{"secretRef": {"name": env_secret}}]} if env_secret else {}),
                     "resources": resources,
                     "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2},
                     "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10},

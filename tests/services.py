@@ -78,9 +78,13 @@ def apt_install(*packages: str) -> None:
             policy.unlink(missing_ok=True)
 
 
+RABBITMQ_MANAGEMENT_PORT = 15672
+
+
 def ensure_rabbitmq_streams() -> int:
-    """RabbitMQ with the stream plugin on 5552: installed, started and the plugin enabled if needed."""
-    if port_open(5552):
+    """RabbitMQ with the stream plugin on 5552 and the management HTTP API on 15672 (the operator
+    makes per-node edge users through it): installed, started and the plugins enabled if needed."""
+    if port_open(5552) and port_open(RABBITMQ_MANAGEMENT_PORT):
         return 5552
     if not shutil.which("rabbitmq-plugins"):
         apt_install("rabbitmq-server")
@@ -96,9 +100,13 @@ def ensure_rabbitmq_streams() -> int:
         subprocess.run(["rabbitmq-server", "-detached"], check=False, capture_output=True)
         wait_for_port(5672, 90, "rabbitmq-server")
     subprocess.run(
-        ["rabbitmq-plugins", "enable", "rabbitmq_stream"], check=True, capture_output=True, timeout=120
+        ["rabbitmq-plugins", "enable", "rabbitmq_stream", "rabbitmq_management"],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     wait_for_port(5552, 60, "the rabbitmq_stream plugin")
+    wait_for_port(RABBITMQ_MANAGEMENT_PORT, 60, "the rabbitmq_management plugin")
     return 5552
 
 

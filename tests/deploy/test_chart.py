@@ -233,3 +233,65 @@ def test_kustomize_overlays_build_to_valid_objects(overlay: str) -> None:
     assert any(d["kind"] == "CustomResourceDefinition" for d in documents)
     for obj in documents:
         check_object(copy.deepcopy(obj))
+
+
+def _operator_env(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    (deployment,) = [
+        d for d in documents if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-operator")
+    ]
+    return {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def test_edge_credentials_come_from_secrets_never_plain_values() -> None:
+    # without identity: a Secret of each namespace (envFrom of the edge pods), named to the operator
+    env = _operator_env(render({"operator": {"edge": {"envSecret": "edge-credentials"}}}))
+    assert env["VISIONINAPP_OPERATOR_EDGE_ENV_SECRET"]["value"] == "edge-credentials"
+    # credential keys in the plain edge env are refused at install time
+    for key in ("AWS_SECRET_ACCESS_KEY", "VISIONINAPP_RABBITMQ_PASSWORD"):
+        with pytest.raises(helm_python.HelmError):
+            render({"operator": {"edge": {"env": {key: "leaked"}}}})
+    # per-node identity with broker users: the management admin's credentials from a Secret
+    identity = {"enabled": True, "rabbitmq": {"managementUrl": "http://mq:15672", "adminSecret": "mq-admin"}}
+    documents = render({"operator": {"edge": {"identity": identity}}})
+    for document in documents:
+        check_object(document)
+    env = _operator_env(documents)
+    assert env["VISIONINAPP_OPERATOR_EDGE_IDENTITY_RABBITMQ_MANAGEMENT_URL"]["value"] == "http://mq:15672"
+    for name, key in (("USER", "username"), ("PASSWORD", "password")):
+        ref = env[f"VISIONINAPP_OPERATOR_EDGE_IDENTITY_RABBITMQ_ADMIN_{name}"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "mq-admin", "key": key}
+    with pytest.raises(helm_python.HelmError, match="adminSecret"):
+        render(
+            {
+                "operator": {
+                    "edge": {"identity": {"enabled": True, "rabbitmq": {"managementUrl": "http://mq"}}}
+                }
+            }
+        )
+
+
+def test_the_network_policy_lets_edge_pods_reach_the_exchange_only_with_identity() -> None:
+    def operator_ingress(values: dict[str, Any]) -> list[dict[str, Any]]:
+        (policy,) = [
+            d
+            for d in render({"networkPolicy": {"enabled": True}, **values})
+            if d["kind"] == "NetworkPolicy" and d["metadata"]["name"].endswith("-operator")
+        ]
+        check_object(policy)
+        return list(policy["spec"]["ingress"])
+
+    ports = [{p["port"] for p in rule["ports"]} for rule in operator_ingress({})]
+    assert 8443 not in set().union(*ports)
+    rules = operator_ingress({"operator": {"edge": {"identity": {"enabled": True}}}})
+    (exchange,) = [r for r in rules if r["ports"] == [{"port": 8443}]]
+    assert exchange["from"] == [
+        {
+            "namespaceSelector": {},
+            "podSelector": {
+                "matchLabels": {
+                    "app.kubernetes.io/managed-by": "visioninapp-operator",
+                    "app.kubernetes.io/component": "edge-runtime",
+                }
+            },
+        }
+    ]

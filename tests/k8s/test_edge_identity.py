@@ -5,21 +5,34 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
+import pytest
+from pydantic import ValidationError
+
+from tests.integration.test_edge_broker_identity import _delete_streams
 from tests.integration.test_edge_identity import ARTIFACTS, BUCKET, FEEDBACK, IamS3, _refused, iam_s3
 from tests.k8s.test_rollout import deployment
+from tests.services import RABBITMQ_MANAGEMENT_PORT, free_port
+from visioninapp.backends.rabbitmq import RabbitStreamBus
 from visioninapp.cluster.cluster import Cluster
-from visioninapp.edge.identity import EdgeCredentials
+from visioninapp.edge.identity import EdgeCredentials, IdentityError, NodeIdentity
 from visioninapp.feedback import feedback_prefix
 from visioninapp.kubeclient import Kube, load_connection
+from visioninapp.operator.config import OperatorConfig, plain_credentials
 from visioninapp.operator.edge_identity import (
     AUDIENCE,
     REVOKED_LABEL,
+    BrokerIssuer,
     EdgeIdentities,
     IamIssuer,
+    broker_user,
     secret_name,
+    serve,
 )
 from visioninapp.operator.rollout import DEPLOYMENT_LABEL, desired_daemonset
 from visioninapp.resources import EdgeDeployment
@@ -163,3 +176,106 @@ def test_the_daemonset_carries_a_bound_token_and_no_keys() -> None:
     assert env["VISIONINAPP_EDGE_IDENTITY_URL"].endswith("/v1/edge/credentials")
     assert not any(k.startswith("AWS_") for k in env)
     assert "edge-identity" not in {v["name"] for v in plain["spec"]["template"]["spec"]["volumes"]}
+
+
+def test_the_exchange_over_http_hands_a_pod_its_nodes_keys_and_broker_user(
+    cluster: Cluster, iam_s3: IamS3, rabbitmq_stream_port: int, tmp_path: Path
+) -> None:
+    """The operator's aiohttp server and the edge's client (edge/identity.py) over real HTTP: the
+    node's S3 keys and broker user (which publishes edge events), a refused token's clear error,
+    and after revocation a 403 for the node and an AuthenticationFailure for its broker user."""
+    ns, node = cluster.namespace, "edge-h"
+    cluster.create("", "nodes", None, {"metadata": {"name": node}})
+    cluster.wait_for(
+        lambda: cluster.get("", "serviceaccounts", ns, "default"), 30, "the default ServiceAccount"
+    )
+    pod = _pod(cluster, "dock-h", node)
+    fleet = Fleet(
+        nodes={node: cluster.get("", "nodes", None, node) or {}},
+        edge_pods={(ns, "dock"): {"dock-h": pod}},
+        deployments={
+            (ns, "dock"): {"metadata": {"name": "dock", "namespace": ns}, "spec": {"modelRef": "m"}}
+        },
+    )
+    stream = (
+        f"edge-events-id-{uuid4().hex[:10]}"  # not one `delete_test_streams` of a parallel session deletes
+    )
+    admin = RabbitStreamBus("127.0.0.1", rabbitmq_stream_port, "guest", "guest")
+    admin.ensure_stream(stream)
+    admin.close()
+    broker = BrokerIssuer(f"http://127.0.0.1:{RABBITMQ_MANAGEMENT_PORT}", "guest", "guest")
+    token_file, bogus_file = tmp_path / "token", tmp_path / "bogus"
+    token_file.write_text(_bound_token(cluster, pod))
+    bogus_file.write_text("not-a-token")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1/edge/credentials"
+
+    def publish(credentials: EdgeCredentials) -> int:
+        assert credentials.broker_user and credentials.broker_password
+        bus = RabbitStreamBus(
+            "127.0.0.1", rabbitmq_stream_port, credentials.broker_user, credentials.broker_password
+        )
+        try:
+            return bus.publish(stream, f"edge.{ns}.dock.{node}", [(1, b"hello")])
+        finally:
+            with contextlib.suppress(Exception):
+                bus.close()
+
+    async def scenario() -> None:
+        kube = Kube(load_connection(cluster.kubeconfig))
+        identities = EdgeIdentities(
+            kube, IamIssuer(iam_s3.client("iam")), fleet, ARTIFACTS, FEEDBACK, broker, stream, 0
+        )
+        runner = await serve(identities, port)
+        try:
+            client = NodeIdentity(url, token_file)
+            keys = await asyncio.to_thread(client.credentials)
+            assert keys.broker_user == broker_user(ns, node)
+            _upload(iam_s3, keys, ns, node)
+            assert await asyncio.to_thread(publish, keys) == 1
+            secret = cluster.get("", "secrets", ns, secret_name(node)) or {}
+            assert set(secret["data"]) >= {"VISIONINAPP_RABBITMQ_USER", "VISIONINAPP_RABBITMQ_PASSWORD"}
+
+            with pytest.raises(IdentityError, match=r"refused \(401\): .*not authenticated"):
+                await asyncio.to_thread(NodeIdentity(url, bogus_file).credentials)
+
+            labelled = cluster.patch(
+                "", "nodes", None, node, {"metadata": {"labels": {REVOKED_LABEL: "true"}}}
+            )
+            fleet.nodes[node] = labelled
+            identities.node_changed(node, labelled)
+            await asyncio.gather(*identities.tasks)
+            with pytest.raises(IdentityError, match=r"refused \(403\): .*revoked"):
+                await asyncio.to_thread(NodeIdentity(url, token_file).credentials)
+            with pytest.raises(Exception) as caught:
+                await asyncio.to_thread(publish, keys)
+            assert type(caught.value).__name__ == "AuthenticationFailure"
+            assert broker.users(broker_user(ns, node)) == []
+        finally:
+            await runner.cleanup()
+            await kube.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        cluster.delete("", "nodes", None, node)
+        _delete_streams(rabbitmq_stream_port, [stream])
+
+
+def test_without_identity_edge_credentials_come_from_a_secret_never_plain_env() -> None:
+    body = {**deployment(), "metadata": {"name": "dock", "namespace": "plant-a"}}
+    ed = EdgeDeployment.model_validate(body, context=ADMITTED)
+    model = {"uri": "s3://b/a/ns/m/best.onnx", "sha256": "0" * 64}
+    ds, _ = desired_daemonset(ed, "uid", "m", model, image="edge", env_secret="edge-credentials")
+    container = ds["spec"]["template"]["spec"]["containers"][0]
+    assert container["envFrom"] == [{"secretRef": {"name": "edge-credentials"}}]
+    plain, _ = desired_daemonset(ed, "uid", "m", model, image="edge")
+    assert "envFrom" not in plain["spec"]["template"]["spec"]["containers"][0]
+    # the operator refuses credentials in the edge pods' plain environment
+    assert plain_credentials({"AWS_SECRET_ACCESS_KEY": "x", "VISIONINAPP_S3_REGION": "eu"}) == [
+        "AWS_SECRET_ACCESS_KEY"
+    ]
+    for key in ("AWS_ACCESS_KEY_ID", "VISIONINAPP_RABBITMQ_PASSWORD"):
+        with pytest.raises(ValidationError, match="edge_env_secret"):
+            OperatorConfig(edge_env={key: "leaked"})
+    assert OperatorConfig(edge_env={"VISIONINAPP_S3_REGION": "eu"}).edge_env_secret is None

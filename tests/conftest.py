@@ -88,10 +88,30 @@ def s3_endpoint() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def rabbitmq_stream_port() -> Iterator[int]:
+    """The broker's stream port; the uniquely named streams that crashed or older runs left behind
+    are deleted when no other test session uses the broker (each holds a shared lock while it runs,
+    and a sweep needs the exclusive one: a session never deletes another's streams)."""
+    import fcntl
+
     port = ensure_rabbitmq_streams()
-    delete_test_streams()  # what crashed or older runs left behind
-    yield port
-    delete_test_streams()
+    lock_path = Path.home() / ".cache" / "visioninapp" / "test-streams.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as lock:
+
+        def sweep_if_alone() -> None:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # another session runs: its streams stay
+            delete_test_streams()
+
+        sweep_if_alone()
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        try:
+            yield port
+        finally:
+            sweep_if_alone()
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")

@@ -27,9 +27,35 @@ def test_help_lists_every_command() -> None:
 
 
 def test_migrate_creates_the_schema(tmp_path: Path) -> None:
+    """The command builds exactly the models' schema at the newest revision, and a rerun is a no-op."""
+    import sqlalchemy
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from visioninapp.api.db import Base, alembic_config
+
     result = run("migrate", env={"VISIONINAPP_DATA_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "visioninapp.db").exists()
+    assert "is up to date" in result.stdout
+    database = tmp_path / "visioninapp.db"
+    engine = sqlalchemy.create_engine(f"sqlite:///{database}")
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            assert compare_metadata(context, Base.metadata) == []  # every table, column and index
+            heads = set(ScriptDirectory.from_config(alembic_config(f"sqlite:///{database}")).get_heads())
+            assert set(context.get_current_heads()) == heads and heads
+            tables = set(sqlalchemy.inspect(connection).get_table_names())
+        assert set(Base.metadata.tables) <= tables
+        before = database.read_bytes()
+        again = run("migrate", env={"VISIONINAPP_DATA_DIR": str(tmp_path)})
+        assert again.returncode == 0, again.stderr
+        with engine.connect() as connection:
+            assert set(MigrationContext.configure(connection).get_current_heads()) == heads
+        assert len(database.read_bytes()) == len(before)
+    finally:
+        engine.dispose()
 
 
 def test_serve_without_kubernetes_configuration_says_what_to_set(tmp_path: Path) -> None:

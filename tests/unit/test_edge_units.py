@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -114,6 +115,35 @@ def test_classic_yolov5_head_multiplies_objectness() -> None:
     assert [(d.class_name, round(d.score, 2), d.box) for d in detections] == [
         ("b", 0.72, (22.0, 22.0, 42.0, 42.0))
     ]
+
+
+def test_nms_is_per_class_overlapping_boxes_of_different_classes_both_stay() -> None:
+    # A person on a forklift: nearly the same box, two classes. Suppression is within a class only,
+    # so both stay; the third box overlaps the first one with the same class and goes.
+    anchors = np.array(
+        [
+            # x, y, w, h, score of class a, score of class b
+            [50, 50, 40, 40, 0.90, 0.05],
+            [51, 51, 40, 40, 0.05, 0.80],
+            [52, 50, 40, 40, 0.70, 0.10],
+            [150, 150, 20, 20, 0.10, 0.60],
+        ],
+        np.float32,
+    )
+    prediction = anchors.T[None]  # the v8 layout: 1 x (4 + classes) x anchors
+    detections = _detector("v8", ["a", "b"]).postprocess(
+        prediction, (1.0, 1.0), (0, 0), (256, 256), 0.25, 0.45
+    )
+    assert [(d.class_name, round(d.score, 2), d.box) for d in detections] == [
+        ("a", 0.9, (30.0, 30.0, 70.0, 70.0)),
+        ("b", 0.8, (31.0, 31.0, 71.0, 71.0)),
+        ("b", 0.6, (140.0, 140.0, 160.0, 160.0)),
+    ]
+    # Every label kept (multi-label, as validators count them): still suppressed per class only.
+    multi = _detector("v8", ["a", "b"]).postprocess(
+        prediction, (1.0, 1.0), (0, 0), (256, 256), 0.25, 0.45, multi_label=True
+    )
+    assert sorted((d.class_name, round(d.score, 2)) for d in multi) == [("a", 0.9), ("b", 0.6), ("b", 0.8)]
 
 
 def test_end_to_end_head_needs_no_nms_and_is_rescaled() -> None:
@@ -264,13 +294,27 @@ def test_admin_swap_holds_where_nothing_else_sets_the_model(tmp_path: Path) -> N
     other = _spec(_model(tmp_path / "other.onnx", classes=3), "other")
     runtime = _runtime(tmp_path)
     assert runtime.governed_by() is None
+    # Count the model watcher's rounds (each reads the config file once): the test waits for real
+    # rounds, not for a time in which some probably ran.
+    rounds = [0]
+    ran = threading.Condition()
+    read_config = runtime._desired_from_config_file
+
+    def counted() -> ModelSpec | None:
+        value = read_config()
+        with ran:
+            rounds[0] += 1
+            ran.notify_all()
+        return value
+
+    runtime._desired_from_config_file = counted  # type: ignore[method-assign]
     runtime.start(sync_interval=0.01)
     try:
         assert runtime.set_model_by_admin(first) and runtime.set_model_by_admin(other)
-        passes = 0
-        while passes < 20:  # the model watcher runs every 10 ms; give it many chances to interfere
-            time.sleep(0.02)
-            passes += 1
+        swapped = rounds[0]
+        for passed in range(1, 21):  # 20 full rounds of the watcher, each a chance to interfere
+            with ran:
+                assert ran.wait_for(lambda n=passed: rounds[0] > swapped + n, timeout=30), rounds
             assert runtime.models.current is not None and runtime.models.current.spec == other
         assert runtime.models.ready and runtime.models.desired == other
     finally:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 from visioninapp.api.summaries import RunFacts, summarise
@@ -72,3 +75,37 @@ def test_a_configured_chat_model_writes_the_text_from_the_facts() -> None:
     assert summary.text == "Overfit after epoch 3; retrain for 5 epochs."
     assert summary.generator == "FakeListChatModel"
     assert "overfitting" in kinds(summary)  # the findings never depend on the model
+
+
+class PromptRecorder(BaseCallbackHandler):
+    """What the chat model was sent, as LangChain hands it to the model."""
+
+    def __init__(self) -> None:
+        self.prompts: list[str] = []
+
+    def on_chat_model_start(
+        self, serialized: dict[str, Any], messages: list[list[Any]], **kwargs: Any
+    ) -> None:
+        self.prompts += [str(message.content) for batch in messages for message in batch]
+
+
+def test_the_chat_model_is_sent_the_runs_facts() -> None:
+    recorder = PromptRecorder()
+    chat = FakeListChatModel(responses=["canned"], callbacks=[recorder])
+    run = facts(
+        [0.1, 0.3, 0.5, 0.45, 0.42, 0.4],
+        name="helmets-night-7",
+        class_counts={"helmet": 500, "head": 20},
+        earlier_runs=[{"name": "helmets-night-6", "mAP50_95": 0.37}],
+    )
+    summary = summarise(run, chat)
+    assert summary.text == "canned"
+    [prompt] = recorder.prompts
+    assert "Keep every number" in prompt  # the instructions...
+    # ...and every fact the template would have shown: the run, its metrics, findings and proposal.
+    for fact in ("helmets-night-7", "Succeeded", "6 epoch(s)", "final mAP50-95 0.400", "best 0.500"):
+        assert fact in prompt, fact
+    for finding in summary.findings:
+        assert finding["message"] in prompt, finding["kind"]
+    assert {"overfitting", "class-imbalance", "comparison", "promote"} <= kinds(summary)
+    assert "epochs=5" in prompt and "helmets-night-6" in prompt

@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,11 @@ import requests
 import yaml
 
 from tests.services import kube_tools
+from visioninapp.backends.rabbitmq import RabbitStreamBus
 from visioninapp.datasets import split_images
 from visioninapp.edge.evaluate import evaluate
 from visioninapp.edge.inference import Detector
+from visioninapp.events import TrainingEvent
 from visioninapp.local import session_processes
 from visioninapp.synth import CLASS_NAMES
 
@@ -194,6 +197,19 @@ def test_kubectl_drives_local_mode_on_the_real_services(
     assert row["PHASE"] == "Succeeded", described
     float(row["MAP50-95"])  # the printer column shows the run's metric
     assert row["EPOCH"] == "6" and row["ARTIFACT"] == "shapes-yolo11n"
+    # Live progress, however fast this machine trains: each epoch went out on the stream as it
+    # ended, in order, before the run completed (completionTime has 1 s resolution).
+    bus = RabbitStreamBus("127.0.0.1", rabbitmq_stream_port)
+    try:
+        events = [TrainingEvent.from_bytes(m.body) for m in bus.read(f"training-events-{tag}", 0, 10_000)]
+    finally:
+        bus.close()
+    epochs = [e for e in events if e.type == "epoch" and e.training_job == "shapes-yolo11n"]
+    assert [e.epoch for e in epochs] == [1, 2, 3, 4, 5, 6], events
+    assert [e.time for e in epochs] == sorted(e.time for e in epochs)
+    status = json.loads(up.kubectl("get", "tj", "shapes-yolo11n", "-o", "json"))["status"]
+    completed = datetime.fromisoformat(status["completionTime"].replace("Z", "+00:00"))
+    assert epochs[-1].time < completed + timedelta(seconds=1), (epochs[-1], status)
 
     deadline = time.monotonic() + 180
     while _columns(up.kubectl("get", "ed"), "shapes-edge")["PHASE"] != "Healthy":

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 DEPS_STAMP := $(VENV)/.deps-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 
-.PHONY: help install console kubernetes test test-fast lint crds demo bench images images-l4t clean
+.PHONY: help install console kubernetes test test-fast lint crds demo bench mutate images images-l4t clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -58,6 +58,10 @@ demo: install ## The whole loop on this machine through local mode: train, regis
 
 bench: install ## Run the benchmarks (prints ratios against in-run baselines)
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+MUTATE_ARGS ?=
+mutate: install ## Mutation testing of the decision modules, by hand (~4 min on 2 cores; docs/mutation.md)
+	$(PY) tools/mutate.py $(MUTATE_ARGS)
 
 IMAGE_REGISTRY ?= ghcr.io/visioninapp
 IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)

@@ -1,7 +1,7 @@
 // Drives the console in Debian's chromium with playwright-core; prints one JSON line with results.
 // Env: APP_URL, AUTH_HOST (emulator host:port), EMAIL, VIEWER_EMAIL, PASSWORD, PROJECT, ARTIFACTS,
-// CONSOLE_DIR.
-import { mkdirSync } from "node:fs";
+// CONSOLE_DIR, SEEN_DIR (where it notes each live step it saw, for the test's fake trainer).
+import { mkdirSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { join } from "node:path";
 
@@ -77,7 +77,14 @@ try {
     await page.getByRole("heading", { name: "e2e-run" }).waitFor();
   });
   await step("live-epochs", async () => {
-    await page.waitForFunction(() => document.querySelector("[data-testid=epoch]")?.textContent.startsWith("3 /"), null, { timeout: 60000 });
+    // The fake trainer sends epoch n+1 only once this page showed epoch n, and the final status last.
+    const showsEpoch = (n) => page.waitForFunction((e) => document.querySelector("[data-testid=epoch]")?.textContent.startsWith(`${e} /`), n, { timeout: 60000 });
+    writeFileSync(join(process.env.SEEN_DIR, "detail"), "");
+    for (const n of [1, 2]) {
+      await showsEpoch(n);
+      writeFileSync(join(process.env.SEEN_DIR, `epoch-${n}`), "");
+    }
+    await showsEpoch(3);
     await checkPage("training-detail");
   });
   await step("model", async () => {

@@ -110,8 +110,12 @@ def console(
                 connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {database}")
 
 
-def play_operator_and_trainer(env: dict[str, Any], onnx: Path, stop: threading.Event) -> None:
-    """Wait for the TrainingJob the browser creates; stream 3 epochs; register its model."""
+def play_operator_and_trainer(env: dict[str, Any], onnx: Path, stop: threading.Event, seen: Path) -> None:
+    """Wait for the TrainingJob the browser creates; stream 3 epochs; register its model.
+
+    Epochs 1 and 2 go out only once the browser showed the previous step (it writes `detail`, then
+    `epoch-1`, `epoch-2` into `seen`), and the run succeeds only after that: the page must have shown
+    each epoch live, whatever the speed of this machine."""
     from visioninapp.backends.storage import sha256_file
     from visioninapp.synth import CLASS_NAMES
 
@@ -119,9 +123,12 @@ def play_operator_and_trainer(env: dict[str, Any], onnx: Path, stop: threading.E
     services, settings = env["services"], env["settings"]
     while not stop.is_set() and cluster.get(GROUP, "trainingjobs", "vision", "e2e-run") is None:
         time.sleep(0.3)
-    if stop.is_set():
-        return
-    time.sleep(2)  # the browser is on the detail page by now: the epochs arrive live
+
+    def browser_showed(step: str) -> bool:
+        while not (seen / step).exists():
+            if stop.wait(0.2):
+                return False
+        return True
 
     def publish(epoch: int) -> None:
         event = TrainingEvent(
@@ -136,10 +143,13 @@ def play_operator_and_trainer(env: dict[str, Any], onnx: Path, stop: threading.E
             mAP50_95=0.1 * epoch,
         )
         services.bus.publish(settings.training_stream, "e2e-trainer", [(epoch, event.to_bytes())])
-        time.sleep(1.0)
 
-    publish(1)
-    publish(2)
+    for step, epoch in (("detail", 1), ("epoch-1", 2)):
+        if not browser_showed(step):
+            return
+        publish(epoch)
+    if not browser_showed("epoch-2"):
+        return
     uri = f"{settings.resolved_artifacts_uri}/models/e2e-run-v1/model.onnx"
     services.store_for(uri).put_file(onnx, uri)
     cluster.create(
@@ -174,9 +184,13 @@ def play_operator_and_trainer(env: dict[str, Any], onnx: Path, stop: threading.E
     publish(3)  # the model exists before the browser, seeing the last epoch, goes to look for it
 
 
-def test_console_end_to_end(console: dict[str, Any], exported_model: Any) -> None:
+def test_console_end_to_end(console: dict[str, Any], exported_model: Any, tmp_path: Path) -> None:
     stop = threading.Event()
-    helper = threading.Thread(target=play_operator_and_trainer, args=(console, exported_model.onnx, stop))
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    helper = threading.Thread(
+        target=play_operator_and_trainer, args=(console, exported_model.onnx, stop, seen)
+    )
     helper.start()
     try:
         result = subprocess.run(
@@ -191,6 +205,7 @@ def test_console_end_to_end(console: dict[str, Any], exported_model: Any) -> Non
                 "ARTIFACTS": str(ARTIFACTS),
                 "CONSOLE_DIR": str(FRONTEND),
                 "PROJECT": "vision",
+                "SEEN_DIR": str(seen),
             },
             capture_output=True,
             text=True,

@@ -504,3 +504,42 @@ def test_gpu_runs_without_placement_go_to_the_clusters_gpu_pool() -> None:
     assert own["nodeSelector"] == {"pool": "mine"}
     cpu = pod_spec(resources={"gpu": {"count": 0}})
     assert cpu["nodeSelector"] == {} and spot not in cpu["tolerations"]
+
+
+# --- the Job's finalizer and the newest pod (kill mutmut survivors: docs/mutation.md) ---------------
+
+
+def test_a_job_being_deleted_under_a_running_training_job_is_released() -> None:
+    body = with_status(training_job(), phase="Running", attempts=1, jobName="helmets-1", observedGeneration=1)
+    deleting = job()
+    deleting["metadata"]["deletionTimestamp"] = "2026-11-23T12:00:00Z"
+    result = plan(body, deleting, [pod("Running")])
+    assert "phase" not in result.status  # the phase is unchanged: only the deletion releases
+    assert result.release_job == "helmets-1"
+    assert plan(body, job(), [pod("Running")]).release_job is None
+
+
+def test_a_leftover_job_of_a_finished_training_job_is_released() -> None:
+    body = with_status(
+        training_job(), phase="Succeeded", attempts=1, jobName="helmets-1", observedGeneration=1
+    )
+    result = plan(body, job([("Complete", "CompletionsReached")]), [pod("Succeeded", result_message())])
+    assert "phase" not in result.status  # already terminal in the stored status
+    assert result.release_job == "helmets-1"
+
+
+def test_pods_are_read_newest_first_by_creation_time_then_name() -> None:
+    from visioninapp.operator.training import _newest
+
+    def named(name: str, created: str | None) -> dict[str, Any]:
+        meta = {"name": name} | ({"creationTimestamp": created} if created else {})
+        return {"metadata": meta}
+
+    pods = [
+        named("a-old", "2026-11-23T10:00:00Z"),
+        named("z-new", "2026-11-23T11:00:00Z"),
+        named("m-old-too", "2026-11-23T10:00:00Z"),
+        named("b-unknown", None),
+    ]
+    order = [p["metadata"]["name"] for p in _newest(pods)]
+    assert order == ["z-new", "m-old-too", "a-old", "b-unknown"]

@@ -315,3 +315,39 @@ def test_artifact_users() -> None:
     ]
     assert artifact_users("v1", deployments) == ["a", "b"] and artifact_users("v3", deployments) == ["b"]
     assert artifact_users("v9", deployments) == []
+
+
+def test_max_unavailable_limits_how_many_nodes_a_step_takes_at_once() -> None:
+    # the 50% step wants 4 more nodes; a budget of 2 (absolute or 20% of 10) takes 2 at a time
+    assert step(on(9, 1), maxUnavailable=2) == Advance(("n1", "n2"), 1)
+    assert step(on(9, 1), maxUnavailable="20%") == Advance(("n1", "n2"), 1)
+    # nodes still settling use the budget up: with one settling, one more at most
+    settling = (
+        pods({"n0": "new", "n1": "new"}, ready_since=LONG_AGO)
+        + pods({"n2": "new"}, ready_since=NOW)
+        + pods({f"n{i}": "old" for i in range(3, 10)})
+    )
+    assert step(settling, current=1, maxUnavailable=2) == Advance(("n3",), 1)
+    two_settling = (
+        pods({"n0": "new"}, ready_since=LONG_AGO)
+        + pods({"n1": "new", "n2": "new"}, ready_since=NOW)
+        + pods({f"n{i}": "old" for i in range(3, 10)})
+    )
+    assert isinstance(step(two_settling, current=1, maxUnavailable=2), Wait)
+    # a budget never rounds down to zero: 5% of 10 nodes still moves one at a time
+    assert step(on(9, 1), maxUnavailable="5%") == Advance(("n1",), 1)
+
+
+def test_a_step_whose_nodes_never_settle_times_out() -> None:
+    # Ready, but never for minReadySeconds in a row (it keeps restarting its readiness)
+    flapping = pods({"n0": "new"}, ready_since=NOW - timedelta(seconds=10)) + on(9, 0)[1:]
+    assert isinstance(step(flapping, started=NOW - timedelta(seconds=30)), Wait)
+    decision = step(flapping, started=NOW - timedelta(seconds=2000))
+    assert isinstance(decision, Rollback) and decision.failures == {
+        "n0": "not healthy within stepTimeoutSeconds"
+    }
+    # a node whose old pod is gone and whose new one never comes
+    between = pods({"n0": "new"}) + pods({f"n{i}": "old" for i in range(2, 10)})
+    assert isinstance(step(between, started=NOW - timedelta(seconds=30)), Wait)
+    decision = step(between, started=NOW - timedelta(seconds=2000))
+    assert isinstance(decision, Rollback) and set(decision.failures) == {"n1"}

@@ -28,6 +28,11 @@ the operator); their CPU is printed per phase. The benchmark's own requests (pol
 EdgeDeployment's status twice a second) are not counted. No pod runs the edge runtime, so no
 edge-events reach the operator: its health gate sees readiness and restarts only.
 
+The baseline: after those phases, on the same cluster, Kubernetes' own DaemonSet RollingUpdate
+(maxUnavailable 25%, no canary steps, no health gate, the operator stopped) of a plain DaemonSet on
+the same nodes; its wall time and the DaemonSet controller's requests per node are printed next to
+the operator's canary rollout.
+
 Goal: <= 5 ms CPU and <= 3 API requests per node for each phase.
 
     python benchmarks/rollout_scale.py [--nodes 1000] [--runs 1]
@@ -79,6 +84,7 @@ LEASE_SECONDS = 40  # kwok renews each node's Lease every quarter of it, as a ku
 EDGE = "visioninapp.io/edge"
 IN_FLIGHT = 32
 QUIET_SECONDS = 3.0
+DAEMONSET_CONTROLLER = "system:serviceaccount:kube-system:daemon-set-controller"
 PHASES = (  # label, modelRef, the phase it ends in, the model then serving
     ("full rollout v1 → v2", "v2", "Healthy", "v2"),
     ("failed v3, rollback", "v3", "RolledBack", "v2"),
@@ -303,6 +309,78 @@ class Fleet:
             "log_problems": log_problems(self.root / f"{OPERATOR}.log"),
         }
 
+    def native_baseline(self) -> dict[str, Any]:
+        """The stated baseline: Kubernetes' own DaemonSet RollingUpdate of the same fleet (maxUnavailable
+        25%, no canary steps, no health gate, nothing of ours running), measured the same way. The
+        EdgeDeployment is deleted first, so each node has one pod again."""
+        progress("baseline: deleting the EdgeDeployment; a plain DaemonSet with RollingUpdate")
+        stop_process(self.processes.pop(OPERATOR))
+        self.cluster.delete(GROUP, "edgedeployments", NAMESPACE, "fleet")
+        self.wait(
+            lambda: not self.cluster.list("", "pods", NAMESPACE), 300 + self.nodes, "the old pods gone", 2.0
+        )
+        labels = {"app": "native-baseline"}
+        template = {
+            "metadata": {"labels": labels},
+            "spec": {
+                "nodeSelector": {EDGE: "true"},
+                "tolerations": [{"key": EDGE, "operator": "Exists", "effect": "NoSchedule"}],
+                "containers": [{"name": "edge", "image": "edge:v1"}],
+            },
+        }
+        self.cluster.create(
+            "apps",
+            "daemonsets",
+            NAMESPACE,
+            {
+                "metadata": {"name": "native"},
+                "spec": {
+                    "selector": {"matchLabels": labels},
+                    "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%"}},
+                    "template": template,
+                },
+            },
+        )
+
+        def rolled(generation: int) -> bool:
+            ds = self.cluster.get("apps", "daemonsets", NAMESPACE, "native") or {}
+            st = ds.get("status") or {}
+            return (
+                st.get("observedGeneration", 0) >= generation
+                and st.get("updatedNumberScheduled") == st.get("numberAvailable") == self.nodes
+            )
+
+        self.wait(lambda: rolled(1), 300 + self.nodes, "the DaemonSet on every node", 1.0)
+        time.sleep(QUIET_SECONDS)
+        self.audit.read()
+        pids = {c.name: c.process.pid for c in self.plane.components if c.process}
+        before = {n: cpu_seconds(p) for n, p in pids.items()}
+        metrics_before = request_metrics(self.plane)
+        controller: Counts = Counter()
+        everyone: Counts = Counter()
+        progress("baseline: the DaemonSet's template changed (v1 → v2)")
+        started = time.monotonic()
+        self.cluster.patch(
+            "apps",
+            "daemonsets",
+            NAMESPACE,
+            "native",
+            {"spec": {"template": {"spec": {"containers": [{"name": "edge", "image": "edge:v2"}]}}}},
+        )
+        self.wait(lambda: rolled(2), 600 + 2 * self.nodes, "the rolling update", 0.5)
+        wall = time.monotonic() - started
+        time.sleep(QUIET_SECONDS)
+        records = self.audit.read()
+        controller += AuditLog.requests(records, DAEMONSET_CONTROLLER)
+        everyone += AuditLog.requests(records)
+        return {
+            "wall": wall,
+            "requests_per_node": sum(controller.values()) / self.nodes,
+            "requests": controller,
+            "served": metric_delta(metrics_before, request_metrics(self.plane)),
+            "plane_cpu": {n: cpu_seconds(p) - before[n] for n, p in pids.items()},
+        }
+
     def _collect(self, ours: Counts, everyone: Counts, deleters: Counter[str]) -> int:
         """Add the requests answered since the last look; how many of them were the operator's."""
         records = self.audit.read()
@@ -313,13 +391,15 @@ class Fleet:
         return sum(mine.values())
 
 
-def run_once(nodes: int, work: Path) -> dict[str, dict[str, Any]]:
+def run_once(nodes: int, work: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """The operator's phases, then the baseline, on one fresh cluster."""
     progress("starting a control plane")
     with Cluster(work / "cluster", run_pods=False, audit=True) as cluster:
         fleet = Fleet(cluster, nodes, work)
         try:
             fleet.start()
-            return {label: fleet.phase(label, *rest) for label, *rest in PHASES}
+            phases = {label: fleet.phase(label, *rest) for label, *rest in PHASES}
+            return phases, fleet.native_baseline()
         finally:
             fleet.stop()
 
@@ -334,9 +414,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1, help="runs, each on a fresh cluster (default 1)")
     args = parser.parse_args()
     runs: list[dict[str, dict[str, Any]]] = []
+    baselines: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="rollout-scale-") as tmp:
         for run in range(args.runs):
-            runs.append(run_once(args.nodes, Path(tmp) / f"run-{run}"))
+            phases, baseline = run_once(args.nodes, Path(tmp) / f"run-{run}")
+            runs.append(phases)
+            baselines.append(baseline)
             for label, r in runs[-1].items():
                 print(
                     f"run {run + 1}/{args.runs} {label}: wall {r['wall']:.1f} s, "
@@ -369,6 +452,22 @@ def main() -> None:
         if r["rolled_back"]:
             print(f"  RolledBack condition: {r['rolled_back'][:160]}")
         print(f"  error lines in the operator's log so far: {r['log_problems']}")
+    base = {k: statistics.median(b[k] for b in baselines) for k in ("wall", "requests_per_node")}
+    manager = statistics.median(b["plane_cpu"].get("kube-controller-manager", 0.0) for b in baselines)
+    full = medians[PHASES[0][0]]
+    print(
+        f"\nbaseline, Kubernetes' own DaemonSet RollingUpdate of the same {nodes} nodes (maxUnavailable "
+        f"25%, no canary steps, no health gate): wall {base['wall']:.1f} s, the DaemonSet controller's "
+        f"requests {base['requests_per_node']:.2f} per node, kube-controller-manager CPU "
+        f"{1000 * manager / nodes:.2f} ms per node"
+    )
+    print(f"  its requests (audit log): {describe_counts(baselines[-1]['requests'], nodes)}")
+    print(
+        f"  the operator's canary rollout (10% → 50% → 100%, health-gated) against it: wall "
+        f"{full['wall'] / base['wall']:.2f}x, requests per node (the operator's own, on top of the "
+        f"DaemonSet controller's) {full['requests_per_node']:.2f} vs the controller's "
+        f"{base['requests_per_node']:.2f}"
+    )
     print("\ngoals (each phase):")
     goals = Goals("rollout_scale")
     for label, m in medians.items():

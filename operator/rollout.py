@@ -313,11 +313,12 @@ def next_rollout_step(
     settling = [n.name for n in updated_online if not healthy(n)]
     settling += [n.name for n in online if n.name not in by_node]
     reachable = len(updated) + len(not_updated_online)
-    while True:
+    wanted = min(math.ceil(steps[step] * len(nodes) / 100), reachable)
+    # A complete, healthy step moves on to the next; with no node reachable nothing is judged, so
+    # a fleet that is offline keeps its canary step for when it comes back.
+    while reachable and len(updated) >= wanted and not settling and step + 1 < len(steps):
+        step += 1
         wanted = min(math.ceil(steps[step] * len(nodes) / 100), reachable)
-        if len(updated) < wanted or settling or step + 1 >= len(steps):
-            break
-        step += 1  # this step is complete and healthy: on to the next
     if len(updated) >= wanted and not settling and step + 1 >= len(steps) and (updated or not nodes):
         returning = sorted(n.name for n in not_updated_online)
         return Done(tuple(returning[: _max_unavailable(strategy.max_unavailable, len(nodes))]))

@@ -99,7 +99,11 @@ MODULES = [
     Module(
         "models",
         "edge/models.py",
-        ["tests/unit/test_edge_units.py", "tests/unit/test_mutation_edge.py"],
+        [
+            "tests/unit/test_edge_units.py",
+            "tests/unit/test_mutation_edge.py",
+            "tests/unit/test_edge_models_units.py",
+        ],
         [
             "xǁModelManagerǁset_desired",
             "xǁModelManagerǁready",
@@ -111,7 +115,7 @@ MODULES = [
     Module(
         "validation",
         "visioninapp/validation.py",
-        ["tests/unit/test_validation.py"],
+        ["tests/unit/test_validation.py", "tests/unit/test_validation_units.py"],
         [
             "x__same",
             "x__ratcheted",

@@ -7,6 +7,7 @@ Edge pods run from scripts: healthy (Ready), or broken (crash-looping) for a giv
 from __future__ import annotations
 
 import math
+import urllib.request
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.k8s.conftest import OperatorProcess, onnx_artifact, wait_for
+from tests.services import free_port
 from visioninapp.backends.events import LocalEventLog
 from visioninapp.cluster.agent import Outcome
 from visioninapp.cluster.cluster import Cluster
@@ -64,7 +66,22 @@ def fleet(cluster: Cluster, tmp_path: Path) -> Fleet:
 
 @pytest.fixture
 def operator(cluster: Cluster, operator_factory: Any, fleet: Fleet) -> OperatorProcess:
-    return operator_factory(cluster, VISIONINAPP_OPERATOR_ROLLOUT_RESYNC_SECONDS="0.3")
+    return operator_factory(
+        cluster,
+        VISIONINAPP_OPERATOR_ROLLOUT_RESYNC_SECONDS="0.3",
+        VISIONINAPP_OPERATOR_METRICS_PORT=str(free_port()),
+    )
+
+
+def rollout_plans(operator: OperatorProcess) -> int:
+    """How many times the operator has planned an EdgeDeployment so far (its own metrics)."""
+    port = operator.env["VISIONINAPP_OPERATOR_METRICS_PORT"]
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return 0
+    wanted = 'visioninapp_operator_reconciles_total{kind="EdgeDeployment",result="ok"}'
+    return next((int(float(line.split()[-1])) for line in text.splitlines() if line.startswith(wanted)), 0)
 
 
 def deployment(**strategy: Any) -> dict[str, Any]:
@@ -257,9 +274,10 @@ def test_pause_freezes_and_resume_completes(
     cluster.patch(GROUP, "edgedeployments", cluster.namespace, "helmets", {"spec": {"paused": True}})
     wait_for(lambda: status(cluster).get("phase") == "Paused", 30, "the pause", operator)
     frozen = models_by_node(cluster)
-    import time
-
-    time.sleep(3)
+    # Paused means the operator keeps planning and changes nothing: five more plans of its own
+    # (it re-plans every 0.3 s and on every event), and nothing moved.
+    planned = rollout_plans(operator)
+    wait_for(lambda: rollout_plans(operator) >= planned + 5, 30, "five plans while paused", operator)
     assert models_by_node(cluster) == frozen and list(frozen.values()).count("v2") <= 2
     cluster.patch(GROUP, "edgedeployments", cluster.namespace, "helmets", {"spec": {"paused": False}})
     wait_for(lambda: status(cluster).get("phase") == "Healthy", 60, "the resumed rollout", operator)

@@ -351,3 +351,58 @@ def test_a_step_whose_nodes_never_settle_times_out() -> None:
     assert isinstance(step(between, started=NOW - timedelta(seconds=30)), Wait)
     decision = step(between, started=NOW - timedelta(seconds=2000))
     assert isinstance(decision, Rollback) and set(decision.failures) == {"n1"}
+
+
+# --- exact boundaries and the reasons the status shows ------------------------------------------
+
+
+def test_a_step_times_out_only_after_step_timeout_seconds_have_passed() -> None:
+    never = [PodView("n0", "p", "new", False, None, 0), *on(9, 0)[1:]]
+    at_limit = step(never, started=NOW - timedelta(seconds=900))  # stepTimeoutSeconds' default
+    assert at_limit == Wait("1 updated node(s) becoming healthy (minReadySeconds)", 0)
+    past = step(never, started=NOW - timedelta(seconds=900, microseconds=1))
+    assert past == Rollback({"n0": "not Ready within stepTimeoutSeconds (900 s)"})
+    assert step(never, started=NOW - timedelta(seconds=121), stepTimeoutSeconds=120) == Rollback(
+        {"n0": "not Ready within stepTimeoutSeconds (120 s)"}
+    )
+
+
+def test_a_node_is_healthy_once_ready_for_exactly_min_ready_seconds() -> None:
+    ready_for = {
+        seconds: pods({"n0": "new"}, ready_since=NOW - timedelta(seconds=seconds)) + on(9, 0)[1:]
+        for seconds in (59, 60)
+    }
+    assert step(ready_for[59]) == Wait("1 updated node(s) becoming healthy (minReadySeconds)", 0)
+    assert step(ready_for[60]) == Advance(("n1", "n2", "n3", "n4"), 1)
+
+
+def test_the_wait_reason_counts_the_settling_nodes_and_keeps_the_step() -> None:
+    two_settling = (
+        pods({f"n{i}": "new" for i in range(5)}, ready_since=LONG_AGO)
+        + pods({"n5": "new", "n6": "new"}, ready_since=NOW)
+        + pods({f"n{i}": "old" for i in range(7, 10)})
+    )
+    assert step(two_settling, current=2, maxUnavailable=2) == Wait(
+        "2 updated node(s) becoming healthy (minReadySeconds)", 2
+    )
+
+
+def test_with_every_node_offline_the_rollout_waits_for_them() -> None:
+    offline = fleet(offline=tuple(f"n{i}" for i in range(10)))
+    assert step([], nodes=offline, canary={"steps": [100]}) == Wait("waiting for nodes to come online", 0)
+
+
+def test_a_fleet_offline_at_the_start_keeps_its_canary_step() -> None:
+    # with no node reachable no step is judged complete: the fleet coming back starts at 10%
+    offline = fleet(offline=tuple(f"n{i}" for i in range(10)))
+    assert step(on(10, 0), nodes=offline) == Wait("waiting for nodes to come online", 0)
+    assert step(on(10, 0), nodes=fleet()) == Advance(("n0",), 0)
+
+
+def test_a_step_percentage_rounds_up_to_whole_nodes() -> None:
+    # 1% of 101 nodes is 1.01 nodes: the step takes 2 (a step never covers less than it says)
+    nodes = [NodeView(f"n{i:03}", True) for i in range(101)]
+    old = pods({n.name: "old" for n in nodes})
+    assert step(old, nodes=nodes, canary={"steps": [1, 100]}) == Advance(("n000", "n001"), 0)
+    # 10% of 10 nodes is exactly 1
+    assert step(on(10, 0)) == Advance(("n0",), 0)

@@ -812,7 +812,8 @@ def _operator(memo: kopf.Memo) -> Operator:
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     """Register the handlers of the configured roles: ModelArtifacts always, EdgeDeployments with
-    `rollout`; TrainingJobs (role `training`) are followed by the lean watches started at startup."""
+    `rollout`; TrainingJobs (role `training`) through the lean watch started at startup, or through
+    kopf with leader election."""
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
@@ -828,7 +829,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         if config.metrics_port:
             operator.metrics.serve(config.metrics_port)
         if "training" in config.roles:
-            operator.tasks.append(asyncio.create_task(operator.watch_training_jobs()))
+            if not config.peering:  # with leader election kopf's handler below follows them
+                operator.tasks.append(asyncio.create_task(operator.watch_training_jobs()))
             operator.tasks.append(asyncio.create_task(operator.watch_trainer_jobs()))
             operator.tasks.append(asyncio.create_task(operator.watch_trainer_pods()))
             operator.tasks.append(asyncio.create_task(operator.resync()))
@@ -873,6 +875,14 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
 
     if "rollout" in config.roles:
         register_rollout(registry)
+
+    if "training" in config.roles and config.peering:
+        # Leader election is kopf's peering, which pauses kopf's handlers on a standby replica but
+        # not our lean watches: there TrainingJobs come through kopf, so a standby does nothing
+        # (the Job and pod watches only re-plan runs already known).
+        @kopf.on.event(GROUP, VERSION, "trainingjobs", registry=registry)
+        async def on_training_job(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+            _operator(memo).training_job_changed(type or "MODIFIED", _plain(body))
 
 
 def artifact_users_of(deployment: Obj) -> set[str]:

@@ -113,6 +113,7 @@ SCENARIOS = {
     "pod-watch": "the pods it follows (trainer pods, the fleet's pods) are followed by a watch each "
     "(without it: re-listed, again and again)",
     "job-watch": "the runs' Jobs are followed by one watch (without it: re-listed, again and again)",
+    "tj-watch": "the TrainingJobs are followed by one watch (without it: re-listed, again and again)",
     # leader election (kopf peering)
     "leader": "the operator registers in its ClusterKopfPeering (the other replicas see it)",
     "serve": "the operator finds no replica above it and serves",
@@ -130,7 +131,7 @@ OPERATOR_NEEDS: dict[Grant, tuple[str | None, str | None]] = {
     ("watch", "", "namespaces"): ("late-namespace", "late-namespace"),  # with operator.namespaces
     ("get", GROUP, "trainingjobs"): ("orphan", None),
     ("list", GROUP, "trainingjobs"): ("job", None),
-    ("watch", GROUP, "trainingjobs"): ("job", None),
+    ("watch", GROUP, "trainingjobs"): ("tj-watch", None),
     ("patch", GROUP, "trainingjobs/status"): ("status", None),
     ("update", GROUP, "trainingjobs/finalizers"): ("job", None),
     ("get", "batch", "jobs"): ("adopt-job", None),
@@ -1049,6 +1050,9 @@ class OperatorLab(Lab):
 
     def _job_watch(self, key: str) -> Trial:
         return Trial(_nothing, lambda: self.follows("batch", "jobs"))
+
+    def _tj_watch(self, key: str) -> Trial:
+        return Trial(_nothing, lambda: self.follows(GROUP, "trainingjobs"))
 
     def _adopt_job(self, key: str) -> Trial:
         """The Job `<key>-1` exists before the operator creates it: its create answers 409."""

@@ -14,10 +14,11 @@ __all__ = ["die_with_parent", "stop_group"]
 PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent() -> None:
-    """In a forked child before exec: SIGTERM when the parent thread dies, even by SIGKILL (Linux)."""
+def die_with_parent(signal_number: int = signal.SIGTERM) -> None:
+    """In a forked child before exec: `signal_number` when the parent thread dies, even by SIGKILL
+    (Linux)."""
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal_number)
 
 
 def stop_group(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:

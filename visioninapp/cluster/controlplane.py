@@ -13,7 +13,9 @@ started again in the same folder (local mode) has everything it had.
 from __future__ import annotations
 
 import base64
+import functools
 import json
+import signal
 import socket
 import ssl
 import subprocess
@@ -81,7 +83,9 @@ class _Component:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=die_with_parent,
+                # Orphaned, a component serves nobody: SIGKILL rather than SIGTERM, on which the API
+                # server drains its requests and watches for up to a minute (etcd survives a kill).
+                preexec_fn=functools.partial(die_with_parent, signal.SIGKILL),
             )
 
     def alive(self) -> bool:

@@ -66,8 +66,9 @@ Obj = dict[str, Any]
 JOB_LABEL = "batch.kubernetes.io/job-name"
 DELETED_UIDS_KEPT = 100_000  # deletions remembered; a late write's answer comes within seconds
 # Job creates go before status writes: under a burst of new runs the API server's capacity goes
-# first to what starts training, and a run's status follows once the burst's Jobs exist (at most
-# this many seconds later).
+# first to what starts training, and a new run's status follows once the burst is over (no Job
+# created for BURST_QUIET_SECONDS), STATUS_BEHIND_STARTS_SECONDS later at most.
+BURST_QUIET_SECONDS = 0.5
 STATUS_BEHIND_STARTS_SECONDS = 10.0
 REPLAN_INTERVAL = 0.5  # seconds between two plans of one EdgeDeployment (rollout steps take minutes)
 
@@ -113,9 +114,10 @@ class Operator:
         self.background: set[asyncio.Task[None]] = set()  # work started by watch callbacks
         self.deleted: dict[str, None] = {}  # uids of objects seen deleted, oldest first
         self.replan_at: dict[tuple[str, str], float] = {}  # earliest time of the next re-plan
-        self.starting = 0  # Job creates in flight
-        self.no_starts = asyncio.Event()  # set while none is
-        self.no_starts.set()
+        self.last_start = 0.0  # when the newest Job create was sent (monotonic)
+        self.burst_over = asyncio.Event()  # set once no Job was created for BURST_QUIET_SECONDS
+        self.burst_over.set()
+        self.burst_timer: asyncio.Task[None] | None = None
         self.trainer_env, self.edge_env = self.service_env(training=True), self.service_env(training=False)
         self.identities: EdgeIdentities | None = None  # per-node edge credentials (config.edge_identity)
 
@@ -284,9 +286,9 @@ class Operator:
         # A new attempt: its Job first; its status once the burst's other new Jobs exist too, in
         # one write with what the Job controller and the scheduler said about it meanwhile.
         await self.apply(body, dataclasses.replace(plan, status={}, event=None))
-        if not self.no_starts.is_set():
+        if not self.burst_over.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.no_starts.wait(), STATUS_BEHIND_STARTS_SECONDS)
+                await asyncio.wait_for(self.burst_over.wait(), STATUS_BEHIND_STARTS_SECONDS)
         ahead = {**body, "status": {**(body.get("status") or {}), **plan.status}}
         later = await self.plan_run(ahead)
         await self.apply(
@@ -295,6 +297,18 @@ class Operator:
                 later, status={**plan.status, **later.status}, event=plan.event or later.event
             ),
         )
+
+    def job_started(self) -> None:
+        """A Job create goes out: the burst of new runs goes on (see `burst_over`)."""
+        self.last_start = time.monotonic()
+        self.burst_over.clear()
+        if self.burst_timer is None or self.burst_timer.done():
+            self.burst_timer = asyncio.ensure_future(self._end_burst())
+
+    async def _end_burst(self) -> None:
+        while (quiet := time.monotonic() - self.last_start) < BURST_QUIET_SECONDS:
+            await asyncio.sleep(BURST_QUIET_SECONDS - quiet)
+        self.burst_over.set()
 
     async def plan_run(self, body: Obj) -> TrainingPlan:
         """Plan a run from the cached Job and pods of its current attempt."""
@@ -327,14 +341,8 @@ class Operator:
                 artifact["spec"]["classNames"] = manifest["classNames"]
             await self.kube.create(API_VERSION, "modelartifacts", namespace, artifact)
         if plan.create_job is not None:
-            self.starting += 1
-            self.no_starts.clear()
-            try:
-                created = await self.kube.create("batch/v1", "jobs", namespace, plan.create_job)
-            finally:
-                self.starting -= 1
-                if not self.starting:
-                    self.no_starts.set()
+            self.job_started()
+            created = await self.kube.create("batch/v1", "jobs", namespace, plan.create_job)
             if created is None:  # it exists already: adopt it
                 created = await self.kube.get(
                     "batch/v1", "jobs", namespace, plan.create_job["metadata"]["name"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 import ssl
 import tempfile
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
+import orjson
 
 __all__ = ["Connection", "ConnectionInfo", "Kube", "KubeError", "load_connection"]
 
@@ -145,7 +145,7 @@ async def _json_or_text(response: aiohttp.ClientResponse) -> Any:
     if not body:
         return {}
     try:
-        return json.loads(body)
+        return orjson.loads(body)
     except ValueError:
         return {"message": body.decode(errors="replace").strip()}
 
@@ -267,7 +267,7 @@ class Kube:
             async for line in response.content:
                 if not line.strip():
                     continue
-                event = json.loads(line)
+                event = orjson.loads(line)  # pods are large; ~4x faster than json's
                 obj = event.get("object") or {}
                 if event.get("type") == "ERROR":
                     return None  # 410 Gone (history expired) or another error: list again

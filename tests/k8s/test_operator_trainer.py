@@ -91,8 +91,11 @@ def test_training_job_runs_the_real_trainer_to_a_verified_artifact(
     ]
     reported = [w["epoch"] for w in writes if "epoch" in w]
     assert reported == sorted(reported) and reported[-1] == 4, writes
+    # phases only ever move forward (a new run's first status may already say Running: the operator
+    # writes it once the burst of new Jobs is over, with what the pod's start said meanwhile)
     phases = [w["phase"] for w in writes if "phase" in w]
-    assert phases == ["Pending", "Running", "Succeeded"] or phases == ["Pending", "Succeeded"], phases
+    order = [["Pending", "Running", "Succeeded"].index(p) for p in phases]
+    assert order == sorted(set(order)) and phases[-1] == "Succeeded", phases
     assert final["epoch"] == 4 and final["artifact"] == "shapes"
     wait_for(
         lambda: (

@@ -313,12 +313,15 @@ def next_rollout_step(
     settling = [n.name for n in updated_online if not healthy(n)]
     settling += [n.name for n in online if n.name not in by_node]
     reachable = len(updated) + len(not_updated_online)
-    wanted = min(math.ceil(steps[step] * len(nodes) / 100), reachable)
+
+    def wanted_at(index: int) -> int:
+        return min(math.ceil(steps[index] * len(nodes) / 100), reachable)
+
     # A complete, healthy step moves on to the next; with no node reachable nothing is judged, so
     # a fleet that is offline keeps its canary step for when it comes back.
-    while reachable and len(updated) >= wanted and not settling and step + 1 < len(steps):
+    while reachable and len(updated) >= wanted_at(step) and not settling and step + 1 < len(steps):
         step += 1
-        wanted = min(math.ceil(steps[step] * len(nodes) / 100), reachable)
+    wanted = wanted_at(step)
     if len(updated) >= wanted and not settling and step + 1 >= len(steps) and (updated or not nodes):
         returning = sorted(n.name for n in not_updated_online)
         return Done(tuple(returning[: _max_unavailable(strategy.max_unavailable, len(nodes))]))

@@ -283,8 +283,8 @@ class Operator:
         if plan.create_job is None or not plan.status:
             await self.apply(body, plan)
             return
-        # A new attempt: its Job first; its status once the burst's other new Jobs exist too, in
-        # one write with what the Job controller and the scheduler said about it meanwhile.
+        # A new attempt: its Job first; its status once the burst of new Jobs is over, in one write
+        # with what the Job controller and the scheduler said about it meanwhile.
         await self.apply(body, dataclasses.replace(plan, status={}, event=None))
         if not self.burst_over.is_set():
             with contextlib.suppress(TimeoutError):
@@ -855,7 +855,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         operator = _operator(memo)
-        for task in operator.tasks:
+        for task in [*operator.tasks, *([operator.burst_timer] if operator.burst_timer else [])]:
             task.cancel()
         await operator.kube.close()
         if operator.mirror is not None:

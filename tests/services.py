@@ -299,27 +299,14 @@ def ensure_console_built(frontend: Path) -> None:
 TEST_STREAM = re.compile(r"^(training|edge)-events-[0-9a-f]{6,}$")
 
 
-def delete_test_streams() -> int:
-    """Delete the uniquely named streams tests create (`edge-events-1a2b3c...`), left by earlier runs.
-
-    Hundreds of idle streams slow RabbitMQ down on a small machine until timing-sensitive tests
-    fail; production streams (`training-events`, `edge-events`) never match.
-    """
+def delete_streams(names: list[str], port: int = 5552) -> None:
+    """Delete these streams of the local broker (missing ones are fine)."""
     import asyncio
 
     from rstream import Producer
 
-    listed = subprocess.run(
-        ["rabbitmqctl", "list_queues", "name", "--quiet", "--no-table-headers"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    names = [line.strip() for line in listed.stdout.splitlines() if TEST_STREAM.match(line.strip())]
-
     async def delete() -> None:
-        producer = Producer(host="127.0.0.1", username="guest", password="guest")
+        producer = Producer(host="127.0.0.1", port=port, username="guest", password="guest")
         await producer.start()
         try:
             for name in names:
@@ -329,6 +316,23 @@ def delete_test_streams() -> int:
 
     if names:
         asyncio.run(delete())
+
+
+def delete_test_streams() -> int:
+    """Delete the uniquely named streams tests create (`edge-events-1a2b3c...`), left by earlier runs.
+
+    Hundreds of idle streams slow RabbitMQ down on a small machine until timing-sensitive tests
+    fail; production streams (`training-events`, `edge-events`) never match.
+    """
+    listed = subprocess.run(
+        ["rabbitmqctl", "list_queues", "name", "--quiet", "--no-table-headers"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    names = [line.strip() for line in listed.stdout.splitlines() if TEST_STREAM.match(line.strip())]
+    delete_streams(names)
     return len(names)
 
 

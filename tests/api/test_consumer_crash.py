@@ -25,6 +25,7 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.api.conftest import build_settings
+from tests.services import delete_streams
 from visioninapp.api.db import ConsumerOffset, Database, EpochMetric, LogLine
 from visioninapp.events import TrainingEvent
 from visioninapp.factory import build_event_bus, build_search_index
@@ -163,23 +164,6 @@ class Consumer:
             self.process.wait(20)
 
 
-def delete_streams(*names: str) -> None:
-    import asyncio
-
-    from rstream import Producer
-
-    async def delete() -> None:
-        producer = Producer(host="127.0.0.1", username="guest", password="guest")
-        await producer.start()
-        try:
-            for name in names:
-                await producer.delete_stream(name, missing_ok=True)
-        finally:
-            await producer.close()
-
-    asyncio.run(delete())
-
-
 def chunks(events: list[bytes]) -> Iterator[list[tuple[int, bytes]]]:
     size = -(-len(events) // CHUNKS)
     for start in range(0, len(events), size):
@@ -284,6 +268,6 @@ def test_killed_consumer_resumes_with_nothing_lost_or_doubled(
     assert search.count("logs") == JOBS * EPOCHS * LOGS_PER_EPOCH
     db.dispose()
     bus.close()
-    delete_streams(settings.training_stream, settings.edge_stream)
+    delete_streams([settings.training_stream, settings.edge_stream])
     with admin.begin() as connection:
         connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")

@@ -3,7 +3,6 @@ node's broker user can and cannot do on the streams, and revocation."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import secrets
 import time
@@ -12,26 +11,12 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
-from rstream import Producer
 
-from tests.services import RABBITMQ_MANAGEMENT_PORT
+from tests.services import RABBITMQ_MANAGEMENT_PORT, delete_streams
 from visioninapp.backends.rabbitmq import RabbitStreamBus
 from visioninapp.operator.edge_identity import BrokerIssuer, broker_permissions, broker_user
 
 MANAGEMENT = f"http://127.0.0.1:{RABBITMQ_MANAGEMENT_PORT}"
-
-
-def _delete_streams(port: int, names: list[str]) -> None:
-    async def delete() -> None:
-        producer = Producer(host="127.0.0.1", port=port, username="guest", password="guest")
-        await producer.start()
-        try:
-            for name in names:
-                await producer.delete_stream(name, missing_ok=True)
-        finally:
-            await producer.close()
-
-    asyncio.run(delete())
 
 
 @pytest.fixture
@@ -49,7 +34,7 @@ def streams(rabbitmq_stream_port: int) -> Iterator[dict[str, str]]:
         admin.ensure_stream(name)
     admin.close()
     yield names
-    _delete_streams(rabbitmq_stream_port, list(names.values()))
+    delete_streams(list(names.values()), rabbitmq_stream_port)
 
 
 @pytest.fixture

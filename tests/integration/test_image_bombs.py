@@ -32,6 +32,8 @@ from typing import Any
 
 import pytest
 
+from tests.unit.test_edge_units import _model as tiny_model  # zeros everywhere: loads, detects nothing
+
 MIB = 2**20
 BOMB_SIDE = 16000  # 256 M pixels: over our limit (8192x8192) and over Pillow's own (2 x 89 M)
 RSS_BUDGET_MIB = 300
@@ -173,26 +175,6 @@ def bombs() -> dict[str, bytes]:
 
 
 # --- a tiny model and the server processes ------------------------------------------------------
-
-
-def tiny_model(path: Path, size: int = 32, classes: int = 2) -> Path:
-    """A YOLOv8-shaped ONNX whose every output is 0: loads, self-tests, detects nothing, in 1 ms."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    anchors = sum((size // stride) ** 2 for stride in (8, 16, 32))
-    shape = [1, 4 + classes, anchors]
-    zeros = helper.make_tensor("zeros", TensorProto.FLOAT, shape, [0.0] * (shape[1] * anchors))
-    graph = helper.make_graph(
-        [helper.make_node("Constant", [], ["output0"], value=zeros)],
-        "tiny",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, shape)],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
 
 
 def sha256(path: Path) -> str:

@@ -14,10 +14,9 @@ from uuid import uuid4
 import pytest
 from pydantic import ValidationError
 
-from tests.integration.test_edge_broker_identity import _delete_streams
 from tests.integration.test_edge_identity import ARTIFACTS, BUCKET, FEEDBACK, IamS3, _refused, iam_s3
 from tests.k8s.test_rollout import deployment
-from tests.services import RABBITMQ_MANAGEMENT_PORT, free_port
+from tests.services import RABBITMQ_MANAGEMENT_PORT, delete_streams, free_port
 from visioninapp.backends.rabbitmq import RabbitStreamBus
 from visioninapp.cluster.cluster import Cluster
 from visioninapp.edge.identity import EdgeCredentials, IdentityError, NodeIdentity
@@ -259,7 +258,7 @@ def test_the_exchange_over_http_hands_a_pod_its_nodes_keys_and_broker_user(
         asyncio.run(scenario())
     finally:
         cluster.delete("", "nodes", None, node)
-        _delete_streams(rabbitmq_stream_port, [stream])
+        delete_streams([stream], rabbitmq_stream_port)
 
 
 def test_without_identity_edge_credentials_come_from_a_secret_never_plain_env() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
@@ -18,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from visioninapp.api.db import Notification, Project, TrainingRun, utcnow
 from visioninapp.api.errors import ApiError
+from visioninapp.k8s import parse_time
 
 if TYPE_CHECKING:
     from visioninapp.api.services import Services
@@ -27,10 +27,6 @@ __all__ = ["ClusterSync", "notification_for", "record_run"]
 log = logging.getLogger(__name__)
 
 TERMINAL = {"Succeeded": "run-succeeded", "Failed": "run-failed"}
-
-
-def _parse_time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
 def record_run(session: Session, tj: dict[str, Any], created_by: str | None = None) -> TrainingRun:
@@ -46,14 +42,14 @@ def record_run(session: Session, tj: dict[str, Any], created_by: str | None = No
             project_name=meta["namespace"],
             name=meta["name"],
             created_by=created_by or meta.get("annotations", {}).get("visioninapp.io/created-by", ""),
-            created_at=_parse_time(meta.get("creationTimestamp")) or utcnow(),
+            created_at=parse_time(meta.get("creationTimestamp")) or utcnow(),
         )
         session.add(run)
     run.spec = tj.get("spec") or {}
     run.phase = status.get("phase") or "Pending"
     run.artifact = status.get("artifact")
     run.message = status.get("message") or ""
-    run.finished_at = _parse_time(status.get("completionTime"))
+    run.finished_at = parse_time(status.get("completionTime"))
     map50 = (status.get("metrics") or {}).get("mAP50")
     if map50 is not None and (run.best_map50 is None or map50 > run.best_map50):
         run.best_map50 = map50

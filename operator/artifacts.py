@@ -8,15 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
 from visioninapp.backends.storage import ObjectNotFound
-from visioninapp.operator.training import set_condition
+from visioninapp.k8s import Obj, set_condition
 from visioninapp.resources import ModelArtifact
 
 __all__ = ["Verification", "artifact_status", "mirror_copy", "needs_verification", "verify_formats"]
 
-Obj = dict[str, Any]
 # The findings of one verification: a problem per broken format (empty: all good).
 Verification = list[str]
 

@@ -39,8 +39,8 @@ from urllib.parse import quote, urlparse
 
 from visioninapp.backends.storage import join_uri
 from visioninapp.feedback import feedback_prefix
+from visioninapp.k8s import MANAGED_BY, Obj
 from visioninapp.kubeclient import Kube, KubeError
-from visioninapp.operator.training import MANAGED_BY
 
 __all__ = [
     "AUDIENCE",
@@ -60,7 +60,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-Obj = dict[str, Any]
 AUDIENCE = "visioninapp-edge"
 REVOKED_LABEL = "visioninapp.io/edge-revoked"
 NODE_HASH_LABEL = "visioninapp.io/edge-node-hash"

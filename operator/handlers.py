@@ -27,6 +27,7 @@ from visioninapp.backends.events import EventBus
 from visioninapp.backends.storage import ArtifactStore
 from visioninapp.events import EdgeEvent
 from visioninapp.factory import artifact_store_for, build_event_bus
+from visioninapp.k8s import Obj, iso_time
 from visioninapp.kubeclient import Kube, KubeError, load_connection
 from visioninapp.operator.artifacts import artifact_status, mirror_copy, needs_verification, verify_formats
 from visioninapp.operator.config import OperatorConfig
@@ -53,7 +54,6 @@ from visioninapp.operator.training import (
     BaseModel,
     TrainingPlan,
     desired_job,
-    iso_time,
     job_finished,
     plan_training,
 )
@@ -62,7 +62,6 @@ from visioninapp.resources.base import ADMITTED
 from visioninapp.settings import Settings
 
 log = logging.getLogger("visioninapp.operator")
-Obj = dict[str, Any]
 JOB_LABEL = "batch.kubernetes.io/job-name"
 DELETED_UIDS_KEPT = 100_000  # deletions remembered; a late write's answer comes within seconds
 # Job creates go before status writes: under a burst of new runs the API server's capacity goes

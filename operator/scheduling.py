@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from visioninapp.k8s import Obj
 
 __all__ = ["fits", "matches_selector", "tolerates", "untolerated_taints"]
 
-Obj = dict[str, Any]
 SCHEDULING_EFFECTS = ("NoSchedule", "NoExecute")  # PreferNoSchedule never keeps a pod off
 
 

@@ -12,12 +12,12 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
 
 from pydantic import ValidationError
 
 from visioninapp.backends.storage import join_uri
 from visioninapp.events import TrainerResult
+from visioninapp.k8s import MANAGED_BY, Obj, controller_reference, iso_time, set_condition
 from visioninapp.operator.names import job_name
 from visioninapp.resources import API_VERSION, TrainingJob
 from visioninapp.resources.base import to_dns_label
@@ -30,20 +30,16 @@ __all__ = [
     "TrainingPlan",
     "artifact_from_result",
     "desired_job",
-    "iso_time",
     "job_finished",
     "plan_training",
-    "set_condition",
     "status_from_job",
 ]
 
-Obj = dict[str, Any]
 TRAINING_JOB_LABEL = "visioninapp.io/training-job"
 ATTEMPT_LABEL = "visioninapp.io/attempt"
 # Keeps a finished Job (and so its pods' termination message) until the operator has recorded the
 # outcome, even when ttlSecondsAfterFinished or a user deletes it first.
 JOB_FINALIZER = "visioninapp.io/training-result"
-MANAGED_BY = {"app.kubernetes.io/managed-by": "visioninapp-operator"}
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 TERMINAL = ("Succeeded", "Failed")
@@ -75,48 +71,6 @@ class TrainingPlan:
         return not (
             self.create_job or self.delete_job or self.create_artifact or self.release_job or self.status
         )
-
-
-def iso_time(moment: datetime) -> str:
-    """A timestamp as Kubernetes writes it."""
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def set_condition(
-    conditions: list[Obj], type_: str, status: str, reason: str, message: str, now: datetime, generation: int
-) -> list[Obj]:
-    """Conditions with `type_` set; `lastTransitionTime` moves only when the status changes."""
-    result, found = [], False
-    for condition in conditions:
-        if condition["type"] != type_:
-            result.append(condition)
-            continue
-        found = True
-        changed = condition["status"] != status
-        result.append(
-            {
-                "type": type_,
-                "status": status,
-                "reason": reason,
-                "message": message,
-                "lastTransitionTime": iso_time(now) if changed else condition["lastTransitionTime"],
-                "observedGeneration": generation,
-            }
-        )
-    if not found:
-        result.append(
-            {
-                "type": type_,
-                "status": status,
-                "reason": reason,
-                "message": message,
-                "lastTransitionTime": iso_time(now),
-                "observedGeneration": generation,
-            }
-        )
-    return sorted(
-        result, key=lambda c: CONDITION_TYPES.index(c["type"]) if c["type"] in CONDITION_TYPES else 99
-    )
 
 
 # --- the Job ------------------------------------------------------------------------------------
@@ -257,16 +211,7 @@ def desired_job(
             "namespace": tj.metadata.namespace,
             "labels": job_labels,
             "finalizers": [JOB_FINALIZER],
-            "ownerReferences": [
-                {
-                    "apiVersion": API_VERSION,
-                    "kind": "TrainingJob",
-                    "name": tj.metadata.name,
-                    "uid": uid,
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
+            "ownerReferences": [controller_reference("TrainingJob", tj.metadata.name, uid)],
         },
         "spec": job_spec,
     }
@@ -472,7 +417,7 @@ def _plan(
     def condition(type_: str, value: bool, reason: str, message: str) -> None:
         nonlocal conditions
         conditions = set_condition(
-            conditions, type_, "True" if value else "False", reason, message, now, generation
+            conditions, type_, "True" if value else "False", reason, message, now, generation, CONDITION_TYPES
         )
 
     def start(attempt: int, why: str) -> TrainingPlan:

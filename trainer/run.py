@@ -21,12 +21,12 @@ from visioninapp.backends.storage import ArtifactStore, ObjectNotFound, StoredOb
 from visioninapp.datasets import fetch_dataset, validate_dataset
 from visioninapp.events import TrainerResult, TrainingEvent
 from visioninapp.resources.modelartifact import ArtifactFormat
-from visioninapp.resources.trainingjob import TrainingMetrics
+from visioninapp.resources.trainingjob import Hyperparameters, TrainingMetrics
 from visioninapp.trainer.config import TrainerConfig
 from visioninapp.trainer.offline import prepare_offline_ultralytics
 from visioninapp.trainer.publisher import EventPublisher
 
-__all__ = ["Checkpoint", "TrainerError", "run_training"]
+__all__ = ["Checkpoint", "TrainerError", "run_training", "ultralytics_train_args"]
 
 log = logging.getLogger("visioninapp.trainer")
 
@@ -222,21 +222,10 @@ def _device(config: TrainerConfig) -> str:
     return "cpu"
 
 
-def _train(
-    config: TrainerConfig,
-    store: ArtifactStore,
-    publisher: EventPublisher,
-    checkpoint: Checkpoint,
-    marker: dict[str, Any] | None,
-    work: Path,
-) -> tuple[Path, TrainingMetrics, int, int]:
-    """Train (resuming from `marker` if given); returns best weights, final metrics, epochs, imgsz."""
-    from ultralytics import YOLO
-
-    spec = config.spec
-    hp = spec.hyperparameters
-    train_args: dict[str, Any] = {
-        "data": str(work / "data.resolved.yaml"),
+def ultralytics_train_args(hp: Hyperparameters, data: Path, device: str, runs: Path) -> dict[str, Any]:
+    """What ultralytics' `train()` is given for a TrainingJob's hyperparameters (a fresh run)."""
+    return {
+        "data": str(data),
         "epochs": hp.epochs,
         "imgsz": hp.imgsz,
         "batch": hp.batch,
@@ -254,13 +243,29 @@ def _train(
         "deterministic": hp.deterministic,
         "workers": hp.workers,
         "amp": hp.amp,
-        "device": _device(config),
-        "project": str(work / "runs"),
+        "device": device,
+        "project": str(runs),
         "name": "train",
         "exist_ok": True,
         "plots": False,
         "verbose": False,
     }
+
+
+def _train(
+    config: TrainerConfig,
+    store: ArtifactStore,
+    publisher: EventPublisher,
+    checkpoint: Checkpoint,
+    marker: dict[str, Any] | None,
+    work: Path,
+) -> tuple[Path, TrainingMetrics, int, int]:
+    """Train (resuming from `marker` if given); returns best weights, final metrics, epochs, imgsz."""
+    from ultralytics import YOLO
+
+    spec = config.spec
+    hp = spec.hyperparameters
+    train_args = ultralytics_train_args(hp, work / "data.resolved.yaml", _device(config), work / "runs")
     if marker is not None:
         log.info("resuming from the checkpoint of epoch %d (attempt %d)", marker["epoch"], marker["attempt"])
         publisher.log_line(f"resuming from the checkpoint of epoch {marker['epoch']}")

@@ -20,10 +20,11 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
+from visioninapp.k8s import Obj
+
 __all__ = ["Connection", "ConnectionInfo", "Kube", "KubeError", "load_connection"]
 
 log = logging.getLogger(__name__)
-Obj = dict[str, Any]
 MERGE = "application/merge-patch+json"
 STRATEGIC = "application/strategic-merge-patch+json"
 # Unknown or duplicate fields in what we write are errors, not silently dropped: a status field

@@ -46,13 +46,13 @@ from typing import Any
 import aiohttp
 import aiohttp.web
 
+from visioninapp.k8s import Obj
 from visioninapp.kubeclient import STRATEGIC, Kube, KubeError
 from visioninapp.processes import die_with_parent
 
 __all__ = ["IMAGE_ENTRYPOINTS", "NodeAgent", "NodeSpec", "Outcome", "PodScript", "expand"]
 
 log = logging.getLogger(__name__)
-Obj = dict[str, Any]
 KUBELET_VERSION = "v1.35.4"
 LOG_TAIL_BYTES = 2048  # FallbackToLogsOnError keeps at most 80 lines / 2048 bytes
 MAX_GRACE_SECONDS = 30.0  # a pod stopping longer than this is killed (tests and local mode)

@@ -29,13 +29,13 @@ from visioninapp.cluster.agent import NodeAgent, NodeSpec, PodScript
 from visioninapp.cluster.controlplane import ControlPlane
 from visioninapp.cluster.pki import CertificateAuthority
 from visioninapp.crds import crd_for
+from visioninapp.k8s import Obj
 from visioninapp.kubeclient import Connection, Kube
 from visioninapp.resources import RESOURCES
 
 __all__ = ["API_VERSIONS", "Cluster"]
 
 T = TypeVar("T")
-Obj = dict[str, Any]
 # The version served for each API group the project uses.
 API_VERSIONS = {
     "": "v1",

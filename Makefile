@@ -43,10 +43,11 @@ test: install ## Install what the tests need, start the services and run the who
 test-fast: install ## The unit tests only
 	$(PY) -m pytest tests/unit -m "not slow"
 
-lint: install ## ruff and mypy
+lint: install ## ruff (with complexity limits), strict mypy over all five packages, import-linter's contracts
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check visioninapp
-	$(VENV)/bin/mypy
+	$(VENV)/bin/ruff format --check .
+	$(PY) tools/typecheck.py
+	$(PY) tools/lint_imports.py
 
 crds: install ## Regenerate crds/ from the typed models
 	$(VENV)/bin/visioninapp crds generate

@@ -2,28 +2,28 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from visioninapp import __version__
-from visioninapp.api.errors import ErrorBody, install_error_handlers
-from visioninapp.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from visioninapp.api.container import ApiContainer
 from visioninapp.api.routes import activity, datasets, deployments, models, projects, summaries, training
 from visioninapp.api.routes.common import no_control_characters
-from visioninapp.api.services import Services
+from visioninapp.settings import Settings
+from visioninapp.web.errors import ErrorBody, install_error_handlers
+from visioninapp.web.middleware import BodyLimitMiddleware, RequestIdMiddleware
 
 __all__ = ["create_app"]
 
-log = logging.getLogger("visioninapp.api")
 FRONTEND = Path(__file__).resolve().parent.parent / "frontend"  # a checkout; images set console_dir
 
-_ERRORS = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": description}
     for status, description in (
         (400, "Bad request"),
@@ -38,16 +38,16 @@ _ERRORS = {
 }
 
 
-def create_app(services: Services, background: bool = False) -> FastAPI:
-    """The app over ready services; `background` also runs the consumers and the cluster sync."""
+def create_app(container: ApiContainer, background: bool = False) -> FastAPI:
+    """The app over a ready container; `background` also runs the consumers and the cluster sync."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if background:
-            services.start_background()
+            container.start_background()
         yield
         if background:
-            services.close()
+            container.close()
 
     app = FastAPI(
         title="VisionInApp API",
@@ -59,53 +59,62 @@ def create_app(services: Services, background: bool = False) -> FastAPI:
         docs_url="/api/docs",
         redoc_url=None,
     )
-    app.state.services = services
+    app.state.container = container
     install_error_handlers(app)
 
     # Multipart uploads are spooled to disk before a route runs: their size is limited while read.
     # (The largest upload plus room for the form's other parts.)
-    limit = services.settings.api_max_upload_mb * 2**20 + 2**20
+    limit = container.settings.api_max_upload_mb * 2**20 + 2**20
     app.add_middleware(BodyLimitMiddleware, limit=limit)
     app.add_middleware(RequestIdMiddleware, log_requests=True)  # outermost: a 413 has the id too
 
     api = APIRouter(
         prefix="/api/v1",
-        responses=_ERRORS,  # type: ignore[arg-type]
+        responses=_ERRORS,
         dependencies=[Depends(no_control_characters)],  # NUL & co. in any parameter: a 422, not a 500
     )
     for module in (projects, training, models, deployments, datasets, summaries, activity):
         api.include_router(module.router)
     app.include_router(api)
+    app.include_router(_public_routes(container))
 
-    @app.get("/api/config", tags=["health"], summary="What the console needs to start (public)")
+    console = container.settings.console_dir or FRONTEND
+    if console.is_dir():
+        app.mount("/", StaticFiles(directory=console, html=True), name="console")
+    return app
+
+
+def _console_settings(settings: Settings) -> dict[str, object]:
+    """The version, and the Firebase web settings the console signs in with (None: no Firebase)."""
+    firebase = None
+    if settings.firebase_project_id:
+        firebase = {
+            "projectId": settings.firebase_project_id,
+            "apiKey": settings.firebase_api_key or "local-emulator-key",
+            "authDomain": settings.firebase_auth_domain or f"{settings.firebase_project_id}.firebaseapp.com",
+            "emulatorUrl": settings.console_auth_emulator_url,
+        }
+    return {"version": __version__, "firebase": firebase}
+
+
+def _public_routes(container: ApiContainer) -> APIRouter:
+    """Routes without a login: the console's configuration and the health probes."""
+    router = APIRouter(tags=["health"])
+
+    @router.get("/api/config", summary="What the console needs to start (public)")
     def console_config() -> dict[str, object]:
-        settings = services.settings
-        firebase = None
-        if settings.firebase_project_id:
-            firebase = {
-                "projectId": settings.firebase_project_id,
-                "apiKey": settings.firebase_api_key or "local-emulator-key",
-                "authDomain": settings.firebase_auth_domain
-                or f"{settings.firebase_project_id}.firebaseapp.com",
-                "emulatorUrl": settings.console_auth_emulator_url,
-            }
-        return {"version": __version__, "firebase": firebase}
+        return _console_settings(container.settings)
 
-    @app.get("/healthz", tags=["health"], summary="The process is alive")
+    @router.get("/healthz", summary="The process is alive")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get(
-        "/readyz", tags=["health"], summary="The database answers", responses={503: {"model": ErrorBody}}
-    )
+    @router.get("/readyz", summary="The database answers", responses={503: {"model": ErrorBody}})
     def readyz() -> JSONResponse:
         try:
-            services.db.ping()
+            container.db.ping()
         except Exception as error:
             return JSONResponse({"status": "unavailable", "reason": str(error)[:200]}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    console = services.settings.console_dir or FRONTEND
-    if console.is_dir():
-        app.mount("/", StaticFiles(directory=console, html=True), name="console")
-    return app
+    return router

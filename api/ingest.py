@@ -8,7 +8,7 @@ stay valid), exact duplicates (same decoded pixels) removed with their labels.
 
 Nothing of a refused or crashed upload becomes part of a version:
 
-- the archive is unpacked into a work folder under `<data_dir>/ingest/`, locked (flock) while its
+- the archive is unpacked into a work folder under `<data_dir>/ingest/` (`workspaces`), locked while its
   upload runs; the next upload removes folders whose lock is free (their process died);
 - only the entries a dataset uses (data.yaml, images, label and list .txt files) are unpacked, and
   the bytes actually written are counted against `expansion_limit` (4x the upload limit, and 8x
@@ -22,15 +22,11 @@ Nothing of a refused or crashed upload becomes part of a version:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
-import os
 import re
-import shutil
 import stat
-import time
 import uuid
 import zipfile
 from collections import Counter
@@ -66,7 +62,6 @@ __all__ = [
     "expansion_limit",
     "extract_archive",
     "ingest_directory",
-    "ingest_workspace",
     "manifest_of",
     "new_version_uri",
     "sweep_versions",
@@ -97,54 +92,6 @@ class Ingested:
     class_counts: dict[str, int]
     images: dict[str, int]
     preprocessing: dict[str, Any] = field(default_factory=dict)
-
-
-# Work folders ------------------------------------------------------------------------------------
-
-
-def _sweep_workspaces(base: Path) -> None:
-    """Remove work folders of dead uploads: their lock file is no longer held by anyone."""
-    for lock in base.glob("*.lock"):
-        try:
-            with lock.open("a") as handle:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                shutil.rmtree(lock.with_suffix(""), ignore_errors=True)
-                lock.unlink(missing_ok=True)
-        except (BlockingIOError, FileNotFoundError):
-            continue  # a live upload, or one that just finished
-    for stale in base.iterdir():
-        orphan = not stale.name.endswith(".lock") and not stale.with_suffix(".lock").exists()
-        with contextlib.suppress(FileNotFoundError):
-            if orphan and time.time() - stale.stat().st_mtime > 60:
-                if stale.is_dir():
-                    shutil.rmtree(stale, ignore_errors=True)
-                else:
-                    stale.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def ingest_workspace(base: Path) -> Iterator[Path]:
-    """A locked, private work folder under `base`; removed afterwards, or by the next upload after a crash.
-
-    The lock file is locked before it gets its `.lock` name, so a sweeper never sees it unlocked
-    while its upload lives; the lock dies with the process (SIGKILL included).
-    """
-    base.mkdir(parents=True, exist_ok=True)
-    _sweep_workspaces(base)
-    token = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
-    pending, lock_path, work = base / f".{token}.new", base / f"{token}.lock", base / token
-    fd = os.open(pending, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.rename(pending, lock_path)
-        work.mkdir()
-        try:
-            yield work
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-            lock_path.unlink(missing_ok=True)
-    finally:
-        os.close(fd)
 
 
 # Archives ----------------------------------------------------------------------------------------
@@ -181,64 +128,85 @@ def extract_archive(archive: Path, target: Path, max_bytes: int) -> Path:
     written. Entries a dataset does not use are not unpacked.
     """
     target.mkdir(parents=True, exist_ok=True)
-    written = 0
+    with _archive_errors(), zipfile.ZipFile(archive) as bundle:
+        _unpack(bundle, _dataset_members(bundle, target), target, max_bytes)
+    candidates = sorted(p.parent for p in target.rglob("data.yaml") if p.is_file())
+    if not candidates:
+        raise DatasetError("no data.yaml in the archive: YOLO datasets name their classes and splits there")
+    return min(candidates, key=lambda p: len(p.parts))
+
+
+@contextlib.contextmanager
+def _archive_errors() -> Iterator[None]:
+    """Whatever a broken archive raises, as a DatasetError that says what to do."""
     try:
-        with zipfile.ZipFile(archive) as bundle:
-            members = bundle.infolist()
-            if len(members) > MAX_ARCHIVE_MEMBERS:
-                raise DatasetError(f"archive has {len(members)} entries; at most {MAX_ARCHIVE_MEMBERS}")
-            chosen: dict[PurePosixPath, zipfile.ZipInfo] = {}
-            folders: set[PurePosixPath] = set()
-            for info in members:
-                if stat.S_ISLNK(info.external_attr >> 16):
-                    raise DatasetError(
-                        f"archive entry {info.filename!r} is a symbolic link: zip the files themselves "
-                        "(zip without -y)"
-                    )
-                path = PurePosixPath(info.filename)
-                if info.is_dir() or not _wanted(path):
-                    continue  # never unpacked
-                _check_member(info)
-                contained(target, info.filename, "archive entry")
-                if path in chosen:
-                    raise DatasetError(f"archive has two entries named {info.filename!r}; keep one")
-                chosen[path] = info
-                folders.update(path.parents)
-            clash = sorted(str(p) for p in chosen if p in folders)
-            if clash:
-                raise DatasetError(
-                    f"archive entry {clash[0]!r} is both a file and a folder; rename one of them"
-                )
-            for path, info in chosen.items():
-                destination = contained(target, str(path), "archive entry")
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                with bundle.open(info) as source, destination.open("xb") as out:
-                    while chunk := source.read(CHUNK):
-                        written += len(chunk)
-                        if written > max_bytes:
-                            raise TooLarge(
-                                f"archive unpacks to more than {max_bytes:,} bytes (limits: "
-                                "VISIONINAPP_API_MAX_UPLOAD_MB): split the dataset or shrink its images"
-                            )
-                        out.write(chunk)
+        yield
+    except DatasetError:
+        raise
     except (zipfile.BadZipFile, EOFError, UnicodeDecodeError):
         raise DatasetError(
             "not a zip archive, or a damaged one: upload the dataset folder zipped (data.yaml at its top)"
         ) from None
     except (NotImplementedError, RuntimeError, ValueError, OSError) as error:
-        if isinstance(error, DatasetError):
-            raise
         raise DatasetError(
             f"archive cannot be unpacked ({str(error)[:200]}): zip it again with deflate"
         ) from None
     except Exception as error:  # zlib.error, lzma.LZMAError: a corrupt compressed stream
-        if isinstance(error, DatasetError):
-            raise
         raise DatasetError(f"archive is damaged ({type(error).__name__}): zip the dataset again") from None
-    candidates = sorted(p.parent for p in target.rglob("data.yaml") if p.is_file())
-    if not candidates:
-        raise DatasetError("no data.yaml in the archive: YOLO datasets name their classes and splits there")
-    return min(candidates, key=lambda p: len(p.parts))
+
+
+def _dataset_members(bundle: zipfile.ZipFile, target: Path) -> dict[PurePosixPath, zipfile.ZipInfo]:
+    """The entries to unpack, by path; refuses the archive for any entry that is not safe to unpack."""
+    members = bundle.infolist()
+    if len(members) > MAX_ARCHIVE_MEMBERS:
+        raise DatasetError(f"archive has {len(members)} entries; at most {MAX_ARCHIVE_MEMBERS}")
+    chosen: dict[PurePosixPath, zipfile.ZipInfo] = {}
+    folders: set[PurePosixPath] = set()
+    for info in members:
+        path = _member_path(info, target)
+        if path is None:
+            continue
+        if path in chosen:
+            raise DatasetError(f"archive has two entries named {info.filename!r}; keep one")
+        chosen[path] = info
+        folders.update(path.parents)
+    clash = sorted(str(p) for p in chosen if p in folders)
+    if clash:
+        raise DatasetError(f"archive entry {clash[0]!r} is both a file and a folder; rename one of them")
+    return chosen
+
+
+def _member_path(info: zipfile.ZipInfo, target: Path) -> PurePosixPath | None:
+    """The path of an entry to unpack, None for one a dataset does not use (never unpacked)."""
+    if stat.S_ISLNK(info.external_attr >> 16):
+        raise DatasetError(
+            f"archive entry {info.filename!r} is a symbolic link: zip the files themselves (zip without -y)"
+        )
+    path = PurePosixPath(info.filename)
+    if info.is_dir() or not _wanted(path):
+        return None
+    _check_member(info)
+    contained(target, info.filename, "archive entry")
+    return path
+
+
+def _unpack(
+    bundle: zipfile.ZipFile, chosen: dict[PurePosixPath, zipfile.ZipInfo], target: Path, max_bytes: int
+) -> None:
+    """Write the entries, counting the bytes actually written (declared sizes may lie)."""
+    written = 0
+    for path, info in chosen.items():
+        destination = contained(target, str(path), "archive entry")
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        with bundle.open(info) as source, destination.open("xb") as out:
+            while chunk := source.read(CHUNK):
+                written += len(chunk)
+                if written > max_bytes:
+                    raise TooLarge(
+                        f"archive unpacks to more than {max_bytes:,} bytes (limits: "
+                        "VISIONINAPP_API_MAX_UPLOAD_MB): split the dataset or shrink its images"
+                    )
+                out.write(chunk)
 
 
 # Normalisation -----------------------------------------------------------------------------------
@@ -256,50 +224,15 @@ def ingest_directory(root: Path, out: Path, max_side: int = 1920) -> Ingested:
     """Validate `root` (data.yaml + images/labels) and write the normalised dataset to `out`."""
     root = root.resolve()
     names = validate_dataset(root, "data.yaml", out.parent / "resolved-data.yaml")
-    seen: set[str] = set()
-    counts: Counter[str] = Counter()
+    normaliser = _Normaliser(root, out, names, max_side)
     images: dict[str, int] = {}
-    rotated = resized = duplicates = 0
     for split in ("train", "val"):
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "labels" / split).mkdir(parents=True, exist_ok=True)
-        kept = 0
-        for number, image_path in enumerate(split_images(root, split)):
-            try:
-                pixels = read_image(image_path)  # size checked from the header; EXIF orientation applied
-            except ImageError as error:
-                refusal = TooLarge if error.too_large else DatasetError
-                raise refusal(
-                    f"{image_path.relative_to(root)}: {str(error).removeprefix(image_path.name + ': ')}"
-                ) from None
-            digest = hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
-            if digest in seen:
-                duplicates += 1
-                continue
-            seen.add(digest)
-            if _orientation(image_path) != 1:
-                rotated += 1
-            height, width = pixels.shape[:2]
-            if max(height, width) > max_side:
-                scale = max_side / max(height, width)
-                pixels = cv2.resize(
-                    pixels,
-                    (max(1, round(width * scale)), max(1, round(height * scale))),
-                    interpolation=cv2.INTER_AREA,
-                )
-                resized += 1
-            stem = f"{number:06d}_{SAFE_STEM.sub('_', image_path.stem)}"[:120]
-            if not cv2.imwrite(
-                str(out / "images" / split / f"{stem}.jpg"), pixels, [cv2.IMWRITE_JPEG_QUALITY, 95]
-            ):
-                raise DatasetError(f"{image_path.relative_to(root)}: cannot be re-encoded as JPEG")
-            label = label_of(image_path)
-            text = read_text_file(label, str(label.relative_to(root))) if label.is_file() else ""
-            (out / "labels" / split / f"{stem}.txt").write_text(text)
-            for line in text.splitlines():
-                if line.split():
-                    counts[names[int(line.split()[0])]] += 1
-            kept += 1
+        kept = sum(
+            normaliser.add(split, number, image_path)
+            for number, image_path in enumerate(split_images(root, split))
+        )
         if kept == 0:
             raise DatasetError(
                 f"the {split} split is empty once exact duplicates are removed: add {split} images "
@@ -311,10 +244,72 @@ def ingest_directory(root: Path, out: Path, max_side: int = 1920) -> Ingested:
     return Ingested(
         out,
         names,
-        {name: counts.get(name, 0) for name in names},
+        {name: normaliser.counts.get(name, 0) for name in names},
         images,
-        {"exifRotated": rotated, "resized": resized, "duplicatesRemoved": duplicates, "maxSide": max_side},
+        {
+            "exifRotated": normaliser.rotated,
+            "resized": normaliser.resized,
+            "duplicatesRemoved": normaliser.duplicates,
+            "maxSide": max_side,
+        },
     )
+
+
+@dataclass
+class _Normaliser:
+    """Writes a dataset's images (as JPEG, upright, at most `max_side`) and labels to `out`, skipping
+    exact duplicates; counts boxes per class and what it changed."""
+
+    root: Path
+    out: Path
+    names: list[str]
+    max_side: int
+    seen: set[str] = field(default_factory=set)
+    counts: Counter[str] = field(default_factory=Counter)
+    rotated: int = 0
+    resized: int = 0
+    duplicates: int = 0
+
+    def add(self, split: str, number: int, image_path: Path) -> bool:
+        """Write one image and its label; False for a duplicate of an image already written."""
+        try:
+            pixels = read_image(image_path)  # size checked from the header; EXIF orientation applied
+        except ImageError as error:
+            refusal = TooLarge if error.too_large else DatasetError
+            raise refusal(
+                f"{image_path.relative_to(self.root)}: {str(error).removeprefix(image_path.name + ': ')}"
+            ) from None
+        digest = hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
+        if digest in self.seen:
+            self.duplicates += 1
+            return False
+        self.seen.add(digest)
+        if _orientation(image_path) != 1:
+            self.rotated += 1
+        stem = f"{number:06d}_{SAFE_STEM.sub('_', image_path.stem)}"[:120]
+        if not cv2.imwrite(
+            str(self.out / "images" / split / f"{stem}.jpg"),
+            self._scaled(pixels),
+            [cv2.IMWRITE_JPEG_QUALITY, 95],
+        ):
+            raise DatasetError(f"{image_path.relative_to(self.root)}: cannot be re-encoded as JPEG")
+        label = label_of(image_path)
+        text = read_text_file(label, str(label.relative_to(self.root))) if label.is_file() else ""
+        (self.out / "labels" / split / f"{stem}.txt").write_text(text)
+        for line in text.splitlines():
+            if line.split():
+                self.counts[self.names[int(line.split()[0])]] += 1
+        return True
+
+    def _scaled(self, pixels: np.ndarray) -> np.ndarray:
+        """Scaled down to `max_side` (labels are normalised, so they stay valid)."""
+        height, width = pixels.shape[:2]
+        if max(height, width) <= self.max_side:
+            return pixels
+        self.resized += 1
+        scale = self.max_side / max(height, width)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
 
 
 # Publishing --------------------------------------------------------------------------------------

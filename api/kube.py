@@ -7,32 +7,38 @@ bad request is answered with the field and the fix, not an opaque apiserver erro
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client, config
-from kubernetes.client.rest import ApiException
+from kubernetes.client import ApiException
 
-from visioninapp.api.errors import ApiError, ErrorDetail
+from visioninapp.k8s import Obj
 from visioninapp.resources import GROUP, VERSION, resource_for_kind
 from visioninapp.settings import Settings
 from visioninapp.validation import validate
+from visioninapp.web.errors import ApiError, ErrorDetail
 
 __all__ = ["Clusters", "KubeCluster"]
 
 PROJECT_LABEL = "visioninapp.io/project"
 
+# The client's configuration loaders are untyped; these are their signatures as the API calls them.
+_load_incluster_config: Callable[..., None] = config.load_incluster_config
+_load_kube_config: Callable[..., None] = config.load_kube_config
+
 
 def _api_client(settings: Settings, context: str | None) -> client.ApiClient:
     in_cluster = "KUBERNETES_SERVICE_HOST" in os.environ and context is None and settings.kubeconfig is None
+    configuration = client.Configuration()
     if in_cluster:
-        configuration = client.Configuration()
-        config.load_incluster_config(client_configuration=configuration)
+        _load_incluster_config(client_configuration=configuration)
     else:
-        configuration = client.Configuration()
         try:
-            config.load_kube_config(
+            _load_kube_config(
                 config_file=str(settings.kubeconfig) if settings.kubeconfig else None,
                 context=context,
                 client_configuration=configuration,
@@ -46,8 +52,6 @@ def _api_client(settings: Settings, context: str | None) -> client.ApiClient:
 
 
 def _message(error: ApiException) -> tuple[str, list[ErrorDetail]]:
-    import json
-
     try:
         body = json.loads(error.body or "{}")
     except ValueError:
@@ -68,6 +72,20 @@ def translate(error: ApiException, what: str) -> ApiError:
     return ApiError(status, message, details)
 
 
+def _plural(kind: str) -> str:
+    resource = resource_for_kind(kind)
+    if resource is None:
+        raise ValueError(f"{kind} is not one of our resources")
+    return resource.plural
+
+
+def _obj(value: object) -> Obj:
+    """An object as the custom objects API returns it (typed `object` by the client)."""
+    if not isinstance(value, dict):
+        raise ApiError(502, f"Kubernetes API answered with a {type(value).__name__}, not an object")
+    return value
+
+
 @dataclass
 class KubeCluster:
     """Custom objects and namespaces of one cluster."""
@@ -82,30 +100,30 @@ class KubeCluster:
     def core(self) -> client.CoreV1Api:
         return client.CoreV1Api(self.api)
 
-    def list(self, kind: str, namespace: str) -> list[dict[str, Any]]:
-        plural = resource_for_kind(kind).plural
+    def list(self, kind: str, namespace: str) -> list[Obj]:
+        plural = _plural(kind)
         try:
-            found = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural)
+            found = _obj(self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural))
         except ApiException as error:
             raise translate(error, f"listing {plural}") from None
         return list(found.get("items", []))
 
-    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
-        plural = resource_for_kind(kind).plural
+    def get(self, kind: str, namespace: str, name: str) -> Obj:
+        plural = _plural(kind)
         try:
-            return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name))
+            return _obj(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name))
         except ApiException as error:
             if error.status == 404:
                 raise ApiError(404, f"{kind} {namespace}/{name} not found") from None
             raise translate(error, f"reading {kind} {name}") from None
 
-    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+    def create(self, obj: Obj) -> Obj:
         check(obj)
         kind = obj["kind"]
         namespace = obj["metadata"]["namespace"]
-        plural = resource_for_kind(kind).plural
+        plural = _plural(kind)
         try:
-            return dict(self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, obj))
+            return _obj(self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, obj))
         except ApiException as error:
             if error.status == 409:
                 raise ApiError(
@@ -113,13 +131,13 @@ class KubeCluster:
                 ) from None
             raise translate(error, f"creating {kind}") from None
 
-    def patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+    def patch(self, kind: str, namespace: str, name: str, patch: Obj) -> Obj:
         """A JSON merge patch, checked against the stored object (transition rules included)."""
         current = self.get(kind, namespace, name)
         check(_merge(current, patch), old=current)
-        plural = resource_for_kind(kind).plural
+        plural = _plural(kind)
         try:
-            return dict(
+            return _obj(
                 self.custom.patch_namespaced_custom_object(
                     GROUP,
                     VERSION,
@@ -134,7 +152,7 @@ class KubeCluster:
             raise translate(error, f"updating {kind} {name}") from None
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
-        plural = resource_for_kind(kind).plural
+        plural = _plural(kind)
         try:
             self.custom.delete_namespaced_custom_object(
                 GROUP, VERSION, namespace, plural, name, propagation_policy="Background"
@@ -144,8 +162,12 @@ class KubeCluster:
                 raise ApiError(404, f"{kind} {namespace}/{name} not found") from None
             raise translate(error, f"deleting {kind} {name}") from None
 
+    def close(self) -> None:
+        close: Callable[[], None] = self.api.close  # untyped in the client
+        close()
+
     def ensure_namespace(self, name: str) -> None:
-        body = {"metadata": {"name": name, "labels": {PROJECT_LABEL: "true"}}}
+        body = client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels={PROJECT_LABEL: "true"}))
         try:
             self.core.create_namespace(body)
         except ApiException as error:
@@ -175,8 +197,9 @@ def check(obj: dict[str, Any], old: dict[str, Any] | None = None) -> None:
 
 
 class Clusters:
-    """One `KubeCluster` per role (DESIGN.md section 2): TrainingJobs and ModelArtifacts in the
-    training cluster, EdgeDeployments in the edge cluster; one cluster serves both unless configured."""
+    """One `KubeCluster` per role: TrainingJobs and ModelArtifacts live in the training (GPU) cluster,
+    EdgeDeployments in the edge cluster, where the operator's rollout controller and the edge nodes
+    run; one cluster serves both unless a second context is configured."""
 
     def __init__(self, settings: Settings) -> None:
         self.training = KubeCluster(_api_client(settings, settings.kube_context_training))
@@ -186,6 +209,6 @@ class Clusters:
             self.rollout = self.training
 
     def close(self) -> None:
-        self.training.api.close()
+        self.training.close()
         if self.rollout is not self.training:
-            self.rollout.api.close()
+            self.rollout.close()

@@ -7,29 +7,27 @@ import os
 import signal
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
 
 from visioninapp.settings import Settings
 
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
 app = typer.Typer(help="The VisionInApp API server and its maintenance commands.", no_args_is_help=True)
 
 
-def _services(settings: Settings):  # type: ignore[no-untyped-def]
-    from visioninapp.api.services import Services
-
-    return Services.build(settings)
-
-
-def app_from_environment() -> Any:
+def app_from_environment() -> FastAPI:
     """The app of one server process, from VISIONINAPP_* settings (uvicorn factory)."""
     from visioninapp.api.app import create_app
+    from visioninapp.api.container import ApiContainer
 
     settings = Settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     background = os.environ.get("VISIONINAPP_API_BACKGROUND", "true") == "true"
-    return create_app(_services(settings), background=background)
+    return create_app(ApiContainer.build(settings), background=background)
 
 
 @app.command()

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from visioninapp.api.errors import ApiError
 from visioninapp.backends.storage import ArtifactStore, ChecksumMismatch, ObjectNotFound
 from visioninapp.images import ImageError, decode_image
+from visioninapp.k8s import Obj
+from visioninapp.web.errors import ApiError
+
+if TYPE_CHECKING:  # imported when first used: onnxruntime loads only for a preview
+    from visioninapp.edge.inference import Detector
 
 __all__ = ["PREVIEW_MAX_BYTES", "PreviewModels", "preview_image"]
 
@@ -36,10 +41,10 @@ class PreviewModels:
     def __init__(self, cache_dir: Path, capacity: int = 4) -> None:
         self.cache_dir = cache_dir
         self.capacity = capacity
-        self._sessions: OrderedDict[str, Any] = OrderedDict()
+        self._sessions: OrderedDict[str, Detector] = OrderedDict()
         self._lock = threading.Lock()
 
-    def detector(self, artifact: dict[str, Any], store_for: Any) -> Any:
+    def detector(self, artifact: Obj, store_for: Callable[[str], ArtifactStore]) -> Detector:
         from visioninapp.edge.inference import Detector, ModelError
 
         spec = artifact.get("spec") or {}
@@ -54,7 +59,7 @@ class PreviewModels:
                 return self._sessions[sha]
         path = self.cache_dir / f"{sha}.onnx"
         if not path.exists():
-            store: ArtifactStore = store_for(onnx["uri"])
+            store = store_for(onnx["uri"])
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             try:
                 store.get_file(onnx["uri"], path, sha256=sha)

@@ -3,27 +3,28 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
 from sqlalchemy import select
 
+from visioninapp.api.container import ApiContainer
 from visioninapp.api.db import Membership, Project
-from visioninapp.api.errors import ApiError
-from visioninapp.api.services import Services
 from visioninapp.backends.auth import AuthError, Principal
+from visioninapp.web.errors import ApiError
 
 __all__ = [
     "ROLES",
     "Access",
+    "Container",
     "CurrentUser",
     "ProjectAdmin",
     "ProjectReader",
     "ProjectWriter",
-    "ServicesDep",
+    "container_of",
     "highest",
-    "services_of",
 ]
 
 ROLES = ("viewer", "member", "admin")
@@ -36,19 +37,19 @@ def highest(roles: list[str]) -> str:
     return max(roles, key=lambda role: _RANK[role])
 
 
-async def services_of(request: Request) -> Services:
-    services: Services = request.app.state.services
-    return services
+async def container_of(request: Request) -> ApiContainer:
+    container: ApiContainer = request.app.state.container
+    return container
 
 
-ServicesDep = Annotated[Services, Depends(services_of)]
+Container = Annotated[ApiContainer, Depends(container_of)]
 
 
-def current_user(request: Request, services: ServicesDep) -> Principal:
+def current_user(request: Request, container: Container) -> Principal:
     header = request.headers.get("authorization", "")
     token = header[7:].strip() if header.lower().startswith("bearer ") else None
     try:
-        principal = services.auth.authenticate(token, request.client.host if request.client else None)
+        principal = container.auth.authenticate(token, request.client.host if request.client else None)
     except AuthError as error:
         raise ApiError(401, str(error)) from None
     request.state.user = principal.uid
@@ -72,20 +73,20 @@ def role_cache_prefix(project: str) -> str:
     return f"role:{project}:"
 
 
-def role_in(services: Services, user: Principal, project: str) -> str | None:
+def role_in(container: ApiContainer, user: Principal, project: str) -> str | None:
     """The caller's role in a project (None: not a member, or no such project), cached briefly."""
     # The identities, not the raw email: a token whose email is not verified must not share an entry.
     key = f"{role_cache_prefix(project)}{'|'.join(user.identities)}:{int(user.is_platform_admin)}"
-    cached = services.cache.get(key)
+    cached = container.cache.get(key)
     if cached is not None:
         return cached.decode() or None
-    role = _role_from_db(services, user, project)
-    services.cache.set(key, (role or "").encode(), services.settings.api_cache_ttl_seconds)
+    role = _role_from_db(container, user, project)
+    container.cache.set(key, (role or "").encode(), container.settings.api_cache_ttl_seconds)
     return role
 
 
-def _role_from_db(services: Services, user: Principal, project: str) -> str | None:
-    with services.db.session() as session:
+def _role_from_db(container: ApiContainer, user: Principal, project: str) -> str | None:
+    with container.db.session() as session:
         if session.get(Project, project) is None:
             return None
         if user.is_platform_admin:
@@ -98,34 +99,36 @@ def _role_from_db(services: Services, user: Principal, project: str) -> str | No
     return highest(list(roles)) if roles else None
 
 
-def _rate_limit(services: Services, user: Principal) -> None:
+def _rate_limit(container: ApiContainer, user: Principal) -> None:
     window = int(time.time() // 60)
-    count = services.cache.incr(f"rate:{user.uid}:{window}", 60)
-    if count > services.settings.api_write_rate_per_minute:
+    count = container.cache.incr(f"rate:{user.uid}:{window}", 60)
+    if count > container.settings.api_write_rate_per_minute:
         raise ApiError(
             429,
-            f"too many write requests: at most {services.settings.api_write_rate_per_minute} per minute; "
+            f"too many write requests: at most {container.settings.api_write_rate_per_minute} per minute; "
             "retry after the time in Retry-After",
         )
 
 
-def _access(minimum: str):  # type: ignore[no-untyped-def]
+def _access(minimum: str) -> Callable[[Request, ApiContainer, Principal, str], Access]:
+    """The dependency that admits callers with at least role `minimum` in the path's project."""
+
     def dependency(
         request: Request,
-        services: ServicesDep,
+        container: Container,
         user: CurrentUser,
         project: Annotated[
             str, Path(description="Project (namespace) name.", max_length=63, pattern=PROJECT_PATTERN)
         ],
     ) -> Access:
-        role = role_in(services, user, project)
+        role = role_in(container, user, project)
         if role is None:  # the same answer whether it does not exist or is not yours: nothing leaks
             raise ApiError(404, f"project {project!r} not found (or you are not a member)")
         access = Access(user, project, role)
         if not access.can(minimum):
             raise ApiError(403, f"your role in {project!r} is {role}; this needs {minimum} or higher")
         if request.method not in ("GET", "HEAD", "OPTIONS"):
-            _rate_limit(services, user)
+            _rate_limit(container, user)
         return access
 
     return dependency

@@ -7,8 +7,10 @@ configured the `write` node uses a template, so the feature works offline and wi
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any, Protocol, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 
@@ -30,6 +32,12 @@ class RunFacts:
     earlier_runs: list[dict[str, Any]]  # name, mAP50_95 of finished runs of the project
     production_model: dict[str, Any] | None  # name, mAP50_95 of the model in stage production
     artifact: str | None
+
+
+class ChatModel(Protocol):
+    """What the graph uses of a LangChain chat model: a reply (with `content`) to a prompt."""
+
+    def invoke(self, prompt: str, /) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -183,7 +191,7 @@ def _template(state: State) -> str:
     return "\n".join(lines)
 
 
-def build_graph(chat_model: Any | None = None) -> Any:
+def build_graph(chat_model: ChatModel | None = None) -> Any:
     """The compiled graph; `chat_model` (any LangChain chat model) rewrites the template's facts."""
 
     def write(state: State) -> State:
@@ -210,20 +218,21 @@ def build_graph(chat_model: Any | None = None) -> Any:
     return graph.compile()
 
 
-def chat_model_from(spec: str | None) -> Any | None:
+def chat_model_from(spec: str | None) -> ChatModel | None:
     """`provider:model` through LangChain's `init_chat_model`; None keeps the offline template."""
     if not spec:
         return None
-    try:
-        from langchain.chat_models import init_chat_model
+    try:  # an optional dependency, without type information: imported by name
+        chat_models = importlib.import_module("langchain.chat_models")
     except ImportError as error:
         raise RuntimeError(
             f"VISIONINAPP_LLM_MODEL={spec} needs LangChain and the provider's package, e.g. "
             f"pip install langchain langchain-openai ({error})"
         ) from None
+    init_chat_model: Callable[[str], ChatModel] = chat_models.init_chat_model
     return init_chat_model(spec)
 
 
-def summarise(facts: RunFacts, chat_model: Any | None = None) -> Summary:
+def summarise(facts: RunFacts, chat_model: ChatModel | None = None) -> Summary:
     state = build_graph(chat_model).invoke({"facts": facts})
     return Summary(state["text"], state["findings"], state["proposal"], state["generator"])

@@ -16,11 +16,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from visioninapp.api.db import Notification, Project, TrainingRun, utcnow
-from visioninapp.api.errors import ApiError
-from visioninapp.k8s import parse_time
+from visioninapp.k8s import Obj, parse_time
+from visioninapp.web.errors import ApiError
 
 if TYPE_CHECKING:
-    from visioninapp.api.services import Services
+    from visioninapp.api.container import ApiContainer
 
 __all__ = ["ClusterSync", "notification_for", "record_run"]
 
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 TERMINAL = {"Succeeded": "run-succeeded", "Failed": "run-failed"}
 
 
-def record_run(session: Session, tj: dict[str, Any], created_by: str | None = None) -> TrainingRun:
+def record_run(session: Session, tj: Obj, created_by: str | None = None) -> TrainingRun:
     """Upsert the run history row of a TrainingJob object."""
     meta, status = tj["metadata"], tj.get("status") or {}
     run = session.scalars(
@@ -56,7 +56,7 @@ def record_run(session: Session, tj: dict[str, Any], created_by: str | None = No
     return run
 
 
-def notification_for(kind: str, obj: dict[str, Any]) -> Notification | None:
+def notification_for(kind: str, obj: Obj) -> Notification | None:
     meta, status = obj["metadata"], obj.get("status") or {}
     phase = status.get("phase")
     namespace, name = meta["namespace"], meta["name"]
@@ -100,24 +100,24 @@ def _add_once(session: Session, notification: Notification) -> bool:
 
 
 class ClusterSync:
-    def __init__(self, services: Services) -> None:
-        self.services = services
+    def __init__(self, container: ApiContainer) -> None:
+        self.container = container
 
     def sync_once(self) -> int:
         """One pass over every project; returns how many notifications it created."""
-        services = self.services
-        with services.db.session() as session:
+        container = self.container
+        with container.db.session() as session:
             projects = list(session.scalars(select(Project.name)))
         created = 0
         for project in projects:
             try:
-                jobs = services.clusters.training.list("TrainingJob", project)
-                models = services.clusters.training.list("ModelArtifact", project)
-                deployments = services.clusters.rollout.list("EdgeDeployment", project)
+                jobs = container.clusters.training.list("TrainingJob", project)
+                models = container.clusters.training.list("ModelArtifact", project)
+                deployments = container.clusters.rollout.list("EdgeDeployment", project)
             except ApiError as error:
                 log.warning("cluster sync of %s failed: %s", project, error.message)
                 continue
-            with services.db.session() as session:
+            with container.db.session() as session:
                 for tj in jobs:
                     record_run(session, tj)
                 for kind, objs in (("TrainingJob", jobs), ("EdgeDeployment", deployments)):
@@ -125,19 +125,17 @@ class ClusterSync:
                         notification = notification_for(kind, obj)
                         if notification is not None and _add_once(session, notification):
                             created += 1
-            services.search.index_many(
+            container.search.index_many(
                 "runs", [(f"{project}/{tj['metadata']['name']}", run_document(tj)) for tj in jobs]
             )
-            services.search.index_many(
+            container.search.index_many(
                 "models", [(f"{project}/{ma['metadata']['name']}", model_document(ma)) for ma in models]
             )
-            services.search.index_many(
+            container.search.index_many(
                 "deployments",
                 [(f"{project}/{ed['metadata']['name']}", deployment_document(ed)) for ed in deployments],
             )
-        if created:
-            services.cache.delete_prefix("notifications:")
-        services.notifier.deliver_pending(services.db)
+        container.notifier.deliver_pending(container.db)
         return created
 
     def run(self, stop: threading.Event, interval: float) -> None:
@@ -149,7 +147,7 @@ class ClusterSync:
             stop.wait(interval)
 
 
-def run_document(tj: dict[str, Any]) -> dict[str, Any]:
+def run_document(tj: Obj) -> dict[str, Any]:
     meta, spec, status = tj["metadata"], tj.get("spec") or {}, tj.get("status") or {}
     model = spec.get("model") or {}
     return {
@@ -164,7 +162,7 @@ def run_document(tj: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def model_document(ma: dict[str, Any]) -> dict[str, Any]:
+def model_document(ma: Obj) -> dict[str, Any]:
     meta, spec = ma["metadata"], ma.get("spec") or {}
     source = spec.get("source") or {}
     return {
@@ -179,7 +177,7 @@ def model_document(ma: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def deployment_document(ed: dict[str, Any]) -> dict[str, Any]:
+def deployment_document(ed: Obj) -> dict[str, Any]:
     meta, spec, status = ed["metadata"], ed.get("spec") or {}, ed.get("status") or {}
     return {
         "project": meta["namespace"],

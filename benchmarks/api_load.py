@@ -54,13 +54,13 @@ class NeverHits(Cache):
 def make_app() -> object:
     """One server process: the API with the Redis cache, or with one that never hits (BENCH_CACHED)."""
     from visioninapp.api.app import create_app
-    from visioninapp.api.services import Services
+    from visioninapp.api.container import ApiContainer
     from visioninapp.settings import Settings
 
-    services = Services.build(Settings())
+    container = ApiContainer.build(Settings())
     if os.environ["BENCH_CACHED"] != "1":
-        services.cache = NeverHits()
-    return create_app(services)
+        container.cache = NeverHits()
+    return create_app(container)
 
 
 def serve(port: int, cached: bool, workers: int) -> None:
@@ -108,7 +108,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -119,19 +119,47 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="API server processes (one per core).")
     parser.add_argument("--serve", choices=["cached", "uncached"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.serve:
-        serve(args.port, args.serve == "cached", args.workers)
-        return
+    return parser.parse_args()
 
-    ensure_mariadb()
-    ensure_redis()
-    import sqlalchemy
 
-    database = f"bench_{uuid.uuid4().hex[:8]}"
-    admin = sqlalchemy.create_engine("mysql+pymysql://root@127.0.0.1:3306/")
-    with admin.begin() as connection:
-        connection.exec_driver_sql(f"CREATE DATABASE {database} CHARACTER SET utf8mb4")
+def add_project_row(database_url: str) -> None:
+    """The project row (local admin sees every project)."""
+    from visioninapp.api.db import Database, Project
+
+    db = Database(database_url)
+    db.migrate()
+    with db.session() as session:
+        session.add(Project(name=PROJECT, display_name=PROJECT, created_by="bench"))
+    db.dispose()
+
+
+def load_one_server(args: argparse.Namespace, env: dict[str, str], variant: str) -> tuple[list[float], float]:
+    """Start the API as `variant` (cached or uncached), load it, stop it: (latencies, elapsed)."""
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--serve",
+            variant,
+            "--port",
+            str(port),
+            "--workers",
+            str(args.workers),
+        ],
+        env=env,
+    )
+    try:
+        wait_for_port(port, 60, "the API")
+        url = f"http://127.0.0.1:{port}/api/v1/projects/{PROJECT}/models"
+        return asyncio.run(load(url, args.requests, args.connections))
+    finally:
+        server.terminate()
+        server.wait(20)
+
+
+def measure(args: argparse.Namespace, database: str) -> dict[str, list[tuple[list[float], float]]]:
+    """Interleaved rounds of the uncached and the cached API over `args.models` ModelArtifacts."""
     results: dict[str, list[tuple[list[float], float]]] = {"uncached": [], "cached": []}
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -149,40 +177,14 @@ def main() -> None:
             "VISIONINAPP_API_CACHE_TTL_SECONDS": "30",
             "VISIONINAPP_LOG_LEVEL": "WARNING",
         }
-        # The project row (local admin sees every project).
-        from visioninapp.api.db import Database, Project
-
-        db = Database(env["VISIONINAPP_DATABASE_URL"])
-        db.migrate()
-        with db.session() as session:
-            session.add(Project(name=PROJECT, display_name=PROJECT, created_by="bench"))
-        db.dispose()
+        add_project_row(env["VISIONINAPP_DATABASE_URL"])
         for _ in range(args.rounds):
             for variant in ("uncached", "cached"):
-                port = free_port()
-                server = subprocess.Popen(
-                    [
-                        sys.executable,
-                        __file__,
-                        "--serve",
-                        variant,
-                        "--port",
-                        str(port),
-                        "--workers",
-                        str(args.workers),
-                    ],
-                    env=env,
-                )
-                try:
-                    wait_for_port(port, 60, "the API")
-                    url = f"http://127.0.0.1:{port}/api/v1/projects/{PROJECT}/models"
-                    results[variant].append(asyncio.run(load(url, args.requests, args.connections)))
-                finally:
-                    server.terminate()
-                    server.wait(20)
-    with admin.begin() as connection:
-        connection.exec_driver_sql(f"DROP DATABASE {database}")
+                results[variant].append(load_one_server(args, env, variant))
+    return results
 
+
+def report(results: dict[str, list[tuple[list[float], float]]]) -> None:
     summary = {}
     for variant, runs in results.items():
         rates = [len(lat) / elapsed for lat, elapsed in runs]
@@ -197,6 +199,26 @@ def main() -> None:
     goals.at_least("cached / uncached req/s", ratio, 3.0, "x")
     goals.at_most("cached p99", cached_p99, 100.0, "ms", strict=True)
     goals.finish()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.serve:
+        serve(args.port, args.serve == "cached", args.workers)
+        return
+
+    ensure_mariadb()
+    ensure_redis()
+    import sqlalchemy
+
+    database = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = sqlalchemy.create_engine("mysql+pymysql://root@127.0.0.1:3306/")
+    with admin.begin() as connection:
+        connection.exec_driver_sql(f"CREATE DATABASE {database} CHARACTER SET utf8mb4")
+    results = measure(args, database)
+    with admin.begin() as connection:
+        connection.exec_driver_sql(f"DROP DATABASE {database}")
+    report(results)
 
 
 def model(i: int) -> dict[str, object]:

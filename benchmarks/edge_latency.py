@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,20 +140,78 @@ def _requirements(root: str) -> list[str]:
     return sorted(found)
 
 
+def _start_http(runtime: Any, port: int, data: bytes) -> tuple[Any, Any]:
+    """The runtime's HTTP API on loopback in a thread, answering `data` once: (uvicorn server, session)."""
+    import requests
+    import uvicorn
+
+    from visioninapp.edge.server import create_app
+
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(runtime, start=False), host="127.0.0.1", port=port, log_level="warning")
+    )
+    threading.Thread(target=server.run, daemon=True).start()
+    session = requests.Session()
+    while True:
+        try:
+            session.post(f"http://127.0.0.1:{port}/v1/detect", data=data, timeout=30)
+            return server, session
+        except requests.ConnectionError:
+            time.sleep(0.1)
+
+
+def _interleaved(contenders: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Milliseconds of each call, one call of each contender per round, after 10 warm-up rounds."""
+    timings: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(10):  # warm-up
+        for call in contenders.values():
+            call()
+    for _ in range(rounds):
+        for name, call in contenders.items():
+            start = time.perf_counter()
+            call()
+            timings[name].append((time.perf_counter() - start) * 1e3)
+    return timings
+
+
+def _peak_rss(model_path: Path, image_path: Path) -> dict[str, float]:
+    """MiB of peak RSS of a process detecting with the edge runtime, and of one with ultralytics."""
+    rss = {}
+    for name, script in RSS_SCRIPT.items():
+        out = subprocess.run(
+            [sys.executable, "-c", script, str(model_path), str(image_path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        rss[name] = int(out.stdout.strip().splitlines()[-1]) / 1024
+    print(f"peak RSS: edge runtime {rss['edge']:.0f} MiB, ultralytics + torch {rss['ultralytics']:.0f} MiB")
+    return rss
+
+
+def _installed_sizes() -> tuple[int, int]:
+    """Bytes installed for the edge's inference dependencies, and for ultralytics + torch."""
+    edge_deps = _requirements("onnxruntime") + _requirements("opencv-python-headless") + ["numpy"]
+    heavy = _requirements("ultralytics") + _requirements("torch") + _requirements("torchvision")
+    edge_size, heavy_size = _distribution_size(edge_deps), _distribution_size(heavy)
+    print(
+        f"installed size: edge inference deps {edge_size / 2**20:.0f} MiB, ultralytics + torch "
+        f"{heavy_size / 2**20:.0f} MiB"
+    )
+    return edge_size, heavy_size
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--imgsz", type=int, default=640)
     args = parser.parse_args()
 
-    import requests
-    import uvicorn
     from ultralytics import YOLO
 
     from visioninapp.edge.inference import Detector
     from visioninapp.edge.models import ModelSpec
     from visioninapp.edge.runtime import EdgeRuntime
-    from visioninapp.edge.server import create_app
     from visioninapp.settings import Settings
 
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
@@ -173,21 +232,10 @@ def main() -> None:
         reference = YOLO(str(model_path), task="detect")
 
         port = 18000 + int(time.time()) % 1000
-        server = uvicorn.Server(
-            uvicorn.Config(create_app(runtime, start=False), host="127.0.0.1", port=port, log_level="warning")
-        )
-        threading.Thread(target=server.run, daemon=True).start()
-        session = requests.Session()
+        server, session = _start_http(runtime, port, data)
         url = f"http://127.0.0.1:{port}/v1/detect"
-        while True:
-            try:
-                session.post(url, data=data, timeout=30)
-                break
-            except requests.ConnectionError:
-                time.sleep(0.1)
-
         low = f"{url}?conf={LOW_CONFIDENCE}"
-        contenders = {
+        contenders: dict[str, Callable[[], object]] = {
             "floor (session.run)": lambda: detector.run(tensor),
             "runtime (bytes -> dict)": lambda: runtime.detect(data),
             "runtime over HTTP": lambda: _post(session, url, data),
@@ -195,15 +243,7 @@ def main() -> None:
             f"HTTP, conf {LOW_CONFIDENCE}": lambda: _post(session, low, data),
             "ultralytics predict": lambda: reference.predict(image, verbose=False),
         }
-        timings: dict[str, list[float]] = {name: [] for name in contenders}
-        for _ in range(10):  # warm-up
-            for call in contenders.values():
-                call()
-        for _ in range(args.rounds):
-            for name, call in contenders.items():
-                start = time.perf_counter()
-                call()
-                timings[name].append((time.perf_counter() - start) * 1e3)
+        timings = _interleaved(contenders, args.rounds)
         server.should_exit = True
 
         floor = statistics.median(timings["floor (session.run)"])
@@ -224,25 +264,8 @@ def main() -> None:
                 f"{p50 / floor:5.2f}x floor"
             )
 
-        rss = {}
-        for name, script in RSS_SCRIPT.items():
-            out = subprocess.run(
-                [sys.executable, "-c", script, str(model_path), str(image_path)],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            rss[name] = int(out.stdout.strip().splitlines()[-1]) / 1024
-        print(
-            f"peak RSS: edge runtime {rss['edge']:.0f} MiB, ultralytics + torch {rss['ultralytics']:.0f} MiB"
-        )
-        edge_deps = _requirements("onnxruntime") + _requirements("opencv-python-headless") + ["numpy"]
-        heavy = _requirements("ultralytics") + _requirements("torch") + _requirements("torchvision")
-        edge_size, heavy_size = _distribution_size(edge_deps), _distribution_size(heavy)
-        print(
-            f"installed size: edge inference deps {edge_size / 2**20:.0f} MiB, ultralytics + torch "
-            f"{heavy_size / 2**20:.0f} MiB"
-        )
+        rss = _peak_rss(model_path, image_path)
+        edge_size, heavy_size = _installed_sizes()
         print("goals:")
         goals = Goals("edge_latency")
         goals.at_most("runtime / floor", p50s["runtime (bytes -> dict)"] / floor, 1.10, "x")

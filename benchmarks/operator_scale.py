@@ -36,11 +36,12 @@ import argparse
 import asyncio
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,60 @@ class Tally:
             self.last_candidate_request = time.monotonic()
 
 
+def _wait_until_watching(name: str, process: subprocess.Popen[bytes], audit: AuditLog, work: Path) -> None:
+    """Until the candidate watches TrainingJobs (2 minutes at most), then 2 s for its other watches."""
+    watching: set[str] = set()
+    deadline = time.monotonic() + 120
+    while "trainingjobs" not in watching:
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not start; its log:\n{_tail(work / 'candidate.log')}")
+        watching |= AuditLog.watching(audit.read(), CANDIDATE)
+        time.sleep(0.2)
+    time.sleep(2)  # its other watches start; then idle
+
+
+def _wait_for_jobs(
+    name: str,
+    count: int,
+    work: Path,
+    process: subprocess.Popen[bytes],
+    audit: AuditLog,
+    tally: Tally,
+    creating: Future[Any],
+) -> float:
+    """Until the candidate made a Job for each of the `count` TrainingJobs; when progress was shown."""
+    shown, deadline = time.monotonic(), time.monotonic() + 300 + count
+    while len(tally.job_created) < count:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited; its log:\n{_tail(work / 'candidate.log')}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"{name}: {len(tally.job_created)} of {count} Jobs after {300 + count} s; its log:\n"
+                f"{_tail(work / 'candidate.log')}"
+            )
+        if creating.done() and creating.exception():
+            raise RuntimeError(f"creating the TrainingJobs failed: {creating.exception()}")
+        tally.add(audit.read())
+        if time.monotonic() - shown > 5:
+            progress(f"  {len(tally.cr_created)} TrainingJobs, {len(tally.job_created)} Jobs")
+            shown = time.monotonic()
+        time.sleep(0.2)
+    return shown
+
+
+def _wait_until_quiet(name: str, audit: AuditLog, tally: Tally, all_jobs: float, shown: float) -> None:
+    """Until the candidate made no request for QUIET_SECONDS (SETTLE_LIMIT after the last Job at most)."""
+    while time.monotonic() - max(tally.last_candidate_request, all_jobs) < QUIET_SECONDS:
+        if time.monotonic() - all_jobs > SETTLE_LIMIT:
+            progress(f"  still busy {SETTLE_LIMIT:.0f} s after the last Job; counting up to now")
+            break
+        time.sleep(0.5)
+        tally.add(audit.read())
+        if time.monotonic() - shown > 10:
+            progress(f"  {sum(tally.candidate.values())} requests of {name} so far")
+            shown = time.monotonic()
+
+
 def measure(name: str, count: int, work: Path) -> dict[str, Any]:
     progress(f"{name}: starting a control plane")
     with (
@@ -157,14 +212,7 @@ def measure(name: str, count: int, work: Path) -> dict[str, Any]:
         process = start_process(CANDIDATES[name], env, work / "candidate.log")
         audit = AuditLog(plane.audit_log)  # type: ignore[arg-type]
         try:
-            watching: set[str] = set()
-            deadline = time.monotonic() + 120
-            while "trainingjobs" not in watching:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{name} did not start; its log:\n{_tail(work / 'candidate.log')}")
-                watching |= AuditLog.watching(audit.read(), CANDIDATE)
-                time.sleep(0.2)
-            time.sleep(2)  # its other watches start; then idle
+            _wait_until_watching(name, process, audit, work)
             audit.read()
             control_plane = {c.name: c.process.pid for c in plane.components if c.process}
             cpu_before = cpu_seconds(process.pid)
@@ -173,34 +221,11 @@ def measure(name: str, count: int, work: Path) -> dict[str, Any]:
             tally = Tally()
             progress(f"{name}: creating {count} TrainingJobs")
             creating = pool.submit(cluster.run, create_all(cluster.kube, count), 60 + count / 10)
-            shown, deadline = time.monotonic(), time.monotonic() + 300 + count
-            while len(tally.job_created) < count:
-                if process.poll() is not None:
-                    raise RuntimeError(f"{name} exited; its log:\n{_tail(work / 'candidate.log')}")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"{name}: {len(tally.job_created)} of {count} Jobs after {300 + count} s; its log:\n"
-                        f"{_tail(work / 'candidate.log')}"
-                    )
-                if creating.done() and creating.exception():
-                    raise RuntimeError(f"creating the TrainingJobs failed: {creating.exception()}")
-                tally.add(audit.read())
-                if time.monotonic() - shown > 5:
-                    progress(f"  {len(tally.cr_created)} TrainingJobs, {len(tally.job_created)} Jobs")
-                    shown = time.monotonic()
-                time.sleep(0.2)
+            shown = _wait_for_jobs(name, count, work, process, audit, tally, creating)
             creating.result(60)
             all_jobs = time.monotonic()
             progress(f"{name}: {count} Jobs; waiting until it is quiet for {QUIET_SECONDS:.0f} s")
-            while time.monotonic() - max(tally.last_candidate_request, all_jobs) < QUIET_SECONDS:
-                if time.monotonic() - all_jobs > SETTLE_LIMIT:
-                    progress(f"  still busy {SETTLE_LIMIT:.0f} s after the last Job; counting up to now")
-                    break
-                time.sleep(0.5)
-                tally.add(audit.read())
-                if time.monotonic() - shown > 10:
-                    progress(f"  {sum(tally.candidate.values())} requests of {name} so far")
-                    shown = time.monotonic()
+            _wait_until_quiet(name, audit, tally, all_jobs, shown)
             cpu = cpu_seconds(process.pid) - cpu_before
             plane_cpu = {c: cpu_seconds(pid) - plane_before[c] for c, pid in control_plane.items()}
             served = metric_delta(metrics_before, request_metrics(plane))

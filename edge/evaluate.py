@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from visioninapp.edge.inference import Detector
+from visioninapp.images import read_image
 
 __all__ = ["Evaluation", "average_precision", "evaluate", "match_predictions"]
 
@@ -85,7 +85,7 @@ def evaluate(detector: Detector, images: list[Path]) -> Evaluation:
     stats: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     true_counts: list[np.ndarray] = []
     for path in images:
-        image = cv2.imread(str(path))
+        image = read_image(path)
         height, width = image.shape[:2]
         label_path = Path(str(path.with_suffix(".txt")).replace("/images/", "/labels/"))
         true_classes, true_boxes = _labels(label_path, width, height)

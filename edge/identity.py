@@ -2,7 +2,7 @@
 
 Nothing of the fleet's keys is in the pod's environment: the operator answers a verified pod with
 the keys (and broker user) of that pod's node in that pod's namespace only
-(operator/edge_identity.py), and a revoked node gets 403. The keys are kept in memory; a refused
+(operator/identity_exchange.py), and a revoked node gets 403. The keys are kept in memory; a refused
 upload or publish fetches them again (at most every `RETRY_SECONDS`), so a node whose keys were
 rotated picks the new ones up.
 """

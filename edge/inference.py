@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 import onnxruntime as ort
 
 __all__ = [
@@ -176,7 +177,7 @@ class Detector:
         else:  # dynamic axes: the exported size from metadata
             size = ast.literal_eval(meta.get("imgsz", "[640, 640]"))
             self.imgsz = (int(size[0]), int(size[1]))
-        self.input_dtype = np.float16 if "float16" in inputs[0].type else np.float32
+        self.input_dtype: type[np.floating[Any]] = np.float16 if "float16" in inputs[0].type else np.float32
         output_shape = self.session.get_outputs()[0].shape
         self.head: Head = head or self._guess_head(meta, output_shape)
         classes = self._class_count(output_shape)
@@ -202,9 +203,9 @@ class Detector:
 
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, tuple[float, float], tuple[int, int]]:
         padded, gain, pad = letterbox(image, self.imgsz)
-        tensor = padded[:, :, ::-1].transpose(2, 0, 1)[None]  # BGR HWC -> RGB NCHW
-        tensor = np.ascontiguousarray(tensor, dtype=self.input_dtype) / self.input_dtype(255.0)
-        return tensor, gain, pad
+        nchw = padded[:, :, ::-1].transpose(2, 0, 1)[None]  # BGR HWC -> RGB NCHW
+        tensor: npt.NDArray[np.floating[Any]] = np.ascontiguousarray(nchw, dtype=self.input_dtype)
+        return tensor / self.input_dtype(255.0), gain, pad
 
     def run(self, tensor: np.ndarray) -> np.ndarray:
         return np.asarray(self.session.run(None, {self.input_name: tensor})[0])
@@ -253,9 +254,9 @@ class Detector:
         names = self.class_names
         return [
             Detection(
-                tuple(float(v) for v in box),
+                (float(box[0]), float(box[1]), float(box[2]), float(box[3])),
                 float(score),
-                int(cls),  # type: ignore[arg-type]
+                int(cls),
                 names[cls] if 0 <= cls < len(names) else str(cls),
             )
             for box, score, cls in zip(boxes, scores, classes, strict=True)

@@ -23,6 +23,7 @@ import onnx
 
 from visioninapp.edge.evaluate import Evaluation, evaluate
 from visioninapp.edge.inference import Detector
+from visioninapp.images import read_image
 
 __all__ = ["QuantizationReport", "quantize_model", "quantize_with_gate"]
 
@@ -174,6 +175,6 @@ def quantize_with_gate(
     if progress:
         progress("evaluating INT8")
     int8_eval = evaluate(quantized, validation)
-    image = cv2.imread(str(validation[0]))
+    image = read_image(validation[0])
     fp32_ms, int8_ms = _median_ms([reference, quantized], image, rounds)
     return QuantizationReport(fp32_eval, int8_eval, fp32_ms, int8_ms, max_drop, out)

@@ -4,7 +4,7 @@
 while the desired model serves; 503 with the reason otherwise), `GET /metrics` (Prometheus).
 
 Every error has the project's one error body, `{"error": {status, code, message, details,
-requestId}}` (`visioninapp.api.errors`: FastAPI and pydantic only, which the edge image has). Request
+requestId}}` (`visioninapp.web.errors`: FastAPI and pydantic only, which the edge image has). Request
 bodies are limited while they are read (`MAX_UPLOAD_BYTES`, chunked bodies included): a body over the
 limit is answered 413 and never held whole, and an image whose header declares too many pixels is
 answered 413 before any pixel is decoded (`visioninapp.images`).
@@ -26,13 +26,13 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import generate_latest
 from pydantic import BaseModel, Field
 
-from visioninapp.api.errors import ApiError, install_error_handlers
-from visioninapp.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from visioninapp.backends.auth import is_loopback
 from visioninapp.edge.models import ModelSpec
 from visioninapp.edge.runtime import EdgeRuntime, ModelGovernedError, NoModelError
 from visioninapp.images import ImageError
 from visioninapp.settings import Settings
+from visioninapp.web.errors import ApiError, install_error_handlers
+from visioninapp.web.middleware import BodyLimitMiddleware, RequestIdMiddleware
 
 __all__ = ["MAX_UPLOAD_BYTES", "create_app", "main"]
 
@@ -62,7 +62,24 @@ def create_app(runtime: EdgeRuntime, start: bool = True, max_upload_bytes: int =
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, limit=max_upload_bytes)
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer, a 413 included, has the id
+    _add_detect_route(app, runtime, max_upload_bytes)
+    _add_status_routes(app, runtime)
+    _add_admin_route(app, runtime)
+    return app
 
+
+async def _image_bytes(request: Request) -> bytes:
+    """The image of a detect request: the multipart `file` part, or else the raw body."""
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        async with request.form(max_files=1, max_fields=10) as form:
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise ApiError(400, "multipart upload without a `file` part: send the image as `file`")
+            return await upload.read()
+    return await request.body()  # at most max_upload_bytes: BodyLimitMiddleware
+
+
+def _add_detect_route(app: FastAPI, runtime: EdgeRuntime, max_upload_bytes: int) -> None:
     @app.post(
         "/v1/detect",
         summary="Detect objects in one image (multipart `file` or raw bytes)",
@@ -76,14 +93,7 @@ def create_app(runtime: EdgeRuntime, start: bool = True, max_upload_bytes: int =
         conf: float | None = Query(None, ge=0, le=1, description="Confidence threshold"),
         iou: float | None = Query(None, gt=0, le=1, description="NMS IoU threshold"),
     ) -> Any:
-        if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            async with request.form(max_files=1, max_fields=10) as form:
-                upload = form.get("file")
-                if upload is None or isinstance(upload, str):
-                    raise ApiError(400, "multipart upload without a `file` part: send the image as `file`")
-                data = await upload.read()
-        else:
-            data = await request.body()  # at most max_upload_bytes: BodyLimitMiddleware
+        data = await _image_bytes(request)
         try:
             return await run_in_threadpool(runtime.detect, data, conf, iou)
         except ImageError as error:
@@ -94,6 +104,8 @@ def create_app(runtime: EdgeRuntime, start: bool = True, max_upload_bytes: int =
             log.exception("detect failed")
             raise ApiError(500, f"inference failed: {type(error).__name__}: {error}") from None
 
+
+def _add_status_routes(app: FastAPI, runtime: EdgeRuntime) -> None:
     @app.get("/healthz", summary="Liveness: the process serves HTTP")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -120,6 +132,19 @@ def create_app(runtime: EdgeRuntime, start: bool = True, max_upload_bytes: int =
     async def model() -> dict[str, Any]:
         return runtime.model_info()
 
+
+def _check_admin(runtime: EdgeRuntime, request: Request) -> None:
+    """401 without the admin token when one is set; 403 off loopback when none is."""
+    token = runtime.settings.edge_admin_token
+    supplied = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    if token:
+        if not hmac.compare_digest(token.encode(), supplied.encode()):
+            raise ApiError(401, "a valid admin bearer token is required")
+    elif not is_loopback(request.client.host if request.client else None):
+        raise ApiError(403, "the admin API is only open on loopback unless an admin token is set")
+
+
+def _add_admin_route(app: FastAPI, runtime: EdgeRuntime) -> None:
     @app.put(
         "/v1/admin/model",
         summary="Swap to another model (verified, self-tested, atomic)",
@@ -132,13 +157,7 @@ def create_app(runtime: EdgeRuntime, start: bool = True, max_upload_bytes: int =
         "or self-test) and the previous one keeps serving; 401/403: no admin token, or not on loopback.",
     )
     async def set_model(desired: DesiredModel, request: Request) -> JSONResponse:
-        token = runtime.settings.edge_admin_token
-        supplied = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if token:
-            if not hmac.compare_digest(token.encode(), supplied.encode()):
-                raise ApiError(401, "a valid admin bearer token is required")
-        elif not is_loopback(request.client.host if request.client else None):
-            raise ApiError(403, "the admin API is only open on loopback unless an admin token is set")
+        _check_admin(runtime, request)
         spec = ModelSpec(desired.uri, desired.sha256, desired.format, desired.version)
         try:
             serving = await run_in_threadpool(runtime.set_model_by_admin, spec)
@@ -148,8 +167,6 @@ def create_app(runtime: EdgeRuntime, start: bool = True, max_upload_bytes: int =
             reason = runtime.models.not_ready_reason or f"model {spec.label} was not swapped in"
             raise ApiError(422, reason, code="model_rejected")
         return JSONResponse(runtime.model_info())
-
-    return app
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -109,7 +109,7 @@ class WindowStats:
             p95_ms=float(np.percentile(latencies, 95)) if latencies.size else None,
             detections_per_class=dict(detections),
             low_confidence=sum(r.low_confidence for r in requests),
-            **identity,  # type: ignore[arg-type]
+            **identity,
         )
 
 

@@ -1,19 +1,35 @@
 """ModelArtifact decisions: verify each format's object and checksum, record stage changes.
 
 `verify_formats` streams every object through sha256 (the store computes it chunk by chunk, never
-holding a model in memory). `artifact_status` turns the findings into the status patch.
+holding a model in memory). `artifact_status` turns the findings into the status patch, and
+`plan_artifact` adds what goes with it: the in-use finalizer, an Event, the copy for the edge cluster.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 from visioninapp.backends.storage import ObjectNotFound
 from visioninapp.k8s import Obj, set_condition
 from visioninapp.resources import ModelArtifact
+from visioninapp.resources.edgedeployment import models_in_use
 
-__all__ = ["Verification", "artifact_status", "mirror_copy", "needs_verification", "verify_formats"]
+__all__ = [
+    "IN_USE_FINALIZER",
+    "ArtifactPlan",
+    "Verification",
+    "artifact_status",
+    "artifact_users",
+    "mirror_copy",
+    "needs_verification",
+    "plan_artifact",
+    "verify_formats",
+]
+
+# Keeps a ModelArtifact that an EdgeDeployment deploys, runs or may roll back to (`deployedTo`).
+IN_USE_FINALIZER = "visioninapp.io/in-use"
 
 # The findings of one verification: a problem per broken format (empty: all good).
 Verification = list[str]
@@ -121,3 +137,39 @@ def mirror_copy(body: Obj) -> Obj:
         },
         "spec": body["spec"],
     }
+
+
+def artifact_users(artifact: str, deployments: list[Obj]) -> list[str]:
+    """EdgeDeployments (same namespace) that deploy, run or may roll back to `artifact`."""
+    return sorted(d["metadata"]["name"] for d in deployments if artifact in models_in_use(d))
+
+
+@dataclass(frozen=True)
+class ArtifactPlan:
+    """What one reconciliation of a ModelArtifact writes."""
+
+    status: Obj  # a merge patch for `.status`
+    finalizers: list[str] | None = None  # the new finalizers when the in-use one comes or goes
+    event: tuple[str, str, str] | None = None  # (type, reason, message) for a Kubernetes Event
+    mirror: Obj | None = None  # the copy for the edge cluster, once the artifact is Available
+
+
+def plan_artifact(
+    body: Obj, verification: Verification | None, error: str | None, users: list[str], now: datetime
+) -> ArtifactPlan:
+    """The status from a verification (None: none was needed) or its failure `error`; `deployedTo`
+    and the in-use finalizer from `users` (the EdgeDeployments that need it)."""
+    meta = body["metadata"]
+    status = artifact_status(body, verification, now, error, deployed_to=users)
+    event = ("Warning", "VerificationFailed", status.get("message", "")) if status and verification else None
+    finalizers = list(meta.get("finalizers") or [])
+    if bool(users) == (IN_USE_FINALIZER in finalizers):  # the in-use finalizer follows deployedTo
+        new_finalizers = None
+    elif users:
+        new_finalizers = [*finalizers, IN_USE_FINALIZER]
+    else:
+        new_finalizers = [f for f in finalizers if f != IN_USE_FINALIZER]
+    phase = status.get("phase", (body.get("status") or {}).get("phase"))
+    mirrored = (meta.get("labels") or {}).get("visioninapp.io/mirrored") == "true"
+    copy = mirror_copy(body) if phase == "Available" and not mirrored else None
+    return ArtifactPlan(status=status, finalizers=new_finalizers, event=event, mirror=copy)

@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 __all__ = ["OperatorConfig", "Role", "plain_credentials"]
 
 Role = Literal["training", "rollout"]
+ROLES: tuple[Role, ...] = ("training", "rollout")
 
 
 CREDENTIAL_KEYS = frozenset(
@@ -28,7 +29,7 @@ class OperatorConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VISIONINAPP_OPERATOR_", extra="ignore")
 
     roles: list[Role] = Field(
-        default_factory=lambda: ["training", "rollout"],
+        default_factory=lambda: list(ROLES),
         description="Controllers to run: `training` (TrainingJob → Job → ModelArtifact) on the GPU "
         "cluster, `rollout` (EdgeDeployment) on the edge cluster; both on a single cluster.",
     )

@@ -1,26 +1,20 @@
 """Live training progress: `training-events` → `status.epoch` and `status.metrics`.
 
 `ProgressTracker` is the pure part: it keeps the newest epoch per TrainingJob and hands out at most
-one status patch per job per interval. `consume_progress` runs it against the stream with a stored
-offset, so a restarted operator resumes where it stopped (and a replayed event is harmless: the
-patch sets absolute values).
+one status patch per job per interval. streams.py runs it against the stream with a stored offset,
+so a restarted operator resumes where it stopped (and a replayed event is harmless: the patch sets
+absolute values).
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from visioninapp.backends.events import EventBus
 from visioninapp.events import TrainingEvent
 
-__all__ = ["CONSUMER", "ProgressTracker", "consume_progress"]
+__all__ = ["ProgressTracker"]
 
-log = logging.getLogger(__name__)
-CONSUMER = "visioninapp-operator"
 Key = tuple[str, str]  # (namespace, training job)
 
 
@@ -59,36 +53,3 @@ class ProgressTracker:
     @property
     def pending(self) -> bool:
         return any(self._sent.get(k, (0, -1))[1] != e.epoch for k, e in self._latest.items())
-
-
-async def consume_progress(
-    bus: EventBus,
-    stream: str,
-    tracker: ProgressTracker,
-    patch_status: Callable[[str, str, dict[str, Any]], Awaitable[None]],
-    poll_seconds: float = 0.5,
-) -> None:
-    """Read `stream` from the stored offset forever, patching TrainingJob status as epochs arrive."""
-    loop = asyncio.get_running_loop()
-    offset = stored = await asyncio.to_thread(bus.query_offset, stream, CONSUMER)
-    while True:
-        try:
-            messages = await asyncio.to_thread(bus.read, stream, offset, 1000)
-        except Exception as error:  # the broker is away: keep the offset, try again
-            log.warning("cannot read %s: %s", stream, error)
-            await asyncio.sleep(2)
-            continue
-        for message in messages:
-            try:
-                tracker.add(TrainingEvent.from_bytes(message.body))  # type: ignore[arg-type]
-            except ValueError:
-                log.warning("skipping a malformed event at offset %d of %s", message.offset, stream)
-        for (namespace, name), patch in tracker.due(loop.time()):
-            await patch_status(namespace, name, patch)
-        if messages:
-            offset = messages[-1].offset + 1
-        if not tracker.pending and offset != stored:  # all read so far is in the status: resume after it
-            await asyncio.to_thread(bus.store_offset, stream, CONSUMER, offset)
-            stored = offset
-        if not messages:
-            await asyncio.sleep(poll_seconds)

@@ -1,58 +1,36 @@
 """TrainingJob decisions as pure functions: no I/O, so every branch is tested without a cluster.
 
-`plan_training(tj, body, job, pods, ...)` looks at a TrainingJob, the Job of its current attempt and that
-Job's pods, and says what to do: create a Job, delete one, create the ModelArtifact, and which status
-fields change. Handlers read, call it, and write. Every name is derived from the TrainingJob and its
-attempt, so running a plan twice (after a crash, or from two events) creates nothing twice.
+`plan_training(tj, body, job, pods, now, template=..., base=...)` looks at a TrainingJob, the Job of its
+current attempt and that Job's pods, and says what to do: create a Job, delete one, create the
+ModelArtifact, and which status fields change. The controller reads, calls it, and writes. Every name
+is derived from the TrainingJob and its attempt, so running a plan twice (after a crash, or from two
+events) creates nothing twice.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from pydantic import ValidationError
 
-from visioninapp.backends.storage import join_uri
 from visioninapp.events import TrainerResult
-from visioninapp.k8s import MANAGED_BY, Obj, controller_reference, iso_time, set_condition
+from visioninapp.k8s import Obj, iso_time, set_condition
 from visioninapp.operator.names import job_name
-from visioninapp.resources import API_VERSION, TrainingJob
-from visioninapp.resources.base import to_dns_label
+from visioninapp.operator.training_objects import (
+    JOB_FINALIZER,
+    BaseModel,
+    TrainerTemplate,
+    artifact_from_result,
+)
+from visioninapp.resources import TrainingJob
 
-__all__ = [
-    "ATTEMPT_LABEL",
-    "JOB_FINALIZER",
-    "TRAINING_JOB_LABEL",
-    "BaseModel",
-    "TrainingPlan",
-    "artifact_from_result",
-    "desired_job",
-    "job_finished",
-    "plan_training",
-    "status_from_job",
-]
+__all__ = ["TERMINAL", "JobState", "TrainingPlan", "job_finished", "plan_training", "status_from_job"]
 
-TRAINING_JOB_LABEL = "visioninapp.io/training-job"
-ATTEMPT_LABEL = "visioninapp.io/attempt"
-# Keeps a finished Job (and so its pods' termination message) until the operator has recorded the
-# outcome, even when ttlSecondsAfterFinished or a user deletes it first.
-JOB_FINALIZER = "visioninapp.io/training-result"
-KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 TERMINAL = ("Succeeded", "Failed")
 CONDITION_TYPES = ("Scheduled", "Unschedulable", "Queued", "Running", "Suspended", "Succeeded", "Failed")
-
-
-@dataclass(frozen=True)
-class BaseModel:
-    """`spec.model.baseModel` resolved by the handler: its `pt` file, or why it cannot be used."""
-
-    uri: str | None = None
-    sha256: str | None = None
-    problem: str | None = None
+SUSPENDED_KEEPING_CHECKPOINT = "suspended; the checkpoint is kept for resuming"
+Event = tuple[str, str, str]  # (type, reason, message) of a Kubernetes Event
 
 
 @dataclass(frozen=True)
@@ -64,157 +42,13 @@ class TrainingPlan:
     create_artifact: Obj | None = None
     release_job: str | None = None  # remove our finalizer from this Job (its outcome is recorded)
     status: Obj = field(default_factory=dict)  # a merge patch for `.status`
-    event: tuple[str, str, str] | None = None  # (type, reason, message) for a Kubernetes Event
+    event: Event | None = None
 
     @property
     def empty(self) -> bool:
         return not (
             self.create_job or self.delete_job or self.create_artifact or self.release_job or self.status
         )
-
-
-# --- the Job ------------------------------------------------------------------------------------
-
-
-def output_uri(tj: TrainingJob, default_base: str) -> str:
-    return join_uri(tj.spec.output.uri or default_base, tj.metadata.namespace or "default", tj.metadata.name)
-
-
-def dataset_uri(tj: TrainingJob, store: str) -> str:
-    """The dataset's URI; a key without a scheme (`datasets/shapes/v1`) lies in the artifact store."""
-    uri = tj.spec.dataset.uri
-    return uri if "://" in uri else join_uri(store, uri)
-
-
-def trainer_config(
-    tj: TrainingJob, attempt: int, default_output: str, base: BaseModel | None, work_dir: str
-) -> Obj:
-    """The trainer's config (the trainer issue's contract), passed inline in the pod's environment."""
-    spec = tj.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
-    spec["dataset"]["uri"] = dataset_uri(tj, default_output)
-    config: Obj = {
-        "name": tj.metadata.name,
-        "namespace": tj.metadata.namespace or "default",
-        "attempt": attempt,
-        "spec": spec,
-        "outputUri": output_uri(tj, default_output),
-        "terminationLog": "/dev/termination-log",
-        "workDir": work_dir,
-    }
-    if base is not None and base.uri and base.sha256:
-        config["baseWeights"] = {"uri": base.uri, "sha256": base.sha256}
-    return config
-
-
-def desired_job(
-    tj: TrainingJob,
-    uid: str,
-    attempt: int,
-    *,
-    image: str,
-    default_output: str,
-    base: BaseModel | None = None,
-    service_account: str | None = None,
-    env: dict[str, str] | None = None,
-    env_secret: str | None = None,
-    work_dir: str = "/scratch",
-    gpu_node_selector: dict[str, str] | None = None,
-    gpu_tolerations: list[Obj] | None = None,
-) -> Obj:
-    """The batch/v1 Job of one attempt, owned by the TrainingJob."""
-    spec, name = tj.spec, job_name(tj.metadata.name, attempt)
-    labels = {
-        **MANAGED_BY,
-        "app.kubernetes.io/component": "trainer",
-        TRAINING_JOB_LABEL: to_dns_label(tj.metadata.name, 63),
-        ATTEMPT_LABEL: str(attempt),
-    }
-    job_labels = {
-        **labels,
-        **({KUEUE_QUEUE_LABEL: spec.placement.queue_name} if spec.placement.queue_name else {}),
-    }
-    gpus = spec.resources.gpu.count
-    # the cluster's GPU pool, for GPU runs that name no placement of their own
-    node_selector = dict(spec.placement.node_selector or (gpu_node_selector if gpus else None) or {})
-    if spec.resources.gpu.type:
-        node_selector[GPU_PRODUCT_LABEL] = spec.resources.gpu.type
-    tolerations = [
-        t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in spec.placement.tolerations
-    ]
-    tolerations += [t for t in (gpu_tolerations if gpus else None) or [] if t not in tolerations]
-    if gpus:  # GPU nodes carry this taint on AKS/EKS GPU pools with the NVIDIA device plugin
-        tolerations.append({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
-    config = trainer_config(tj, attempt, default_output, base, work_dir)
-    container_env = [
-        {"name": "VISIONINAPP_TRAINER_CONFIG_JSON", "value": json.dumps(config, separators=(",", ":"))},
-        *({"name": k, "value": v} for k, v in sorted((env or {}).items())),
-        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
-    ]
-    resources: Obj = {
-        "requests": {"cpu": spec.resources.cpu, "memory": spec.resources.memory},
-        "limits": {"memory": spec.resources.memory},
-    }
-    if gpus:
-        resources["limits"]["nvidia.com/gpu"] = str(gpus)
-    pod_spec: Obj = {
-        "restartPolicy": "Never",
-        "nodeSelector": node_selector,
-        "tolerations": tolerations,
-        "containers": [
-            {
-                "name": "trainer",
-                "image": image,
-                "command": ["visioninapp-trainer"],
-                "env": container_env,
-                **({"envFrom": [{"secretRef": {"name": env_secret}}]} if env_secret else {}),
-                "resources": resources,
-                "terminationMessagePath": "/dev/termination-log",
-                "terminationMessagePolicy": "FallbackToLogsOnError",
-                "volumeMounts": [
-                    {"name": "dshm", "mountPath": "/dev/shm"},
-                    {"name": "scratch", "mountPath": work_dir},
-                ],
-                "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True},
-            }
-        ],
-        "volumes": [
-            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.resources.shared_memory}},
-            {"name": "scratch", "emptyDir": {}},
-        ],
-    }
-    if service_account:
-        pod_spec["serviceAccountName"] = service_account
-    if spec.placement.priority_class_name:
-        pod_spec["priorityClassName"] = spec.placement.priority_class_name
-    job_spec: Obj = {
-        "backoffLimit": spec.backoff_limit,
-        # A pod lost to a disruption (node shutdown or drain, spot eviction, preemption) is retried
-        # without using up the run's retries; it resumes from its last checkpoint.
-        "podFailurePolicy": {
-            "rules": [
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
-            ]
-        },
-        "suspend": bool(spec.placement.queue_name),  # Kueue admits (unsuspends) queued Jobs
-        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
-    }
-    if spec.active_deadline_seconds is not None:
-        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
-    if spec.ttl_seconds_after_finished is not None:
-        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": name,
-            "namespace": tj.metadata.namespace,
-            "labels": job_labels,
-            "finalizers": [JOB_FINALIZER],
-            "ownerReferences": [controller_reference("TrainingJob", tj.metadata.name, uid)],
-        },
-        "spec": job_spec,
-    }
 
 
 # --- reading a Job and its pods ----------------------------------------------------------------
@@ -250,14 +84,6 @@ def _terminated(pod: Obj) -> Obj | None:
     return None
 
 
-def _condition(pod: Obj, kind: str) -> Obj:
-    """The pod's condition of this type when it is True, else {}."""
-    for condition in (pod.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == kind and condition.get("status") == "True":
-            return condition  # type: ignore[no-any-return]
-    return {}
-
-
 def _newest(pods: list[Obj]) -> list[Obj]:
     return sorted(
         pods, key=lambda p: (p["metadata"].get("creationTimestamp", ""), p["metadata"]["name"]), reverse=True
@@ -266,25 +92,9 @@ def _newest(pods: list[Obj]) -> list[Obj]:
 
 def status_from_job(job: Obj, pods: list[Obj]) -> JobState:
     """The TrainingJob's view of a Job: finished (with the pod's message), queued, waiting or running."""
-    if _true(job, "Complete"):
-        for pod in _newest(pods):
-            terminated = _terminated(pod)
-            if (pod.get("status") or {}).get("phase") == "Succeeded" and terminated:
-                return JobState(
-                    "Succeeded", "Completed", "training finished", terminated.get("message") or ""
-                )
-        return JobState("Succeeded", "Completed", "training finished", None)
-    failed = _true(job, "Failed")
-    if failed:
-        detail = ""
-        for pod in _newest(pods):
-            terminated = _terminated(pod)
-            if terminated and terminated.get("message"):
-                detail = terminated["message"].strip()
-                break
-        reason = failed.get("reason") or "JobFailed"
-        message = failed.get("message") or "the Job failed"
-        return JobState("Failed", reason, f"{message}: {detail}" if detail else message, detail or None)
+    finished = _finished(job, pods)
+    if finished is not None:
+        return finished
     if (job.get("spec") or {}).get("suspend"):
         return JobState("Queued", "WaitingForAdmission", "the Job waits in its queue for admission (Kueue)")
     active = [p for p in _newest(pods) if (p.get("status") or {}).get("phase") in ("Pending", "Running")]
@@ -299,80 +109,56 @@ def status_from_job(job: Obj, pods: list[Obj]) -> JobState:
                 return JobState("Pending", "Unschedulable", message, unschedulable=message)
     if active and active[0]["spec"].get("nodeName"):
         return JobState("Pending", "PodStarting", f"trainer pod scheduled on {active[0]['spec']['nodeName']}")
-    # No pod runs, yet the Job has not concluded: the Job controller has not recorded the pod that
-    # ended (it removes the pod's tracking finalizer first), or waits out the back-off before a retry.
     ended = _newest([p for p in pods if (p.get("status") or {}).get("phase") in ("Succeeded", "Failed")])
-    if not active and ended and ended[0]["status"]["phase"] == "Succeeded":
-        return JobState("Running", "PodCompleted", "trainer pod finished; the Job records its completion")
-    if not active and ended and _condition(ended[0], "DisruptionTarget"):
-        why = _condition(ended[0], "DisruptionTarget").get("message") or "a disruption"
-        return JobState("Pending", "PodDisrupted", f"trainer pod stopped by {why!r}; the Job starts another")
     if not active and ended:
-        terminated = _terminated(ended[0]) or {}
-        why = (terminated.get("message") or "").strip() or f"exit code {terminated.get('exitCode', '?')}"
-        failed_pods = (job.get("status") or {}).get("failed", 0) or len(ended)
-        retry = f"retry {failed_pods} of {job['spec'].get('backoffLimit', 0)}"
-        return JobState(
-            "Pending", "BackoffLimitNotReached", f"trainer pod failed ({why}); {retry} after a back-off"
-        )
+        return _after_pod_ended(job, ended)
     return JobState("Pending", "JobCreated", "waiting for the trainer pod to be scheduled")
 
 
-# --- the artifact -------------------------------------------------------------------------------
+def _finished(job: Obj, pods: list[Obj]) -> JobState | None:
+    """The outcome of a Job that has concluded (None: it has not), with its pod's message."""
+    if _true(job, "Complete"):
+        for pod in _newest(pods):
+            terminated = _terminated(pod)
+            if (pod.get("status") or {}).get("phase") == "Succeeded" and terminated:
+                return JobState(
+                    "Succeeded", "Completed", "training finished", terminated.get("message") or ""
+                )
+        return JobState("Succeeded", "Completed", "training finished", None)
+    failed = _true(job, "Failed")
+    if failed is None:
+        return None
+    detail = ""
+    for pod in _newest(pods):
+        terminated = _terminated(pod)
+        if terminated and terminated.get("message"):
+            detail = terminated["message"].strip()
+            break
+    reason = failed.get("reason") or "JobFailed"
+    message = failed.get("message") or "the Job failed"
+    return JobState("Failed", reason, f"{message}: {detail}" if detail else message, detail or None)
 
 
-def artifact_name(tj: TrainingJob) -> str:
-    return tj.spec.output.artifact_name or tj.metadata.name
-
-
-def artifact_from_result(tj: TrainingJob, result: TrainerResult) -> Obj:
-    """The ModelArtifact of a successful run: lineage labels, and no owner so it outlives the job."""
-    spec = tj.spec
-    model_line = spec.output.model or to_dns_label(tj.metadata.name, 63)
-    metrics = result.metrics.model_dump(mode="json", by_alias=True, exclude_none=True)
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "ModelArtifact",
-        "metadata": {
-            "name": artifact_name(tj),
-            "namespace": tj.metadata.namespace,
-            "labels": {
-                **MANAGED_BY,
-                TRAINING_JOB_LABEL: to_dns_label(tj.metadata.name, 63),
-                ATTEMPT_LABEL: str(result.attempt),
-                "visioninapp.io/model": model_line,
-                **(
-                    {"visioninapp.io/project": tj.metadata.labels["visioninapp.io/project"]}
-                    if "visioninapp.io/project" in tj.metadata.labels
-                    else {}
-                ),
-            },
-            "annotations": {"visioninapp.io/manifest": result.manifest_uri},
-        },
-        "spec": {
-            "model": model_line,
-            "version": to_dns_label(tj.metadata.name, 63),
-            "formats": [f.model_dump(mode="json", by_alias=True, exclude_none=True) for f in result.formats],
-            "task": "detect",
-            "classNames": result.class_names or [],
-            "imgsz": result.imgsz,
-            **({"metrics": metrics} if metrics else {}),
-            "source": {
-                "trainingJob": tj.metadata.name,
-                "attempt": result.attempt,
-                "dataset": spec.dataset.uri,
-                **({"baseModel": spec.model.base_model} if spec.model.base_model else {}),
-            },
-            "stage": "candidate",
-        },
-    }
+def _after_pod_ended(job: Obj, ended: list[Obj]) -> JobState:
+    """No pod runs, yet the Job has not concluded: the Job controller has not recorded the pod that
+    ended (it removes the pod's tracking finalizer first), or waits out the back-off before a retry."""
+    newest = ended[0]
+    if newest["status"]["phase"] == "Succeeded":
+        return JobState("Running", "PodCompleted", "trainer pod finished; the Job records its completion")
+    disruption = _true(newest, "DisruptionTarget")
+    if disruption is not None:
+        why = disruption.get("message") or "a disruption"
+        return JobState("Pending", "PodDisrupted", f"trainer pod stopped by {why!r}; the Job starts another")
+    terminated = _terminated(newest) or {}
+    why = (terminated.get("message") or "").strip() or f"exit code {terminated.get('exitCode', '?')}"
+    failed_pods = (job.get("status") or {}).get("failed", 0) or len(ended)
+    retry = f"retry {failed_pods} of {job['spec'].get('backoffLimit', 0)}"
+    return JobState(
+        "Pending", "BackoffLimitNotReached", f"trainer pod failed ({why}); {retry} after a back-off"
+    )
 
 
 # --- the plan -----------------------------------------------------------------------------------
-
-
-def _status_patch(current: Obj, wanted: Obj) -> Obj:
-    return {k: v for k, v in wanted.items() if current.get(k) != v}
 
 
 def plan_training(
@@ -382,15 +168,12 @@ def plan_training(
     pods: list[Obj],
     now: datetime,
     *,
-    make_job: Callable[[TrainingJob, int], Obj],
+    template: TrainerTemplate,
     base: BaseModel | None = None,
 ) -> TrainingPlan:
     """Decide one reconciliation of a TrainingJob (`body` as stored, `tj` the same validated) from
-    its current Job and pods.
-
-    `make_job(tj, attempt)` builds the desired Job (a closure over the operator's settings).
-    """
-    plan = _plan(tj, body, job, pods, now, make_job, base)
+    its current Job and pods; a new Job is built from `template` (the operator's settings)."""
+    plan = _plan(_Run(tj, body, now, template, base), job, pods)
     if job is not None and JOB_FINALIZER in (job["metadata"].get("finalizers") or []):
         phase = plan.status.get("phase", (body.get("status") or {}).get("phase"))
         if job["metadata"].get("deletionTimestamp") or phase in TERMINAL:
@@ -398,151 +181,183 @@ def plan_training(
     return plan
 
 
-def _plan(
-    tj: TrainingJob,
-    body: Obj,
-    job: Obj | None,
-    pods: list[Obj],
-    now: datetime,
-    make_job: Callable[[TrainingJob, int], Obj],
-    base: BaseModel | None,
-) -> TrainingPlan:
-    status = dict(body.get("status") or {})
-    generation = int(body["metadata"].get("generation") or 1)
-    phase = status.get("phase", "Pending")
-    attempts = int(status.get("attempts") or 0)
-    conditions = list(status.get("conditions") or [])
-    wanted: Obj = {"observedGeneration": generation}
+def _plan(run: _Run, job: Obj | None, pods: list[Obj]) -> TrainingPlan:
+    suspend = run.tj.spec.suspend
+    if run.phase in TERMINAL:
+        return run.plan()
+    if run.attempts == 0:
+        return run.suspend_before_start() if suspend else run.start(1, "first attempt")
+    current = job_name(run.tj.metadata.name, run.attempts)
+    if job is None:
+        if suspend:
+            return run.suspend()
+        if run.phase == "Suspended":
+            return run.start(run.attempts + 1, "resumed from the last checkpoint")
+        return run.start(run.attempts, f"Job {current} is missing; recreated")  # idempotent: same name
+    state = status_from_job(job, pods)
+    if suspend and state.phase not in TERMINAL:
+        event = ("Normal", "Suspended", f"deleted Job {current}; the checkpoint is kept")
+        return replace(run.suspend(), delete_job=current, event=event)
+    if state.phase == "Succeeded":
+        return run.succeeded(state)
+    if state.phase == "Failed":
+        return run.failed(state)
+    return run.unfinished(state)
 
-    def condition(type_: str, value: bool, reason: str, message: str) -> None:
-        nonlocal conditions
-        conditions = set_condition(
-            conditions, type_, "True" if value else "False", reason, message, now, generation, CONDITION_TYPES
+
+class _Run:
+    """One reconciliation's working state: the stored status and the status it builds up."""
+
+    def __init__(
+        self, tj: TrainingJob, body: Obj, now: datetime, template: TrainerTemplate, base: BaseModel | None
+    ) -> None:
+        self.tj, self.now, self.template, self.base = tj, now, template, base
+        self.uid: str = body["metadata"]["uid"]
+        self.status: Obj = dict(body.get("status") or {})
+        self.generation = int(body["metadata"].get("generation") or 1)
+        self.phase: str = self.status.get("phase", "Pending")
+        self.attempts = int(self.status.get("attempts") or 0)
+        self.conditions: list[Obj] = list(self.status.get("conditions") or [])
+        self.wanted: Obj = {"observedGeneration": self.generation}
+
+    def condition(self, type_: str, value: bool, reason: str, message: str) -> None:
+        self.conditions = set_condition(
+            self.conditions,
+            type_,
+            "True" if value else "False",
+            reason,
+            message,
+            self.now,
+            self.generation,
+            CONDITION_TYPES,
         )
 
-    def start(attempt: int, why: str) -> TrainingPlan:
+    def has(self, type_: str) -> bool:
+        return any(c["type"] == type_ for c in self.conditions)
+
+    def plan(
+        self, create_job: Obj | None = None, create_artifact: Obj | None = None, event: Event | None = None
+    ) -> TrainingPlan:
+        """A plan with the status patch: the wanted fields that differ from the stored ones."""
+        patch = {k: v for k, v in self.wanted.items() if self.status.get(k) != v}
+        return TrainingPlan(create_job=create_job, create_artifact=create_artifact, status=patch, event=event)
+
+    def start(self, attempt: int, why: str) -> TrainingPlan:
+        """A Job for `attempt` (unless the base model cannot be used yet)."""
+        base = self.base
         if base is not None and base.problem:
-            condition("Scheduled", False, "BaseModelUnavailable", base.problem)
-            wanted.update(phase="Pending", message=base.problem, conditions=conditions)
-            return TrainingPlan(status=_status_patch(status, wanted))
+            self.condition("Scheduled", False, "BaseModelUnavailable", base.problem)
+            self.wanted.update(phase="Pending", message=base.problem, conditions=self.conditions)
+            return self.plan()
         for type_ in ("Suspended", "Running", "Unschedulable"):
-            if any(c["type"] == type_ for c in conditions):
-                condition(type_, False, "NewAttempt", why)
-        new_job = make_job(tj, attempt)
-        condition("Scheduled", True, "JobCreated", f"Job {new_job['metadata']['name']} created ({why})")
+            if self.has(type_):
+                self.condition(type_, False, "NewAttempt", why)
+        try:
+            new_job = self.template.job(self.tj, self.uid, attempt, base)
+        except ValueError as error:  # a config the trainer would refuse: the run fails now, not in the pod
+            return self.config_refused(error)
+        name = new_job["metadata"]["name"]
+        self.condition("Scheduled", True, "JobCreated", f"Job {name} created ({why})")
         fresh = status_from_job(new_job, [])  # what the next look at the new Job will say anyway
         if fresh.phase == "Queued":
-            condition("Queued", True, fresh.reason, fresh.message)
-        wanted.update(
+            self.condition("Queued", True, fresh.reason, fresh.message)
+        self.wanted.update(
             phase=fresh.phase,
             attempts=attempt,
-            jobName=new_job["metadata"]["name"],
-            epochs=tj.spec.hyperparameters.epochs,
+            jobName=name,
+            epochs=self.tj.spec.hyperparameters.epochs,
             message=fresh.message,
-            conditions=conditions,
+            conditions=self.conditions,
         )
-        wanted.setdefault("startTime", status.get("startTime") or iso_time(now))
-        return TrainingPlan(
+        self.wanted.setdefault("startTime", self.status.get("startTime") or iso_time(self.now))
+        # The first Job is in the `Scheduled` condition; an Event for each of thousands of new runs
+        # would double the API writes. Later attempts are notable: they get one.
+        notable = 1 < attempt > self.attempts
+        return self.plan(
             create_job=new_job,
-            status=_status_patch(status, wanted),
-            # The first Job is in the `Scheduled` condition; an Event for each of thousands of new
-            # runs would double the API writes. Later attempts are notable: they get one.
-            event=("Normal", "JobCreated", f"attempt {attempt}: {why}") if 1 < attempt > attempts else None,
+            event=("Normal", "JobCreated", f"attempt {attempt}: {why}") if notable else None,
         )
 
-    if phase in TERMINAL:
-        return TrainingPlan(status=_status_patch(status, wanted))
-    if attempts == 0:
-        if tj.spec.suspend:
-            condition("Suspended", True, "Suspended", "suspended before the first attempt")
-            wanted.update(
-                phase="Suspended", message="suspended before the first attempt", conditions=conditions
-            )
-            return TrainingPlan(status=_status_patch(status, wanted))
-        return start(1, "first attempt")
-
-    current = job_name(tj.metadata.name, attempts)
-    if job is None:
-        if tj.spec.suspend:
-            condition("Suspended", True, "Suspended", "suspended; the checkpoint is kept for resuming")
-            condition("Running", False, "Suspended", "suspended")
-            wanted.update(
-                phase="Suspended", message="suspended; resumes from its checkpoint", conditions=conditions
-            )
-            return TrainingPlan(status=_status_patch(status, wanted))
-        if phase == "Suspended":
-            return start(attempts + 1, "resumed from the last checkpoint")
-        return start(attempts, f"Job {current} is missing; recreated")  # idempotent: same name
-
-    state = status_from_job(job, pods)
-    if tj.spec.suspend and state.phase not in TERMINAL:
-        condition("Suspended", True, "Suspended", "suspended; the checkpoint is kept for resuming")
-        condition("Running", False, "Suspended", "suspended")
-        wanted.update(
-            phase="Suspended", message="suspended; resumes from its checkpoint", conditions=conditions
+    def config_refused(self, error: ValueError) -> TrainingPlan:
+        problem = error.errors()[0] if isinstance(error, ValidationError) else None
+        detail = f"{'.'.join(map(str, problem['loc']))}: {problem['msg']}" if problem else str(error)
+        message = f"the trainer's config is invalid: {detail}"
+        self.condition("Failed", True, "InvalidTrainerConfig", message)
+        self.wanted.update(
+            phase="Failed", message=message, completionTime=iso_time(self.now), conditions=self.conditions
         )
-        return TrainingPlan(
-            delete_job=current,
-            status=_status_patch(status, wanted),
-            event=("Normal", "Suspended", f"deleted Job {current}; the checkpoint is kept"),
-        )
+        return self.plan(event=("Warning", "InvalidTrainerConfig", message))
 
-    if state.phase == "Succeeded":
+    def suspend_before_start(self) -> TrainingPlan:
+        self.condition("Suspended", True, "Suspended", "suspended before the first attempt")
+        self.wanted.update(
+            phase="Suspended", message="suspended before the first attempt", conditions=self.conditions
+        )
+        return self.plan()
+
+    def suspend(self) -> TrainingPlan:
+        self.condition("Suspended", True, "Suspended", SUSPENDED_KEEPING_CHECKPOINT)
+        self.condition("Running", False, "Suspended", "suspended")
+        self.wanted.update(
+            phase="Suspended", message="suspended; resumes from its checkpoint", conditions=self.conditions
+        )
+        return self.plan()
+
+    def succeeded(self, state: JobState) -> TrainingPlan:
+        """The trainer's result becomes the ModelArtifact (unreadable: the run failed)."""
         try:
             result = TrainerResult.from_termination_message(state.termination_message or "")
         except (ValueError, ValidationError):
             text = (state.termination_message or "")[:200]
             message = f"the trainer succeeded but its result is unreadable: {text!r}"
-            condition("Running", False, "Finished", "finished")
-            condition("Failed", True, "ResultUnreadable", message)
-            wanted.update(
-                phase="Failed", message=message, completionTime=iso_time(now), conditions=conditions
+            self.condition("Running", False, "Finished", "finished")
+            self.condition("Failed", True, "ResultUnreadable", message)
+            self.wanted.update(
+                phase="Failed", message=message, completionTime=iso_time(self.now), conditions=self.conditions
             )
-            return TrainingPlan(
-                status=_status_patch(status, wanted), event=("Warning", "ResultUnreadable", message)
-            )
-        artifact = artifact_from_result(tj, result)
-        condition("Running", False, "Finished", "finished")
-        if any(c["type"] == "Unschedulable" for c in conditions):
-            condition("Unschedulable", False, "Finished", "finished")
-        condition(
-            "Succeeded", True, "ArtifactCreated", f"ModelArtifact {artifact['metadata']['name']} created"
-        )
+            return self.plan(event=("Warning", "ResultUnreadable", message))
+        artifact = artifact_from_result(self.tj, result)
+        name = artifact["metadata"]["name"]
+        self.condition("Running", False, "Finished", "finished")
+        if self.has("Unschedulable"):
+            self.condition("Unschedulable", False, "Finished", "finished")
+        self.condition("Succeeded", True, "ArtifactCreated", f"ModelArtifact {name} created")
         metrics = result.metrics.model_dump(mode="json", by_alias=True, exclude_none=True)
-        wanted.update(
+        self.wanted.update(
             phase="Succeeded",
-            artifact=artifact["metadata"]["name"],
+            artifact=name,
             epoch=result.epochs_run,
-            completionTime=iso_time(now),
-            message=f"trained {result.epochs_run} epochs; ModelArtifact {artifact['metadata']['name']}",
-            conditions=conditions,
+            completionTime=iso_time(self.now),
+            message=f"trained {result.epochs_run} epochs; ModelArtifact {name}",
+            conditions=self.conditions,
             **({"metrics": metrics} if metrics else {}),
         )
-        return TrainingPlan(
-            create_artifact=artifact,
-            status=_status_patch(status, wanted),
-            event=("Normal", "Succeeded", f"ModelArtifact {artifact['metadata']['name']} created"),
-        )
-    if state.phase == "Failed":
-        condition("Running", False, "Finished", "finished")
-        condition("Failed", True, state.reason, state.message)
-        wanted.update(
-            phase="Failed", message=state.message, completionTime=iso_time(now), conditions=conditions
-        )
-        return TrainingPlan(
-            status=_status_patch(status, wanted), event=("Warning", state.reason, state.message)
+        return self.plan(
+            create_artifact=artifact, event=("Normal", "Succeeded", f"ModelArtifact {name} created")
         )
 
-    # Not finished: Queued, Pending (maybe Unschedulable) or Running.
-    if state.unschedulable is not None:
-        condition("Unschedulable", True, "Unschedulable", state.unschedulable)
-    elif any(c["type"] == "Unschedulable" for c in conditions):
-        condition("Unschedulable", False, "Scheduled", "a node was found")
-    if state.phase == "Queued":
-        condition("Queued", True, state.reason, state.message)
-    elif any(c["type"] == "Queued" for c in conditions):
-        condition("Queued", False, "Admitted", "the queue admitted the Job")
-    if state.phase == "Running":
-        condition("Running", True, state.reason, state.message)
-    wanted.update(phase=state.phase, message=state.message, conditions=conditions)
-    return TrainingPlan(status=_status_patch(status, wanted))
+    def failed(self, state: JobState) -> TrainingPlan:
+        self.condition("Running", False, "Finished", "finished")
+        self.condition("Failed", True, state.reason, state.message)
+        self.wanted.update(
+            phase="Failed",
+            message=state.message,
+            completionTime=iso_time(self.now),
+            conditions=self.conditions,
+        )
+        return self.plan(event=("Warning", state.reason, state.message))
+
+    def unfinished(self, state: JobState) -> TrainingPlan:
+        """Queued, Pending (maybe Unschedulable) or Running: the conditions follow the Job."""
+        if state.unschedulable is not None:
+            self.condition("Unschedulable", True, "Unschedulable", state.unschedulable)
+        elif self.has("Unschedulable"):
+            self.condition("Unschedulable", False, "Scheduled", "a node was found")
+        if state.phase == "Queued":
+            self.condition("Queued", True, state.reason, state.message)
+        elif self.has("Queued"):
+            self.condition("Queued", False, "Admitted", "the queue admitted the Job")
+        if state.phase == "Running":
+            self.condition("Running", True, state.reason, state.message)
+        self.wanted.update(phase=state.phase, message=state.message, conditions=self.conditions)
+        return self.plan()

@@ -139,9 +139,9 @@ MODULES = [
     ),
     Module(
         "rollout",
-        "operator/rollout.py",
+        "operator/rollout_step.py",
         ["tests/unit/test_operator_rollout.py"],
-        ["x_next_rollout_step"],
+        ["x_next_rollout_step", "x__gate_failures"],
     ),
 ]
 BY_NAME = {m.name: m for m in MODULES}

@@ -15,7 +15,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 from visioninapp.backends.storage import ArtifactStore, ObjectNotFound, StoredObject, join_uri
 from visioninapp.datasets import fetch_dataset, validate_dataset
@@ -252,6 +252,20 @@ def ultralytics_train_args(hp: Hyperparameters, data: Path, device: str, runs: P
     }
 
 
+class _TrainArgs(Protocol):
+    imgsz: int
+
+
+class _FinishedTrainer(Protocol):
+    """What `_train` reads from ultralytics' trainer after `model.train()` (typed `None` there)."""
+
+    best: Path
+    last: Path
+    metrics: dict[str, Any] | None
+    epoch: int
+    args: _TrainArgs
+
+
 def _train(
     config: TrainerConfig,
     store: ArtifactStore,
@@ -291,7 +305,7 @@ def _train(
     callbacks.register(model)
     model.train(**train_args)
     callbacks.wait_for_uploads()
-    trainer = model.trainer
+    trainer = cast(_FinishedTrainer, model.trainer)
     best = Path(trainer.best if Path(trainer.best).exists() else trainer.last)
     final_metrics = _metrics_from(trainer.metrics or {}, {})
     epochs_run = int(trainer.epoch) + 1
@@ -348,7 +362,7 @@ def run_training(config: TrainerConfig, store: ArtifactStore, publisher: EventPu
         ("pt", store.put_file(best, join_uri(config.output_uri, "weights", "best.pt"))),
         ("onnx", store.put_file(onnx_path, join_uri(config.output_uri, "weights", "model.onnx"))),
     ]
-    formats = [ArtifactFormat(format=f, uri=o.uri, sha256=o.sha256, size=o.size) for f, o in uploads]  # type: ignore[arg-type]
+    formats = [ArtifactFormat(format=f, uri=o.uri, sha256=o.sha256, size=o.size) for f, o in uploads]
     manifest_uri = join_uri(config.output_uri, "manifest.json")
     manifest = {
         "namespace": config.namespace,

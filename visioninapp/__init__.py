@@ -22,10 +22,12 @@ os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
 class _SourceOperatorFinder:
     """Finds `visioninapp.operator` in the repository's `operator/` folder in an editable install.
 
-    `operator/` has no `__init__.py`, so that it never shadows the standard library's `operator`
-    (DESIGN.md section 3). A wheel installs it at `visioninapp/operator/`, where the normal import
-    system finds it; setuptools' editable finder maps the folder but cannot load a package without
-    `__init__.py` below a mapped package, so this finder returns the namespace spec for it.
+    `operator/` has no `__init__.py`, so that it never shadows the standard library's `operator`: with
+    the repository root on the path (tests, scripts), a regular package there would win over it, while
+    a namespace package loses to any module of that name. A wheel installs it at
+    `visioninapp/operator/`, where the normal import system finds it; setuptools' editable finder maps
+    the folder but cannot load a package without `__init__.py` below a mapped package, so this finder
+    returns the namespace spec for it.
     """
 
     def __init__(self, folder: Path) -> None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import yaml
 
 from visioninapp import __version__
+
+if TYPE_CHECKING:
+    from visioninapp.validation import FieldError
 
 app = typer.Typer(
     help="VisionInApp: train, register, roll out and observe YOLO detectors on Kubernetes.",
@@ -80,27 +83,6 @@ def crds_check(
     typer.echo("crds are up to date")
 
 
-def _documents(path: Path) -> list[tuple[str, Any]]:
-    files = (
-        sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml", ".json"))
-        if path.is_dir()
-        else [path]
-    )
-    documents: list[tuple[str, Any]] = []
-    for file in files:
-        try:
-            loaded = [d for d in yaml.safe_load_all(file.read_text()) if d is not None]
-        except (OSError, yaml.YAMLError) as error:
-            documents.append((str(file), error))
-            continue
-        for doc in loaded:
-            if isinstance(doc, dict) and doc.get("kind", "").endswith("List") and "items" in doc:
-                documents.extend((str(file), item) for item in doc["items"])
-            else:
-                documents.append((str(file), doc))
-    return documents
-
-
 @app.command()
 def validate(
     files: Annotated[
@@ -136,67 +118,18 @@ def validate(
     """
     import json
 
-    from visioninapp.validation import FieldError, is_ours, load_manifests, manifest_files
-    from visioninapp.validation import validate as validate_object
-
     if output not in ("text", "json"):
         raise _fail(f"--output must be text or json, not {output!r}")
-
-    def read(path: Path) -> list[tuple[str, Any]]:
-        documents: list[tuple[str, Any]] = []
-        for file in manifest_files(path):
-            try:
-                documents.extend((str(file), doc) for doc in load_manifests(file.read_text()))
-            except (OSError, ValueError, yaml.YAMLError) as error:
-                documents.append((str(file), error))
-        return documents
-
-    def key(doc: Any) -> tuple[str, str]:
-        if not isinstance(doc, dict):
-            return ("", "")
-        metadata = doc.get("metadata")
-        metadata = metadata if isinstance(metadata, dict) else {}
-        return (str(doc.get("kind") or ""), str(metadata.get("name") or ""))
-
-    old_objects: dict[tuple[str, str], dict[str, Any]] = {}
-    if old is not None:
-        if not old.exists():
-            raise _fail(f"{old}: no such file or directory")
-        for _, doc in read(old):
-            if isinstance(doc, dict):
-                old_objects[key(doc)] = doc
+    old_objects = _old_objects(old)
     results: list[dict[str, Any]] = []
     for path in files:
         if not path.exists():
             raise _fail(f"{path}: no such file or directory")
-        for source, doc in read(path):
-            if isinstance(doc, Exception):
-                errors = [FieldError("(document)", "(document)", f"cannot parse: {doc}")]
-                obj, result = None, "invalid"
-            else:
-                errors = validate_object(doc, old_objects.get(key(doc)))
-                kind, name = key(doc)
-                obj = f"{kind or '(no kind)'}/{name or '(unnamed)'}"
-                result = "invalid" if errors else ("valid" if is_ours(doc) else "skipped")
-            results.append(
-                {
-                    "source": source,
-                    "object": obj,
-                    "result": result,
-                    "errors": [{"field": e.path, "message": e.message} for e in errors],
-                }
-            )
-            if output == "json":
-                continue
-            if obj is None:
-                typer.echo(f"{source}: {errors[0].message}", err=True)
-            elif errors:
-                for error in errors:
-                    typer.echo(f"{source}: {error}", err=True)
-            elif result == "valid":
-                typer.echo(f"{source}: {obj} valid")
-            else:
-                typer.echo(f"{source}: {obj} skipped: a built-in Kubernetes kind, not checked")
+        for source, doc in _read_manifests(path):
+            checked, errors = _check_document(source, doc, old_objects)
+            results.append(checked)
+            if output == "text":
+                _echo_checked(checked, errors)
     if output == "json":
         typer.echo(json.dumps(results, indent=2))
     failed = sum(r["result"] == "invalid" for r in results)
@@ -204,6 +137,79 @@ def validate(
         raise _fail("no manifests found")
     if failed:
         raise _fail(f"{failed} of {len(results)} object(s) invalid")
+
+
+def _read_manifests(path: Path) -> list[tuple[str, Any]]:
+    """(source file, document or the error reading it) of each manifest in a file or directory."""
+    from visioninapp.validation import load_manifests, manifest_files
+
+    documents: list[tuple[str, Any]] = []
+    for file in manifest_files(path):
+        try:
+            documents.extend((str(file), doc) for doc in load_manifests(file.read_text()))
+        except (OSError, ValueError, yaml.YAMLError) as error:
+            documents.append((str(file), error))
+    return documents
+
+
+def _object_key(doc: Any) -> tuple[str, str]:
+    """(kind, name) of a manifest, empty where missing: how --old objects are matched."""
+    if not isinstance(doc, dict):
+        return ("", "")
+    metadata = doc.get("metadata")
+    metadata = metadata if isinstance(metadata, dict) else {}
+    return (str(doc.get("kind") or ""), str(metadata.get("name") or ""))
+
+
+def _old_objects(old: Path | None) -> dict[tuple[str, str], dict[str, Any]]:
+    old_objects: dict[tuple[str, str], dict[str, Any]] = {}
+    if old is None:
+        return old_objects
+    if not old.exists():
+        raise _fail(f"{old}: no such file or directory")
+    for _, doc in _read_manifests(old):
+        if isinstance(doc, dict):
+            old_objects[_object_key(doc)] = doc
+    return old_objects
+
+
+def _check_document(
+    source: str, doc: Any, old_objects: dict[tuple[str, str], dict[str, Any]]
+) -> tuple[dict[str, Any], list[FieldError]]:
+    """One entry of `validate --output json` (source, object, result, errors: field and message), and
+    the errors found."""
+    from visioninapp.validation import FieldError, is_ours
+    from visioninapp.validation import validate as validate_object
+
+    if isinstance(doc, Exception):
+        errors = [FieldError("(document)", "(document)", f"cannot parse: {doc}")]
+        obj, result = None, "invalid"
+    else:
+        errors = validate_object(doc, old_objects.get(_object_key(doc)))
+        kind, name = _object_key(doc)
+        obj = f"{kind or '(no kind)'}/{name or '(unnamed)'}"
+        result = "invalid" if errors else ("valid" if is_ours(doc) else "skipped")
+    checked = {
+        "source": source,
+        "object": obj,
+        "result": result,
+        "errors": [{"field": e.path, "message": e.message} for e in errors],
+    }
+    return checked, errors
+
+
+def _echo_checked(checked: dict[str, Any], errors: list[FieldError]) -> None:
+    """`validate`'s text output for one object: errors to stderr, a verdict to stdout."""
+    source, obj = checked["source"], checked["object"]
+    if obj is None:
+        typer.echo(f"{source}: {errors[0].message}", err=True)
+    elif errors:
+        for error in errors:
+            typer.echo(f"{source}: {error}", err=True)
+    elif checked["result"] == "valid":
+        typer.echo(f"{source}: {obj} valid")
+    else:
+        typer.echo(f"{source}: {obj} skipped: a built-in Kubernetes kind, not checked")
 
 
 @cluster_app.command("build")

@@ -57,49 +57,62 @@ def structural_schema(schema: dict[str, Any], defs: dict[str, Any] | None = None
     """Translate one pydantic JSON schema node into a Kubernetes structural schema node."""
     defs = defs if defs is not None else schema.get("$defs", {})
     schema = _resolve(schema, defs)
+    if schema.get("anyOf") is not None:
+        return _union_schema(schema, defs)
     out: dict[str, Any] = {}
-
-    variants = schema.get("anyOf")
-    if variants is not None:
-        non_null = [_resolve(v, defs) for v in variants if v.get("type") != "null"]
-        outer = {k: v for k, v in schema.items() if k != "anyOf"}
-        if len(non_null) == 1:
-            return structural_schema({**non_null[0], **outer}, defs)
-        if {v.get("type") for v in non_null} == {"integer", "string"}:
-            # The one union a structural schema allows is exactly `anyOf: [{type: integer}, {type:
-            # string}]`; each variant's bounds move up beside it, where JSON Schema applies numeric
-            # keywords to numbers only and string keywords to strings only.
-            out["x-kubernetes-int-or-string"] = True
-            out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
-            for variant in non_null:
-                bounds = structural_schema(variant, defs)
-                out.update({k: v for k, v in bounds.items() if k != "type"})
-            for key in ("description", "default"):
-                if key in outer:
-                    out[key] = outer[key]
-            return out
-        raise ValueError(f"cannot express this union in a structural schema: {variants}")
-
     for key, value in schema.items():
-        if key in _DROPPED_KEYS or key == "$ref":
-            continue
-        if key == "properties":
-            out["properties"] = {name: structural_schema(prop, defs) for name, prop in value.items()}
-        elif key == "items":
-            out["items"] = structural_schema(value, defs)
-        elif key in ("exclusiveMinimum", "exclusiveMaximum"):
-            bound = "minimum" if key == "exclusiveMinimum" else "maximum"
-            out[bound] = value
-            out[key] = True
-        elif key == "const":
-            out["enum"] = [value]
-        elif key == "maxLength" and schema.get("type") == "object":
-            out["maxProperties"] = value
-        elif (key == "format" and value != "date-time") or (key == "default" and value is None):
-            continue
-        else:
-            out[key] = value
+        out.update(_keyword(key, value, schema, defs))
+    _complete(schema, out, defs)
+    return out
 
+
+def _union_schema(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """An `anyOf` node: an optional value (one variant besides null), or an int-or-string."""
+    variants = schema["anyOf"]
+    non_null = [_resolve(v, defs) for v in variants if v.get("type") != "null"]
+    outer = {k: v for k, v in schema.items() if k != "anyOf"}
+    if len(non_null) == 1:
+        return structural_schema({**non_null[0], **outer}, defs)
+    if {v.get("type") for v in non_null} != {"integer", "string"}:
+        raise ValueError(f"cannot express this union in a structural schema: {variants}")
+    # The one union a structural schema allows is exactly `anyOf: [{type: integer}, {type:
+    # string}]`; each variant's bounds move up beside it, where JSON Schema applies numeric
+    # keywords to numbers only and string keywords to strings only.
+    out: dict[str, Any] = {
+        "x-kubernetes-int-or-string": True,
+        "anyOf": [{"type": "integer"}, {"type": "string"}],
+    }
+    for variant in non_null:
+        bounds = structural_schema(variant, defs)
+        out.update({k: v for k, v in bounds.items() if k != "type"})
+    for key in ("description", "default"):
+        if key in outer:
+            out[key] = outer[key]
+    return out
+
+
+def _keyword(key: str, value: Any, schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """What one keyword of a pydantic schema node becomes in the structural node (`{}`: dropped)."""
+    if key in _DROPPED_KEYS or key == "$ref":
+        return {}
+    if key == "properties":
+        return {"properties": {name: structural_schema(prop, defs) for name, prop in value.items()}}
+    if key == "items":
+        return {"items": structural_schema(value, defs)}
+    if key in ("exclusiveMinimum", "exclusiveMaximum"):
+        return {"minimum" if key == "exclusiveMinimum" else "maximum": value, key: True}
+    if key == "const":
+        return {"enum": [value]}
+    if key == "maxLength" and schema.get("type") == "object":
+        return {"maxProperties": value}
+    if (key == "format" and value != "date-time") or (key == "default" and value is None):
+        return {}
+    return {key: value}
+
+
+def _complete(schema: dict[str, Any], out: dict[str, Any], defs: dict[str, Any]) -> None:
+    """What a structural node needs beyond its keywords: a type for enums, the schema of a map's
+    values, no `maxLength` on objects, and defaults as Kubernetes applies them."""
     if "enum" in out and "type" not in out:
         out["type"] = "string"
     if schema.get("type") == "object" and "additionalProperties" in schema and "properties" not in schema:
@@ -118,7 +131,6 @@ def structural_schema(schema: dict[str, Any], defs: dict[str, Any] | None = None
         out["default"] = {}
     if out.get("default") in ([], {}) and out.get("type") in ("array", "object") and "properties" not in out:
         out.pop("default")  # an empty list or map is the same as an absent one
-    return out
 
 
 def _model_schema(model: type) -> dict[str, Any]:

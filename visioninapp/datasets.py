@@ -153,6 +153,27 @@ def _local_matches(path: Path, entry: dict[str, Any]) -> bool:
     return path.is_file() and path.stat().st_size == entry["size"] and sha256_file(path) == entry["sha256"]
 
 
+def _dataset_files(store: ArtifactStore, uri: str) -> list[dict[str, Any]]:
+    """The files of a dataset (path, sha256, size): its manifest's, or (no manifest) every file under
+    the prefix except ultralytics' `*.cache`, with no sha256."""
+    manifest = read_manifest(store, uri)
+    if manifest is not None:
+        return manifest
+    listed = uri.rstrip("/") + "/"
+    if isinstance(store, LocalArtifactStore):  # its listing names files by their resolved paths
+        listed = store.path_of(uri).resolve().as_uri().rstrip("/") + "/"
+    objects = [o for o in store.list(uri) if o.uri.startswith(listed) and not o.uri.endswith(".cache")]
+    log.warning("dataset %s has no %s: taking every file under the prefix", uri, MANIFEST)
+    return [{"path": o.uri[len(listed) :], "sha256": None, "size": o.size} for o in objects]
+
+
+def _already_there(local: Path, entry: dict[str, Any]) -> bool:
+    """Whether the file is in place already: by its sha256, or by its size where none is known."""
+    if entry["sha256"]:
+        return _local_matches(local, entry)
+    return local.is_file() and local.stat().st_size == entry["size"]
+
+
 def fetch_dataset(
     store: ArtifactStore,
     uri: str,
@@ -171,18 +192,7 @@ def fetch_dataset(
     anything else in `target` is removed.
     """
     prefix = uri.rstrip("/") + "/"
-    manifest = read_manifest(store, uri)
-    if manifest is None:
-        listed = prefix
-        if isinstance(store, LocalArtifactStore):  # its listing names files by their resolved paths
-            listed = store.path_of(uri).resolve().as_uri().rstrip("/") + "/"
-        objects = [o for o in store.list(uri) if o.uri.startswith(listed) and not o.uri.endswith(".cache")]
-        log.warning("dataset %s has no %s: taking every file under the prefix", uri, MANIFEST)
-        wanted: list[dict[str, Any]] = [
-            {"path": o.uri[len(listed) :], "sha256": None, "size": o.size} for o in objects
-        ]
-    else:
-        wanted = manifest
+    wanted = _dataset_files(store, uri)
     if not any(entry["path"] == data_yaml for entry in wanted):
         raise DatasetError(f"dataset not found: {prefix + data_yaml} does not exist")
     target.mkdir(parents=True, exist_ok=True)
@@ -191,12 +201,7 @@ def fetch_dataset(
     for entry in wanted:
         local = contained(target, entry["path"], f"{uri} file")
         keep.add(local)
-        present = (
-            _local_matches(local, entry)
-            if entry["sha256"]
-            else local.is_file() and local.stat().st_size == entry["size"]
-        )
-        if not present:
+        if not _already_there(local, entry):
             todo.append((join_uri(uri, entry["path"]), local, entry["sha256"]))
     base = target.resolve()
     for stray in sorted(base.rglob("*"), reverse=True):

@@ -586,33 +586,53 @@ def _owner_reference_errors(label: str, references: list[Any]) -> list[FieldErro
 
 def _metadata_errors(label: str, metadata: dict[str, Any]) -> tuple[list[FieldError], bool]:
     """ValidateObjectMeta's errors, and whether one of them (Required, TooLong) blocks CEL rules."""
+    errors, name_blocks = _name_errors(label, metadata)
+    errors.extend(_label_errors(label, metadata.get("labels") or {}))
+    annotation_errors, annotations_block = _annotation_errors(label, metadata.get("annotations") or {})
+    errors.extend(annotation_errors)
+    for finalizer in metadata.get("finalizers") or []:
+        problem = _qualified_name_problem(finalizer or "")
+        if problem:
+            errors.append(FieldError(label, "metadata.finalizers", f"finalizer {finalizer!r}: {problem}"))
+    errors.extend(_owner_reference_errors(label, metadata.get("ownerReferences") or []))
+    return errors, name_blocks or annotations_block
+
+
+_NAMING = (
+    "lowercase letters, digits, '-' and '.', starting and ending with a letter or digit, "
+    "at most 253 characters"
+)
+
+
+def _name_errors(label: str, metadata: dict[str, Any]) -> tuple[list[FieldError], bool]:
+    """The errors of metadata.name and metadata.generateName, and whether the name is missing."""
     errors: list[FieldError] = []
-    blocking = False
     name, generate = metadata.get("name") or "", metadata.get("generateName") or ""
-    naming = (
-        "lowercase letters, digits, '-' and '.', starting and ending with a letter or digit, "
-        "at most 253 characters"
-    )
     if generate:
         # The API server checks the prefix (a trailing '-' masked as Kubernetes does) and then the
         # name it generates: the prefix, cut to 58 characters, and 5 random lowercase alphanumerics.
         masked = generate[:-2] + "a" if len(generate) > 1 and generate.endswith("-") else generate
         if not _subdomain_ok(masked):
             errors.append(
-                FieldError(label, "metadata.generateName", f"{generate!r} is not a valid prefix: {naming}")
+                FieldError(label, "metadata.generateName", f"{generate!r} is not a valid prefix: {_NAMING}")
             )
         if not name and not _subdomain_ok(generate[:_MAX_GENERATED_PREFIX] + "xxxxx"):
             errors.append(
                 FieldError(label, "metadata.name", f"names generated from {generate!r} are not valid")
             )
     if not name and not generate:
-        blocking = True
         errors.append(
             FieldError(label, "metadata.name", "required: set metadata.name (or metadata.generateName)")
         )
-    elif name and not _subdomain_ok(name):
-        errors.append(FieldError(label, "metadata.name", f"{name!r} is not a valid name: {naming}"))
-    for key, value in (metadata.get("labels") or {}).items():
+        return errors, True
+    if name and not _subdomain_ok(name):
+        errors.append(FieldError(label, "metadata.name", f"{name!r} is not a valid name: {_NAMING}"))
+    return errors, False
+
+
+def _label_errors(label: str, labels: dict[str, Any]) -> list[FieldError]:
+    errors: list[FieldError] = []
+    for key, value in labels.items():
         problem = _qualified_name_problem(key)
         if problem:
             errors.append(FieldError(label, "metadata.labels", f"label key {key!r}: {problem}"))
@@ -625,23 +645,23 @@ def _metadata_errors(label: str, metadata: dict[str, Any]) -> tuple[list[FieldEr
                     "or '.', starting and ending with an alphanumeric character, or empty",
                 )
             )
-    annotations = metadata.get("annotations") or {}
+    return errors
+
+
+def _annotation_errors(label: str, annotations: dict[str, Any]) -> tuple[list[FieldError], bool]:
+    """The errors of the annotations' keys and total size, and whether they are too large (blocking)."""
+    errors: list[FieldError] = []
     for key in annotations:
         problem = _qualified_name_problem(key.lower())
         if problem:
             errors.append(FieldError(label, "metadata.annotations", f"annotation key {key!r}: {problem}"))
     size = sum(len(k.encode()) + len((v or "").encode()) for k, v in annotations.items())
     if size > _MAX_ANNOTATIONS_BYTES:
-        blocking = True
         errors.append(
             FieldError(label, "metadata.annotations", f"{size} bytes: at most {_MAX_ANNOTATIONS_BYTES}")
         )
-    for finalizer in metadata.get("finalizers") or []:
-        problem = _qualified_name_problem(finalizer or "")
-        if problem:
-            errors.append(FieldError(label, "metadata.finalizers", f"finalizer {finalizer!r}: {problem}"))
-    errors.extend(_owner_reference_errors(label, metadata.get("ownerReferences") or []))
-    return errors, blocking
+        return errors, True
+    return errors, False
 
 
 # --- stage 6: the structural schema, with ratcheting ---------------------------------------------

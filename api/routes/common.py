@@ -1,21 +1,18 @@
-"""Helpers shared by the routers: typed parameters, paging, sorting, the read cache."""
+"""What the routers share: typed path and query parameters, the control-character check, cached lists."""
 
 from __future__ import annotations
 
-import json
 import re
-import threading
-from collections.abc import Callable, Sequence
-from typing import Annotated, Any, TypeVar
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import Path, Query, Request
 from fastapi.responses import Response
 
-from visioninapp.api.errors import ApiError, ErrorDetail
+from visioninapp.api.container import ApiContainer
+from visioninapp.api.listcache import cached_json
 from visioninapp.api.security import CurrentUser
-from visioninapp.api.services import Services
-
-T = TypeVar("T")
+from visioninapp.web.errors import ApiError, ErrorDetail
 
 # A Kubernetes object name (DNS-1123 subdomain): TrainingJobs, ModelArtifacts and EdgeDeployments
 # applied with kubectl may have dots, so path parameters take what the API server takes.
@@ -65,99 +62,6 @@ def no_control_characters(request: Request, user: CurrentUser) -> None:
         )
 
 
-def sort_items(items: list[dict[str, Any]], sort: str | None, allowed: Sequence[str]) -> list[dict[str, Any]]:
-    if not sort:
-        return items
-    field = sort.lstrip("-")
-    if field not in allowed:
-        raise ApiError(400, f"cannot sort by {field!r}; sort by one of: {', '.join(allowed)}")
-    present = [i for i in items if i.get(field) is not None]
-    missing = [i for i in items if i.get(field) is None]  # unknown values last, whatever the direction
-    present.sort(key=lambda i: i[field], reverse=sort.startswith("-"))
-    return present + missing
-
-
-def page(items: list[dict[str, Any]], limit: int, offset: int) -> dict[str, Any]:
-    return {"items": items[offset : offset + limit], "total": len(items), "limit": limit, "offset": offset}
-
-
-def list_cache_prefix(project: str, kind: str) -> str:
-    return f"list:{project}:{kind}:"
-
-
-_filling: dict[str, threading.Lock] = {}
-_filling_guard = threading.Lock()
-
-
-def cached_json(services: Services, key: str, produce: Callable[[], Any]) -> Response:
-    """Serve a hot read from the cache; on a miss, compute, store and serve it.
-
-    Concurrent misses of one key in this process wait for a single computation instead of each
-    listing from the Kubernetes API (no thundering herd when an entry expires under load).
-    """
-    hit = services.cache.get(key)
-    if hit is None:
-        with _filling_guard:
-            lock = _filling.setdefault(key, threading.Lock())
-        with lock:
-            hit = services.cache.get(key)
-            if hit is None:
-                hit = json.dumps(produce(), default=str, separators=(",", ":")).encode()
-                services.cache.set(key, hit, services.settings.api_cache_ttl_seconds)
-        with _filling_guard:
-            _filling.pop(key, None)
-    return Response(hit, media_type="application/json")
-
-
-def invalidate(services: Services, project: str, *kinds: str) -> None:
-    for kind in kinds:
-        services.cache.delete_prefix(list_cache_prefix(project, kind))
-
-
-# --- where a project's runs may read and write in the artifact store ---------------------------
-#
-# Layout of the platform's store (VISIONINAPP_ARTIFACTS_URI): `datasets/<project>/<dataset>/v<N>`
-# (uploaded through the API), `<project>/...` (run outputs: the operator writes a run to
-# `<output base>/<namespace>/<run>/`), `feedback/` and `logs/` (platform-wide). A project member may
-# train on the project's datasets and write under the project's own prefix only; platform admins
-# may name any URI (shared datasets such as local mode's `datasets/shapes/v1`, other buckets).
-
-_SAFE_PATH = re.compile(r"[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*/?")
-
-
-def store_base(services: Services) -> str:
-    return services.settings.resolved_artifacts_uri.rstrip("/")
-
-
-def below(uri: str, prefix: str, *, inclusive: bool = False) -> bool:
-    """Whether `uri` lies under the folder `prefix` (segment-wise: `p` never matches `p2`), with
-    plain segments only: no `.`, `..`, empty segments, percent escapes or backslashes."""
-    prefix = prefix.rstrip("/")
-    if inclusive and uri.rstrip("/") == prefix:
-        return True
-    if not uri.startswith(prefix + "/"):
-        return False
-    rest = uri[len(prefix) + 1 :]
-    return bool(_SAFE_PATH.fullmatch(rest)) and not any(part in (".", "..") for part in rest.split("/"))
-
-
-def plain_relative_path(path: str) -> bool:
-    """A path inside a folder: relative, plain segments, never `..`."""
-    return bool(_SAFE_PATH.fullmatch(path)) and not any(part in (".", "..") for part in path.split("/"))
-
-
-def project_write_prefix(services: Services, project: str) -> str:
-    return f"{store_base(services)}/{project}"
-
-
-def check_output_uri(services: Services, project: str, uri: str | None, field: str) -> None:
-    """An output URI a project member may set: empty (the platform's default, in the project's
-    prefix) or under `<artifacts>/<project>/`."""
-    allowed = project_write_prefix(services, project)
-    if uri is None or below(uri, allowed, inclusive=True):
-        return
-    message = (
-        f"{field}: {uri!r} is outside project {project!r}; leave it empty (the default, "
-        f"{allowed}/...) or name a folder under {allowed}/; only platform admins may write elsewhere"
-    )
-    raise ApiError(403, message, [ErrorDetail(field=field, message=message)])
+def cached_list(container: ApiContainer, key: str, produce: Callable[[], Any]) -> Response:
+    """A hot list served from the read cache (see `visioninapp.api.listcache`)."""
+    return Response(cached_json(container, key, produce), media_type="application/json")

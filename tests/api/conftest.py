@@ -124,7 +124,7 @@ class ApiEnv:
     settings: Settings
     client: Any  # fastapi.testclient.TestClient
     app: Any  # the FastAPI app
-    services: Any  # visioninapp.api.services.Services
+    container: Any  # visioninapp.api.container.ApiContainer
     cluster: Cluster
     tokens: Tokens
 
@@ -217,7 +217,7 @@ def api(
     from fastapi.testclient import TestClient
 
     from visioninapp.api.app import create_app
-    from visioninapp.api.services import Services
+    from visioninapp.api.container import ApiContainer
 
     os.environ.pop("FIREBASE_AUTH_EMULATOR_HOST", None)
     import redis
@@ -234,10 +234,10 @@ def api(
             kubeconfig=api_cluster.kubeconfig,
             certs_url=tokens.certs_url,
         )
-        services = Services.build(settings, search_refresh=True)
+        container = ApiContainer.build(settings, search_refresh=True)
         try:
-            app = create_app(services)
+            app = create_app(container)
             with TestClient(app) as client:
-                yield ApiEnv(settings, client, app, services, api_cluster, tokens)
+                yield ApiEnv(settings, client, app, container, api_cluster, tokens)
         finally:
-            services.close()
+            container.close()

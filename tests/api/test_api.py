@@ -223,7 +223,7 @@ def test_search_finds_entities_of_your_projects_only(api: ApiEnv) -> None:
     from visioninapp.api.sync import ClusterSync
 
     api.cluster.create("visioninapp.io", "modelartifacts", mine, artifact("helmets-v7", mine, map5095=0.5))
-    ClusterSync(api.services).sync_once()  # CRs (runs, models, deployments) are indexed by the sync
+    ClusterSync(api.container).sync_once()  # CRs (runs, models, deployments) are indexed by the sync
     models = api.client.get(
         f"/api/v1/search?q=helmets&collections=models&project={mine}", headers=api.as_user("alice")
     ).json()
@@ -248,8 +248,8 @@ def test_migrations_build_exactly_the_models_schema(api: ApiEnv) -> None:
 
     from visioninapp.api.db import Base
 
-    api.services.db.migrate()  # a second run is a no-op
-    with api.services.db.engine.connect() as connection:
+    api.container.db.migrate()  # a second run is a no-op
+    with api.container.db.engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
 

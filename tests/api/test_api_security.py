@@ -19,7 +19,7 @@ pytestmark = pytest.mark.services
 def runs_in_sql(api: ApiEnv, project: str) -> int:
     from visioninapp.api.db import TrainingRun
 
-    with api.services.db.session() as session:
+    with api.container.db.session() as session:
         query = select(func.count()).select_from(TrainingRun).where(TrainingRun.project_name == project)
         return int(session.scalar(query) or 0)
 
@@ -40,7 +40,7 @@ def assert_error(response: Any, status: int, *words: str) -> dict[str, Any]:
 def test_an_unverified_email_is_neither_member_nor_platform_admin(api: ApiEnv) -> None:
     owner = "owner@example.com"
     project = api.new_project({owner: "admin"})  # a membership that names an email
-    api.services.auth._admins.add("chief@example.com")  # a platform admin listed by email
+    api.container.auth._admins.add("chief@example.com")  # a platform admin listed by email
     try:
         for email in (owner, "chief@example.com"):
             attacker = id_token_headers(api.tokens, "mallory", email=email, email_verified=False)
@@ -66,7 +66,7 @@ def test_an_unverified_email_is_neither_member_nor_platform_admin(api: ApiEnv) -
         made = api.client.post("/api/v1/projects", json={"name": f"y-{project}"}, headers=chief)
         assert made.status_code == 201, made.text
     finally:
-        api.services.auth._admins.discard("chief@example.com")
+        api.container.auth._admins.discard("chief@example.com")
 
 
 def test_a_cached_role_is_not_shared_with_an_unverified_token_of_the_same_uid(api: ApiEnv) -> None:
@@ -229,7 +229,7 @@ def test_malformed_parameters_are_4xx_in_the_error_model(api: ApiEnv) -> None:
 def test_a_valid_cursor_still_streams_and_a_failing_store_ends_the_stream_with_an_error_event(
     api: ApiEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from visioninapp.api.routes import activity
+    from visioninapp.api.domain import activity
 
     project = api.new_project({"alice": "member"})
     url = f"/api/v1/projects/{project}/events"
@@ -237,7 +237,7 @@ def test_a_valid_cursor_still_streams_and_a_failing_store_ends_the_stream_with_a
     def broken(*args: Any) -> Any:
         raise OverflowError("Python int too large to convert to SQLite INTEGER")
 
-    monkeypatch.setattr(activity, "_fresh", broken)
+    monkeypatch.setattr(activity, "fresh_events", broken)
     params = {"after": "epoch-3.log-99.notification-0.edge-7"}
     with api.client.stream("GET", url, params=params, headers=api.as_user("alice")) as response:
         assert response.status_code == 200
@@ -326,7 +326,7 @@ def test_control_characters_and_reserved_names_are_refused_in_projects(api: ApiE
         response = api.client.post("/api/v1/projects", json=body, headers=api.admin)
         assert_error(response, 422)
         assert api.cluster.get("", "namespaces", "", body["name"]) is None
-        with api.services.db.session() as session:
+        with api.container.db.session() as session:
             assert session.get(Project, body["name"]) is None
     fine = {"name": "ctl-ok", "displayName": "Vision: Ünïcode ✓", "description": "two\nlines\tand a tab"}
     assert api.client.post("/api/v1/projects", json=fine, headers=api.admin).status_code == 201

@@ -166,7 +166,7 @@ def test_write_routes_are_rate_limited(api: ApiEnv, monkeypatch: pytest.MonkeyPa
     clock = FrozenClock(60 * 29_000_000 + 59.0)
     monkeypatch.setattr(security, "time", clock)
     project = api.new_project({"alice": "member"})
-    api.services.settings.api_write_rate_per_minute = 3
+    api.container.settings.api_write_rate_per_minute = 3
     alice = api.as_user("alice")
 
     def write(name: str) -> Any:
@@ -263,7 +263,7 @@ def test_membership_changes_take_effect_at_once_despite_the_role_cache(api: ApiE
     """Roles are cached (for an hour here): demoting or removing a member, or adding one who was
     refused before, must clear the cached answer at once, not when it expires. Each change comes
     right after the affected answer was cached."""
-    api.services.settings.api_cache_ttl_seconds = 3600
+    api.container.settings.api_cache_ttl_seconds = 3600
     project = api.new_project({"alice": "member", "bob": "member"})
     alice, bob, carl = api.as_user("alice"), api.as_user("bob"), api.as_user("carl")
     project_url = f"/api/v1/projects/{project}"

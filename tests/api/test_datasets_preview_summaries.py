@@ -76,7 +76,7 @@ def test_upload_validates_preprocesses_and_versions(api: ApiEnv, dataset_dir: Pa
     }
     assert version["images"]["train"] == len(train) + 1 and version["images"]["val"] == 3
     assert sum(version["classCounts"].values()) > 0
-    store = api.services.store_for(version["uri"])
+    store = api.container.store_for(version["uri"])
     manifest = json.loads(store.get_bytes(version["uri"] + "/manifest.json"))
     assert manifest["sha256"] == version["sha256"]
     stored_big = next(f for f in manifest["files"] if f["path"].endswith("big.jpg"))
@@ -114,7 +114,7 @@ def test_feedback_frames_become_a_new_dataset_version(api: ApiEnv, dataset_dir: 
     # What an edge runtime uploads: <feedback uri>/<namespace>/<deployment>/<node>/<stem>.{jpg,json};
     # another project's deployment of the same name writes beside it, and is never imported here.
     feedback = api.settings.resolved_feedback_uri
-    store = api.services.store_for(feedback)
+    store = api.container.store_for(feedback)
     frame = io.BytesIO()
     Image.fromarray(np.full((96, 128, 3), 200, np.uint8)).save(frame, format="JPEG")
     record = {
@@ -153,7 +153,7 @@ def test_detection_preview_runs_the_models_onnx(api: ApiEnv, exported_model, tmp
 
     project = api.new_project({"vera": "viewer"})
     uri = f"{api.settings.resolved_artifacts_uri}/models/m1/model.onnx"
-    api.services.store_for(uri).put_file(exported_model.onnx, uri)
+    api.container.store_for(uri).put_file(exported_model.onnx, uri)
     obj = artifact("m1", project, map5095=0.3)
     obj["spec"]["formats"] = [
         {
@@ -201,7 +201,7 @@ def test_summary_recommends_and_its_proposal_starts_the_next_run(api: ApiEnv) ->
         api.settings.training_stream,
         [epoch_event(project, "run-1", i + 1, map50=s) for i, s in enumerate(scores)],
     )
-    wait_drained(api.services.consumers()[0])
+    wait_drained(api.container.consumers()[0])
     api.cluster.patch(
         "visioninapp.io",
         "trainingjobs",

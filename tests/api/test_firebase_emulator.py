@@ -29,7 +29,7 @@ def emulated(
     from fastapi.testclient import TestClient
 
     from visioninapp.api.app import create_app
-    from visioninapp.api.services import Services
+    from visioninapp.api.container import ApiContainer
 
     monkeypatch.setenv("FIREBASE_AUTH_EMULATOR_HOST", auth_emulator)
     settings = build_settings(
@@ -44,7 +44,7 @@ def emulated(
     )
     settings.firebase_certs_url = None
     settings.api_admins = ["boss@example.com"]
-    services = Services.build(settings)
+    services = ApiContainer.build(settings)
     try:
         with TestClient(create_app(services)) as client:
             yield client, services

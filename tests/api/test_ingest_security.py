@@ -101,7 +101,7 @@ class Uploads:
 
     def stored(self) -> list[str]:
         """Every object under the project's datasets prefix."""
-        return [o.uri for o in self.api.services.store_for(self.prefix).list(self.prefix)]
+        return [o.uri for o in self.api.container.store_for(self.prefix).list(self.prefix)]
 
     def versions(self) -> list[dict[str, Any]]:
         return self.api.client.get(
@@ -215,7 +215,7 @@ def test_zip_bomb_is_refused_by_bytes_written(
             peak["disk"] = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
             peak["max"] = max_bytes
 
-    monkeypatch.setattr("visioninapp.api.routes.datasets.extract_archive", measured)
+    monkeypatch.setattr("visioninapp.api.domain.uploads.extract_archive", measured)
     uploads.assert_refused(uploads.zip(data), 413, "unpacks to")
     assert peak["max"] == 4 * 2 * 1024 * 1024 and peak["disk"] <= peak["max"], peak
 
@@ -245,7 +245,7 @@ CRASH = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    from visioninapp.api import ingest
+    from visioninapp.api import ingest, workspaces
     from visioninapp.factory import artifact_store_for
     from visioninapp.settings import Settings
 
@@ -261,7 +261,7 @@ CRASH = textwrap.dedent(
         return real(path, uri)
 
     store.put_file = put_file
-    with ingest.ingest_workspace(settings.data_dir / "ingest") as work:
+    with workspaces.ingest_workspace(settings.data_dir / "ingest") as work:
         root = ingest.extract_archive(archive, work / "source", 1024**3)
         done = ingest.ingest_directory(root, work / "normalised")
         files, digest = ingest.manifest_of(done.root)
@@ -299,7 +299,7 @@ def test_upload_killed_midway_leaves_nothing_in_the_next_version(
     assert response.status_code == 201, response.text
     version = response.json()
     assert version["version"] == 1 and version["images"] == {"train": 4, "val": 2}
-    store = api.services.store_for(version["uri"])
+    store = api.container.store_for(version["uri"])
     manifest = json.loads(store.get_bytes(version["uri"] + "/manifest.json"))
     listed = sorted(o.uri[len(version["uri"]) + 1 :] for o in store.list(version["uri"]))
     assert listed == sorted([f["path"] for f in manifest["files"]] + ["manifest.json"])

@@ -36,8 +36,8 @@ def epoch_event(project: str, job: str, epoch: int, attempt: int = 1, map50: flo
 
 
 def publish(api: ApiEnv, stream: str, events: list[Any], producer: str = "test") -> None:
-    start = api.services.bus.last_publishing_id(stream, producer)
-    api.services.bus.publish(stream, producer, [(start + i + 1, e.to_bytes()) for i, e in enumerate(events)])
+    start = api.container.bus.last_publishing_id(stream, producer)
+    api.container.bus.publish(stream, producer, [(start + i + 1, e.to_bytes()) for i, e in enumerate(events)])
 
 
 def test_training_events_land_once_in_sql_search_and_s3(api: ApiEnv) -> None:
@@ -61,10 +61,10 @@ def test_training_events_land_once_in_sql_search_and_s3(api: ApiEnv) -> None:
     )
     events.append(epoch_event(project, "run-1", 3, attempt=2, map50=0.6))  # resumed attempt repeats epoch 3
     publish(api, stream, events)
-    training, _ = api.services.consumers()
+    training, _ = api.container.consumers()
     wait_drained(training)
     wait_drained(training)  # nothing more, nothing twice
-    with api.services.db.session() as session:
+    with api.container.db.session() as session:
         epochs = session.scalars(select(EpochMetric).where(EpochMetric.project_name == project)).all()
         assert sorted(e.epoch for e in epochs) == [1, 2, 3]
         assert next(e for e in epochs if e.epoch == 3).map50 == pytest.approx(0.6)
@@ -80,20 +80,22 @@ def test_training_events_land_once_in_sql_search_and_s3(api: ApiEnv) -> None:
     assert logs["total"] == 1 and logs["items"][0]["level"] == "WARNING"
     hits = api.client.get(f"/api/v1/search?q=memory&project={project}", headers=api.as_user("alice")).json()
     assert [h["collection"] for h in hits] == ["logs"]
-    archived = api.services.store_for(api.settings.resolved_artifacts_uri).list(
+    archived = api.container.store_for(api.settings.resolved_artifacts_uri).list(
         api.settings.resolved_artifacts_uri.rstrip("/") + "/logs/"
     )
-    assert archived and b"out of memory" in api.services.store_for(archived[0].uri).get_bytes(archived[0].uri)
+    assert archived and b"out of memory" in api.container.store_for(archived[0].uri).get_bytes(
+        archived[0].uri
+    )
 
 
 def test_malformed_events_are_skipped_not_fatal(api: ApiEnv) -> None:
     project = api.new_project()
     stream = api.settings.training_stream
-    api.services.bus.publish(stream, "broken", [(1, b"{not json"), (2, b'{"type": "epoch"}')])
+    api.container.bus.publish(stream, "broken", [(1, b"{not json"), (2, b'{"type": "epoch"}')])
     publish(api, stream, [epoch_event(project, "run-x", 1)])
-    training, _ = api.services.consumers()
+    training, _ = api.container.consumers()
     wait_drained(training)
-    with api.services.db.session() as session:
+    with api.container.db.session() as session:
         assert (
             session.scalar(
                 select(func.count()).select_from(EpochMetric).where(EpochMetric.project_name == project)
@@ -130,7 +132,7 @@ def test_edge_events_feed_the_fleet_view(api: ApiEnv) -> None:
             ),
         ],
     )
-    _, edge = api.services.consumers()
+    _, edge = api.container.consumers()
     wait_drained(edge)
     nodes = api.client.get(
         f"/api/v1/projects/{project}/deployments/fleet/nodes", headers=api.as_user("alice")
@@ -155,7 +157,7 @@ def test_run_outcomes_become_notifications_once_and_reach_the_webhook(api: ApiEn
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    api.services.notifier.webhook_url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    api.container.notifier.webhook_url = f"http://127.0.0.1:{server.server_address[1]}/hook"
     try:
         api.client.post(
             f"/api/v1/projects/{project}/training-jobs",
@@ -170,7 +172,7 @@ def test_run_outcomes_become_notifications_once_and_reach_the_webhook(api: ApiEn
             {"status": {"phase": "Succeeded", "metrics": {"mAP50": 0.71}, "artifact": "run-1-v1"}},
             subresource="status",
         )
-        sync = ClusterSync(api.services)
+        sync = ClusterSync(api.container)
         assert sync.sync_once() == 1
         assert sync.sync_once() == 0  # the same outcome is announced once
         notes = api.client.get(
@@ -183,7 +185,7 @@ def test_run_outcomes_become_notifications_once_and_reach_the_webhook(api: ApiEn
             f"/api/v1/projects/{project}/training-jobs", headers=api.as_user("alice")
         ).json()
         assert runs["items"][0]["phase"] in ("Succeeded", "Pending")  # cached list: at most the TTL old
-        with api.services.db.session() as session:
+        with api.container.db.session() as session:
             assert session.scalar(select(func.count()).select_from(Notification)) >= 1
     finally:
         server.shutdown()
@@ -192,7 +194,7 @@ def test_run_outcomes_become_notifications_once_and_reach_the_webhook(api: ApiEn
 def test_live_events_over_sse_resume_from_the_last_event_id(api: ApiEnv) -> None:
     project = api.new_project({"alice": "member"})
     publish(api, api.settings.training_stream, [epoch_event(project, "run-1", e) for e in (1, 2)])
-    training, _ = api.services.consumers()
+    training, _ = api.container.consumers()
     wait_drained(training)
     import uvicorn
 
@@ -200,7 +202,7 @@ def test_live_events_over_sse_resume_from_the_last_event_id(api: ApiEnv) -> None
     from visioninapp.api.app import create_app
 
     port = free_port()
-    config = uvicorn.Config(create_app(api.services), host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(create_app(api.container), host="127.0.0.1", port=port, log_level="warning")
     uv = uvicorn.Server(config)
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()

@@ -47,7 +47,7 @@ def console(
     import uvicorn
 
     from visioninapp.api.app import create_app
-    from visioninapp.api.services import Services
+    from visioninapp.api.container import ApiContainer
 
     ensure_chromium()
     ensure_console_built(FRONTEND)
@@ -72,7 +72,7 @@ def console(
         settings.console_auth_emulator_url = f"http://{auth_emulator}"
         settings.api_admins = [boss]
         settings.api_cache_ttl_seconds = 1.0
-        services = Services.build(settings)
+        services = ApiContainer.build(settings)
         port = free_port()
         server = uvicorn.Server(
             uvicorn.Config(

@@ -14,7 +14,8 @@ import pytest
 
 from tests.services import RABBITMQ_MANAGEMENT_PORT, delete_streams
 from visioninapp.backends.rabbitmq import RabbitStreamBus
-from visioninapp.operator.edge_identity import BrokerIssuer, broker_permissions, broker_user
+from visioninapp.operator.edge_identity import broker_permissions, broker_user
+from visioninapp.operator.identity_issuers import BrokerIssuer
 
 MANAGEMENT = f"http://127.0.0.1:{RABBITMQ_MANAGEMENT_PORT}"
 

@@ -22,7 +22,8 @@ from visioninapp.edge.identity import EdgeCredentials
 from visioninapp.edge.runtime import node_s3_store
 from visioninapp.edge.telemetry import FeedbackSpool
 from visioninapp.feedback import feedback_frame, feedback_prefix
-from visioninapp.operator.edge_identity import IamIssuer, edge_policy, identity_name, identity_path
+from visioninapp.operator.edge_identity import edge_policy, identity_name, identity_path
+from visioninapp.operator.identity_issuers import IamIssuer
 from visioninapp.settings import Settings
 
 BUCKET = "fleet-store"

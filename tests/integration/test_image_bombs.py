@@ -527,9 +527,9 @@ def _serve_api(data_dir: Path, model: Path, port: int) -> None:
     import uvicorn
 
     from visioninapp.api.app import create_app
+    from visioninapp.api.container import ApiContainer
     from visioninapp.api.preview import PreviewModels
     from visioninapp.api.security import Access, ProjectReader, current_user
-    from visioninapp.api.services import Services
     from visioninapp.factory import artifact_store_for
     from visioninapp.settings import Settings
 
@@ -550,7 +550,7 @@ def _serve_api(data_dir: Path, model: Path, port: int) -> None:
         training = Training()
 
     settings = Settings(data_dir=data_dir)
-    services = Services(
+    container = ApiContainer(
         settings=settings,
         db=None,  # type: ignore[arg-type]
         cache=None,  # type: ignore[arg-type]
@@ -562,8 +562,8 @@ def _serve_api(data_dir: Path, model: Path, port: int) -> None:
         preview=PreviewModels(data_dir / "preview-models"),
         stop=threading.Event(),
     )
-    services.store_for = lambda uri: artifact_store_for(uri, settings)  # type: ignore[method-assign]
-    app = create_app(services)
+    container.store_for = lambda uri: artifact_store_for(uri, settings)  # type: ignore[method-assign]
+    app = create_app(container)
     reader = typing.get_args(ProjectReader)[1].dependency
 
     def viewer(project: str) -> Access:

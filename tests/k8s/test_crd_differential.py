@@ -224,22 +224,31 @@ def server_verdict(result: subprocess.CompletedProcess[str], served_kinds: set[s
     statuses = [json.loads(body) for body in _BODY.findall(result.stderr)]
     failures = [s for s in statuses if s.get("kind") == "Status" and s.get("status") == "Failure"]
     if failures:
-        status = failures[-1]
-        message = status.get("message", "")
-        if status.get("reason") == "Invalid":
-            causes = status.get("details", {}).get("causes", [])
-            fields = {c.get("field", "") for c in causes} - {"<nil>"}
-            return Verdict(False, frozenset(fields), message)
-        if status.get("reason") == "BadRequest" and "strict decoding error" in message:
-            return Verdict(False, frozenset(_STRICT.findall(message)), message)
-        if status.get("code") == 404 and status.get("details", {}).get("kind") == "namespaces":
-            return Verdict(False, frozenset({"metadata.namespace"}), message)
-        return Verdict(False, frozenset({f"<unrecognised: {message}>"}), message)
+        return _status_verdict(failures[-1])
     message = "\n".join(
         line
         for line in result.stderr.splitlines()
         if not _KLOG.match(line) and not line.startswith(("\t", " >"))
     )
+    return _kubectl_verdict(message, served_kinds)
+
+
+def _status_verdict(status: dict[str, Any]) -> Verdict:
+    """The verdict of the API server's Failure Status."""
+    message = status.get("message", "")
+    if status.get("reason") == "Invalid":
+        causes = status.get("details", {}).get("causes", [])
+        fields = {c.get("field", "") for c in causes} - {"<nil>"}
+        return Verdict(False, frozenset(fields), message)
+    if status.get("reason") == "BadRequest" and "strict decoding error" in message:
+        return Verdict(False, frozenset(_STRICT.findall(message)), message)
+    if status.get("code") == 404 and status.get("details", {}).get("kind") == "namespaces":
+        return Verdict(False, frozenset({"metadata.namespace"}), message)
+    return Verdict(False, frozenset({f"<unrecognised: {message}>"}), message)
+
+
+def _kubectl_verdict(message: str, served_kinds: set[str]) -> Verdict:
+    """The verdict of kubectl's own refusal (the object never reached the API server)."""
     if match := _NO_MATCH.search(message):
         field = "apiVersion" if match.group(1) in served_kinds else "kind"
         return Verdict(False, frozenset({field}), message)

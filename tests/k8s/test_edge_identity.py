@@ -23,17 +23,10 @@ from visioninapp.edge.identity import EdgeCredentials, IdentityError, NodeIdenti
 from visioninapp.feedback import feedback_prefix
 from visioninapp.kubeclient import Kube, load_connection
 from visioninapp.operator.config import OperatorConfig, plain_credentials
-from visioninapp.operator.edge_identity import (
-    AUDIENCE,
-    REVOKED_LABEL,
-    BrokerIssuer,
-    EdgeIdentities,
-    IamIssuer,
-    broker_user,
-    secret_name,
-    serve,
-)
-from visioninapp.operator.rollout import DEPLOYMENT_LABEL, desired_daemonset
+from visioninapp.operator.daemonset import DEPLOYMENT_LABEL, desired_daemonset
+from visioninapp.operator.edge_identity import AUDIENCE, REVOKED_LABEL, broker_user, secret_name
+from visioninapp.operator.identity_exchange import EdgeIdentities, serve
+from visioninapp.operator.identity_issuers import BrokerIssuer, IamIssuer
 from visioninapp.resources import EdgeDeployment
 from visioninapp.resources.base import ADMITTED
 

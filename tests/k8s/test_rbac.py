@@ -1473,6 +1473,38 @@ def report(labs: Sequence[Lab]) -> str:
     return "\n".join(lines)
 
 
+def _positive_problems(role: str, group: list[Lab]) -> str | None:
+    """The first copy of a role runs its scenarios: what it was refused, used beyond its role, or
+    never used of it (None: nothing); the other copies take its measured latency."""
+    lab = group[0]
+    scenarios = [s for s in dict.fromkeys(lab.needs.values()) if s != "crds-later"]
+    used, refused = lab.positive(scenarios)
+    allowed = set(lab.release.holders(lab.component))
+    problems = []
+    if refused:
+        problems.append(f"{role}: refused {refused}")
+    if used - allowed:
+        problems.append(f"{role}: used what its role does not allow: {sorted(used - allowed)}")
+    if allowed - used:
+        problems.append(f"{role}: its role allows what it never used: {sorted(allowed - used)}")
+    for lab_copy in group[1:]:
+        lab_copy.latency = lab.latency
+    return "; ".join(problems) or None
+
+
+def _removal_work(labs: dict[str, list[Lab]]) -> list[tuple[Lab, list[Grant]]]:
+    """Each role's grants (but the CRD ones) shared out among its copies, those used at start first."""
+    work: list[tuple[Lab, list[Grant]]] = []
+    for group in labs.values():
+        grants = sorted(
+            (g for g in group[0].needs if g[2] != "customresourcedefinitions"),
+            key=lambda g: not at_start(g),
+        )
+        for index, lab in enumerate(group):
+            work.append((lab, grants[index :: len(group)]))
+    return work
+
+
 def test_each_rule_of_the_operator_roles_and_the_api_is_needed(bench: Bench) -> None:
     """Each role on the session's control plane, its copies side by side (one release each): the
     first copy runs the role's scenarios (positive), then the copies share its grants (removal)."""
@@ -1491,38 +1523,14 @@ def test_each_rule_of_the_operator_roles_and_the_api_is_needed(bench: Bench) -> 
     try:
         for lab in every:
             lab.start()
-
-        def positive(role: str) -> str | None:
-            lab = labs[role][0]
-            scenarios = [s for s in dict.fromkeys(lab.needs.values()) if s != "crds-later"]
-            used, refused = lab.positive(scenarios)
-            allowed = set(lab.release.holders(lab.component))
-            problems = []
-            if refused:
-                problems.append(f"{role}: refused {refused}")
-            if used - allowed:
-                problems.append(f"{role}: used what its role does not allow: {sorted(used - allowed)}")
-            if allowed - used:
-                problems.append(f"{role}: its role allows what it never used: {sorted(allowed - used)}")
-            for lab_copy in labs[role][1:]:
-                lab_copy.latency = lab.latency
-            return "; ".join(problems) or None
-
         with ThreadPoolExecutor(len(labs)) as pool:
-            verdicts = list(pool.map(positive, labs))
+            verdicts = list(pool.map(lambda role: _positive_problems(role, labs[role]), labs))
         assert not [v for v in verdicts if v], "\n".join(v for v in verdicts if v)
 
         def removal(lab: Lab, grants: list[Grant]) -> None:
             lab.remove_each(grants)
 
-        work: list[tuple[Lab, list[Grant]]] = []
-        for group in labs.values():
-            grants = sorted(
-                (g for g in group[0].needs if g[2] != "customresourcedefinitions"),
-                key=lambda g: not at_start(g),
-            )
-            for index, lab in enumerate(group):
-                work.append((lab, grants[index :: len(group)]))
+        work = _removal_work(labs)
         with ThreadPoolExecutor(len(work)) as pool:
             for done in [pool.submit(removal, lab, grants) for lab, grants in work]:
                 done.result()
@@ -1532,6 +1540,50 @@ def test_each_rule_of_the_operator_roles_and_the_api_is_needed(bench: Bench) -> 
     finally:
         for lab in every:
             lab.stop()
+
+
+def _check_crds_later(bench: Bench, labs: list[tuple[OperatorLab, Grant | None]]) -> None:
+    """With the CRDs made after the operators started: those with every grant verify their
+    ModelArtifact, each of the others never does and is refused its missing grant (in its results)."""
+    trials = {lab: lab.scenario("crds-later", lab.key()) for lab, _ in labs}
+    for trial in trials.values():
+        trial.trigger()
+    started = time.monotonic()
+    for lab, grant in labs:
+        if grant is None:
+            eventually(trials[lab].reached, PATIENCE, f"{lab.label}: crds-later")
+            _, refused = usage(bench.audit.of(lab.user, lab.started_at, lab.namespaces()))
+            assert not refused, f"{lab.label}: {refused}"
+    bound = max(BOUND, 3 * (time.monotonic() - started))
+    for lab, grant in labs:
+        if grant is not None:
+            error = None
+            try:
+                never(trials[lab].reached, bound - (time.monotonic() - started), SCENARIOS["crds-later"])
+                bench.audit.wait_refused(lab.user, grant, lab.started_at, 0)
+            except Failure as failure:
+                error = str(failure)
+            lab.results.append(Result(lab.label, grant, "crds-later", bound, error))
+
+
+def _check_leader_election(bench: Bench) -> OperatorLab:
+    """The cluster-wide operator with leader election: every scenario of its role, then each peering
+    grant removed in turn (results in the lab returned)."""
+    both = OPERATOR_ROLES["both"][0]
+    leader = OperatorLab(bench, "leader", both, namespace="leader", clusterwide=True, leaderElection=True)
+    leader.install()
+    try:
+        leader.install_peering()
+        leader.start()
+        scenarios = [s for s in dict.fromkeys(leader.needs.values()) if s not in ("peering-crd", "yield")]
+        used, refused = leader.positive([*scenarios, "peering-crd", "yield"])
+        allowed = set(leader.release.holders("operator"))
+        assert not refused, refused
+        assert used == allowed, f"used, not allowed: {used - allowed}; allowed, unused: {allowed - used}"
+        leader.remove_each(list(PEERING_NEEDS))
+    finally:
+        leader.stop()
+    return leader
 
 
 def test_crds_established_later_and_leader_election_need_their_rules(
@@ -1574,45 +1626,11 @@ def test_crds_established_later_and_leader_election_need_their_rules(
                 if grant:
                     bench.audit.wait_refused(lab.user, grant, lab.started_at, 30)
             install_crds(cluster)
-            trials = {lab: lab.scenario("crds-later", lab.key()) for lab, _ in labs}
-            for trial in trials.values():
-                trial.trigger()
-            started = time.monotonic()
-            for lab, grant in labs:
-                if grant is None:
-                    eventually(trials[lab].reached, PATIENCE, f"{lab.label}: crds-later")
-                    _, refused = usage(bench.audit.of(lab.user, lab.started_at, lab.namespaces()))
-                    assert not refused, f"{lab.label}: {refused}"
-            bound = max(BOUND, 3 * (time.monotonic() - started))
-            for lab, grant in labs:
-                if grant is not None:
-                    error = None
-                    try:
-                        never(
-                            trials[lab].reached, bound - (time.monotonic() - started), SCENARIOS["crds-later"]
-                        )
-                        bench.audit.wait_refused(lab.user, grant, lab.started_at, 0)
-                    except Failure as failure:
-                        error = str(failure)
-                    lab.results.append(Result(lab.label, grant, "crds-later", bound, error))
+            _check_crds_later(bench, labs)
         finally:
             for lab, _ in labs:
                 lab.stop()
         assert not [r for lab, _ in labs for r in lab.results if r.error], report([lab for lab, _ in labs])
-
-        both = OPERATOR_ROLES["both"][0]
-        leader = OperatorLab(bench, "leader", both, namespace="leader", clusterwide=True, leaderElection=True)
-        leader.install()
-        try:
-            leader.install_peering()
-            leader.start()
-            scenarios = [s for s in dict.fromkeys(leader.needs.values()) if s not in ("peering-crd", "yield")]
-            used, refused = leader.positive([*scenarios, "peering-crd", "yield"])
-            allowed = set(leader.release.holders("operator"))
-            assert not refused, refused
-            assert used == allowed, f"used, not allowed: {used - allowed}; allowed, unused: {allowed - used}"
-            leader.remove_each(list(PEERING_NEEDS))
-        finally:
-            leader.stop()
+        leader = _check_leader_election(bench)
         print(report([lab for lab, _ in labs] + [leader]))
         assert not [r for r in leader.results if r.error], report([leader])

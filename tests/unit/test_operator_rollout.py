@@ -5,7 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from visioninapp.operator.rollout import (
+from visioninapp.operator.artifacts import artifact_users
+from visioninapp.operator.daemonset import EdgeTemplate, desired_daemonset
+from visioninapp.operator.rollout import plan_rollout
+from visioninapp.operator.rollout_step import (
     Advance,
     Done,
     NodeHealth,
@@ -13,12 +16,10 @@ from visioninapp.operator.rollout import (
     PodView,
     Rollback,
     Wait,
-    artifact_users,
-    desired_daemonset,
     next_rollout_step,
-    plan_rollout,
 )
 from visioninapp.resources import EdgeDeployment
+from visioninapp.resources.base import ADMITTED
 from visioninapp.resources.edgedeployment import RolloutStrategy
 from visioninapp.validation import apply_defaults
 
@@ -153,15 +154,15 @@ def make(ed: EdgeDeployment, name: str, entry: dict[str, Any]) -> tuple[dict[str
 
 def plan(body: dict[str, Any], pods_: list[PodView], nodes: list[NodeView] | None = None, **kw: Any) -> Any:
     return plan_rollout(
+        EdgeDeployment.model_validate(body, context=ADMITTED),
         body,
         kw.pop("artifact", artifact(body["spec"]["modelRef"])),
         kw.pop("previous", artifact("v1")),
-        None,
         nodes or fleet(),
         pods_,
         kw.pop("health", {}),
         NOW,
-        make_daemonset=make,
+        template=EdgeTemplate(image="edge:1"),
     )
 
 

@@ -9,14 +9,14 @@ from typing import Any
 from visioninapp.events import TrainerResult, TrainingEvent
 from visioninapp.operator.artifacts import artifact_status, mirror_copy, needs_verification, verify_formats
 from visioninapp.operator.progress import ProgressTracker
-from visioninapp.operator.training import (
+from visioninapp.operator.training import plan_training, status_from_job
+from visioninapp.operator.training_objects import (
     JOB_FINALIZER,
     TRAINING_JOB_LABEL,
     BaseModel,
+    TrainerTemplate,
     artifact_from_result,
     desired_job,
-    plan_training,
-    status_from_job,
     trainer_config,
 )
 from visioninapp.resources import ModelArtifact, TrainingJob
@@ -41,8 +41,11 @@ def training_job(**spec: Any) -> dict[str, Any]:
     return apply_defaults(body)
 
 
+TEMPLATE = TrainerTemplate(image="trainer:1", default_output="s3://out/runs")
+
+
 def make_job(tj: TrainingJob, attempt: int) -> dict[str, Any]:
-    return desired_job(tj, "uid-1", attempt, image="trainer:1", default_output="s3://out/runs")
+    return TEMPLATE.job(tj, "uid-1", attempt, None)
 
 
 def job(
@@ -102,7 +105,7 @@ def plan(
     body: dict[str, Any], the_job: dict[str, Any] | None = None, pods: list[dict[str, Any]] = (), **kw: Any
 ):
     tj = TrainingJob.model_validate(body, context=ADMITTED)
-    return plan_training(tj, body, the_job, list(pods), NOW, make_job=make_job, **kw)
+    return plan_training(tj, body, the_job, list(pods), NOW, template=TEMPLATE, **kw)
 
 
 def with_status(body: dict[str, Any], **status: Any) -> dict[str, Any]:
@@ -469,9 +472,9 @@ def test_progress_is_rate_limited_and_keeps_the_newest_epoch() -> None:
 def test_a_dataset_key_without_a_scheme_lies_in_the_artifact_store() -> None:
     relative = TrainingJob.model_validate(training_job(dataset={"uri": "datasets/shapes/v1"}))
     config = trainer_config(relative, 1, "file:///data/artifacts", None, "/scratch")
-    assert config["spec"]["dataset"]["uri"] == "file:///data/artifacts/datasets/shapes/v1"
+    assert config.spec.dataset.uri == "file:///data/artifacts/datasets/shapes/v1"
     absolute = TrainingJob.model_validate(training_job())
-    assert trainer_config(absolute, 1, "s3://out/runs", None, "/scratch")["spec"]["dataset"]["uri"] == (
+    assert trainer_config(absolute, 1, "s3://out/runs", None, "/scratch").spec.dataset.uri == (
         "s3://data/helmets/v3"
     )
 
@@ -492,7 +495,7 @@ def test_gpu_runs_without_placement_go_to_the_clusters_gpu_pool() -> None:
             "uid-1",
             1,
             image="t",
-            default_output="s3://o/r",
+            default_output="s3://out/runs",
             gpu_node_selector=pool,
             gpu_tolerations=[spot],
         )

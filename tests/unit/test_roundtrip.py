@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import HealthCheck, assume, given, settings
@@ -25,48 +26,69 @@ def _from_schema(schema: dict[str, Any], key: str = "") -> st.SearchStrategy[Any
     kind = schema.get("type")
     if kind == "boolean":
         return st.booleans()
-    if kind == "integer":
-        low, high = schema.get("minimum", 0), schema.get("maximum", 10**6)
-        step = schema.get("multipleOf", 1)
-        return st.integers(-(-low // step), high // step).map(lambda v: v * step)
-    if kind == "number":
-        low, high = schema.get("minimum", 0), schema.get("maximum", 10**4)
-        return st.floats(
-            low,
-            high,
-            exclude_min=bool(schema.get("exclusiveMinimum")),
-            exclude_max=bool(schema.get("exclusiveMaximum")),
-            allow_nan=False,
+    if kind in _BY_TYPE:
+        return _BY_TYPE[kind](schema)
+    raise AssertionError(f"no strategy for {schema}")
+
+
+def _integers(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
+    low, high = schema.get("minimum", 0), schema.get("maximum", 10**6)
+    step = schema.get("multipleOf", 1)
+    return st.integers(-(-low // step), high // step).map(lambda v: v * step)
+
+
+def _numbers(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
+    low, high = schema.get("minimum", 0), schema.get("maximum", 10**4)
+    return st.floats(
+        low,
+        high,
+        exclude_min=bool(schema.get("exclusiveMinimum")),
+        exclude_max=bool(schema.get("exclusiveMaximum")),
+        allow_nan=False,
+    )
+
+
+def _strings(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
+    if schema.get("format") == "date-time":
+        return st.just("2026-11-23T10:00:00Z")
+    if any("s3://" in rule["message"] for rule in schema.get("x-kubernetes-validations", [])):
+        return URIS
+    if "pattern" in schema:
+        limit = schema.get("maxLength", 64)
+        return st.from_regex(schema["pattern"], fullmatch=True).filter(
+            lambda s: schema.get("minLength", 0) <= len(s) <= limit
         )
-    if kind == "string":
-        if schema.get("format") == "date-time":
-            return st.just("2026-11-23T10:00:00Z")
-        if any("s3://" in rule["message"] for rule in schema.get("x-kubernetes-validations", [])):
-            return URIS
-        if "pattern" in schema:
-            limit = schema.get("maxLength", 64)
-            return st.from_regex(schema["pattern"], fullmatch=True).filter(
-                lambda s: schema.get("minLength", 0) <= len(s) <= limit
-            )
-        return WORDS
-    if kind == "array":
-        return st.lists(
-            _from_schema(schema["items"]),
-            min_size=schema.get("minItems", 0),
-            max_size=min(schema.get("maxItems", 3), 3),
-        )
-    if kind == "object" and "properties" in schema:
-        required = set(schema.get("required", []))
-        fields = {
-            name: _from_schema(prop, name) if name in required else st.none() | _from_schema(prop, name)
-            for name, prop in schema["properties"].items()
-        }
-        return st.fixed_dictionaries(fields).map(lambda d: {k: v for k, v in d.items() if v is not None})
-    if kind == "object":
+    return WORDS
+
+
+def _arrays(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
+    return st.lists(
+        _from_schema(schema["items"]),
+        min_size=schema.get("minItems", 0),
+        max_size=min(schema.get("maxItems", 3), 3),
+    )
+
+
+def _objects(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
+    if "properties" not in schema:
         return st.dictionaries(
             WORDS, _from_schema(schema.get("additionalProperties", {"type": "string"})), max_size=2
         )
-    raise AssertionError(f"no strategy for {schema}")
+    required = set(schema.get("required", []))
+    fields = {
+        name: _from_schema(prop, name) if name in required else st.none() | _from_schema(prop, name)
+        for name, prop in schema["properties"].items()
+    }
+    return st.fixed_dictionaries(fields).map(lambda d: {k: v for k, v in d.items() if v is not None})
+
+
+_BY_TYPE: dict[str, Callable[[dict[str, Any]], st.SearchStrategy[Any]]] = {
+    "integer": _integers,
+    "number": _numbers,
+    "string": _strings,
+    "array": _arrays,
+    "object": _objects,
+}
 
 
 def _cel_ok(schema: dict[str, Any], value: Any) -> bool:

@@ -15,9 +15,9 @@ from starlette.requests import Request
 
 from visioninapp.api import security
 from visioninapp.api.db import Base, Database, Membership, Project
-from visioninapp.api.errors import ApiError
 from visioninapp.api.security import Access, highest, role_cache_prefix, role_in
 from visioninapp.backends.auth import AuthError, Principal
+from visioninapp.web.errors import ApiError
 
 
 class FakeCache:

@@ -208,6 +208,14 @@ def entry_point(container: Obj) -> list[str] | None:
     return None
 
 
+def _stays_down(entry: _Pod, outcome: Outcome, restart_policy: str) -> bool:
+    """Whether a container that ended with `outcome` is not restarted: its pod is being deleted, it
+    could not start, or the restart policy says so."""
+    if entry.stopping or outcome.reason in ("StartError", "ImageNotRunnable"):
+        return True
+    return restart_policy == "Never" or (restart_policy == "OnFailure" and outcome.exit_code == 0)
+
+
 class _Lost(Exception):
     """A pod found running that this agent never started (the machine restarted meanwhile)."""
 
@@ -479,9 +487,7 @@ class NodeAgent:
             while True:
                 started = _now()
                 outcome, restarts = await self._run_once(entry, pod, pod_ip, started, restarts)
-                if entry.stopping or outcome.reason in ("StartError", "ImageNotRunnable"):
-                    break
-                if restart_policy == "Never" or (restart_policy == "OnFailure" and outcome.exit_code == 0):
+                if _stays_down(entry, outcome, restart_policy):
                     break
                 restarts += 1
                 await self._report_waiting(entry, pod, "CrashLoopBackOff", outcome, restarts)
@@ -499,6 +505,10 @@ class NodeAgent:
         except Exception as error:  # a broken script fails its pod visibly instead of hanging it
             log.exception("pod %s/%s failed to run", entry.namespace, entry.name)
             outcome = Outcome(1, f"pod script failed: {type(error).__name__}: {error}")
+        await self._pod_ended(entry, pod, outcome, restarts)
+
+    async def _pod_ended(self, entry: _Pod, pod: Obj, outcome: Outcome, restarts: int) -> None:
+        """Report the pod's last container terminated; finish its deletion if it is being deleted."""
         self.finished[entry.uid] = outcome.reason or str(outcome.exit_code)
         if outcome.reason == "ImageNotRunnable":
             return  # stays Pending, as a pod whose image cannot be pulled
@@ -649,17 +659,10 @@ class NodeAgent:
         folder.mkdir(parents=True, exist_ok=True)
         if "emptyDir" in volume:
             return folder
-        files: dict[str, bytes] = {}
         if "configMap" in volume or "secret" in volume:
             files = await self._object_files(namespace, volume)
         elif "projected" in volume:
-            for source in volume["projected"].get("sources") or []:
-                if "serviceAccountToken" in source:
-                    files[source["serviceAccountToken"]["path"]] = (await self._token(pod, source)).encode()
-                elif "downwardAPI" in source:
-                    files |= self._downward_files(pod, source["downwardAPI"])
-                else:
-                    files |= await self._object_files(namespace, source)
+            files = await self._projected_files(pod, volume["projected"])
         elif "downwardAPI" in volume:
             files = self._downward_files(pod, volume["downwardAPI"])
         else:
@@ -672,6 +675,19 @@ class NodeAgent:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
         return folder
+
+    async def _projected_files(self, pod: Obj, projected: Obj) -> dict[str, bytes]:
+        """The files of a projected volume: service account tokens, downward API fields, objects."""
+        namespace = pod["metadata"]["namespace"]
+        files: dict[str, bytes] = {}
+        for source in projected.get("sources") or []:
+            if "serviceAccountToken" in source:
+                files[source["serviceAccountToken"]["path"]] = (await self._token(pod, source)).encode()
+            elif "downwardAPI" in source:
+                files |= self._downward_files(pod, source["downwardAPI"])
+            else:
+                files |= await self._object_files(namespace, source)
+        return files
 
     async def _object_files(self, namespace: str, source: Obj) -> dict[str, bytes]:
         kind = "secrets" if "secret" in source else "configmaps"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -31,6 +32,7 @@ __all__ = [
     "RevisionRecord",
     "RolloutStrategy",
     "RuntimeSpec",
+    "models_in_use",
 ]
 
 EDGE_NODE_LABEL = "visioninapp.io/edge"
@@ -217,3 +219,11 @@ class EdgeDeploymentStatus(KubeModel):
         default_factory=list,
         description="Per-node detail, failing and pending nodes first, capped at 100 for large fleets.",
     )
+
+
+def models_in_use(deployment: Mapping[str, Any]) -> set[str]:
+    """The ModelArtifacts an EdgeDeployment (as stored) needs: the one it deploys, the one its
+    fleet runs, and the previous one, which a rollback (automatic or by annotation) goes back to."""
+    status = deployment.get("status") or {}
+    models = {deployment["spec"].get("modelRef"), status.get("currentModel"), status.get("previousModel")}
+    return {model for model in models if model}

@@ -12,7 +12,7 @@ import uuid
 from fastapi import HTTPException, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from visioninapp.api.errors import error_response
+from visioninapp.web.errors import error_response
 
 __all__ = ["BodyLimitMiddleware", "RequestIdMiddleware"]
 

@@ -1,4 +1,5 @@
-"""Everything the routes use, built once from settings (embedded defaults where unconfigured)."""
+"""The API's dependency container: every backend a request or a background thread uses, built once
+from settings (embedded defaults where unconfigured) and handed to the routes by FastAPI."""
 
 from __future__ import annotations
 
@@ -25,13 +26,13 @@ from visioninapp.factory import (
 )
 from visioninapp.settings import Settings
 
-__all__ = ["Services"]
+__all__ = ["ApiContainer"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class Services:
+class ApiContainer:
     settings: Settings
     db: Database
     cache: Cache
@@ -45,7 +46,7 @@ class Services:
     threads: list[threading.Thread] = field(default_factory=list)
 
     @classmethod
-    def build(cls, settings: Settings, search_refresh: bool = False) -> Services:
+    def build(cls, settings: Settings, search_refresh: bool = False) -> ApiContainer:
         db = Database(settings.resolved_database_url)
         db.migrate()
         return cls(
@@ -68,7 +69,7 @@ class Services:
 
     def start_background(self, consumers: bool = True, sync_interval: float = 2.0) -> None:
         """Stream consumers and the cluster sync (run history, notifications) in daemon threads."""
-        from visioninapp.api.sync import ClusterSync
+        from visioninapp.api.sync import ClusterSync  # sync needs the container's type: a cycle
 
         if consumers:
             self.threads += run_consumers(self.consumers(), self.stop)
@@ -84,7 +85,7 @@ class Services:
         for thread in self.threads:
             thread.join(10)
         for closeable in (self.bus, self.search, self.cache, self.auth):
-            close = getattr(closeable, "close", None)
+            close = getattr(closeable, "close", None)  # not every backend holds a connection
             if close is not None:
                 try:
                     close()

@@ -1,0 +1,1 @@
+"""The API's workflows, one module per domain; the routes only map HTTP onto them."""

@@ -1,0 +1,199 @@
+"""The apply layer: each kind's plan turned into API calls, in the order that makes a crash harmless
+(a re-plan after it does the rest), and every write's answer kept in the cache as our own."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+
+from visioninapp.k8s import Obj, iso_time
+from visioninapp.kubeclient import KubeError
+from visioninapp.operator.artifacts import ArtifactPlan
+from visioninapp.operator.cache import ObjectCache, Store
+from visioninapp.operator.context import Context, log
+from visioninapp.operator.daemonset import REVISION_LABEL
+from visioninapp.operator.rollout import ACTION_ANNOTATION, RolloutPlan
+from visioninapp.operator.training import TrainingPlan
+from visioninapp.operator.training_objects import JOB_FINALIZER
+from visioninapp.resources import API_VERSION
+
+__all__ = ["Applier"]
+
+
+class Applier:
+    """Writes plans; reads nothing but the cache (for the current state of what it changes)."""
+
+    def __init__(self, context: Context, cache: ObjectCache) -> None:
+        self.context, self.cache, self.kube = context, cache, context.kube
+
+    # shared
+
+    async def post_event(self, body: Obj, kind: str, reason: str, message: str) -> None:
+        """A Kubernetes Event about `body` (for `kubectl describe`); never fails the reconciliation."""
+        meta = body["metadata"]
+        now = iso_time(datetime.now(UTC))
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name'][:200]}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": body.get("apiVersion", API_VERSION),
+                "kind": body.get("kind", ""),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid", ""),
+            },
+            "type": kind,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "visioninapp-operator"},
+            "reportingComponent": "visioninapp-operator",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await self.kube.create("v1", "events", meta["namespace"], event)
+        except KubeError as error:
+            log.warning("event %s on %s/%s not posted: %s", reason, meta["namespace"], meta["name"], error)
+
+    async def patch(
+        self,
+        store: Store,
+        api_version: str,
+        plural: str,
+        namespace: str,
+        name: str,
+        patch: Obj,
+        sub: str | None = None,
+    ) -> Obj | None:
+        """A merge patch (of `sub`, e.g. "status"), its answer cached; None when the object is gone."""
+        try:
+            updated = await self.kube.patch(api_version, plural, namespace, name, patch, sub)
+        except KubeError as error:
+            if error.code != 404:
+                raise
+            return None
+        return store.remember(updated)
+
+    async def patch_status(
+        self, store: Store, plural: str, namespace: str, name: str, status: Obj
+    ) -> Obj | None:
+        """A merge patch of one of our resources' status; None when the resource is gone."""
+        return await self.patch(store, API_VERSION, plural, namespace, name, {"status": status}, "status")
+
+    # TrainingJob
+
+    async def apply_training(self, body: Obj, plan: TrainingPlan) -> None:
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        if plan.create_artifact is not None:
+            await self._create_artifact(namespace, plan.create_artifact)
+        if plan.create_job is not None:
+            await self._create_job(namespace, plan.create_job)
+        if plan.delete_job is not None:
+            await self.kube.delete("batch/v1", "jobs", namespace, plan.delete_job, "Background")
+        if plan.status:
+            await self.patch_status(self.cache.training_jobs, "trainingjobs", namespace, name, plan.status)
+        if plan.release_job is not None:
+            await self.release_job(namespace, plan.release_job)
+        if plan.event is not None:
+            await self.post_event(body, *plan.event)
+
+    async def _create_artifact(self, namespace: str, artifact: Obj) -> None:
+        if not artifact["spec"]["classNames"]:  # too many to fit the termination message
+            manifest_uri = artifact["metadata"]["annotations"]["visioninapp.io/manifest"]
+            store = self.context.store_for(manifest_uri)
+            manifest = json.loads(await asyncio.to_thread(store.get_bytes, manifest_uri))
+            artifact["spec"]["classNames"] = manifest["classNames"]
+        await self.kube.create(API_VERSION, "modelartifacts", namespace, artifact)
+
+    async def _create_job(self, namespace: str, job: Obj) -> None:
+        created = await self.kube.create("batch/v1", "jobs", namespace, job)
+        if created is None:  # it exists already: adopt it
+            created = await self.kube.get("batch/v1", "jobs", namespace, job["metadata"]["name"])
+        if created is not None:
+            self.cache.jobs.remember(created)
+
+    async def release_job(self, namespace: str, name: str) -> None:
+        """Our finalizer off the Job: its outcome is recorded (or nobody needs it any more)."""
+        job = self.cache.jobs.get((namespace, name))
+        finalizers = [
+            f for f in ((job or {}).get("metadata", {}).get("finalizers") or []) if f != JOB_FINALIZER
+        ]
+        await self.patch(
+            self.cache.jobs,
+            "batch/v1",
+            "jobs",
+            namespace,
+            name,
+            {"metadata": {"finalizers": finalizers or None}},
+        )
+
+    # ModelArtifact
+
+    async def apply_artifact(self, body: Obj, plan: ArtifactPlan) -> None:
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        artifacts = self.cache.artifacts
+        if plan.status:
+            patched = await self.patch_status(artifacts, "modelartifacts", namespace, name, plan.status)
+            if patched is None:
+                return
+            if plan.event is not None:
+                await self.post_event(patched, *plan.event)
+        if plan.finalizers is not None:
+            updated = await self.kube.patch(
+                API_VERSION,
+                "modelartifacts",
+                namespace,
+                name,
+                {"metadata": {"finalizers": plan.finalizers or None}},
+            )
+            artifacts.remember(updated)
+        if plan.mirror is not None and self.context.mirror is not None:
+            await self.context.mirror.create(API_VERSION, "modelartifacts", namespace, plan.mirror)
+
+    # EdgeDeployment
+
+    async def apply_rollout(self, body: Obj, plan: RolloutPlan) -> None:
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        if plan.daemonset is not None:
+            await self._daemonset(plan.daemonset)
+        if plan.status:  # the intent (step, revision) first: a crash after it re-plans the same step
+            await self.patch_status(self.cache.deployments, "edgedeployments", namespace, name, plan.status)
+        for pod in plan.delete_pods:
+            await self.kube.delete("v1", "pods", namespace, pod)
+        if plan.clear_action:
+            await self.kube.patch(
+                API_VERSION,
+                "edgedeployments",
+                namespace,
+                name,
+                {"metadata": {"annotations": {ACTION_ANNOTATION: None}}},
+            )
+        for kind, reason, message in plan.events:
+            await self.post_event(body, kind, reason, message)
+
+    async def _daemonset(self, desired: Obj) -> None:
+        """Create the DaemonSet, or replace its pod template when the revision changed (OnDelete: no
+        pod changes until the rollout deletes it)."""
+        meta = desired["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        current = self.cache.daemonsets.get((namespace, name))
+        wanted_revision = desired["spec"]["template"]["metadata"]["labels"][REVISION_LABEL]
+        if current is None:
+            created = await self.kube.create("apps/v1", "daemonsets", namespace, desired)
+            current = created or await self.kube.get("apps/v1", "daemonsets", namespace, name)
+        if current is None:
+            return
+        if current["spec"]["template"]["metadata"]["labels"].get(REVISION_LABEL) != wanted_revision:
+            current = await self.kube.request(
+                "PATCH",
+                self.kube.path("apps/v1", "daemonsets", namespace, name),
+                [{"op": "replace", "path": "/spec/template", "value": desired["spec"]["template"]}],
+                "application/json-patch+json",
+            )
+        self.cache.daemonsets.remember(current)

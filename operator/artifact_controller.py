@@ -1,0 +1,71 @@
+"""The artifact controller: ModelArtifact → verified formats, stage, `deployedTo` and the in-use
+finalizer, as read → plan → apply. Other kinds ask it for a re-plan through the context's
+`artifact_replans` queue (a rollout changes which artifacts its deployment uses)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from visioninapp.k8s import Obj
+from visioninapp.operator.apply import Applier
+from visioninapp.operator.artifacts import (
+    Verification,
+    artifact_users,
+    needs_verification,
+    plan_artifact,
+    verify_formats,
+)
+from visioninapp.operator.cache import ObjectCache, Turns
+from visioninapp.operator.context import Context
+from visioninapp.resources import ModelArtifact
+from visioninapp.resources.base import ADMITTED
+
+__all__ = ["ArtifactController"]
+
+
+class ArtifactController:
+    def __init__(self, context: Context, cache: ObjectCache, applier: Applier) -> None:
+        self.context, self.cache, self.applier = context, cache, applier
+        self.turns = Turns(coalesce=False)
+
+    async def reconcile(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+
+        async def replan() -> None:
+            body = self.cache.artifacts.get(key)
+            if body is not None:
+                await self.context.measured("ModelArtifact", key, self._reconcile(body))
+
+        await self.turns.run(key, replan)
+
+    async def serve_replans(self) -> None:
+        """Re-plan the artifacts other controllers ask for, each in the background."""
+        queue = self.context.artifact_replans
+        while True:
+            namespace, name = await queue.get()
+            self.context.spawn(self.reconcile(namespace, name))
+
+    async def _reconcile(self, body: Obj) -> None:
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        verification: Verification | None = None
+        error: str | None = None
+        if needs_verification(body):
+            try:
+                verification = await asyncio.to_thread(self._verify, body)
+            except Exception as failure:  # the store, not the artifact: retried at resync
+                error = f"cannot check the objects now: {type(failure).__name__}: {failure}"
+        deployments = [d for (ns, _), d in self.cache.deployments.items() if ns == namespace]
+        users = artifact_users(name, deployments)
+        plan = plan_artifact(body, verification, error, users, datetime.now(UTC))
+        await self.applier.apply_artifact(body, plan)
+
+    def _verify(self, body: Obj) -> Verification:
+        """Every format's object checked against the spec (blocking: run in a thread)."""
+        artifact = ModelArtifact.model_validate(body, context=ADMITTED)
+        store_for = self.context.store_for
+        return verify_formats(
+            artifact,
+            checksum=lambda uri: store_for(uri).checksum(uri),
+            size=lambda uri: store_for(uri).size(uri),
+        )

@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.services import ensure_mariadb, ensure_redis, free_port, wait_for_port  # noqa: E402
 from visioninapp.backends.cache import Cache  # noqa: E402
-from visioninapp.cluster.cluster import Cluster  # noqa: E402
+from visioninapp.local.cluster.cluster import Cluster  # noqa: E402
 
 PROJECT = "bench"
 

@@ -5,10 +5,12 @@ recipe (manifests/examples/local/trainingjob-shapes.yaml, 128 px, about a minute
 at `--imgsz`; the image is a grid of unseen 128-px shape scenes, so the objects keep the scale the
 model learned and decoding, NMS and rescaling do real work (dozens of boxes at the default
 confidence, hundreds at a validator's 0.001).
-Same model and image for every contender, run interleaved (one call of each per round) so drift
-hits all alike; prints p50 per contender and ratios to the floor (`session.run` alone):
+Same model and image for every contender, run interleaved (one call of each per round, in a shuffled
+order) so drift hits all alike; prints p50 per contender and ratios to the floor (`session.run`
+alone); ultralytics is timed on its own afterwards (its threads spin after each run):
 - floor: `session.run` on a ready tensor;
 - runtime: bytes in -> response dict (decode, letterbox, run, NMS, rescale, metrics);
+- detector: a decoded image in -> boxes (letterbox, run, NMS, rescale): what ultralytics is given;
 - ultralytics: `YOLO(model.onnx).predict` on the decoded image;
 - http: the runtime behind its HTTP API (uvicorn, loopback).
 Also peak RSS (VmHWM: ru_maxrss would carry the parent's peak over exec) of a process that detects
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.metadata as metadata
+import random
 import statistics
 import subprocess
 import sys
@@ -67,9 +70,9 @@ def _trained_model(imgsz: int, directory: Path) -> tuple[Path, Path]:
     and a test image: a grid of unseen scenes at the training size."""
     import yaml
 
-    from visioninapp.local import SHAPES_STYLE
+    from visioninapp.local.mode import SHAPES_STYLE
+    from visioninapp.local.synth import generate_dataset, generate_image
     from visioninapp.resources import TrainingJob
-    from visioninapp.synth import generate_dataset, generate_image
     from visioninapp.trainer.offline import prepare_offline_ultralytics
     from visioninapp.trainer.run import ultralytics_train_args
 
@@ -161,15 +164,18 @@ def _start_http(runtime: Any, port: int, data: bytes) -> tuple[Any, Any]:
 
 
 def _interleaved(contenders: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
-    """Milliseconds of each call, one call of each contender per round, after 10 warm-up rounds."""
+    """Milliseconds of each call, one call of each contender per round in a shuffled order (so that
+    no contender always follows the same one), after 10 warm-up rounds."""
     timings: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(10):  # warm-up
         for call in contenders.values():
             call()
+    order, shuffle = list(contenders), random.Random(0).shuffle
     for _ in range(rounds):
-        for name, call in contenders.items():
+        shuffle(order)
+        for name in order:
             start = time.perf_counter()
-            call()
+            contenders[name]()
             timings[name].append((time.perf_counter() - start) * 1e3)
     return timings
 
@@ -209,7 +215,6 @@ def main() -> None:
 
     from ultralytics import YOLO
 
-    from visioninapp.edge.inference import Detector
     from visioninapp.edge.models import ModelSpec
     from visioninapp.edge.runtime import EdgeRuntime
     from visioninapp.settings import Settings
@@ -221,8 +226,6 @@ def main() -> None:
         image = cv2.imread(str(image_path))
         assert image is not None, image_path
 
-        detector = Detector(model_path)
-        tensor, _, _ = detector.preprocess(image)
         runtime = EdgeRuntime(Settings(data_dir=root / "state"))
         runtime.models.set_desired(
             ModelSpec(
@@ -232,19 +235,30 @@ def main() -> None:
         reference = YOLO(str(model_path), task="detect")
 
         port = 18000 + int(time.time()) % 1000
-        server, session = _start_http(runtime, port, data)
+        server, session = _start_http(runtime, port, data)  # returns once the runtime detects
+        # The floor runs the runtime's own session: one thread pool for every contender, so none
+        # pays for another session's threads spinning after its run.
+        loaded = runtime.models.current
+        assert loaded is not None
+        detector = loaded.detector
+        tensor, _, _ = detector.preprocess(image)
         url = f"http://127.0.0.1:{port}/v1/detect"
         low = f"{url}?conf={LOW_CONFIDENCE}"
         contenders: dict[str, Callable[[], object]] = {
             "floor (session.run)": lambda: detector.run(tensor),
             "runtime (bytes -> dict)": lambda: runtime.detect(data),
+            "detector (image -> boxes)": lambda: detector.detect(image),
             "runtime over HTTP": lambda: _post(session, url, data),
             f"runtime, conf {LOW_CONFIDENCE}": lambda: runtime.detect(data, conf=LOW_CONFIDENCE),
             f"HTTP, conf {LOW_CONFIDENCE}": lambda: _post(session, low, data),
-            "ultralytics predict": lambda: reference.predict(image, verbose=False),
         }
         timings = _interleaved(contenders, args.rounds)
         server.should_exit = True
+        # ultralytics on its own, afterwards: its onnxruntime session spins its threads after each
+        # run, which would slow whichever contender came next on a small machine.
+        timings |= _interleaved(
+            {"ultralytics predict": lambda: reference.predict(image, verbose=False)}, args.rounds
+        )
 
         floor = statistics.median(timings["floor (session.run)"])
         p50s = {name: statistics.median(values) for name, values in timings.items()}

@@ -64,8 +64,8 @@ from realcluster import (
     writes,
 )
 
-from visioninapp.cluster.cluster import Cluster
 from visioninapp.kubeclient import Kube
+from visioninapp.local.cluster.cluster import Cluster
 
 HERE = Path(__file__).resolve().parent
 NAMESPACE = "bench"

@@ -70,9 +70,9 @@ from realcluster import (
     writes,
 )
 
-from visioninapp.cluster.build import binaries_dir
-from visioninapp.cluster.cluster import Cluster
 from visioninapp.kubeclient import Kube, KubeError
+from visioninapp.local.cluster.build import binaries_dir
+from visioninapp.local.cluster.cluster import Cluster
 
 GROUP = "visioninapp.io"
 NAMESPACE = "bench"

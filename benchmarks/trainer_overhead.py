@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 from goals import Goals
 
-from visioninapp.synth import generate_dataset
+from visioninapp.local.synth import generate_dataset
 
 PLAIN = """
 import os, sys

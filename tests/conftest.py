@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from visioninapp.cluster.build import ETCD_VERSION, KUBERNETES_VERSION, binaries_dir
+from visioninapp.local.cluster.build import ETCD_VERSION, KUBERNETES_VERSION, binaries_dir
 
 if TYPE_CHECKING:
-    from visioninapp.cluster.controlplane import ControlPlane
+    from visioninapp.local.cluster.controlplane import ControlPlane
 
 from tests.services import (
     delete_test_streams,
@@ -60,7 +60,7 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
     with audit logging on (the RBAC tests read who called what) and nodes declared unreachable
     10 s after their last heartbeat. Tests share it through namespaces of their own
     (tests/k8s/conftest.py `cluster`); what needs a control plane to itself starts one."""
-    from visioninapp.cluster.controlplane import ControlPlane
+    from visioninapp.local.cluster.controlplane import ControlPlane
 
     with ControlPlane(
         tmp_path_factory.mktemp("control-plane"), audit=True, node_monitor_grace_seconds=10
@@ -150,7 +150,7 @@ def exported_model(tmp_path_factory: pytest.TempPathFactory) -> ExportedModel:
     Scores then spread around 0.5 instead of ~0.003: the inference tests exercise decoding, NMS and
     rescaling on hundreds of boxes per image, in seconds, without a training run.
     """
-    from visioninapp.synth import CLASS_NAMES, generate_dataset
+    from visioninapp.local.synth import CLASS_NAMES, generate_dataset
     from visioninapp.trainer.offline import prepare_offline_ultralytics
 
     root = tmp_path_factory.mktemp("exported")

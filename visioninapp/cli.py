@@ -217,7 +217,7 @@ def cluster_build() -> None:
     """Build kube-apiserver, kube-controller-manager, kube-scheduler, etcd and kwok from source with Go
     (once per machine, into ~/.cache/visioninapp; VISIONINAPP_CACHE_DIR moves it) and print their
     folder; a second run finds them and returns at once."""
-    from visioninapp.cluster.build import BuildError, ensure_binaries
+    from visioninapp.local.cluster.build import BuildError, ensure_binaries
 
     try:
         typer.echo(ensure_binaries())
@@ -236,7 +236,7 @@ def datasets_synth(
     """Generate a YOLO-format detection dataset of drawn shapes (no downloads)."""
     from rich.progress import Progress
 
-    from visioninapp.synth import generate_dataset
+    from visioninapp.local.synth import generate_dataset
 
     with Progress(transient=True) as progress:
         task = progress.add_task("drawing images", total=train + val)
@@ -302,8 +302,8 @@ def demo(
 ) -> None:
     """The whole loop on this machine: local mode, synthetic data, CPU training, rollout, detection."""
     _require_local_mode()
-    from visioninapp.demo import EXAMPLES, DemoError, run_demo
-    from visioninapp.local import LocalModeError
+    from visioninapp.local.demo import EXAMPLES, DemoError, run_demo
+    from visioninapp.local.mode import LocalModeError
 
     if keep_running is None:
         keep_running = sys.stdin.isatty() and not _in_ci()
@@ -338,7 +338,7 @@ def local_up(
     source on first use, about 5 minutes on 2 cores) with two local nodes, the operator, the API and
     the console."""
     _require_local_mode()
-    from visioninapp.local import LocalModeError, LocalPlatform
+    from visioninapp.local.mode import LocalModeError, LocalPlatform
     from visioninapp.settings import Settings
 
     directory = data_dir or Settings().data_dir

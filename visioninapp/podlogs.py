@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from visioninapp.local import local_kubeconfig
+from visioninapp.local.mode import local_kubeconfig
 from visioninapp.settings import Settings
 
 __all__ = ["LogError", "PodLogs", "api_client", "resolve_kubeconfig"]

@@ -30,9 +30,9 @@ from typing import Any
 
 import yaml
 
-from visioninapp.cluster.controlplane import ControlPlane
-from visioninapp.cluster.pki import CertificateAuthority
-from visioninapp.processes import die_with_parent
+from visioninapp.local.cluster.controlplane import ControlPlane
+from visioninapp.local.cluster.pki import CertificateAuthority
+from visioninapp.local.processes import die_with_parent
 
 __all__ = [
     "AuditLog",

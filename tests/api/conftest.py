@@ -24,8 +24,8 @@ from cryptography.x509.oid import NameOID
 
 from tests.conftest import FIREBASE_PROJECT
 from tests.services import free_port
-from visioninapp.cluster.cluster import Cluster
-from visioninapp.cluster.controlplane import ControlPlane
+from visioninapp.local.cluster.cluster import Cluster
+from visioninapp.local.cluster.controlplane import ControlPlane
 from visioninapp.settings import Settings
 
 ADMIN_UID = "platform-admin"

@@ -16,7 +16,7 @@ from PIL import Image
 from tests.api.conftest import ApiEnv
 from tests.api.test_api import artifact, member_spec
 from visioninapp.feedback import feedback_prefix
-from visioninapp.synth import CLASS_NAMES, generate_dataset
+from visioninapp.local.synth import CLASS_NAMES, generate_dataset
 
 pytestmark = pytest.mark.services
 

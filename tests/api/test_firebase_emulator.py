@@ -13,7 +13,7 @@ import pytest
 
 from tests.api.conftest import build_settings
 from tests.conftest import sign_up, verify_email
-from visioninapp.cluster.cluster import Cluster
+from visioninapp.local.cluster.cluster import Cluster
 
 pytestmark = pytest.mark.services
 

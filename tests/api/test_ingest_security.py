@@ -22,7 +22,7 @@ import pytest
 from tests.api.conftest import ApiEnv
 from visioninapp.api import ingest
 from visioninapp.datasets import fetch_dataset
-from visioninapp.synth import CLASS_NAMES, generate_dataset
+from visioninapp.local.synth import CLASS_NAMES, generate_dataset
 
 pytestmark = pytest.mark.services
 

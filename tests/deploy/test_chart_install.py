@@ -24,10 +24,10 @@ import yaml
 
 from tests.services import ensure_mariadb, free_port, kube_tools
 from visioninapp.backends.rabbitmq import RabbitStreamBus
-from visioninapp.cluster.cluster import Cluster
-from visioninapp.cluster.controlplane import ControlPlane
 from visioninapp.events import TrainingEvent
-from visioninapp.synth import generate_dataset
+from visioninapp.local.cluster.cluster import Cluster
+from visioninapp.local.cluster.controlplane import ControlPlane
+from visioninapp.local.synth import generate_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "visioninapp"

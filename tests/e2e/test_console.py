@@ -20,9 +20,9 @@ import pytest
 from tests.api.conftest import build_settings
 from tests.conftest import REPO, sign_up
 from tests.services import ensure_chromium, ensure_console_built, free_port, wait_for_port
-from visioninapp.cluster.cluster import Cluster
-from visioninapp.cluster.controlplane import ControlPlane
 from visioninapp.events import TrainingEvent
+from visioninapp.local.cluster.cluster import Cluster
+from visioninapp.local.cluster.controlplane import ControlPlane
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -117,7 +117,7 @@ def play_operator_and_trainer(env: dict[str, Any], onnx: Path, stop: threading.E
     `epoch-1`, `epoch-2` into `seen`), and the run succeeds only after that: the page must have shown
     each epoch live, whatever the speed of this machine."""
     from visioninapp.backends.storage import sha256_file
-    from visioninapp.synth import CLASS_NAMES
+    from visioninapp.local.synth import CLASS_NAMES
 
     cluster: Cluster = env["cluster"]
     services, settings = env["services"], env["settings"]

@@ -32,8 +32,8 @@ from visioninapp.datasets import split_images
 from visioninapp.edge.evaluate import evaluate
 from visioninapp.edge.inference import Detector
 from visioninapp.events import TrainingEvent
-from visioninapp.local import session_processes
-from visioninapp.synth import CLASS_NAMES
+from visioninapp.local.mode import session_processes
+from visioninapp.local.synth import CLASS_NAMES
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 

@@ -20,7 +20,7 @@ import yaml
 
 from visioninapp.backends.rabbitmq import RabbitStreamBus
 from visioninapp.events import TrainerResult, TrainingEvent
-from visioninapp.synth import generate_dataset
+from visioninapp.local.synth import generate_dataset
 
 pytestmark = [pytest.mark.services]
 NETGUARD = Path(__file__).parent / "netguard"

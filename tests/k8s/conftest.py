@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from visioninapp.cluster.cluster import Cluster
-from visioninapp.cluster.controlplane import ControlPlane
+from visioninapp.local.cluster.cluster import Cluster
+from visioninapp.local.cluster.controlplane import ControlPlane
 
 OPERATOR_LOG_TAIL = 4000
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.services import free_port, kube_tools
-from visioninapp.cluster.agent import IMAGE_ENTRYPOINTS, Outcome
-from visioninapp.cluster.cluster import Cluster
+from visioninapp.local.cluster.agent import IMAGE_ENTRYPOINTS, Outcome
+from visioninapp.local.cluster.cluster import Cluster
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -51,7 +51,7 @@ from typer.testing import CliRunner
 
 from tests.services import kube_tools
 from visioninapp.cli import app
-from visioninapp.cluster.controlplane import ControlPlane
+from visioninapp.local.cluster.controlplane import ControlPlane
 from visioninapp.resources import RESOURCES
 from visioninapp.validation import load_manifests
 

@@ -18,10 +18,10 @@ from tests.integration.test_edge_identity import ARTIFACTS, BUCKET, FEEDBACK, Ia
 from tests.k8s.test_rollout import deployment
 from tests.services import RABBITMQ_MANAGEMENT_PORT, delete_streams, free_port
 from visioninapp.backends.rabbitmq import RabbitStreamBus
-from visioninapp.cluster.cluster import Cluster
 from visioninapp.edge.identity import EdgeCredentials, IdentityError, NodeIdentity
 from visioninapp.feedback import feedback_prefix
 from visioninapp.kubeclient import Kube, load_connection
+from visioninapp.local.cluster.cluster import Cluster
 from visioninapp.operator.config import OperatorConfig, plain_credentials
 from visioninapp.operator.daemonset import DEPLOYMENT_LABEL, desired_daemonset
 from visioninapp.operator.edge_identity import AUDIENCE, REVOKED_LABEL, broker_user, secret_name

@@ -11,8 +11,8 @@ from typing import Any
 import yaml
 
 from tests.services import kube_tools
-from visioninapp.cluster.build import KUBERNETES_VERSION
-from visioninapp.cluster.cluster import Cluster
+from visioninapp.local.cluster.build import KUBERNETES_VERSION
+from visioninapp.local.cluster.cluster import Cluster
 
 TRAINING_JOB = """
 apiVersion: visioninapp.io/v1alpha1

@@ -20,9 +20,9 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tests.k8s.conftest import OperatorProcess, wait_for
-from visioninapp.cluster.agent import Outcome
-from visioninapp.cluster.cluster import Cluster
 from visioninapp.events import TrainerResult
+from visioninapp.local.cluster.agent import Outcome
+from visioninapp.local.cluster.cluster import Cluster
 
 GROUP, VERSION = "visioninapp.io", "v1alpha1"
 pytestmark = pytest.mark.services

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from tests.k8s.conftest import wait_for
-from visioninapp.cluster.agent import Outcome
-from visioninapp.cluster.cluster import Cluster
 from visioninapp.events import TrainerResult
+from visioninapp.local.cluster.agent import Outcome
+from visioninapp.local.cluster.cluster import Cluster
 
 GROUP = "visioninapp.io"
 JOBS, KILLS = 50, 20

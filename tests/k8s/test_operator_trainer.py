@@ -12,9 +12,9 @@ import pytest
 
 from tests.k8s.conftest import wait_for
 from visioninapp.backends.rabbitmq import RabbitStreamBus
-from visioninapp.cluster.cluster import Cluster
 from visioninapp.events import TrainingEvent
-from visioninapp.synth import generate_dataset
+from visioninapp.local.cluster.cluster import Cluster
+from visioninapp.local.synth import generate_dataset
 
 GROUP = "visioninapp.io"
 pytestmark = [pytest.mark.slow, pytest.mark.services]

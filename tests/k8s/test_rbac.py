@@ -57,10 +57,10 @@ import yaml
 from tests.k8s.conftest import OperatorProcess, onnx_artifact
 from tests.k8s.test_operator import successful_trainer, training_job
 from tests.services import free_port
-from visioninapp.cluster.agent import Outcome
-from visioninapp.cluster.cluster import Cluster
 from visioninapp.crds import crd_for
 from visioninapp.kubeclient import KubeError
+from visioninapp.local.cluster.agent import Outcome
+from visioninapp.local.cluster.cluster import Cluster
 from visioninapp.resources import RESOURCES
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]

@@ -18,9 +18,9 @@ import pytest
 from tests.k8s.conftest import OperatorProcess, onnx_artifact, wait_for
 from tests.services import free_port
 from visioninapp.backends.events import LocalEventLog
-from visioninapp.cluster.agent import Outcome
-from visioninapp.cluster.cluster import Cluster
 from visioninapp.events import EdgeEvent
+from visioninapp.local.cluster.agent import Outcome
+from visioninapp.local.cluster.cluster import Cluster
 
 GROUP = "visioninapp.io"
 NODES = 20

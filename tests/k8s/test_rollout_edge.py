@@ -18,7 +18,7 @@ import requests
 
 from tests.conftest import ExportedModel
 from tests.k8s.conftest import onnx_artifact, wait_for
-from visioninapp.cluster.cluster import Cluster
+from visioninapp.local.cluster.cluster import Cluster
 
 GROUP = "visioninapp.io"
 pytestmark = [pytest.mark.slow, pytest.mark.services]

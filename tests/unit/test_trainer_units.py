@@ -15,7 +15,7 @@ from visioninapp.backends.events import LocalEventLog
 from visioninapp.backends.storage import ChecksumMismatch, LocalArtifactStore, sha256_file
 from visioninapp.datasets import DatasetError, fetch_dataset, validate_dataset
 from visioninapp.events import TrainingEvent
-from visioninapp.synth import generate_dataset
+from visioninapp.local.synth import generate_dataset
 from visioninapp.trainer.config import ConfigError, load_config
 from visioninapp.trainer.publisher import BUFFER_LIMIT, EventPublisher
 

@@ -35,13 +35,13 @@ from typing import IO, Any, Self
 import requests
 
 from visioninapp.backends.storage import join_uri
-from visioninapp.cluster.build import BuildError
-from visioninapp.cluster.cluster import Cluster
-from visioninapp.cluster.controlplane import ControlPlaneError
 from visioninapp.factory import artifact_store_for
-from visioninapp.processes import die_with_parent
+from visioninapp.local.cluster.build import BuildError
+from visioninapp.local.cluster.cluster import Cluster
+from visioninapp.local.cluster.controlplane import ControlPlaneError
+from visioninapp.local.processes import die_with_parent
+from visioninapp.local.synth import generate_dataset
 from visioninapp.settings import Settings
-from visioninapp.synth import generate_dataset
 
 __all__ = [
     "EDGE_NODE",

@@ -48,7 +48,7 @@ import aiohttp.web
 
 from visioninapp.k8s import Obj
 from visioninapp.kubeclient import STRATEGIC, Kube, KubeError
-from visioninapp.processes import die_with_parent
+from visioninapp.local.processes import die_with_parent
 
 __all__ = ["IMAGE_ENTRYPOINTS", "NodeAgent", "NodeSpec", "Outcome", "PodScript", "expand"]
 

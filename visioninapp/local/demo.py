@@ -25,14 +25,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from visioninapp.local import LOCAL_NAMESPACE, LocalPlatform, seed_dataset, shapes_copy
+from visioninapp.local.mode import LOCAL_NAMESPACE, LocalPlatform, seed_dataset, shapes_copy
+from visioninapp.local.synth import CLASS_NAMES
 from visioninapp.settings import Settings
-from visioninapp.synth import CLASS_NAMES
 
 __all__ = ["EXAMPLES", "DemoError", "class_accuracy", "run_demo"]
 
 GROUP, VERSION = "visioninapp.io", "v1alpha1"
-EXAMPLES = Path(__file__).resolve().parent.parent / "manifests" / "examples" / "local"
+EXAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "local"
 PLURALS = {
     "TrainingJob": "trainingjobs",
     "ModelArtifact": "modelartifacts",

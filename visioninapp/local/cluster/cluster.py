@@ -25,12 +25,12 @@ from typing import Any, Self, TypeVar
 
 import yaml
 
-from visioninapp.cluster.agent import NodeAgent, NodeSpec, PodScript
-from visioninapp.cluster.controlplane import ControlPlane
-from visioninapp.cluster.pki import CertificateAuthority
 from visioninapp.crds import crd_for
 from visioninapp.k8s import Obj
 from visioninapp.kubeclient import Connection, Kube
+from visioninapp.local.cluster.agent import NodeAgent, NodeSpec, PodScript
+from visioninapp.local.cluster.controlplane import ControlPlane
+from visioninapp.local.cluster.pki import CertificateAuthority
 from visioninapp.resources import RESOURCES
 
 __all__ = ["API_VERSIONS", "Cluster"]

@@ -29,9 +29,9 @@ from typing import Any, Self
 
 import yaml
 
-from visioninapp.cluster.build import ensure_binaries
-from visioninapp.cluster.pki import CertificateAuthority, KeyPair, write_service_account_key
-from visioninapp.processes import die_with_parent, stop_group
+from visioninapp.local.cluster.build import ensure_binaries
+from visioninapp.local.cluster.pki import CertificateAuthority, KeyPair, write_service_account_key
+from visioninapp.local.processes import die_with_parent, stop_group
 
 __all__ = ["ControlPlane", "ControlPlaneError", "free_port"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from visioninapp.k8s import Obj, iso_time, parse_time, set_condition
+from visioninapp.k8s import Obj, StatusDraft, iso_time, parse_time
 from visioninapp.operator.daemonset import EdgeTemplate
 from visioninapp.operator.rollout_step import (
     Advance,
@@ -97,9 +97,11 @@ def plan_rollout(
     return rollout.progress(decision, desired, revision, step)
 
 
-class _Rollout:
+class _Rollout(StatusDraft):
     """One reconciliation's working state: what was read, and the status, history and Events that
     the plan builds up."""
+
+    order = CONDITION_TYPES
 
     def __init__(
         self,
@@ -110,30 +112,14 @@ class _Rollout:
         health: dict[str, NodeHealth],
         now: datetime,
     ) -> None:
+        super().__init__(body, now)
         self.ed, self.spec = ed, ed.spec
-        self.status: Obj = dict(body.get("status") or {})
-        self.uid: str = body["metadata"]["uid"]
-        self.generation = int(body["metadata"].get("generation") or 1)
-        self.conditions: list[Obj] = list(self.status.get("conditions") or [])
         self.history = [dict(item) for item in self.status.get("history") or []]  # copies: `record` edits
         self.action: str | None = (body["metadata"].get("annotations") or {}).get(ACTION_ANNOTATION)
-        self.wanted: Obj = {"observedGeneration": self.generation}
         self.events: list[Event] = []
-        self.nodes, self.pods, self.health, self.now = nodes, pods, health, now
+        self.nodes, self.pods, self.health = nodes, pods, health
         counted = {n.name for n in nodes}
         self.by_node = {p.node: p for p in pods if p.node in counted}
-
-    def condition(self, type_: str, value: bool, reason: str, message: str) -> None:
-        self.conditions = set_condition(
-            self.conditions,
-            type_,
-            "True" if value else "False",
-            reason,
-            message,
-            self.now,
-            self.generation,
-            CONDITION_TYPES,
-        )
 
     def record(self, revision: str, outcome: str) -> None:
         for item in self.history:

@@ -15,7 +15,7 @@ from datetime import datetime
 from pydantic import ValidationError
 
 from visioninapp.events import TrainerResult
-from visioninapp.k8s import Obj, iso_time, set_condition
+from visioninapp.k8s import Obj, StatusDraft, iso_time
 from visioninapp.operator.names import job_name
 from visioninapp.operator.training_objects import (
     JOB_FINALIZER,
@@ -205,32 +205,18 @@ def _plan(run: _Run, job: Obj | None, pods: list[Obj]) -> TrainingPlan:
     return run.unfinished(state)
 
 
-class _Run:
+class _Run(StatusDraft):
     """One reconciliation's working state: the stored status and the status it builds up."""
+
+    order = CONDITION_TYPES
 
     def __init__(
         self, tj: TrainingJob, body: Obj, now: datetime, template: TrainerTemplate, base: BaseModel | None
     ) -> None:
-        self.tj, self.now, self.template, self.base = tj, now, template, base
-        self.uid: str = body["metadata"]["uid"]
-        self.status: Obj = dict(body.get("status") or {})
-        self.generation = int(body["metadata"].get("generation") or 1)
+        super().__init__(body, now)
+        self.tj, self.template, self.base = tj, template, base
         self.phase: str = self.status.get("phase", "Pending")
         self.attempts = int(self.status.get("attempts") or 0)
-        self.conditions: list[Obj] = list(self.status.get("conditions") or [])
-        self.wanted: Obj = {"observedGeneration": self.generation}
-
-    def condition(self, type_: str, value: bool, reason: str, message: str) -> None:
-        self.conditions = set_condition(
-            self.conditions,
-            type_,
-            "True" if value else "False",
-            reason,
-            message,
-            self.now,
-            self.generation,
-            CONDITION_TYPES,
-        )
 
     def has(self, type_: str) -> bool:
         return any(c["type"] == type_ for c in self.conditions)

@@ -9,7 +9,15 @@ from typing import Any
 
 from visioninapp.resources import API_VERSION
 
-__all__ = ["MANAGED_BY", "Obj", "controller_reference", "iso_time", "parse_time", "set_condition"]
+__all__ = [
+    "MANAGED_BY",
+    "Obj",
+    "StatusDraft",
+    "controller_reference",
+    "iso_time",
+    "parse_time",
+    "set_condition",
+]
 
 Obj = dict[str, Any]  # a Kubernetes object (or part of one) as JSON
 MANAGED_BY = {"app.kubernetes.io/managed-by": "visioninapp-operator"}
@@ -80,3 +88,26 @@ def set_condition(
             }
         )
     return sorted(result, key=lambda c: order.index(c["type"]) if c["type"] in order else len(order))
+
+
+class StatusDraft:
+    """The status one reconciliation builds up for an object: the stored status, its conditions (set
+    by type, sorted by `order`) and `wanted`, the merge patch so far, stamped with the generation it
+    answers."""
+
+    order: Sequence[str] = ()
+
+    def __init__(self, body: Obj, now: datetime) -> None:
+        self.now = now
+        self.uid: str = body["metadata"]["uid"]
+        self.status: Obj = dict(body.get("status") or {})
+        self.generation = int(body["metadata"].get("generation") or 1)
+        self.conditions: list[Obj] = list(self.status.get("conditions") or [])
+        self.wanted: Obj = {"observedGeneration": self.generation}
+
+    def condition(self, type_: str, value: bool, reason: str, message: str) -> None:
+        """Set a True/False condition; its transition time moves only when the value changes."""
+        status = "True" if value else "False"
+        self.conditions = set_condition(
+            self.conditions, type_, status, reason, message, self.now, self.generation, self.order
+        )

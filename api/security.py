@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
-from sqlalchemy import select
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
 
 from visioninapp.api.container import ApiContainer
 from visioninapp.api.db import Membership, Project
@@ -91,12 +92,25 @@ def _role_from_db(container: ApiContainer, user: Principal, project: str) -> str
             return None
         if user.is_platform_admin:
             return "admin"
-        roles = session.scalars(
-            select(Membership.role).where(
-                Membership.project_name == project, Membership.principal.in_(user.identities)
-            )
-        ).all()
-    return highest(list(roles)) if roles else None
+        return member_roles(session, user, [project]).get(project)
+
+
+def memberships_of(user: Principal) -> Select[str]:
+    """The names of the projects the user is a member of, by any of their identities (uid, verified
+    email), as a query to select from or filter by."""
+    return select(Membership.project_name).where(Membership.principal.in_(user.identities))
+
+
+def member_roles(session: Session, user: Principal, projects: list[str]) -> dict[str, str]:
+    """The user's strongest role in each of `projects` they are a member of (someone may be a member
+    by uid and by email); projects they are not a member of are absent."""
+    found: dict[str, list[str]] = {}
+    query = select(Membership.project_name, Membership.role).where(
+        Membership.project_name.in_(projects), Membership.principal.in_(user.identities)
+    )
+    for project, role in session.execute(query):
+        found.setdefault(project, []).append(role)
+    return {project: highest(roles) for project, roles in found.items()}
 
 
 def _rate_limit(container: ApiContainer, user: Principal) -> None:

@@ -223,13 +223,14 @@ def chat_model_from(spec: str | None) -> ChatModel | None:
     if not spec:
         return None
     try:  # an optional dependency, without type information: imported by name
-        chat_models = importlib.import_module("langchain.chat_models")
-    except ImportError as error:
+        init_chat_model: Callable[[str], ChatModel] = importlib.import_module(
+            "langchain.chat_models"
+        ).init_chat_model
+    except (ImportError, AttributeError) as error:  # AttributeError: a LangChain without it
         raise RuntimeError(
-            f"VISIONINAPP_LLM_MODEL={spec} needs LangChain and the provider's package, e.g. "
-            f"pip install langchain langchain-openai ({error})"
+            f"VISIONINAPP_LLM_MODEL={spec} needs LangChain (with init_chat_model) and the provider's "
+            f"package, e.g. pip install langchain langchain-openai ({error})"
         ) from None
-    init_chat_model: Callable[[str], ChatModel] = chat_models.init_chat_model
     return init_chat_model(spec)
 
 

@@ -132,15 +132,21 @@ class Turns:
         if self.coalesce and key in self._pending:
             return  # a plan is already queued: it will see this event's state too
         self._pending.add(key)
-        async with self._locks.hold(key):
-            if self.min_interval:
-                loop = asyncio.get_running_loop()
-                delay = self._next_at.get(key, 0.0) - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                self._next_at[key] = loop.time() + self.min_interval
-            self._pending.discard(key)
-            await plan()
+        waiting = True
+        try:
+            async with self._locks.hold(key):
+                if self.min_interval:
+                    loop = asyncio.get_running_loop()
+                    delay = self._next_at.get(key, 0.0) - loop.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    self._next_at[key] = loop.time() + self.min_interval
+                self._pending.discard(key)
+                waiting = False
+                await plan()
+        finally:
+            if waiting:  # cancelled before its turn: later events must not count on this plan
+                self._pending.discard(key)
 
     def queued(self, key: Key) -> bool:
         return key in self._pending

@@ -107,7 +107,7 @@ class Context:
         self.tasks.append(asyncio.ensure_future(loop))
 
     async def close(self) -> None:
-        for task in self.tasks:
+        for task in [*self.tasks, *self.background]:
             task.cancel()
         await self.kube.close()
         if self.mirror is not None:

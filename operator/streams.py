@@ -25,6 +25,7 @@ __all__ = ["CONSUMER", "HealthReader", "ProgressReader", "follow", "keep_followi
 CONSUMER = "visioninapp-operator"
 BATCH = 1000
 READ_RETRY_SECONDS = 2.0  # the broker is away: keep the offset, try again
+READ_RETRIES = 5  # then the connection itself is suspect: `keep_following` builds a new one
 RESTART_SECONDS = 5.0
 
 
@@ -90,13 +91,18 @@ async def follow(bus: EventBus, reader: Reader, poll_seconds: float = 0.5) -> No
     """Read `reader.stream` from the stored offset forever."""
     stream = reader.stream
     offset = stored = await asyncio.to_thread(bus.query_offset, stream, CONSUMER)
+    failures = 0
     while True:
         try:
             messages = await asyncio.to_thread(bus.read, stream, offset, BATCH)
         except Exception as error:
-            log.warning("cannot read %s: %s", stream, error)
+            failures += 1
+            if failures >= READ_RETRIES:
+                raise
+            log.warning("cannot read %s (try %d of %d): %s", stream, failures, READ_RETRIES, error)
             await asyncio.sleep(READ_RETRY_SECONDS)
             continue
+        failures = 0
         await reader.handle(messages)
         if messages:
             offset = messages[-1].offset + 1

@@ -221,6 +221,9 @@ class _Run(StatusDraft):
     def has(self, type_: str) -> bool:
         return any(c["type"] == type_ for c in self.conditions)
 
+    def status_of(self, type_: str) -> str | None:
+        return next((c["status"] for c in self.conditions if c["type"] == type_), None)
+
     def plan(
         self, create_job: Obj | None = None, create_artifact: Obj | None = None, event: Event | None = None
     ) -> TrainingPlan:
@@ -266,7 +269,8 @@ class _Run(StatusDraft):
 
     def config_refused(self, error: ValueError) -> TrainingPlan:
         problem = error.errors()[0] if isinstance(error, ValidationError) else None
-        detail = f"{'.'.join(map(str, problem['loc']))}: {problem['msg']}" if problem else str(error)
+        where = ".".join(map(str, problem["loc"])) if problem else ""
+        detail = (f"{where}: " if where else "") + (problem["msg"] if problem else str(error))
         message = f"the trainer's config is invalid: {detail}"
         self.condition("Failed", True, "InvalidTrainerConfig", message)
         self.wanted.update(
@@ -335,6 +339,8 @@ class _Run(StatusDraft):
 
     def unfinished(self, state: JobState) -> TrainingPlan:
         """Queued, Pending (maybe Unschedulable) or Running: the conditions follow the Job."""
+        if self.status_of("Scheduled") == "False":  # a base-model problem seen before the Job was cached
+            self.condition("Scheduled", True, "JobExists", f"Job {self.status.get('jobName')} exists")
         if state.unschedulable is not None:
             self.condition("Unschedulable", True, "Unschedulable", state.unschedulable)
         elif self.has("Unschedulable"):

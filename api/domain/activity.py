@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from visioninapp.api.container import ApiContainer
-from visioninapp.api.db import EdgeWindow, EpochMetric, LogLine, Membership, Notification
+from visioninapp.api.db import EdgeWindow, EpochMetric, LogLine, Notification
 from visioninapp.api.domain.training import epoch_view
-from visioninapp.api.paging import page_of
+from visioninapp.api.paging import fetch_page, page_of
 from visioninapp.api.schemas import NotificationOut
-from visioninapp.api.security import role_in
+from visioninapp.api.security import memberships_of, role_in
 from visioninapp.backends.auth import Principal
 from visioninapp.backends.elastic import COLLECTIONS
 from visioninapp.web.errors import ApiError
@@ -37,10 +37,7 @@ def _scopes(container: ApiContainer, user: Principal, project: str | None) -> li
     if user.is_platform_admin:
         return [None]
     with container.db.session() as session:
-        mine = session.scalars(
-            select(Membership.project_name).where(Membership.principal.in_(user.identities))
-        )
-        return [*sorted(set(mine))]
+        return [*sorted(set(session.scalars(memberships_of(user))))]
 
 
 def search(
@@ -77,12 +74,9 @@ def search(
 
 def list_notifications(container: ApiContainer, project: str, limit: int, offset: int) -> dict[str, Any]:
     """Newest first."""
+    query = select(Notification).where(Notification.project_name == project).order_by(Notification.id.desc())
     with container.db.session() as session:
-        where = Notification.project_name == project
-        total = session.scalar(select(func.count()).select_from(Notification).where(where)) or 0
-        rows = session.scalars(
-            select(Notification).where(where).order_by(Notification.id.desc()).limit(limit).offset(offset)
-        ).all()
+        rows, total = fetch_page(session, query, limit, offset)
         items = [
             NotificationOut(
                 id=n.id,

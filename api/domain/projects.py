@@ -11,7 +11,7 @@ from visioninapp.api.container import ApiContainer
 from visioninapp.api.db import Membership, Project
 from visioninapp.api.paging import fetch_page, page_of
 from visioninapp.api.schemas import MemberOut, ProjectIn, ProjectOut
-from visioninapp.api.security import Access, highest, role_cache_prefix
+from visioninapp.api.security import Access, member_roles, memberships_of, role_cache_prefix
 from visioninapp.backends.auth import Principal
 from visioninapp.web.errors import ApiError
 
@@ -40,27 +40,15 @@ def list_projects(container: ApiContainer, user: Principal, limit: int, offset: 
     """Every project for platform admins (as admin), else those the user is a member of, by name."""
     query = select(Project).order_by(Project.name)
     if not user.is_platform_admin:
-        mine = select(Membership.project_name).where(Membership.principal.in_(user.identities))
-        query = query.where(Project.name.in_(mine))
+        query = query.where(Project.name.in_(memberships_of(user)))
     with container.db.session() as session:
         rows, total = fetch_page(session, query, limit, offset)
-        roles = _roles(session, user, [p.name for p in rows])
-        items = [project_out(p, roles.get(p.name, "admin")) for p in rows]
+        if user.is_platform_admin:
+            items = [project_out(p, "admin") for p in rows]
+        else:  # a membership removed since the page was read drops its project (never a default role)
+            roles = member_roles(session, user, [p.name for p in rows])
+            items = [project_out(p, roles[p.name]) for p in rows if p.name in roles]
     return page_of(items, total, limit, offset)
-
-
-def _roles(session: Session, user: Principal, projects: list[str]) -> dict[str, str]:
-    """The user's strongest role in each of `projects` (a user may be a member by uid and by email);
-    none for platform admins, who are admins everywhere."""
-    if user.is_platform_admin or not projects:
-        return {}
-    found: dict[str, list[str]] = {}
-    query = select(Membership.project_name, Membership.role).where(
-        Membership.project_name.in_(projects), Membership.principal.in_(user.identities)
-    )
-    for project, role in session.execute(query):
-        found.setdefault(project, []).append(role)
-    return {project: highest(roles) for project, roles in found.items()}
 
 
 def create_project(container: ApiContainer, body: ProjectIn, user: Principal) -> dict[str, Any]:

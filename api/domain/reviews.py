@@ -9,8 +9,8 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from visioninapp.api.container import ApiContainer
-from visioninapp.api.db import Dataset, DatasetVersion, EpochMetric, RunSummary, TrainingRun
-from visioninapp.api.domain.training import KIND, create_job
+from visioninapp.api.db import Dataset, DatasetVersion, RunSummary, TrainingRun
+from visioninapp.api.domain.training import KIND, create_job, epoch_rows, history_row
 from visioninapp.api.paging import fetch_page, page_of
 from visioninapp.api.schemas import SummaryOut, TrainingJobIn
 from visioninapp.api.security import Access
@@ -87,9 +87,7 @@ def _run_state(
     if tj is not None:
         status = tj.get("status") or {}
         return tj.get("spec") or {}, status.get("phase") or "Pending", status.get("artifact")
-    run = session.scalars(
-        select(TrainingRun).where(TrainingRun.project_name == project, TrainingRun.name == name)
-    ).first()
+    run = history_row(session, project, name)
     if run is None:
         raise ApiError(404, f"training job {name!r} not found in {project!r}")
     return run.spec, run.phase, run.artifact
@@ -98,11 +96,7 @@ def _run_state(
 def _epochs(session: Session, project: str, name: str) -> list[dict[str, Any]]:
     return [
         {"epoch": e.epoch, "mAP50": e.map50, "mAP50_95": e.map50_95, "losses": e.losses}
-        for e in session.scalars(
-            select(EpochMetric)
-            .where(EpochMetric.project_name == project, EpochMetric.training_job == name)
-            .order_by(EpochMetric.epoch)
-        )
+        for e in epoch_rows(session, project, name)
     ]
 
 

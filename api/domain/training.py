@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from visioninapp.api.container import ApiContainer
 from visioninapp.api.db import EpochMetric, LogLine, TrainingRun
@@ -198,18 +200,27 @@ def manifest(body: TrainingJobIn, project: str, creator: str) -> Obj:
     }
 
 
+def epoch_rows(session: Session, project: str, name: str) -> Sequence[EpochMetric]:
+    """A run's recorded epochs, first to last."""
+    return session.scalars(
+        select(EpochMetric)
+        .where(EpochMetric.project_name == project, EpochMetric.training_job == name)
+        .order_by(EpochMetric.epoch)
+    ).all()
+
+
+def history_row(session: Session, project: str, name: str) -> TrainingRun | None:
+    """A run's row in the history (kept after its TrainingJob is deleted)."""
+    return session.scalars(
+        select(TrainingRun).where(TrainingRun.project_name == project, TrainingRun.name == name)
+    ).first()
+
+
 def get_job(container: ApiContainer, project: str, name: str) -> dict[str, Any]:
     """The run (live, else from the history) with its epochs."""
     with container.db.session() as session:
-        epochs = session.scalars(
-            select(EpochMetric)
-            .where(EpochMetric.project_name == project, EpochMetric.training_job == name)
-            .order_by(EpochMetric.epoch)
-        ).all()
-        run = session.scalars(
-            select(TrainingRun).where(TrainingRun.project_name == project, TrainingRun.name == name)
-        ).first()
-        history = [epoch_view(e) for e in epochs]
+        history = [epoch_view(e) for e in epoch_rows(session, project, name)]
+        run = history_row(session, project, name)
         fallback = from_history(run) if run is not None else None
     try:
         detail = from_cr(container.clusters.training.get(KIND, project, name))

@@ -382,6 +382,47 @@ def test_a_missing_base_model_waits_with_a_clear_condition() -> None:
     assert (condition["reason"], condition["status"]) == ("BaseModelUnavailable", "False")
 
 
+def _trainer_config(job_body: dict[str, Any]) -> dict[str, Any]:
+    env = {e["name"]: e.get("value") for e in job_body["spec"]["template"]["spec"]["containers"][0]["env"]}
+    return json.loads(env["VISIONINAPP_TRAINER_CONFIG_JSON"])
+
+
+def test_a_recreated_fine_tune_keeps_its_base_weights() -> None:
+    body = with_status(
+        training_job(model={"baseModel": "helmets-v2"}), phase="Running", attempts=1, jobName="helmets-1"
+    )
+    result = plan(body, None, base=BaseModel(uri="s3://models/best.pt", sha256=SHA))
+    assert result.create_job["metadata"]["name"] == "helmets-1"
+    assert _trainer_config(result.create_job)["baseWeights"] == {"uri": "s3://models/best.pt", "sha256": SHA}
+
+
+def test_a_base_model_problem_seen_before_the_job_was_cached_heals_once_the_job_shows() -> None:
+    body = with_status(
+        training_job(model={"baseModel": "helmets-v2"}), phase="Running", attempts=1, jobName="helmets-1"
+    )
+    waiting = plan(body, None, base=BaseModel(problem="base model 'helmets-v2' (ModelArtifact) not found"))
+    body = with_status(body, **waiting.status)
+    running = plan(body, job(active=1), [pod("Running")])
+    scheduled = next(c for c in running.status["conditions"] if c["type"] == "Scheduled")
+    assert (scheduled["status"], scheduled["reason"]) == ("True", "JobExists")
+    assert running.status["phase"] == "Running"
+
+
+def test_a_config_the_trainer_would_refuse_fails_the_run_without_a_job() -> None:
+    refusing = TrainerTemplate(image="trainer:1", default_output="s3://o/r")  # a one-letter bucket
+    tj_body = training_job()
+    result = plan_training(
+        TrainingJob.model_validate(tj_body, context=ADMITTED), tj_body, None, [], NOW, template=refusing
+    )
+    assert result.create_job is None and result.status["phase"] == "Failed"
+    failed = next(c for c in result.status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "InvalidTrainerConfig"
+    assert failed["message"].startswith(
+        "the trainer's config is invalid: output_uri: Value error, must be a storage URI"
+    )
+    assert result.event is not None and result.event[:2] == ("Warning", "InvalidTrainerConfig")
+
+
 def test_a_spec_change_bumps_observed_generation_only() -> None:
     body = with_status(training_job(), phase="Running", attempts=1, jobName="helmets-1", observedGeneration=1)
     body["metadata"]["generation"] = 2

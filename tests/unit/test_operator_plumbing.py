@@ -1,0 +1,94 @@
+"""The operator's plumbing without a cluster: one plan at a time per object, and stream readers that
+retry a failing read in place before asking for a new connection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import pytest
+
+from visioninapp.backends.events import StreamMessage
+from visioninapp.operator import streams
+from visioninapp.operator.cache import Turns
+
+KEY = ("vision", "helmets")
+
+
+@pytest.mark.asyncio
+async def test_a_plan_cancelled_before_its_turn_leaves_later_events_planned() -> None:
+    turns, ran, release = Turns(), [], asyncio.Event()
+
+    async def first() -> None:
+        await release.wait()
+        ran.append("first")
+
+    async def later() -> None:
+        ran.append("later")
+
+    running = asyncio.create_task(turns.run(KEY, first))
+    await asyncio.sleep(0)  # `first` holds the object's turn
+    waiting = asyncio.create_task(turns.run(KEY, later))
+    await asyncio.sleep(0)
+    waiting.cancel()  # e.g. shutdown, or the waiter's task torn down
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiting
+    release.set()
+    await running
+    await turns.run(KEY, later)  # must run, not be taken for "already queued"
+    assert ran == ["first", "later"]
+
+
+class _Reader:
+    stream = "training-events"
+
+    def __init__(self) -> None:
+        self.batches: list[list[StreamMessage]] = []
+
+    async def handle(self, messages: list[StreamMessage]) -> None:
+        self.batches.append(messages)
+        if messages:
+            raise _Done
+
+    def settled(self) -> bool:
+        return True
+
+
+class _Done(Exception):
+    pass
+
+
+class _Bus:
+    def __init__(self, failures: int) -> None:
+        self.failures, self.reads = failures, 0
+
+    def query_offset(self, stream: str, consumer: str) -> int:
+        return 0
+
+    def read(self, stream: str, offset: int, limit: int) -> list[StreamMessage]:
+        self.reads += 1
+        if self.reads <= self.failures:
+            raise ConnectionError("broker away")
+        return [StreamMessage(offset=offset, body=b"{}")]
+
+    def store_offset(self, *_: Any) -> None:
+        pass
+
+
+@pytest.mark.asyncio
+async def test_a_failing_read_is_retried_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(streams, "READ_RETRY_SECONDS", 0)
+    bus, reader = _Bus(failures=streams.READ_RETRIES - 1), _Reader()
+    with pytest.raises(_Done):
+        await asyncio.wait_for(streams.follow(bus, reader), 10)  # type: ignore[arg-type]
+    assert bus.reads == streams.READ_RETRIES and len(reader.batches) == 1
+
+
+@pytest.mark.asyncio
+async def test_a_read_that_keeps_failing_hands_the_connection_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(streams, "READ_RETRY_SECONDS", 0)
+    bus, reader = _Bus(failures=10**6), _Reader()
+    with pytest.raises(ConnectionError):  # keep_following logs it and builds a new bus
+        await asyncio.wait_for(streams.follow(bus, reader), 10)  # type: ignore[arg-type]
+    assert bus.reads == streams.READ_RETRIES and reader.batches == []

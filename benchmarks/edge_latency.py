@@ -282,8 +282,13 @@ def main() -> None:
         edge_size, heavy_size = _installed_sizes()
         print("goals:")
         goals = Goals("edge_latency")
-        goals.at_most("runtime / floor", p50s["runtime (bytes -> dict)"] / floor, 1.10, "x")
-        goals.at_most("HTTP / floor", p50s["runtime over HTTP"] / floor, 1.20, "x")
+        decoding = (
+            "the runtime decodes the JPEG (cv2.imdecode, ~2 ms at 640x640 on 2 cores), which the floor "
+            "never does; from a decoded image (the 'detector' line) the overhead is "
+            f"{p50s['detector (image -> boxes)'] / floor - 1:.0%}"
+        )
+        goals.at_most("runtime / floor", p50s["runtime (bytes -> dict)"] / floor, 1.10, "x", why=decoding)
+        goals.at_most("HTTP / floor", p50s["runtime over HTTP"] / floor, 1.20, "x", why=decoding)
         print(
             f"  at conf {LOW_CONFIDENCE} (reported, no goal): runtime "
             f"{p50s[f'runtime, conf {LOW_CONFIDENCE}'] / floor:.2f}x floor, HTTP "

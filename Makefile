@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 DEPS_STAMP := $(VENV)/.deps-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 
-.PHONY: help install console kubernetes test test-fast lint crds demo bench mutate images images-l4t clean
+.PHONY: help install editable console kubernetes test test-fast lint crds demo bench mutate images images-l4t clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -29,12 +29,15 @@ $(CONSOLE_STAMP):
 console: $(CONSOLE_STAMP) ## Vendor the console's browser libraries from npm into frontend/vendor
 	cd frontend && node vendor.mjs
 
-install: $(DEPS_STAMP) console kubernetes ## Install the project and every extra (reuses what is installed)
-	@# The editable install points at this clone; redo it cheaply in every clone.
+install: editable console kubernetes ## Install the project and every extra (reuses what is installed)
+
+# The shared virtualenv's editable install points at whichever clone installed last (maybe one since
+# deleted): point it at this clone, cheaply, before anything here runs the `visioninapp` command.
+editable: $(DEPS_STAMP)
 	$(PIP) install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v -i warning || true
 	@$(PY) -c "import visioninapp.operator, visioninapp.trainer" || { echo "install failed" >&2; exit 1; }
 
-kubernetes: $(DEPS_STAMP) ## Build the Kubernetes control plane from source once per machine (5 min on 2 cores; Go 1.25+)
+kubernetes: editable ## Build the Kubernetes control plane from source once per machine (5 min on 2 cores; Go 1.25+)
 	$(VENV)/bin/visioninapp cluster build
 
 test: install ## Install what the tests need, start the services and run the whole suite

@@ -116,6 +116,20 @@ def test_a_role_comes_from_the_memberships_of_that_project_only(services: Any) -
     assert role_in(services, Principal("carol"), "vision") is None
 
 
+def test_member_roles_answers_for_the_projects_asked_where_the_user_is_a_member(services: Any) -> None:
+    member(services, "vision", "alice", "viewer")
+    member(services, "vision", "alice@example.com", "admin")
+    member(services, "other", "alice", "member")
+    alice = Principal("alice", email="alice@example.com", email_verified=True)
+    with services.db.session() as session:
+        assert security.member_roles(session, alice, ["vision"]) == {"vision": "admin"}
+        assert security.member_roles(session, alice, ["vision", "other", "gone"]) == {
+            "vision": "admin",
+            "other": "member",
+        }
+        assert security.member_roles(session, Principal("bob"), ["vision"]) == {}
+
+
 def test_a_verified_email_adds_its_memberships_and_the_strongest_wins(services: Any) -> None:
     member(services, "vision", "alice", "viewer")
     member(services, "vision", "alice@example.com", "member")

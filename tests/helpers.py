@@ -1,10 +1,38 @@
-"""Small test doubles around real backends (never instead of them)."""
+"""Small test helpers: waiting for a condition, and doubles around real backends (never instead of
+them)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import pytest
 
 from visioninapp.backends.events import EventBus, StreamMessage
+
+T = TypeVar("T")
+
+
+def wait_for(
+    condition: Callable[[], T],
+    timeout: float,
+    what: str,
+    explain: Callable[[], str] | None = None,
+    interval: float = 0.1,
+) -> T:
+    """Poll `condition()` until it returns something truthy, and return that; after `timeout`
+    seconds fail, naming `what` (and adding `explain()`, e.g. a component's log)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"timed out after {timeout:.0f} s waiting for {what}" + (f"\n{explain()}" if explain else "")
+            )
+        time.sleep(interval)
 
 
 class SwitchableBus(EventBus):

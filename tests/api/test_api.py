@@ -3,7 +3,6 @@ the Kubernetes API emulator); every test runs on both SQL backends."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import jwt
@@ -230,16 +229,6 @@ def test_search_finds_entities_of_your_projects_only(api: ApiEnv) -> None:
     assert [h["id"] for h in models] == [f"{mine}/helmets-v7"]
     foreign = api.client.get(f"/api/v1/search?q=helmets&project={other}", headers=api.as_user("alice"))
     assert foreign.status_code == 404
-
-
-def wait_for(check: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 def test_migrations_build_exactly_the_models_schema(api: ApiEnv) -> None:

@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.api.conftest import ApiEnv
-from tests.api.test_api import artifact, member_spec, wait_for
+from tests.api.test_api import artifact, member_spec
+from tests.helpers import wait_for
 from visioninapp.api.consumers import wait_drained
 from visioninapp.api.db import EpochMetric, LogLine, Notification
 from visioninapp.api.sync import ClusterSync
@@ -206,7 +207,7 @@ def test_live_events_over_sse_resume_from_the_last_event_id(api: ApiEnv) -> None
     uv = uvicorn.Server(config)
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
-    wait_for(lambda: uv.started)
+    wait_for(lambda: uv.started, 20, "the API server to start")
     try:
         url = f"http://127.0.0.1:{port}/api/v1/projects/{project}/events?trainingJob=run-1"
         seen = read_sse(url, api.as_user("alice"), count=2)

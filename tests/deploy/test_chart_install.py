@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ import pymysql
 import pytest
 import yaml
 
+from tests.helpers import wait_for
 from tests.services import ensure_mariadb, free_port, kube_tools
 from visioninapp.backends.rabbitmq import RabbitStreamBus
 from visioninapp.events import TrainingEvent
@@ -55,17 +55,6 @@ class Tools:
         if check and answer.returncode != 0:
             raise AssertionError(f"{tool} {' '.join(args)} failed ({answer.returncode}):\n{answer.stderr}")
         return answer.stdout + answer.stderr
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, explain: Callable[[], str]) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{explain()}")
-        time.sleep(0.2)
 
 
 def contains(stored: Any, rendered: Any, path: str = "") -> list[str]:

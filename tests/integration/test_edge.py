@@ -18,7 +18,7 @@ import uvicorn
 from onnx import TensorProto, helper
 
 from tests.conftest import ExportedModel
-from tests.helpers import SwitchableBus
+from tests.helpers import SwitchableBus, wait_for
 from tests.services import free_port, wait_for_port
 from visioninapp.backends.events import LocalEventLog
 from visioninapp.edge.inference import Detector
@@ -303,18 +303,15 @@ def test_watched_model_config_file_drives_the_swap(exported_model: ExportedModel
         _settings(tmp_path, edge_model_config=config), bus=LocalEventLog(tmp_path / "events")
     )
     runtime.start(sync_interval=0.1)
+
+    def serving(version: str) -> Any:
+        return lambda: runtime.models.ready and runtime.model_info()["serving"]["version"] == version
+
     try:
-        _wait(lambda: runtime.models.ready and runtime.model_info()["serving"]["version"] == "v1")
+        wait_for(serving("v1"), 60, "v1 to serve", interval=0.05)
         small = exported_model.onnx_small
         config.write_text(f"uri: {small.as_uri()}\nsha256: {_sha(small)}\nversion: v2\n")
         os.utime(config, (time.time() + 5, time.time() + 5))  # a new mtime even within the same second
-        _wait(lambda: runtime.models.ready and runtime.model_info()["serving"]["version"] == "v2")
+        wait_for(serving("v2"), 60, "v2 to serve", interval=0.05)
     finally:
         runtime.stop()
-
-
-def _wait(condition: Any, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)

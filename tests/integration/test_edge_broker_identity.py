@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 from uuid import uuid4
 
 import pytest
 
+from tests.helpers import wait_for
 from tests.services import RABBITMQ_MANAGEMENT_PORT, delete_streams
 from visioninapp.backends.rabbitmq import RabbitStreamBus
 from visioninapp.operator.edge_identity import broker_permissions, broker_user
@@ -71,14 +71,6 @@ def _bodies(port: int, stream: str) -> list[bytes]:
         admin.close()
 
 
-def _wait(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {seconds} s")
-        time.sleep(0.5)
-
-
 def test_a_nodes_broker_user_only_publishes_edge_events(
     broker: BrokerIssuer, streams: dict[str, str], rabbitmq_stream_port: int
 ) -> None:
@@ -111,17 +103,21 @@ def test_a_revoked_nodes_broker_user_is_cut_off_while_the_others_keep_publishing
         assert bus_a.publish(edge, "edge.a", [(1, b"a1")]) == 1
         assert bus_b.publish(edge, "edge.b", [(1, b"b1")]) == 1
         # the management API lists a fresh connection a few seconds late: wait until it does
-        _wait(
-            lambda: any(c.get("user") == user_a[0] for c in broker._call("GET", "/connections")), 30, "listed"
+        wait_for(
+            lambda: any(c.get("user") == user_a[0] for c in broker._call("GET", "/connections")),
+            30,
+            "the management API to list the connection",
+            interval=0.5,
         )
 
         removed = broker.revoke_node("jetson-a")
         assert removed == sorted([user_a[0], elsewhere[0]])  # every project's user of that node only
         # the open connection is closed, a new one fails to authenticate
-        _wait(
+        wait_for(
             lambda: not any(c.get("user") == user_a[0] for c in broker._call("GET", "/connections")),
             15,
-            "closed",
+            "the revoked user's connection to be closed",
+            interval=0.5,
         )
         _refused(lambda: bus_a.publish(edge, "edge.a", [(2, b"a2")]))  # its open connection is gone
         fresh = _bus(port, user_a)

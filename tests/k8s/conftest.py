@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests import helpers
 from visioninapp.local.cluster.cluster import Cluster
 from visioninapp.local.cluster.controlplane import ControlPlane
 
@@ -115,18 +115,19 @@ def operator_factory(tmp_path: Path) -> Iterator[Any]:
 
 
 def wait_for(predicate: Any, timeout: float, what: str, operator: OperatorProcess | None = None) -> Any:
-    """Poll until `predicate()` is truthy; on timeout (or a dead operator) fail with its log."""
-    deadline = time.monotonic() + timeout
-    while True:
+    """`tests.helpers.wait_for`, failing at once with the operator's log if the operator exits."""
+    if operator is None:
+        return helpers.wait_for(predicate, timeout, what)
+
+    def operator_alive_and_done() -> Any:
         result = predicate()
-        if result:
-            return result
-        if operator is not None and not operator.alive():
+        if not result and not operator.alive():
             pytest.fail(f"the operator exited while waiting for {what}:\n{operator.log()}")
-        if time.monotonic() > deadline:
-            extra = f"\noperator log:\n{operator.log()}" if operator else ""
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}{extra}")
-        time.sleep(0.1)
+        return result
+
+    return helpers.wait_for(
+        operator_alive_and_done, timeout, what, lambda: f"operator log:\n{operator.log()}"
+    )
 
 
 def onnx_artifact(name: str, path: Path, imgsz: int = 640) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import pytest
 
 import visioninapp.edge.inference as inference
 import visioninapp.edge.models as models
+from tests.helpers import wait_for
 from tests.unit.test_edge_units import _model, _spec
 from visioninapp.backends.storage import LocalArtifactStore
 from visioninapp.edge.inference import Detector, ModelError
@@ -236,19 +237,13 @@ def test_a_desired_model_overtaken_by_a_newer_one_is_not_loaded(tmp_path: Path) 
     def desire(spec: ModelSpec) -> None:
         results[spec.version or ""] = manager.set_desired(spec)
 
-    def wait_for(condition: Any) -> None:
-        deadline = time.monotonic() + 30
-        while not condition():
-            assert time.monotonic() < deadline
-            time.sleep(0.001)
-
     with manager._swap_lock:  # a swap in progress: both calls queue behind it
         first = threading.Thread(target=desire, args=(older,))
         first.start()
-        wait_for(lambda: manager.desired == older)
+        wait_for(lambda: manager.desired == older, 30, "the older model to be desired", interval=0.001)
         second = threading.Thread(target=desire, args=(newer,))
         second.start()
-        wait_for(lambda: manager.desired == newer)
+        wait_for(lambda: manager.desired == newer, 30, "the newer model to be desired", interval=0.001)
     first.join(30)
     second.join(30)
     assert results == {"older": False, "newer": True}

@@ -18,9 +18,10 @@ KEY = ("vision", "helmets")
 
 @pytest.mark.asyncio
 async def test_a_plan_cancelled_before_its_turn_leaves_later_events_planned() -> None:
-    turns, ran, release = Turns(), [], asyncio.Event()
+    turns, ran, started, release = Turns(), [], asyncio.Event(), asyncio.Event()
 
     async def first() -> None:
+        started.set()
         await release.wait()
         ran.append("first")
 
@@ -28,9 +29,10 @@ async def test_a_plan_cancelled_before_its_turn_leaves_later_events_planned() ->
         ran.append("later")
 
     running = asyncio.create_task(turns.run(KEY, first))
-    await asyncio.sleep(0)  # `first` holds the object's turn
+    await started.wait()  # `first` holds the object's turn
     waiting = asyncio.create_task(turns.run(KEY, later))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one turn of the loop: the task queues itself before its first await
+    assert turns.queued(KEY)
     waiting.cancel()  # e.g. shutdown, or the waiter's task torn down
     with contextlib.suppress(asyncio.CancelledError):
         await waiting

@@ -12,15 +12,20 @@ import cv2
 import numpy as np
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from pydantic import TypeAdapter, ValidationError
 
 from visioninapp.backends.events import EventBus
 from visioninapp.backends.storage import ArtifactStore
+from visioninapp.edge.cameras import Frame
 from visioninapp.edge.identity import EdgeCredentials, NodeIdentity
 from visioninapp.edge.inference import DetectionResult
-from visioninapp.edge.models import ModelManager, ModelSpec
-from visioninapp.edge.telemetry import FeedbackPolicy, FeedbackSpool, Spool, WindowStats, publish_spool
+from visioninapp.edge.models import LoadedModel, ModelManager, ModelSpec
+from visioninapp.edge.picker import HardFramePicker
+from visioninapp.edge.stream import StreamPipeline, detection_json
+from visioninapp.edge.telemetry import FeedbackSpool, Spool, WindowStats, publish_spool
 from visioninapp.factory import artifact_store_for, build_event_bus
 from visioninapp.images import decode_image
+from visioninapp.resources.edgedeployment import CameraSpec
 from visioninapp.settings import Settings
 
 __all__ = ["EdgeRuntime", "ModelGovernedError", "NoModelError"]
@@ -28,6 +33,7 @@ __all__ = ["EdgeRuntime", "ModelGovernedError", "NoModelError"]
 log = logging.getLogger(__name__)
 RETRY_SECONDS = 30.0
 LATENCY_BUCKETS_MS = (2, 5, 10, 20, 30, 50, 75, 100, 150, 250, 500, 1000, 2500)
+CAMERA_LIST = TypeAdapter(list[CameraSpec])
 
 
 class NoModelError(RuntimeError):
@@ -52,6 +58,12 @@ class _Metrics:
         self.errors = Counter("visioninapp_edge_errors", "Failed detect requests", ["reason"], registry=r)
         self.low_confidence = Counter(
             "visioninapp_edge_low_confidence", "Requests with a low top score", registry=r
+        )
+        self.hard_frames = Counter(
+            "visioninapp_edge_hard_frames",
+            "Hard-frame picker decisions on uncertain frames",
+            ["outcome"],
+            registry=r,
         )
         self.ready = Gauge("visioninapp_edge_ready", "1 while the desired model serves", registry=r)
         self.model = Gauge(
@@ -109,13 +121,21 @@ class EdgeRuntime:
             else None
         )
         self._s3: tuple[EdgeCredentials, ArtifactStore] | None = None
-        self.policy = FeedbackPolicy(
+        self.picker = HardFramePicker(
             settings.feedback_enabled,
             settings.feedback_min_score,
             settings.feedback_max_score,
             settings.feedback_sample_rate,
             settings.feedback_max_frames_per_hour,
         )
+        self.streams = StreamPipeline(
+            lambda: self.models.current,
+            settings.edge_confidence,
+            settings.edge_iou,
+            self.metrics.registry,
+            on_frame=self._stream_frame,
+        )
+        self._cameras_mtime: float | None = None
         self.bus = bus
         self._bus_user: tuple[str, str] | None = None  # the node's broker user the bus signs in as
         self._stop = threading.Event()
@@ -219,6 +239,8 @@ class EdgeRuntime:
                 log.error("event bus unavailable: %s", error)
         self.models.load_last_good()
         self._model_changed()
+        self.streams.start()
+        self._follow_cameras()
         # Separate loops: a long model download or an upload retrying against an unreachable store
         # must hold up neither the other nor the health windows, which close on time.
         loops = (
@@ -235,6 +257,7 @@ class EdgeRuntime:
         self._stop.set()
         for thread in self._threads:
             thread.join(10)
+        self.streams.stop()
         self.close_window()
         self.sync_once()
         if self.bus is not None:
@@ -247,6 +270,7 @@ class EdgeRuntime:
             if desired is not None and self._should_try(desired):
                 self._last_try = time.monotonic()
                 self.models.set_desired(desired)
+            self._follow_cameras()
             self._stop.wait(interval)
 
     def _close_windows(self, interval: float) -> None:
@@ -259,6 +283,28 @@ class EdgeRuntime:
         while not self._stop.is_set():
             self.sync_once()
             self._stop.wait(interval)
+
+    def _follow_cameras(self) -> None:
+        """Run the cameras of this node's file in the cameras directory; follow its changes (a
+        ConfigMap volume is updated in place). A file that does not validate changes nothing."""
+        directory = self.settings.edge_cameras_dir
+        if directory is None:
+            return
+        path = directory / self.settings.node_name
+        try:
+            mtime: float | None = path.stat().st_mtime
+        except FileNotFoundError:
+            mtime = None  # no camera on this node (any more)
+        if mtime == self._cameras_mtime:
+            return
+        try:
+            cameras = CAMERA_LIST.validate_json(path.read_bytes()) if mtime is not None else []
+        except (OSError, ValidationError) as error:
+            log.error("cameras file %s unusable, cameras unchanged: %s", path, error)
+        else:
+            log.info("cameras: %s", ", ".join(c.name for c in cameras) or "none")
+            self.streams.configure(cameras)
+        self._cameras_mtime = mtime
 
     def _should_try(self, desired: ModelSpec) -> bool:
         """A new desired model now; an unavailable one (network) every 30 s; a rejected one never."""
@@ -280,6 +326,7 @@ class EdgeRuntime:
             provider=current.detector.provider if current else None,
             ready=self.models.ready,
             reason=self.models.not_ready_reason,
+            cameras=self.streams.close_window(),
         )
         self.events.add(event.to_bytes())
 
@@ -332,19 +379,48 @@ class EdgeRuntime:
             raise
         elapsed_ms = (time.perf_counter() - started) * 1e3
         response = self._response(loaded.spec, loaded.detector.provider, result, elapsed_ms)
-        low = self.policy.is_low_confidence(result.top_score)
+        low = bool(self.picker.uncertain(result.detections))
         self.metrics.latency.observe(elapsed_ms)
         if low:
             self.metrics.low_confidence.inc()
         self.window.record(elapsed_ms, False, [d.class_name for d in result.detections], low)
-        if self.policy.keep(result.top_score):
-            self.feedback.add(self._jpeg(image, data), response["detections"], loaded.spec.label)
+        self._offer_hard_frame(image, loaded, result, None, data)
         return response
 
+    def _stream_frame(self, frame: Frame, loaded: LoadedModel, result: DetectionResult) -> None:
+        self._offer_hard_frame(frame.image, loaded, result, frame.camera, None)
+
+    def _offer_hard_frame(
+        self,
+        image: np.ndarray,
+        loaded: LoadedModel,
+        result: DetectionResult,
+        camera: str | None,
+        original: bytes | None,
+    ) -> None:
+        """Spool the frame when the picker keeps it, with the model and template that saw it."""
+        outcome = self.picker.pick(image, result.detections)
+        if outcome in ("disabled", "certain"):
+            return
+        self.metrics.hard_frames.labels(outcome).inc()
+        if outcome != "kept":
+            return
+        provenance: dict[str, object] = {
+            "model": loaded.spec.label,
+            "sha256": loaded.spec.sha256,
+            "revision": self.settings.revision,
+            **({"camera": camera} if camera else {}),
+        }
+        self.feedback.add(self._jpeg(image, original), detection_json(result.detections), provenance)
+
     @staticmethod
-    def _jpeg(image: np.ndarray, data: bytes) -> bytes:
+    def _jpeg(image: np.ndarray, original: bytes | None) -> bytes:
         ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 92])
-        return encoded.tobytes() if ok else data
+        if ok:
+            return bytes(encoded.tobytes())
+        if original is None:
+            raise ValueError("a camera frame could not be encoded as JPEG")
+        return original
 
     @staticmethod
     def _response(
@@ -358,15 +434,7 @@ class EdgeRuntime:
                 "provider": provider,
             },
             "image": {"width": result.width, "height": result.height},
-            "detections": [
-                {
-                    "box": [round(v, 2) for v in d.box],
-                    "score": round(d.score, 5),
-                    "classId": d.class_id,
-                    "className": d.class_name,
-                }
-                for d in result.detections
-            ],
+            "detections": detection_json(result.detections),
             "timingsMs": {
                 **{k: round(v, 3) for k, v in result.timings_ms.items()},
                 "total": round(elapsed_ms, 3),

@@ -1,7 +1,9 @@
 """HTTP API of the edge runtime (`visioninapp-edge`).
 
 `POST /v1/detect`, `GET /v1/model`, `PUT /v1/admin/model`, `GET /healthz`, `GET /readyz` (200 only
-while the desired model serves; 503 with the reason otherwise), `GET /metrics` (Prometheus).
+while the desired model serves; 503 with the reason otherwise), `GET /metrics` (Prometheus),
+`GET /v1/cameras` (each camera's state and totals) and `GET /v1/cameras/{name}/detections` (the
+camera's detections live, as server-sent events: one `data:` JSON object per processed frame).
 
 Every error has the project's one error body, `{"error": {status, code, message, details,
 requestId}}` (`visioninapp.web.errors`: FastAPI and pydantic only, which the edge image has). Request
@@ -13,7 +15,9 @@ answered 413 before any pixel is decoded (`visioninapp.images`).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hmac
+import json
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -22,7 +26,7 @@ from typing import Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import generate_latest
 from pydantic import BaseModel, Field
 
@@ -37,6 +41,7 @@ from visioninapp.web.middleware import BodyLimitMiddleware, RequestIdMiddleware
 __all__ = ["MAX_UPLOAD_BYTES", "create_app", "main"]
 
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
+KEEPALIVE_SECONDS = 15.0  # an SSE comment line so that proxies keep an idle stream open
 log = logging.getLogger(__name__)
 
 
@@ -64,6 +69,7 @@ def create_app(runtime: EdgeRuntime, start: bool = True, max_upload_bytes: int =
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer, a 413 included, has the id
     _add_detect_route(app, runtime, max_upload_bytes)
     _add_status_routes(app, runtime)
+    _add_camera_routes(app, runtime)
     _add_admin_route(app, runtime)
     return app
 
@@ -131,6 +137,43 @@ def _add_status_routes(app: FastAPI, runtime: EdgeRuntime) -> None:
     @app.get("/v1/model", summary="The model serving, the desired one and why they differ")
     async def model() -> dict[str, Any]:
         return runtime.model_info()
+
+
+def _add_camera_routes(app: FastAPI, runtime: EdgeRuntime) -> None:
+    @app.get("/v1/cameras", summary="Each camera of this node: state, last error and totals")
+    async def cameras() -> dict[str, Any]:
+        return {"cameras": runtime.streams.states()}
+
+    @app.get(
+        "/v1/cameras/{name}/detections",
+        summary="A camera's detections live (server-sent events)",
+        description="One `data:` line per processed frame: `{camera, seq, time, latencyMs, model, image, "
+        "detections}`. A consumer that reads slower than the camera loses the oldest results, never "
+        "delays the pipeline. 404: no such camera on this node.",
+        response_class=StreamingResponse,
+    )
+    async def detections(name: str, request: Request) -> StreamingResponse:
+        if name not in runtime.streams.cameras:
+            known = ", ".join(runtime.streams.cameras) or "none"
+            raise ApiError(404, f"no camera {name!r} on this node (cameras: {known})")
+        subscriber = runtime.streams.broadcaster.subscribe(name)
+
+        async def events() -> AsyncIterator[str]:
+            try:
+                yield ": connected\n\n"
+                while not await request.is_disconnected():
+                    try:
+                        message = await asyncio.wait_for(subscriber.get(), KEEPALIVE_SECONDS)
+                    except TimeoutError:
+                        yield ": keepalive\n\n"
+                        continue
+                    yield f"data: {json.dumps(message, separators=(',', ':'))}\n\n"
+            finally:
+                runtime.streams.broadcaster.unsubscribe(name, subscriber)
+
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
 
 
 def _check_admin(runtime: EdgeRuntime, request: Request) -> None:

@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import secrets
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,7 +26,7 @@ from visioninapp.backends.storage import ArtifactStore, join_uri
 from visioninapp.events import EdgeEvent
 from visioninapp.feedback import feedback_prefix
 
-__all__ = ["FeedbackPolicy", "FeedbackSpool", "Spool", "WindowStats"]
+__all__ = ["FeedbackSpool", "Spool", "WindowStats"]
 
 log = logging.getLogger(__name__)
 MAX_SPOOLED = 100_000
@@ -133,36 +130,6 @@ def publish_spool(spool: Spool, bus: EventBus, stream: str, producer: str, batch
     return sent
 
 
-@dataclass
-class FeedbackPolicy:
-    """Which frames to keep: top score in [min_score, max_score], sampled, within an hourly budget."""
-
-    enabled: bool
-    min_score: float
-    max_score: float
-    sample_rate: float
-    max_frames_per_hour: int
-    clock: Callable[[], float] = time.monotonic
-    rng: random.Random = field(default_factory=random.Random)
-
-    def __post_init__(self) -> None:
-        self._hour_start = self.clock()
-        self._kept = 0
-
-    def is_low_confidence(self, top_score: float) -> bool:
-        return self.min_score <= top_score <= self.max_score
-
-    def keep(self, top_score: float) -> bool:
-        if not (self.enabled and self.is_low_confidence(top_score)):
-            return False
-        if self.clock() - self._hour_start >= 3600:
-            self._hour_start, self._kept = self.clock(), 0
-        if self._kept >= self.max_frames_per_hour or self.rng.random() >= self.sample_rate:
-            return False
-        self._kept += 1
-        return True
-
-
 class FeedbackSpool:
     """Hard frames waiting for upload (image + detections JSON) to this node's own prefix."""
 
@@ -183,8 +150,10 @@ class FeedbackSpool:
         partial.replace(path)
         return value
 
-    def add(self, image: bytes, detections: list[dict[str, object]], model: str | None) -> None:
-        record = {"time": datetime.now(UTC).isoformat(), "model": model, "detections": detections}
+    def add(self, image: bytes, detections: list[dict[str, object]], provenance: dict[str, object]) -> None:
+        """Spool a frame with the detections that made it hard and where it came from: the model
+        (`model`, `sha256`), the pod template `revision`, the `camera` (absent for /v1/detect)."""
+        record = {"time": datetime.now(UTC).isoformat(), **provenance, "detections": detections}
         self.spool.add(json.dumps(record).encode(), {".jpg": image})
 
     def object_uri(self, stem: str, suffix: str) -> str:

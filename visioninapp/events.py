@@ -15,7 +15,7 @@ from pydantic.alias_generators import to_camel
 from visioninapp.resources.modelartifact import ArtifactFormat
 from visioninapp.resources.trainingjob import TrainingMetrics
 
-__all__ = ["TERMINATION_MESSAGE_LIMIT", "EdgeEvent", "TrainerResult", "TrainingEvent"]
+__all__ = ["TERMINATION_MESSAGE_LIMIT", "CameraState", "CameraWindow", "EdgeEvent", "TrainerResult", "TrainingEvent"]
 
 TERMINATION_MESSAGE_LIMIT = 4096  # bytes Kubernetes keeps of a container's termination message
 
@@ -73,6 +73,25 @@ class TrainingEvent(_Event):
         )
 
 
+CameraState = Literal["connecting", "streaming", "reconnecting", "failed", "stopped"]
+
+
+class CameraWindow(_Event):
+    """One camera of an edge runtime over an EdgeEvent's window (counters are the window's own)."""
+
+    name: str = Field(description="Camera name from the EdgeDeployment.")
+    state: CameraState = Field(description="State at the end of the window.")
+    target_fps: float = Field(ge=0, description="Frames per second the camera should be processed at.")
+    fps: float = Field(0, ge=0, description="Frames processed per second over the window.")
+    frames_read: int = Field(0, ge=0, description="Frames read from the source.")
+    frames_processed: int = Field(0, ge=0, description="Frames whose detections were published.")
+    frames_dropped: int = Field(0, ge=0, description="Frames replaced by a newer one before inference.")
+    p50_ms: float | None = Field(None, ge=0, description="Median latency frame read → published, ms.")
+    p99_ms: float | None = Field(None, ge=0, description="99th percentile latency, ms.")
+    reconnects: int = Field(0, ge=0, description="Reconnections to the source.")
+    error: str | None = Field(None, max_length=1024, description="Last error opening or reading the source.")
+
+
 class EdgeEvent(_Event):
     """A health and detection summary of one edge runtime over a time window."""
 
@@ -89,10 +108,11 @@ class EdgeEvent(_Event):
     p50_ms: float | None = Field(None, ge=0, description="Median latency, ms.")
     p95_ms: float | None = Field(None, ge=0, description="95th percentile latency, ms.")
     detections_per_class: dict[str, int] = Field(default_factory=dict, description="Detections by class.")
-    low_confidence: int = Field(0, ge=0, description="Requests whose top score was in the feedback range.")
+    low_confidence: int = Field(0, ge=0, description="Requests with a detection scored in the feedback range.")
     provider: str | None = Field(None, description="onnxruntime execution provider in use.")
     ready: bool = Field(True, description="Whether the desired model was being served.")
     reason: str | None = Field(None, description="Why the desired model is not served, if not.")
+    cameras: list[CameraWindow] = Field(default_factory=list, description="Per-camera numbers.")
 
     @property
     def error_rate(self) -> float:

@@ -130,6 +130,11 @@ class Settings(BaseSettings):
         description="Spools of unsent events and frames (a hostPath per node and deployment, so a "
         "replaced pod's successor sends them); data_dir/edge-state when empty.",
     )
+    edge_cameras_dir: Path | None = Field(
+        None,
+        description="Directory of per-node camera lists (the EdgeDeployment's cameras ConfigMap): the "
+        "runtime reads the file named after its node and follows its changes.",
+    )
     edge_port: int = Field(8080, description="HTTP port of the edge runtime.")
     edge_confidence: float = Field(0.25, description="Default confidence threshold.")
     edge_iou: float = Field(0.45, description="Default NMS IoU threshold.")

@@ -103,7 +103,7 @@ def _spool(tmp_path: Path, namespace: str, deployment: str, node: str, frames: i
     directory = tmp_path / f"{namespace}.{deployment}.{node}"
     spool = FeedbackSpool(directory, FEEDBACK, namespace, deployment, node)
     for index in range(frames):
-        spool.add(b"\xff\xd8jpeg" + bytes([index]), [{"score": 0.3, "className": "box"}], "v1")
+        spool.add(b"\xff\xd8jpeg" + bytes([index]), [{"score": 0.3, "className": "box"}], {"model": "v1"})
     return spool
 
 

@@ -19,7 +19,7 @@ from visioninapp.backends.storage import LocalArtifactStore
 from visioninapp.edge.inference import Detector, choose_providers, letterbox, nms
 from visioninapp.edge.models import ModelManager, ModelSpec
 from visioninapp.edge.runtime import EdgeRuntime, ModelGovernedError
-from visioninapp.edge.telemetry import FeedbackPolicy, Spool, WindowStats, publish_spool
+from visioninapp.edge.telemetry import Spool, WindowStats, publish_spool
 from visioninapp.events import EdgeEvent
 from visioninapp.images import ImageError, decode_image
 from visioninapp.settings import Settings
@@ -153,21 +153,6 @@ def test_end_to_end_head_needs_no_nms_and_is_rescaled() -> None:
     )
     assert len(detections) == 1 and detections[0].class_name == "b"
     assert detections[0].box == (16.0, 32.0, 56.0, 72.0)
-
-
-def test_feedback_policy_range_sampling_and_hourly_budget() -> None:
-    now = [0.0]
-    import random
-
-    policy = FeedbackPolicy(True, 0.2, 0.5, 1.0, 3, clock=lambda: now[0], rng=random.Random(1))
-    assert not policy.keep(0.9) and not policy.keep(0.1)
-    assert [policy.keep(0.3) for _ in range(5)] == [True, True, True, False, False]
-    now[0] = 3600
-    assert policy.keep(0.3)
-    sampled = FeedbackPolicy(True, 0.0, 1.0, 0.25, 10_000, rng=random.Random(2))
-    kept = sum(sampled.keep(0.5) for _ in range(2000))
-    assert 400 < kept < 600
-    assert not FeedbackPolicy(False, 0.0, 1.0, 1.0, 10).keep(0.5)
 
 
 def test_spool_numbers_survive_restarts_and_publishing_is_idempotent(tmp_path: Path) -> None:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
 from PIL import Image, ImageDraw
 
-__all__ = ["CLASS_NAMES", "generate_dataset", "generate_image"]
+__all__ = ["CLASS_NAMES", "generate_dataset", "generate_image", "moving_shapes"]
 
 CLASS_NAMES = ("circle", "square", "triangle", "cross")
 MIN_VISIBLE_FRACTION = 0.5
@@ -166,3 +167,58 @@ def generate_dataset(
         )
     )
     return data_yaml
+
+
+@dataclass
+class _Glider:
+    class_id: int
+    r: float
+    cx: float
+    cy: float
+    vx: float
+    angle: float
+    colour: tuple[int, int, int]
+
+
+def moving_shapes(
+    seed: int, size: int, frames: int, objects: int = 3, radius: tuple[float, float] = (0.09, 0.14)
+) -> tuple[list[np.ndarray], list[list[tuple[int, float, float, float, float]]]]:
+    """A video of shapes gliding over one background, bouncing off its edges, for camera tests: the
+    frames (BGR, as a camera gives them) and each frame's ground truth `(class, x0, y0, x1, y1)` in
+    pixels. Each shape keeps to its own horizontal lane, so none hides another."""
+    rng = np.random.default_rng(seed)
+    background = _background(rng, size)
+    gliders = []
+    for index in range(objects):
+        r = float(rng.uniform(*radius) * size)
+        gliders.append(
+            _Glider(
+                class_id=index % len(CLASS_NAMES),
+                r=r,
+                cx=float(rng.uniform(r, size - r)),
+                cy=(index + 0.5) / objects * size,
+                vx=float(rng.choice([-1, 1]) * rng.uniform(0.01, 0.025) * size),
+                angle=float(rng.uniform(0, 2 * math.pi)),
+                colour=(int(rng.integers(0, 256)), int(rng.integers(0, 256)), int(rng.integers(0, 256))),
+            )
+        )
+    images, truths = [], []
+    for _ in range(frames):
+        image = Image.fromarray(background)
+        draw = ImageDraw.Draw(image)
+        truth = []
+        for g in gliders:
+            kind = CLASS_NAMES[g.class_id]
+            mask_image = Image.new("L", (size, size), 0)
+            _draw_shape(ImageDraw.Draw(mask_image), kind, g.cx, g.cy, g.r, g.angle, 255)
+            ys, xs = np.nonzero(np.asarray(mask_image))
+            _draw_shape(draw, kind, g.cx, g.cy, g.r, g.angle, g.colour)
+            truth.append(
+                (g.class_id, float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+            )
+            g.cx += g.vx
+            if not g.r <= g.cx <= size - g.r:  # bounce off the edge
+                g.vx, g.cx = -g.vx, min(max(g.cx, g.r), size - g.r)
+        images.append(np.ascontiguousarray(np.asarray(image)[:, :, ::-1]))
+        truths.append(truth)
+    return images, truths

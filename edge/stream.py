@@ -119,6 +119,12 @@ class _Metrics(Collector):
             buckets=STREAM_LATENCY_BUCKETS_MS,
             registry=registry,
         )
+        self.inference = Histogram(
+            "visioninapp_edge_stream_inference_ms",
+            "One inference run (a batch) of the camera pipeline (ms)",
+            buckets=STREAM_LATENCY_BUCKETS_MS,
+            registry=registry,
+        )
         self.batch = Histogram(
             "visioninapp_edge_stream_batch_size",
             "Frames per inference run",
@@ -171,6 +177,11 @@ class _Job:
 FrameHook = Callable[[Frame, LoadedModel, DetectionResult], None]
 
 
+def _source(spec: CameraSpec) -> dict[str, Any]:
+    """What a reader reads: which nodes read it is not its business (a new node list restarts none)."""
+    return spec.model_dump(exclude={"nodes", "node_selector"})
+
+
 class StreamPipeline:
     """Cameras in, detections out. `configure` (re)starts readers; `start`/`stop` the workers."""
 
@@ -201,7 +212,7 @@ class StreamPipeline:
         """Run exactly these cameras: new ones start, removed ones stop, changed ones restart."""
         wanted = {spec.name: spec for spec in specs}
         for name, stats in list(self._cameras.items()):
-            if wanted.get(name) != stats.spec:
+            if name not in wanted or _source(wanted[name]) != _source(stats.spec):
                 stats.reader.stop()
                 with self._lock, self._ready:
                     del self._cameras[name], self._slots[name]
@@ -270,7 +281,10 @@ class StreamPipeline:
             prepared = [detector.preprocess(f.image) for f in chunk]
             tensor = prepared[0][0] if len(prepared) == 1 else np.concatenate([p[0] for p in prepared])
             self.metrics.batch.observe(len(chunk))
-            yield _Job(chunk, model, detector.run(tensor), [(p[1], p[2]) for p in prepared])
+            started = time.perf_counter()
+            output = detector.run(tensor)
+            self.metrics.inference.observe((time.perf_counter() - started) * 1e3)
+            yield _Job(chunk, model, output, [(p[1], p[2]) for p in prepared])
 
     def _post_loop(self) -> None:
         while (job := self._post.get()) is not None:

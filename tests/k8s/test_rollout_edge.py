@@ -135,3 +135,88 @@ def test_real_runtimes_reject_a_corrupt_model_and_the_fleet_rolls_back(
     )
     for pod in pods():
         assert detect(pod)["model"]["version"] == "good"
+
+
+def test_real_runtimes_read_the_cameras_their_deployment_gives_their_node(
+    cluster: Cluster,
+    operator_factory: Any,
+    exported_model: ExportedModel,
+    rabbitmq_stream_port: int,
+    tmp_path: Path,
+) -> None:
+    """The operator's per-node camera ConfigMap, mounted into the real runtime's pod: the node the
+    camera selects streams detections from it; the other node reads no camera."""
+    import cv2
+
+    from visioninapp.local.synth import moving_shapes
+
+    cluster.set_script(None)  # pods run `visioninapp-edge`
+    for index, site in enumerate("ab"):
+        cluster.add_node(f"jetson-{index}", labels={"visioninapp.io/edge": "true", "example.com/site": site})
+    video = tmp_path / "yard.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"MJPG"), 15, (96, 96))
+    for frame in moving_shapes(5, 96, 30)[0]:
+        writer.write(frame)
+    writer.release()
+    cluster.create(
+        GROUP, "modelartifacts", cluster.namespace, onnx_artifact("good", exported_model.onnx, imgsz=96)
+    )
+    operator = operator_factory(
+        cluster,
+        VISIONINAPP_RABBITMQ_HOST="127.0.0.1",
+        VISIONINAPP_EDGE_STREAM=f"edge-events-{uuid.uuid4().hex[:8]}",
+        VISIONINAPP_OPERATOR_EDGE_CACHE_PATH=str(tmp_path / "node-cache"),
+        VISIONINAPP_OPERATOR_EDGE_ENV=json.dumps({"VISIONINAPP_EDGE_SUMMARY_INTERVAL_SECONDS": "1"}),
+        VISIONINAPP_OPERATOR_ROLLOUT_RESYNC_SECONDS="0.5",
+    )
+    camera = {
+        "name": "yard",
+        "file": str(video),
+        "loop": True,
+        "targetFps": 5,
+        "nodeSelector": {"example.com/site": "a"},
+    }
+    cluster.create(
+        GROUP,
+        "edgedeployments",
+        cluster.namespace,
+        {
+            "apiVersion": "visioninapp.io/v1alpha1",
+            "kind": "EdgeDeployment",
+            "metadata": {"name": "yard"},
+            "spec": {
+                "modelRef": "good",
+                "cameras": [camera],
+                "strategy": {"canary": {"steps": [100]}, "healthGate": {"minReadySeconds": 1}},
+            },
+        },
+    )
+
+    def ready_pods() -> dict[str, dict[str, Any]]:
+        found = cluster.list("", "pods", cluster.namespace, "visioninapp.io/edge-deployment=yard")
+        return {
+            p["spec"]["nodeName"]: p
+            for p in found
+            if p.get("status", {}).get("podIP") and not p["metadata"].get("deletionTimestamp")
+        }
+
+    def cameras(node: str) -> list[dict[str, Any]]:
+        ip = ready_pods()[node]["status"]["podIP"]
+        return list(requests.get(f"http://{ip}:8080/v1/cameras", timeout=10).json()["cameras"])
+
+    def status() -> dict[str, Any]:
+        return (cluster.get(GROUP, "edgedeployments", cluster.namespace, "yard") or {}).get("status") or {}
+
+    wait_for(
+        lambda: status().get("readyNodes") == 2 and len(ready_pods()) == 2, 120, "2 ready runtimes", operator
+    )
+    wait_for(
+        lambda: [c["state"] for c in cameras("jetson-0")] == ["streaming"], 120, "yard streaming", operator
+    )
+    ip = ready_pods()["jetson-0"]["status"]["podIP"]
+    with requests.get(f"http://{ip}:8080/v1/cameras/yard/detections", stream=True, timeout=60) as live:
+        lines = (line for line in live.iter_lines(decode_unicode=True) if line.startswith("data: "))
+        results = [json.loads(next(lines)[6:]) for _ in range(3)]
+    assert all(r["camera"] == "yard" and r["model"]["version"] == "good" for r in results)
+    assert sum(len(r["detections"]) for r in results) > 0
+    assert cameras("jetson-1") == []

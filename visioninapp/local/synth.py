@@ -181,25 +181,39 @@ class _Glider:
 
 
 def moving_shapes(
-    seed: int, size: int, frames: int, objects: int = 3, radius: tuple[float, float] = (0.09, 0.14)
+    seed: int,
+    size: int,
+    frames: int,
+    objects: int = 3,
+    radius: tuple[float, float] = (0.09, 0.14),
+    min_contrast: float = 0.0,
+    rotate: bool = True,
 ) -> tuple[list[np.ndarray], list[list[tuple[int, float, float, float, float]]]]:
     """A video of shapes gliding over one background, bouncing off its edges, for camera tests: the
     frames (BGR, as a camera gives them) and each frame's ground truth `(class, x0, y0, x1, y1)` in
-    pixels. Each shape keeps to its own horizontal lane, so none hides another."""
+    pixels. Each shape keeps to its own horizontal lane, so none hides another; `radius`,
+    `min_contrast` and `rotate` as in `generate_image` (pass a model's training style)."""
     rng = np.random.default_rng(seed)
     background = _background(rng, size)
     gliders = []
     for index in range(objects):
         r = float(rng.uniform(*radius) * size)
+        cy = (index + 0.5) / objects * size
+        lane = background[int(cy), :: max(1, size // 8)].astype(float)  # what the shape glides over
+        colour = rng.integers(0, 256, 3)
+        for _ in range(200):
+            if np.abs(colour - lane).mean(axis=1).min() >= min_contrast:
+                break
+            colour = rng.integers(0, 256, 3)
         gliders.append(
             _Glider(
-                class_id=index % len(CLASS_NAMES),
+                class_id=int(rng.integers(0, len(CLASS_NAMES))),
                 r=r,
                 cx=float(rng.uniform(r, size - r)),
-                cy=(index + 0.5) / objects * size,
+                cy=cy,
                 vx=float(rng.choice([-1, 1]) * rng.uniform(0.01, 0.025) * size),
-                angle=float(rng.uniform(0, 2 * math.pi)),
-                colour=(int(rng.integers(0, 256)), int(rng.integers(0, 256)), int(rng.integers(0, 256))),
+                angle=float(rng.uniform(0, 2 * math.pi)) if rotate else 0.0,
+                colour=(int(colour[0]), int(colour[1]), int(colour[2])),
             )
         )
     images, truths = [], []

@@ -1,11 +1,14 @@
 """YOLO inference with onnxruntime and NumPy: letterbox, run, decode, class-aware NMS, rescale.
 
 No torch. Pre-processing mirrors ultralytics' LetterBox (OpenCV INTER_LINEAR, grey 114 padding,
-centred) so boxes match `YOLO(model.onnx).predict` on the same image. Three output heads are
+centred) so boxes match `YOLO(model.onnx).predict` on the same image. Four output heads are
 decoded, chosen from the model's metadata and output shape:
 - `v8`: ultralytics YOLOv8/11/12 (`[1, 4 + nc, anchors]`, class scores, no objectness);
 - `v5`: classic YOLOv5 exports (`[1, anchors, 5 + nc]`, objectness times class score);
-- `end2end`: NMS-free heads (YOLOv10/26, `[1, max_det, 6]` of x1 y1 x2 y2 score class).
+- `end2end`: NMS-free heads (YOLOv10/26, `[1, max_det, 6]` of x1 y1 x2 y2 score class);
+- `yolox`: YOLOX (metadata `family: yolox`, written by the trainer): `[1, anchors, 5 + nc]` like `v5`,
+  with the grid/stride box decoding done here when the graph does not (`decoded: false`), and
+  YOLOX's own pre-processing (`yolox_resize`: BGR, 0..255, top-left, grey 114).
 """
 
 from __future__ import annotations
@@ -30,11 +33,12 @@ __all__ = [
     "choose_providers",
     "letterbox",
     "nms",
+    "yolox_resize",
 ]
 
 log = logging.getLogger(__name__)
 
-Head = Literal["v8", "v5", "end2end"]
+Head = Literal["v8", "v5", "end2end", "yolox"]
 MAX_WH = 7680  # class offset for batched NMS, as ultralytics uses
 MAX_NMS_CANDIDATES = 30000
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -81,6 +85,37 @@ def letterbox(
     left, right = round(dw - 0.1), round(dw + 0.1)
     padded = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(114, 114, 114))
     return padded, (new_w / w0, new_h / h0), (left, top)
+
+
+def yolox_resize(
+    image: np.ndarray, size: tuple[int, int]
+) -> tuple[np.ndarray, tuple[float, float], tuple[int, int]]:
+    """YOLOX's `preproc`: resize by one ratio (sizes truncated) into the top-left corner of a grey
+    (114) canvas. Boxes map back by that ratio alone, as YOLOX's own postprocessing does."""
+    h0, w0 = image.shape[:2]
+    r = min(size[0] / h0, size[1] / w0)
+    new_w, new_h = int(w0 * r), int(h0 * r)
+    padded = np.full((size[0], size[1], 3), 114, dtype=np.uint8)
+    padded[:new_h, :new_w] = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    return padded, (r, r), (0, 0)
+
+
+def decode_yolox(prediction: np.ndarray, imgsz: tuple[int, int], strides: list[int]) -> np.ndarray:
+    """YOLOX's `decode_outputs`: raw `[anchors, 5 + nc]` → centre x/y and w/h in input pixels."""
+    grids, scales = [], []
+    for stride in strides:
+        h, w = imgsz[0] // stride, imgsz[1] // stride
+        ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+        grids.append(np.stack((xs, ys), 2).reshape(-1, 2))
+        scales.append(np.full((h * w, 1), stride))
+    grid = np.concatenate(grids).astype(np.float32)
+    stride_column = np.concatenate(scales).astype(np.float32)
+    if len(grid) != len(prediction):
+        raise ModelError(f"YOLOX head has {len(prediction)} anchors, strides {strides} give {len(grid)}")
+    decoded = prediction.copy()
+    decoded[:, :2] = (prediction[:, :2] + grid) * stride_column
+    decoded[:, 2:4] = np.exp(prediction[:, 2:4]) * stride_column
+    return decoded
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
@@ -180,6 +215,9 @@ class Detector:
         self.input_dtype: type[np.floating[Any]] = np.float16 if "float16" in inputs[0].type else np.float32
         output_shape = self.session.get_outputs()[0].shape
         self.head: Head = head or self._guess_head(meta, output_shape)
+        # YOLOX: whether the graph decodes boxes, and the strides to decode by when it does not.
+        self.decoded = meta.get("decoded", "true").lower() == "true"
+        self.strides: list[int] = [int(s) for s in ast.literal_eval(meta.get("strides", "[8, 16, 32]"))]
         classes = self._class_count(output_shape)
         self.class_names = class_names or _parse_names(meta.get("names"), classes)
         self.metadata = meta
@@ -187,6 +225,8 @@ class Detector:
     def _guess_head(self, meta: dict[str, str], shape: list[Any]) -> Head:
         if meta.get("end2end", "").lower() == "true":
             return "end2end"
+        if meta.get("family") == "yolox":
+            return "yolox"
         if len(shape) != 3:
             raise ModelError(f"not a YOLO detector: output shape {shape}")
         rows, cols = shape[1], shape[2]
@@ -197,11 +237,15 @@ class Detector:
     def _class_count(self, shape: list[Any]) -> int:
         if self.head == "v8" and isinstance(shape[1], int):
             return shape[1] - 4
-        if self.head == "v5" and isinstance(shape[2], int):
+        if self.head in ("v5", "yolox") and isinstance(shape[2], int):
             return shape[2] - 5
         return 0
 
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, tuple[float, float], tuple[int, int]]:
+        if self.head == "yolox":  # YOLOX trains on BGR 0..255 (cv2.imread, no normalisation)
+            padded, gain, pad = yolox_resize(image, self.imgsz)
+            chw = padded.transpose(2, 0, 1)[None]
+            return np.ascontiguousarray(chw, dtype=self.input_dtype), gain, pad
         padded, gain, pad = letterbox(image, self.imgsz)
         nchw = padded[:, :, ::-1].transpose(2, 0, 1)[None]  # BGR HWC -> RGB NCHW
         tensor: npt.NDArray[np.floating[Any]] = np.ascontiguousarray(nchw, dtype=self.input_dtype)
@@ -231,6 +275,8 @@ class Detector:
                 prediction = prediction.T  # anchors x (4 + nc)
                 class_scores = prediction[:, 4:]
             else:
+                if self.head == "yolox" and not self.decoded:
+                    prediction = decode_yolox(prediction, self.imgsz, self.strides)
                 class_scores = prediction[:, 5:] * prediction[:, 4:5]
             if multi_label:  # every (anchor, class) above the threshold, as validators count them
                 anchors, classes = np.nonzero(class_scores > conf)
@@ -246,7 +292,10 @@ class Detector:
             boxes = np.empty_like(xywh)
             boxes[:, :2] = xywh[:, :2] - xywh[:, 2:] / 2
             boxes[:, 2:] = xywh[:, :2] + xywh[:, 2:] / 2
-            kept = nms(boxes + classes[:, None] * MAX_WH, scores, iou)[:max_det]
+            # Class-aware NMS by shifting each class apart: by ultralytics' fixed 7680, or for YOLOX as
+            # torchvision's batched_nms does (by the largest coordinate + 1), so boxes of any size match.
+            offset = MAX_WH if self.head != "yolox" or not len(boxes) else float(boxes.max()) + 1.0
+            kept = nms(boxes + classes[:, None] * offset, scores, iou)[:max_det]
             boxes, scores, classes = boxes[kept], scores[kept], classes[kept]
         boxes = boxes.copy()
         boxes[:, [0, 2]] = ((boxes[:, [0, 2]] - pad[0]) / gain[0]).clip(0, shape[1])

@@ -15,16 +15,21 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from visioninapp.backends.storage import ArtifactStore, ObjectNotFound, StoredObject, join_uri
+from visioninapp.cel import evaluate_rule
 from visioninapp.datasets import fetch_dataset, validate_dataset
 from visioninapp.events import TrainerResult, TrainingEvent
+from visioninapp.families import Family, family_of
 from visioninapp.resources.modelartifact import ArtifactFormat
 from visioninapp.resources.trainingjob import Hyperparameters, TrainingMetrics
 from visioninapp.trainer.config import TrainerConfig
 from visioninapp.trainer.offline import prepare_offline_ultralytics
 from visioninapp.trainer.publisher import EventPublisher
+
+if TYPE_CHECKING:  # torch and yolox load only when a YOLOX run needs them
+    from visioninapp.trainer.yolox_train import EpochResult
 
 __all__ = ["Checkpoint", "TrainerError", "run_training", "ultralytics_train_args"]
 
@@ -150,14 +155,6 @@ class _Callbacks:
         self.published_epoch = epoch
         losses = _losses(trainer)
         metrics = _metrics_from(trainer.metrics or {}, losses)
-        gpu_memory = None
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                gpu_memory = round(torch.cuda.max_memory_reserved() / 1e9, 3)
-        except ImportError:  # pragma: no cover - torch is always there with ultralytics
-            pass
         self.publisher.epoch(
             TrainingEvent(
                 type="epoch",
@@ -173,7 +170,7 @@ class _Callbacks:
                 recall=metrics.recall,
                 lr=float(next(iter(trainer.lr.values()))) if trainer.lr else None,
                 images_per_second=self.images_per_second,
-                gpu_memory_gb=gpu_memory,
+                gpu_memory_gb=_gpu_memory_gb(),
             )
         )
 
@@ -268,13 +265,14 @@ class _FinishedTrainer(Protocol):
 
 def _train(
     config: TrainerConfig,
-    store: ArtifactStore,
+    base: Path | None,
     publisher: EventPublisher,
     checkpoint: Checkpoint,
     marker: dict[str, Any] | None,
     work: Path,
 ) -> tuple[Path, TrainingMetrics, int, int]:
-    """Train (resuming from `marker` if given); returns best weights, final metrics, epochs, imgsz."""
+    """Train with ultralytics (resuming from `marker` if given); returns best weights, final
+    metrics, epochs, imgsz."""
     from ultralytics import YOLO
 
     spec = config.spec
@@ -294,8 +292,7 @@ def _train(
             "workers": hp.workers,
             "save_dir": str(work / "runs" / "train"),
         }
-    elif config.base_weights is not None:
-        base = store.get_file(config.base_weights.uri, work / "base.pt", sha256=config.base_weights.sha256)
+    elif base is not None:
         model = YOLO(str(base))
     else:
         model = YOLO(f"{spec.model.architecture}.yaml")
@@ -319,14 +316,165 @@ def _log_download(done: int, total: int) -> None:
         log.info("dataset download: %d of %d files", done, total)
 
 
+class _YoloxRun:
+    """A YOLOX training (trainer/yolox_train.py) with the same events and checkpoints as above."""
+
+    def __init__(
+        self, config: TrainerConfig, publisher: EventPublisher, checkpoint: Checkpoint, work: Path
+    ) -> None:
+        self.config, self.publisher, self.checkpoint, self.work = config, publisher, checkpoint, work
+
+    def on_resume(self, start_epoch: int, optimizer_digest: str) -> None:
+        # Logged (and so published on the stream): the state itself, fingerprinted once YOLOX loaded it.
+        log.info(
+            "resumed at epoch %d with the optimizer state restored (%s)", start_epoch + 1, optimizer_digest
+        )
+
+    def on_epoch(self, result: EpochResult, latest: Path) -> None:
+        from visioninapp.trainer.yolox_train import copy_for_upload
+
+        epochs = self.config.spec.hyperparameters.epochs
+        if result.epoch % self.config.spec.checkpoint_every == 0 or result.epoch >= epochs:
+            copy = copy_for_upload(latest, self.work / "staging", result.epoch)
+            self.checkpoint.upload(copy, result.epoch, self.config.attempt)
+            copy.unlink(missing_ok=True)
+            log.info("checkpoint of epoch %d uploaded", result.epoch)
+        metrics = result.metrics
+        self.publisher.epoch(
+            TrainingEvent(
+                type="epoch",
+                namespace=self.config.namespace,
+                training_job=self.config.name,
+                attempt=self.config.attempt,
+                epoch=result.epoch,
+                epochs=epochs,
+                losses=metrics.losses,
+                map50=metrics.map50,
+                map50_95=metrics.map50_95,
+                lr=result.lr,
+                images_per_second=result.images_per_second,
+                gpu_memory_gb=_gpu_memory_gb(),
+            )
+        )
+
+    def train(
+        self,
+        architecture: str,
+        class_names: list[str],
+        dataset_root: Path,
+        marker: dict[str, Any] | None,
+        base: Path | None,
+    ) -> tuple[Path, TrainingMetrics, int, int]:
+        from visioninapp.trainer.yolox_train import train_yolox
+
+        spec = self.config.spec
+        resume = None
+        if marker is not None:
+            log.info(
+                "resuming from the checkpoint of epoch %d (attempt %d)", marker["epoch"], marker["attempt"]
+            )
+            self.publisher.log_line(f"resuming from the checkpoint of epoch {marker['epoch']}")
+            self.publisher.start_from_epoch(marker["epoch"])
+            resume = self.checkpoint.download(marker, self.work / "resume" / "latest_ckpt.pth")
+        device = _device(self.config)
+        if device != "cpu" and "," in device:
+            log.warning("YOLOX trains on one GPU here: using cuda:0 of %s", device)
+        best, metrics, epochs_run = train_yolox(
+            architecture=architecture,
+            class_names=class_names,
+            dataset_root=dataset_root,
+            data_yaml=spec.dataset.data_yaml,
+            hp=spec.hyperparameters,
+            device="cpu" if device == "cpu" else "cuda:0",
+            work=self.work / "yolox",
+            resume=resume,
+            base=base,
+            on_epoch=self.on_epoch,
+            on_resume=self.on_resume,
+        )
+        imgsz = spec.hyperparameters.imgsz
+        self.checkpoint.finish(best, epochs_run, imgsz, metrics, self.config.attempt)
+        return best, metrics, epochs_run, imgsz
+
+
+def _gpu_memory_gb() -> float | None:
+    import torch
+
+    return round(torch.cuda.max_memory_reserved() / 1e9, 3) if torch.cuda.is_available() else None
+
+
+def _require_yolox() -> None:
+    try:
+        import yolox  # noqa: F401
+    except ImportError:
+        raise TrainerError(
+            "YOLOX needs PyPI pixeltable-yolox in the trainer image: install visioninapp[trainer] "
+            "(it is in that extra) or `pip install pixeltable-yolox`"
+        ) from None
+
+
+def _family(config: TrainerConfig, base: Path | None) -> tuple[Family, str | None]:
+    """The family and (YOLOX) architecture of this run: from the spec, or from the base weights."""
+    if config.spec.model.architecture is not None:
+        family = family_of(config.spec.model.architecture)
+        if family.name == "yolox":
+            _require_yolox()
+        return family, config.spec.model.architecture
+    assert base is not None  # the config requires baseWeights with a baseModel
+    _require_yolox()  # it tells YOLOX weights from ultralytics ones
+    from visioninapp.trainer.yolox_train import yolox_architecture_of
+
+    architecture = yolox_architecture_of(base)
+    if architecture is None:
+        return family_of("yolo11n"), None
+    log.info("base model %s holds %s weights", config.spec.model.base_model, architecture)
+    return family_of(architecture), architecture
+
+
+def _check_limits(family: Family, config: TrainerConfig) -> None:
+    """The family's limits (the CRD checks them for an architecture; a base model's only here)."""
+    wire = config.spec.wire()
+    for limit in family.limits:
+        if not evaluate_rule(limit.condition, wire):
+            raise TrainerError(
+                f"spec.{limit.message} (model.baseModel {config.spec.model.base_model} is {family.title})"
+            )
+
+
+def _export_onnx(family: Family, best: Path, config: TrainerConfig, imgsz: int, work: Path) -> Path:
+    spec = config.spec
+    if family.name == "yolox":
+        from visioninapp.trainer.yolox_train import export_yolox_onnx
+
+        return export_yolox_onnx(best, spec.export, work / "export" / "model.onnx")
+    from ultralytics import YOLO
+
+    return Path(
+        YOLO(str(best)).export(
+            format="onnx",
+            opset=spec.export.opset,
+            simplify=spec.export.simplify,
+            dynamic=spec.export.dynamic,
+            half=spec.export.half,
+            imgsz=imgsz,
+            device=_device(config),
+            verbose=False,
+        )
+    )
+
+
 def run_training(config: TrainerConfig, store: ArtifactStore, publisher: EventPublisher) -> TrainerResult:
     """Train, checkpoint, export and upload; returns the result for the termination message."""
     work = config.work_dir / config.namespace / config.name
     work.mkdir(parents=True, exist_ok=True)
     prepare_offline_ultralytics(config.work_dir / "ultralytics-config")
-    from ultralytics import YOLO
 
     spec = config.spec
+    base = None
+    if config.base_weights is not None:
+        base = store.get_file(config.base_weights.uri, work / "base.pt", sha256=config.base_weights.sha256)
+    family, architecture = _family(config, base)
+    _check_limits(family, config)
     publisher.log_line(f"attempt {config.attempt} of {config.namespace}/{config.name} starting")
     dataset_root = fetch_dataset(
         store, spec.dataset.uri, spec.dataset.data_yaml, work / "dataset", progress=_log_download
@@ -342,22 +490,15 @@ def run_training(config: TrainerConfig, store: ArtifactStore, publisher: EventPu
         best = store.get_file(checkpoint.best_uri, work / "finished" / "best.pt", sha256=marker["bestSha256"])
         final_metrics = TrainingMetrics.model_validate(marker["metrics"])
         epochs_run, imgsz = int(marker["epoch"]), int(marker["imgsz"])
+    elif family.name == "yolox" and architecture is not None:
+        best, final_metrics, epochs_run, imgsz = _YoloxRun(config, publisher, checkpoint, work).train(
+            architecture, class_names, dataset_root, marker, base
+        )
     else:
-        best, final_metrics, epochs_run, imgsz = _train(config, store, publisher, checkpoint, marker, work)
+        best, final_metrics, epochs_run, imgsz = _train(config, base, publisher, checkpoint, marker, work)
 
     publisher.log_line("exporting ONNX")
-    onnx_path = Path(
-        YOLO(str(best)).export(
-            format="onnx",
-            opset=spec.export.opset,
-            simplify=spec.export.simplify,
-            dynamic=spec.export.dynamic,
-            half=spec.export.half,
-            imgsz=imgsz,
-            device=_device(config),
-            verbose=False,
-        )
-    )
+    onnx_path = _export_onnx(family, best, config, imgsz, work)
     uploads: list[tuple[str, StoredObject]] = [
         ("pt", store.put_file(best, join_uri(config.output_uri, "weights", "best.pt"))),
         ("onnx", store.put_file(onnx_path, join_uri(config.output_uri, "weights", "model.onnx"))),
@@ -368,7 +509,8 @@ def run_training(config: TrainerConfig, store: ArtifactStore, publisher: EventPu
         "namespace": config.namespace,
         "trainingJob": config.name,
         "attempt": config.attempt,
-        "architecture": spec.model.architecture,
+        "architecture": spec.model.architecture or architecture,
+        "family": family.name,
         "baseModel": spec.model.base_model,
         "dataset": spec.dataset.uri,
         "classNames": class_names,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -467,6 +468,66 @@ def models_quantize(
     if source is not None:
         manifest = _register_int8(source, report, out)
         typer.echo(f"wrote {manifest}: apply it with `kubectl apply -f {manifest}`")
+
+
+@models_app.command("import")
+def models_import(
+    file: Annotated[Path, typer.Argument(help="Weights (.pt/.pth) or an ONNX model (.onnx).")],
+    line: Annotated[str, typer.Option("--line", "-l", help="Model line the version belongs to.")],
+    version: Annotated[
+        str | None, typer.Option("--version", "-v", help="Version in the line (default: the file's name).")
+    ] = None,
+    namespace: Annotated[str, typer.Option("--namespace", "-n", help="Namespace of the ModelArtifact.")] = (
+        "default"
+    ),
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to", help="Store prefix for the files (default: <artifacts uri>/imports/<line>/<version>)."
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the ModelArtifact YAML.")] = Path(
+        "."
+    ),
+    class_names: Annotated[
+        str | None, typer.Option("--class-names", help="Comma-separated class names, when the file has none.")
+    ] = None,
+    imgsz: Annotated[
+        int | None, typer.Option("--imgsz", help="Input size, when the file does not say.", min=32)
+    ] = None,
+) -> None:
+    """Register a model trained elsewhere as a ModelArtifact (to fine-tune from or to deploy)."""
+    from visioninapp.factory import artifact_store_for
+    from visioninapp.resources.base import DNS_SUBDOMAIN_PATTERN
+    from visioninapp.settings import Settings
+    from visioninapp.trainer.imports import ModelImportError, build_artifact, export_onnx, read_facts, upload
+
+    names = [n.strip() for n in class_names.split(",") if n.strip()] if class_names else None
+    version = version or re.sub(r"[^A-Za-z0-9._-]+", "-", file.stem).strip("-._") or "import"
+    name = f"{line}-{version}".lower().replace("_", "-")
+    if not re.fullmatch(DNS_SUBDOMAIN_PATTERN, name) or len(name) > 253:
+        raise _fail(f"{name!r} is no valid object name: use --line and --version of letters, digits and -")
+    try:
+        facts = read_facts(file, names, imgsz)
+    except ModelImportError as error:
+        raise _fail(str(error)) from None
+    files = {"onnx" if file.suffix == ".onnx" else "pt": file}
+    if facts.kind == "ultralytics":
+        typer.echo(f"exporting {file.name} to ONNX at {facts.imgsz} px", err=True)
+        files["onnx"] = export_onnx(file, facts.imgsz)
+    settings = Settings()
+    prefix = to or f"{settings.resolved_artifacts_uri.rstrip('/')}/imports/{line}/{version}"
+    stored = upload(artifact_store_for(prefix, settings), files, prefix)
+    artifact = build_artifact(name, namespace, line, version, facts, stored)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(artifact.wire(), sort_keys=False))
+    typer.echo(
+        f"{facts.kind} model, {len(facts.class_names)} classes ({', '.join(facts.class_names[:5])}"
+        f"{', ...' if len(facts.class_names) > 5 else ''}), {facts.imgsz} px; "
+        f"{', '.join(f'{fmt} {obj.uri}' for fmt, obj in stored.items())}"
+    )
+    typer.echo(f"wrote {path}: apply it with `kubectl apply -f {path}`")
 
 
 def _load_artifact(path: Path) -> dict[str, Any]:

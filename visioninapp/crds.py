@@ -20,7 +20,16 @@ from visioninapp.resources import GROUP, RESOURCES, VERSION, ResourceKind
 __all__ = ["crd_for", "crd_yaml", "structural_schema", "write_crds"]
 
 CATEGORY = "visioninapp"
-_DROPPED_KEYS = {"title", "examples", "additionalProperties", "$defs", "discriminator", "propertyNames"}
+# `x-families` groups the architectures for the console (OpenAPI only; a CRD allows no such keyword).
+_DROPPED_KEYS = {
+    "title",
+    "examples",
+    "additionalProperties",
+    "$defs",
+    "discriminator",
+    "propertyNames",
+    "x-families",
+}
 
 
 class _KubeJsonSchema(GenerateJsonSchema):

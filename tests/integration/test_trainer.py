@@ -156,35 +156,51 @@ def test_trains_publishes_exports_and_uploads(
 
 
 # The trainer as its pod runs it, with a test-only hold: after epoch HOLD_EPOCH's checkpoint is
-# uploaded (ultralytics saves before `on_fit_epoch_end`), it says so on stdout and waits for stdin,
-# which never answers: the test kills it there, whatever this machine's speed.
+# uploaded (ultralytics saves before `on_fit_epoch_end`; YOLOX's `on_epoch` uploads before it
+# publishes), it says so on stdout and waits for stdin, which never answers: the test kills it
+# there, whatever this machine's speed.
 HELD_TRAINER = """
 import sys
 from visioninapp.trainer import run
 from visioninapp.trainer.main import main
 
-HOLD_EPOCH = int(sys.argv[1])
-fit_epoch_end = run._Callbacks.on_fit_epoch_end
+HOLD_EPOCH, FAMILY = int(sys.argv[1]), sys.argv[2]
 
 
-def held(self, trainer):
-    fit_epoch_end(self, trainer)
-    if trainer.epoch + 1 == HOLD_EPOCH:
-        for upload in self.pending:
+def hold(epoch, pending):
+    if epoch == HOLD_EPOCH:
+        for upload in pending:
             upload.result()  # this epoch's checkpoint is in the bucket
         print("CHECKPOINTED", HOLD_EPOCH, flush=True)
         sys.stdin.readline()
 
 
-run._Callbacks.on_fit_epoch_end = held
-sys.argv = ["visioninapp-trainer", *sys.argv[2:]]
+if FAMILY == "yolox":
+    on_epoch = run._YoloxRun.on_epoch
+
+    def held(self, result, latest):
+        on_epoch(self, result, latest)
+        hold(result.epoch, [])
+
+    run._YoloxRun.on_epoch = held
+else:
+    fit_epoch_end = run._Callbacks.on_fit_epoch_end
+
+    def held(self, trainer):
+        fit_epoch_end(self, trainer)
+        hold(trainer.epoch + 1, self.pending)
+
+    run._Callbacks.on_fit_epoch_end = held
+sys.argv = ["visioninapp-trainer", *sys.argv[3:]]
 main()
 """
 
 
-def _held_at_checkpoint(config: Path, env: dict[str, str], epoch: int) -> subprocess.Popen[str]:
+def _held_at_checkpoint(
+    config: Path, env: dict[str, str], epoch: int, family: str = "ultralytics"
+) -> subprocess.Popen[str]:
     process = subprocess.Popen(
-        [sys.executable, "-c", HELD_TRAINER, str(epoch), "--config", str(config)],
+        [sys.executable, "-c", HELD_TRAINER, str(epoch), family, "--config", str(config)],
         env=env,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -248,11 +264,11 @@ def _fails_with(tmp_path: Path, config: Path, env: dict[str, str], *expected: st
     return errors[0]
 
 
-def _upload_dataset(s3: Any, bucket: str, root: Path) -> str:
+def _upload_dataset(s3: Any, bucket: str, root: Path, prefix: str = "bad") -> str:
     for path in root.rglob("*"):
         if path.is_file():
-            s3.upload_file(str(path), bucket, f"bad/{path.relative_to(root)}")
-    return f"s3://{bucket}/bad"
+            s3.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(root)}")
+    return f"s3://{bucket}/{prefix}"
 
 
 def _assert_nothing_marked_done(s3: Any, bucket: str) -> None:
@@ -278,11 +294,11 @@ def test_bad_input_fails_with_one_line(
         (root / "labels" / "train" / "train_00001.txt").write_text("7 0.5 0.5 0.2 0.2\n")
         dataset, expected = _upload_dataset(s3, bucket, root), ("train_00001.txt", "class id 7 out of range")
     else:
-        dataset, expected = _upload_dataset(s3, bucket, root), ("model.architecture", "yolox")
+        dataset, expected = _upload_dataset(s3, bucket, root), ("model.architecture", "yolov7")
     config = _config(tmp_path, dataset, f"s3://{bucket}/out")
     if case == "unknown-arch":
         raw = yaml.safe_load(config.read_text())
-        raw["spec"]["model"]["architecture"] = "yolox-s"
+        raw["spec"]["model"]["architecture"] = "yolov7"  # no offline package trains it
         config.write_text(yaml.safe_dump(raw))
     _fails_with(tmp_path, config, _env(s3_endpoint, stream, tmp_path), *expected)
     _assert_nothing_marked_done(s3, bucket)

@@ -277,7 +277,7 @@ def test_invalid_training_jobs_are_rejected_before_the_operator_sees_them(
     api = client.CustomObjectsApi(kube)
     with pytest.raises(ApiException) as error:
         api.create_namespaced_custom_object(
-            GROUP, VERSION, cluster.namespace, "trainingjobs", training_job(model={"architecture": "yolox-s"})
+            GROUP, VERSION, cluster.namespace, "trainingjobs", training_job(model={"architecture": "yolov7"})
         )
     assert error.value.status == 422 and "spec.model.architecture" in error.value.body
     assert not cluster.list(GROUP, "trainingjobs", cluster.namespace)

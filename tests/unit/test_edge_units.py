@@ -16,7 +16,7 @@ import pytest
 from tests.helpers import SwitchableBus
 from visioninapp.backends.events import LocalEventLog
 from visioninapp.backends.storage import LocalArtifactStore
-from visioninapp.edge.inference import Detector, choose_providers, letterbox, nms
+from visioninapp.edge.inference import Detector, choose_providers, decode_yolox, letterbox, nms, yolox_resize
 from visioninapp.edge.models import ModelManager, ModelSpec
 from visioninapp.edge.runtime import EdgeRuntime, ModelGovernedError
 from visioninapp.edge.telemetry import Spool, WindowStats, publish_spool
@@ -304,3 +304,24 @@ def test_admin_swap_holds_where_nothing_else_sets_the_model(tmp_path: Path) -> N
         assert runtime.models.ready and runtime.models.desired == other
     finally:
         runtime.stop()
+
+
+def test_yolox_resize_is_yoloxs_preproc_top_left_grey_bgr_untouched() -> None:
+    image = np.zeros((50, 100, 3), np.uint8)
+    image[..., 0] = 200  # blue in BGR: stays channel 0 (YOLOX trains on cv2's BGR)
+    padded, gain, pad = yolox_resize(image, (64, 64))
+    assert gain == (0.64, 0.64) and pad == (0, 0)
+    assert (padded[:32, :, 0] == 200).all() and (padded[:32, :, 1:] == 0).all()  # int(50 * 0.64) rows
+    assert (padded[32:] == 114).all()  # padding below, none above
+
+
+def test_decode_yolox_is_grid_plus_offset_times_stride_and_exp_size() -> None:
+    imgsz, strides = (64, 64), [8, 16, 32]
+    anchors = sum((64 // s) ** 2 for s in strides)
+    raw = np.zeros((anchors, 7), np.float32)
+    raw[9] = [0.5, 0.25, np.log(2), 0.0, 0.9, 0.1, 0.8]  # stride 8, row 1, column 1
+    raw[64 + 5] = [0.0, 0.0, 0.0, np.log(3), 0.9, 0.1, 0.8]  # stride 16, row 1, column 1
+    decoded = decode_yolox(raw, imgsz, strides)
+    np.testing.assert_allclose(decoded[9, :4], [12, 10, 16, 8], rtol=1e-6)
+    np.testing.assert_allclose(decoded[69, :4], [16, 16, 16, 48], rtol=1e-6)
+    np.testing.assert_array_equal(decoded[:, 4:], raw[:, 4:])  # scores untouched

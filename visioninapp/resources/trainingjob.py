@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from visioninapp.families import FAMILIES, all_architectures, family_schema
 from visioninapp.resources.base import (
     CelRule,
     Condition,
@@ -36,18 +37,27 @@ __all__ = [
     "TrainingResources",
 ]
 
-# Detection models that ultralytics builds from its packaged YAML, offline. YOLOX is not supported
-# (no offline package); classic YOLOv5 is trained as its anchor-free `u` successor.
-ARCHITECTURES = (
-    *(f"yolov5{s}u" for s in "nsmlx"),
-    *(f"yolov8{s}" for s in "nsmlx"),
-    *(f"yolov9{s}" for s in "tsmce"),
-    *(f"yolov10{s}" for s in ("n", "s", "m", "b", "l", "x")),
-    *(f"yolo11{s}" for s in "nsmlx"),
-    *(f"yolo12{s}" for s in "nsmlx"),
-    *(f"yolo26{s}" for s in "nsmlx"),
-)
+# Every family's architectures (visioninapp/families.py): ultralytics YOLO and YOLOX.
+ARCHITECTURES = all_architectures()
 Architecture = Literal[ARCHITECTURES]  # type: ignore[valid-type]
+
+
+def _family_rules() -> tuple[CelRule, ...]:
+    """Each family's limits as CEL rules on the spec, applied when the architecture is of that family
+    (a `baseModel`'s family is known only to the trainer, which checks the same limits)."""
+    rules: list[CelRule] = []
+    for family in FAMILIES:
+        names = ", ".join(f"'{a}'" for a in family.architectures)
+        rules.extend(
+            CelRule(
+                rule=f"!has(self.model.architecture) || !(self.model.architecture in [{names}]) "
+                f"|| ({limit.condition})",
+                message=limit.message,
+                reason="FieldValueInvalid",
+            )
+            for limit in family.limits
+        )
+    return tuple(rules)
 
 
 class ModelSource(KubeModel):
@@ -63,7 +73,11 @@ class ModelSource(KubeModel):
     )
 
     architecture: Architecture | None = Field(
-        None, description="Ultralytics detection architecture to train from scratch, e.g. `yolo11n`."
+        None,
+        description="Detection architecture to train from scratch: an ultralytics YOLO (`yolo11n`, "
+        "`yolov8s`, `yolo12n`, `yolov5nu`, ...) or a YOLOX size (`yolox-nano|tiny|s|m|l|x`, trained by "
+        "Megvii's YOLOX code from PyPI `pixeltable-yolox`).",
+        json_schema_extra={"x-families": family_schema()},  # type: ignore[dict-item]
     )
     base_model: DnsSubdomain | None = Field(
         None,
@@ -159,6 +173,11 @@ class ExportOptions(KubeModel):
     simplify: bool = Field(True, description="Simplify the graph with onnxslim.")
     dynamic: bool = Field(False, description="Dynamic batch and image size axes.")
     half: bool = Field(False, description="Export FP16 weights (GPU export only).")
+    decode_in_graph: bool = Field(
+        True,
+        description="Box decoding (grid and stride) inside the ONNX graph. YOLOX only may turn it off: "
+        "the graph then ends at the raw head and the edge runtime decodes it.",
+    )
 
 
 class OutputSpec(KubeModel):
@@ -181,6 +200,7 @@ class TrainingJobSpec(KubeModel):
     """Desired state of a TrainingJob."""
 
     cel_rules = (
+        *_family_rules(),
         CelRule(
             rule="self.model == oldSelf.model",
             message="spec.model is immutable: create a new TrainingJob to train another model",

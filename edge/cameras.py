@@ -31,6 +31,7 @@ __all__ = [
     "Frame",
     "FrameSlot",
     "FrameSource",
+    "Pacer",
     "SourceError",
     "credential_env",
     "open_source",
@@ -40,6 +41,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 OPEN_TIMEOUT_MS = 5000
 READ_TIMEOUT_MS = 5000
+MAX_ERROR = 1000  # characters of an error kept in a camera's state (EdgeEvents hold 1024)
+# RTSP over TCP: no lost packets (smeared frames) on a busy site network. Set once, here: setting it
+# from a reader thread could race FFmpeg threads reading the environment.
+os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
 
 
 class SourceError(RuntimeError):
@@ -165,17 +170,33 @@ class _GstAppSinkSource:
             self.pipeline = Gst.parse_launch(pipeline)
         except Exception as error:  # GLib.Error
             raise SourceError(f"GStreamer pipeline does not parse: {error}", retry=False) from None
-        sinks = [e for e in self.pipeline.iterate_sinks() if e.get_factory().get_name() == "appsink"]
-        if not sinks:
-            raise SourceError("the GStreamer pipeline must end in appsink", retry=False)
-        self.sink = sinks[0]
+        self.sink = self._appsink()
         self.sink.set_property("max-buffers", 1)
         self.sink.set_property("drop", True)
-        self.pipeline.set_state(Gst.State.PLAYING)
+        if self.pipeline.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
+            message = self._bus_error() or "the pipeline did not start"
+            self.pipeline.set_state(Gst.State.NULL)
+            raise SourceError(f"GStreamer pipeline: {message}")
+
+    def _appsink(self) -> Any:
+        # Gst.Iterator is only a Python iterator with gst-python's overrides, which PyPI lacks.
+        sinks = self.pipeline.iterate_sinks()
+        while True:
+            result, element = sinks.next()
+            if result != self._gst.IteratorResult.OK:
+                raise SourceError("the GStreamer pipeline must end in appsink", retry=False)
+            if element.get_factory().get_name() == "appsink":
+                return element
+
+    def _bus_error(self) -> str | None:
+        message = self.pipeline.get_bus().pop_filtered(self._gst.MessageType.ERROR)
+        return None if message is None else str(message.parse_error()[0].message)
 
     def read(self) -> np.ndarray | None:
         sample = self.sink.emit("try-pull-sample", READ_TIMEOUT_MS * 1_000_000)
         if sample is None:
+            if (error := self._bus_error()) is not None:
+                log.warning("GStreamer pipeline: %s", error)
             return None
         caps = sample.get_caps().get_structure(0)
         if caps.get_value("format") != "BGR":
@@ -217,8 +238,6 @@ def open_source(spec: CameraSpec, environ: Mapping[str, str] = os.environ) -> Fr
         return _GstAppSinkSource(spec.pipeline)
     if spec.device is not None:
         return _checked(cv2.VideoCapture(spec.device, cv2.CAP_V4L2), spec, spec.device)
-    if spec.url is not None:  # RTSP over TCP: no lost packets (smeared frames) on a busy site network
-        os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
     target = source_url(spec, environ) if spec.url is not None else spec.file
     assert target is not None
     if spec.file is not None and not os.path.exists(target):
@@ -256,6 +275,24 @@ class Backoff:
         self._current = 0.0
 
 
+class Pacer:
+    """Which frames of a source to forward to hit a target rate: one per `period`, a quarter period
+    early allowed (the source's jitter), the schedule kept over late frames (no drift) and started
+    afresh after a stall (no burst of catch-up frames)."""
+
+    def __init__(self, period: float) -> None:
+        self.period = period
+        self.due: float | None = None
+
+    def forward(self, now: float) -> bool:
+        if self.due is not None and now < self.due - self.period / 4:
+            return False
+        if self.due is None or now - self.due > self.period:
+            self.due = now
+        self.due += self.period
+        return True
+
+
 @dataclass
 class ReaderCounters:
     """Totals since the reader started (the pipeline takes window differences)."""
@@ -281,6 +318,7 @@ class CameraReader:
         self.state: CameraState = "connecting"
         self.error: str | None = None
         self.counters = ReaderCounters()
+        self._recovering = False  # frames stopped: the next frame that flows is a reconnection
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"camera-{spec.name}", daemon=True)
 
@@ -292,9 +330,13 @@ class CameraReader:
         self._thread.join(timeout)
 
     def _set_state(self, state: CameraState, error: str | None = None) -> None:
+        """`error` replaces the last one; a camera that delivers frames again has none."""
+        error = error[:MAX_ERROR] if error else None
         if state != self.state or error != self.error:
             log.info("camera %s: %s%s", self.spec.name, state, f" ({error})" if error else "")
-        self.state, self.error = state, error if error is not None else self.error
+        self.state = state
+        if error is not None or state == "streaming":
+            self.error = error
 
     def _run(self) -> None:
         opened_before = replaying = False  # replaying: a looping file opened again, no reconnection
@@ -307,11 +349,7 @@ class CameraReader:
                     return
                 replaying = False
                 continue
-            if opened_before and not replaying:
-                self.counters.reconnects += 1
             opened_before = True
-            self.backoff.reset()
-            self._set_state("streaming")
             outcome = self._read(source)
             if outcome == "failed" or self._stop.is_set():
                 break
@@ -320,6 +358,7 @@ class CameraReader:
                 self._set_state("stopped", "end of file")
                 return
             if outcome == "lost":
+                self._recovering = True  # counted as a reconnection once frames flow again
                 self._set_state("reconnecting", "the source stopped sending frames")
                 self._stop.wait(self.backoff.next())
         if self.state != "failed":
@@ -333,9 +372,12 @@ class CameraReader:
             if not error.retry:
                 self._set_state("failed", str(error))
                 return None
-            self._set_state("reconnecting" if opened_before else "connecting", str(error))
-            self._stop.wait(self.backoff.next())
-            return None
+            message = str(error)
+        except Exception as error:  # a backend's own failure: retried like an unreachable camera
+            message = f"cannot open: {type(error).__name__}: {error}"
+        self._set_state("reconnecting" if opened_before else "connecting", message)
+        self._stop.wait(self.backoff.next())
+        return None
 
     def _read(self, source: FrameSource) -> Literal["ended", "lost", "failed"]:
         try:
@@ -351,15 +393,20 @@ class CameraReader:
 
     def _pump(self, source: FrameSource) -> bool:
         """Read until the source fails or ends; True at a file's end, False on a failure."""
-        period = 1.0 / self.spec.target_fps
+        pacer = Pacer(1.0 / self.spec.target_fps)
         replay = 1.0 / fps if self.spec.file is not None and (fps := source.fps()) else None
         started = time.perf_counter()
-        due = started
         read = 0
         while not self._stop.is_set():
             image = source.read()
             if image is None:
                 return self.spec.file is not None and read > 0
+            if read == 0:  # frames flow: the camera works, whatever failed before
+                self.backoff.reset()
+                self._set_state("streaming")
+                if self._recovering:
+                    self.counters.reconnects += 1
+                    self._recovering = False
             read += 1
             now = time.perf_counter()
             if replay is not None:  # a file plays at its own pace, as a camera would
@@ -368,9 +415,8 @@ class CameraReader:
                     return False
                 now = time.perf_counter()
             self.counters.frames_read += 1
-            if now < due - period / 4:  # a quarter period of slack absorbs the source's jitter
+            if not pacer.forward(now):
                 continue  # faster than the target FPS: not wanted, not a drop
-            due = max(due, now - period) + period  # keeps the pace, without a burst after a stall
             self.counters.frames_forwarded += 1
             frame = Frame(
                 self.spec.name, self.counters.frames_forwarded, image, now, time.time(), source.position()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import random
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -81,6 +82,7 @@ class HardFramePicker:
     rng: random.Random = field(default_factory=random.Random)
 
     def __post_init__(self) -> None:
+        self._lock = threading.Lock()  # the detect API's threads and the cameras' share one picker
         self._hour_start = self.clock()
         self._kept = 0
         self._per_class: Counter[str] = Counter()
@@ -93,6 +95,10 @@ class HardFramePicker:
 
     def pick(self, image: np.ndarray, detections: Sequence[Detection]) -> Outcome:
         """Decide about one frame; a `kept` frame is counted against the budget at once."""
+        with self._lock:
+            return self._pick(image, detections)
+
+    def _pick(self, image: np.ndarray, detections: Sequence[Detection]) -> Outcome:
         if not self.enabled:
             return "disabled"
         classes = self.uncertain(detections)

@@ -167,6 +167,8 @@ def _add_camera_routes(app: FastAPI, runtime: EdgeRuntime) -> None:
                     except TimeoutError:
                         yield ": keepalive\n\n"
                         continue
+                    if message is None:  # the camera was removed from this node
+                        return
                     yield f"data: {json.dumps(message, separators=(',', ':'))}\n\n"
             finally:
                 runtime.streams.broadcaster.unsubscribe(name, subscriber)

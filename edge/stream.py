@@ -12,6 +12,7 @@ in total (Prometheus).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -77,6 +78,12 @@ class Broadcaster:
         with self._lock:
             return len(self._subscribers.get(camera, []))
 
+    def close(self, camera: str) -> None:
+        """End every live stream of a camera that is gone (its subscribers get None)."""
+        self.publish(camera, None)
+        with self._lock:
+            self._subscribers.pop(camera, None)
+
     def publish(self, camera: str, message: Any) -> None:
         with self._lock:
             entries = list(self._subscribers.get(camera, []))
@@ -101,6 +108,7 @@ class _CameraStats:
     reader: CameraReader
     processed: int = 0  # this window
     processed_total: int = 0
+    discarded: int = 0  # taken but never published (no model yet, inference failed): drops too
     latencies_ms: list[float] = field(default_factory=list)
     window_start: float = field(default_factory=time.monotonic)
     last: dict[str, int] = field(default_factory=dict)  # totals at the previous window's end
@@ -158,7 +166,7 @@ class _Metrics(Collector):
             counters = stats.reader.counters
             families["read"].add_metric([name], counters.frames_read)
             families["processed"].add_metric([name], stats.processed_total)
-            families["dropped"].add_metric([name], counters.frames_dropped)
+            families["dropped"].add_metric([name], counters.frames_dropped + stats.discarded)
             families["reconnects"].add_metric([name], counters.reconnects)
             for each in CAMERA_STATES:
                 state.add_metric([name, each], 1 if each == stats.reader.state else 0)
@@ -216,6 +224,9 @@ class StreamPipeline:
                 stats.reader.stop()
                 with self._lock, self._ready:
                     del self._cameras[name], self._slots[name]
+                self.broadcaster.close(name)
+                with contextlib.suppress(KeyError):  # no frame was ever published
+                    self.metrics.latency.remove(name)
         for name, spec in wanted.items():
             if name in self._cameras:
                 continue
@@ -244,9 +255,12 @@ class StreamPipeline:
             stats.reader.stop()
         with self._ready:
             self._ready.notify_all()
+        inference, post = self._threads or (None, None)
+        if inference is not None:
+            inference.join(10)  # its last jobs are queued before the end marker
         self._post.put(None)
-        for thread in self._threads:
-            thread.join(10)
+        if post is not None:
+            post.join(10)
 
     def _waiting_frames(self) -> list[Frame]:
         with self._ready:
@@ -261,13 +275,25 @@ class StreamPipeline:
         while not self._stop.is_set():
             frames = self._waiting_frames()
             model = self.current_model()
-            if not frames or model is None:
-                continue  # no model yet: frames are read and dropped, as counted by the readers
+            if not frames:
+                continue
+            if model is None:  # no model yet
+                self._discard(frames)
+                continue
+            queued = 0
             try:
                 for job in self._infer(model, frames):
                     self._post.put(job)
+                    queued += len(job.frames)
             except Exception:  # one bad frame or model must not end the stream
                 log.exception("stream inference failed")
+                self._discard(frames[queued:])
+
+    def _discard(self, frames: list[Frame]) -> None:
+        with self._lock:
+            for frame in frames:
+                if (stats := self._cameras.get(frame.camera)) is not None:
+                    stats.discarded += 1
 
     @staticmethod
     def _batchable(detector: Detector) -> bool:
@@ -336,7 +362,7 @@ class StreamPipeline:
                 counters = stats.reader.counters
                 totals = {
                     "read": counters.frames_read,
-                    "dropped": counters.frames_dropped,
+                    "dropped": counters.frames_dropped + stats.discarded,
                     "reconnects": counters.reconnects,
                 }
                 delta = {k: v - stats.last.get(k, 0) for k, v in totals.items()}
@@ -370,7 +396,8 @@ class StreamPipeline:
                     "error": stats.reader.error,
                     "targetFps": stats.spec.target_fps,
                     "framesRead": stats.reader.counters.frames_read,
-                    "framesDropped": stats.reader.counters.frames_dropped,
+                    "framesProcessed": stats.processed_total,
+                    "framesDropped": stats.reader.counters.frames_dropped + stats.discarded,
                     "reconnects": stats.reader.counters.reconnects,
                     "subscribers": self.broadcaster.subscribers(name),
                 }

@@ -6,8 +6,10 @@ EdgeEvents windows, and hard frames from the streams in the feedback spool."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -163,6 +165,15 @@ def test_rtsp_and_file_cameras_stream_detections_at_their_own_rates(
             states = {name: _camera(base, name) for name in ("gate", "dock")}
             assert requests.get(f"{base}/v1/cameras/nope/detections", timeout=10).status_code == 404
             metrics = requests.get(f"{base}/metrics", timeout=10).text
+            # Closed streams leave no subscriber behind.
+            wait_for(lambda: _camera(base, "dock")["subscribers"] == 0, 30, "subscribers gone")
+            # The dock camera leaves this node (its ConfigMap entry changes): its live stream ends.
+            with requests.get(f"{base}/v1/cameras/dock/detections", stream=True, timeout=60) as live:
+                (tmp_path / "cameras" / "jetson-1").write_text(json.dumps(cameras[:1]))
+                ended = [line for line in live.iter_lines(decode_unicode=True) if line.startswith("data: ")]
+            assert [c["name"] for c in requests.get(f"{base}/v1/cameras", timeout=10).json()["cameras"]] == [
+                "gate"
+            ]
     for results, camera, fps in ((gate, "gate", 4), (dock, "dock", 10)):
         assert {r["camera"] for r in results} == {camera}
         assert all(r["model"]["version"] == "shapes-v1" for r in results)
@@ -176,6 +187,7 @@ def test_rtsp_and_file_cameras_stream_detections_at_their_own_rates(
     assert all("position" in r for r in dock) and not any("position" in r for r in gate)
     assert 'visioninapp_edge_camera_state{camera="gate",state="streaming"} 1.0' in metrics
     assert 'visioninapp_edge_camera_frames_processed_total{camera="dock"}' in metrics
+    assert ended is not None  # the stream ended by itself (it would block until the timeout otherwise)
 
 
 def test_a_camera_reconnects_after_its_rtsp_server_restarts(
@@ -267,3 +279,82 @@ def test_hard_frames_from_streams_carry_their_provenance_and_skip_duplicates(
     assert all(r["sha256"] == _sha(exported_model.onnx) for r in records)
     assert 'visioninapp_edge_hard_frames_total{outcome="duplicate"}' in metrics
     assert 'visioninapp_edge_hard_frames_total{outcome="budget"}' in metrics
+
+
+def test_frames_waiting_together_go_through_one_batch_with_the_same_boxes(
+    exported_model: ExportedModel, tmp_path: Path
+) -> None:
+    """With a dynamic batch axis, frames of several cameras (of different sizes) are one inference
+    run, and each frame's detections are those it gets alone."""
+    from prometheus_client import CollectorRegistry
+    from ultralytics import YOLO
+
+    from visioninapp.edge.cameras import Frame
+    from visioninapp.edge.inference import Detector
+    from visioninapp.edge.models import LoadedModel, ModelSpec
+    from visioninapp.edge.stream import StreamPipeline
+
+    dynamic = Path(
+        YOLO(str(exported_model.weights)).export(format="onnx", imgsz=96, dynamic=True, verbose=False)
+    )
+    detector = Detector(dynamic)
+    images = [
+        cv2.imread(str(p)) for p in sorted((exported_model.dataset / "images" / "val").glob("*.jpg"))[:3]
+    ]
+    images.append(cv2.resize(images[0], (200, 120)))
+    model = LoadedModel(ModelSpec(dynamic.as_uri(), "0" * 64, "onnx", "dyn"), detector, 0.0)
+    pipeline = StreamPipeline(lambda: model, 0.25, 0.45, CollectorRegistry())
+    frames = [Frame(f"cam{i}", 1, image, 0.0, 0.0) for i, image in enumerate(images)]
+    jobs = list(pipeline._infer(model, frames))
+    assert [len(job.frames) for job in jobs] == [4]  # one run for all
+    job = jobs[0]
+    for index, (frame, image) in enumerate(zip(frames, images, strict=True)):
+        gain, pad = job.letterboxes[index]
+        batched = detector.postprocess(job.output[index : index + 1], gain, pad, image.shape[:2], 0.25, 0.45)
+        alone = detector.detect(image, 0.25, 0.45).detections
+        assert len(batched) == len(alone) > 0, frame.camera
+        for a, b in zip(batched, alone, strict=True):
+            assert a.class_id == b.class_id and abs(a.score - b.score) < 1e-4
+            assert max(abs(x - y) for x, y in zip(a.box, b.box, strict=True)) < 0.05
+
+
+def test_a_gstreamer_pipeline_through_pygobject(tmp_path: Path) -> None:
+    """The CSI path without a CSI camera: a GStreamer pipeline ending in appsink, read through
+    PyGObject (this OpenCV has no GStreamer), here with `videotestsrc` and the system's gi."""
+    ensure_rtsp_server()  # the same Debian packages: GStreamer, its base plugins, python3-gi
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "gi").symlink_to(Path("/usr/lib/python3/dist-packages/gi"))
+    script = """
+import sys, time
+from visioninapp.edge.cameras import Backoff, CameraReader, FrameSlot, open_source
+from visioninapp.resources.edgedeployment import CameraSpec
+import threading
+ok = CameraSpec(name="csi", pipeline="videotestsrc ! video/x-raw,width=64,height=48,framerate=30/1 ! "
+                "videoconvert ! video/x-raw,format=BGR ! appsink", target_fps=10)
+slot = FrameSlot(threading.Condition())
+reader = CameraReader(ok, slot)
+reader.start()
+deadline = time.monotonic() + 30
+while reader.counters.frames_forwarded < 5 and time.monotonic() < deadline:
+    time.sleep(0.1)
+with slot._ready:
+    frame = slot.take()
+print("state", reader.state, reader.counters.frames_forwarded, frame.image.shape if frame else None)
+reader.stop()
+for bad in ("nosuchelement ! appsink",):  # (no appsink at the end: the CRD refuses it already)
+    try:
+        open_source(CameraSpec(name="bad", pipeline=bad))
+    except Exception as error:
+        print("refused", type(error).__name__, getattr(error, "retry", None), str(error)[:80])
+"""
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.splitlines()
+    state = next(line for line in lines if line.startswith("state"))
+    assert state.startswith("state streaming") and state.endswith("(48, 64, 3)"), run.stdout
+    refused = [line for line in lines if line.startswith("refused")]
+    assert len(refused) == 1 and "SourceError False" in refused[0] and "nosuchelement" in refused[0], (
+        run.stdout
+    )

@@ -3,8 +3,10 @@ credentials in source URLs, and the readers' states over real video files."""
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -17,6 +19,7 @@ from visioninapp.edge.cameras import (
     CameraReader,
     Frame,
     FrameSlot,
+    Pacer,
     SourceError,
     credential_env,
     open_source,
@@ -174,3 +177,77 @@ def test_a_missing_file_is_retried_and_a_configuration_error_fails_at_once(tmp_p
     wait_for(lambda: unusable.state == "failed", 30, "configuration error")
     unusable.stop()
     assert "VISIONINAPP_CAMERA_CAM_USERNAME" in (unusable.error or "")
+
+
+def _paced(source_fps: float, target_fps: float, seconds: float, jitter: float = 0.0) -> list[float]:
+    pacer, rng = Pacer(1 / target_fps), random.Random(0)
+    frames = [i / source_fps + rng.uniform(-jitter, jitter) for i in range(int(seconds * source_fps))]
+    return [t for t in frames if pacer.forward(t)]
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "expected"),
+    [(30, 10, 100), (30, 15, 150), (15, 10, 100), (25, 15, 150), (15, 15, 150), (5, 15, 50)],
+)
+def test_the_pacer_hits_the_target_rate_or_passes_a_slower_source_through(
+    source: float, target: float, expected: int
+) -> None:
+    for jitter in (0.0, 0.008):
+        assert abs(len(_paced(source, target, 10, jitter)) - expected) <= 1, (source, target, jitter)
+
+
+def test_the_pacer_restarts_after_a_stall_without_a_burst() -> None:
+    pacer = Pacer(0.1)
+    assert [pacer.forward(t) for t in (0.0, 0.05, 0.1)] == [True, False, True]
+    # nothing for 2 s, then frames every 33 ms: the next one passes, then one per 100 ms again
+    after = [t for t in (2.0 + i / 30 for i in range(12)) if pacer.forward(t)]
+    assert [round(t, 3) for t in after] == [2.0, 2.1, 2.2, 2.3]
+
+
+def test_frames_nobody_took_are_counted_as_drops(tmp_path: Path) -> None:
+    video = _video(tmp_path / "v.avi", 10, fps=60)
+    reader = CameraReader(
+        CameraSpec.model_validate({"name": "cam", "file": str(video), "targetFps": 120}),
+        FrameSlot(threading.Condition()),
+    )
+    reader.start()
+    wait_for(lambda: reader.state == "stopped", 30, "end of file")
+    reader.stop()
+    counters = reader.counters
+    assert counters.frames_forwarded == 10 and counters.frames_dropped == 9  # only the newest waits
+
+
+def test_a_camera_that_connects_but_sends_nothing_backs_off_and_counts_no_reconnection() -> None:
+    class Silent:
+        def read(self) -> None:
+            return None
+
+        def fps(self) -> None:
+            return None
+
+        def position(self) -> None:
+            return None
+
+        def close(self) -> None:
+            pass
+
+    opened: list[float] = []
+
+    def opener(spec: CameraSpec) -> Silent:
+        opened.append(time.monotonic())
+        return Silent()
+
+    reader = CameraReader(
+        CameraSpec.model_validate({"name": "cam", "url": "rtsp://10.0.0.9/s"}),
+        FrameSlot(threading.Condition()),
+        opener=opener,  # type: ignore[arg-type]
+        backoff=Backoff(0.01, 10.0),
+    )
+    reader.start()
+    wait_for(lambda: len(opened) >= 5, 30, "five attempts")
+    state, error = reader.state, reader.error
+    reader.stop()
+    gaps = [b - a for a, b in itertools.pairwise(opened)]
+    assert all(later > earlier for earlier, later in itertools.pairwise(gaps[:4])), gaps  # it backs off
+    assert reader.counters.reconnects == 0 and state == "reconnecting"
+    assert error == "the source stopped sending frames"

@@ -9,9 +9,10 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import JSONResponse
-from fastapi.staticfiles import StaticFiles
+from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
 
 from visioninapp import __version__
+from visioninapp.api.console import ConsoleFiles
 from visioninapp.api.container import ApiContainer
 from visioninapp.api.routes import activity, datasets, deployments, models, projects, summaries, training
 from visioninapp.api.routes.common import no_control_characters
@@ -65,6 +66,13 @@ def create_app(container: ApiContainer, background: bool = False) -> FastAPI:
     # Multipart uploads are spooled to disk before a route runs: their size is limited while read.
     # (The largest upload plus room for the form's other parts.)
     limit = container.settings.api_max_upload_mb * 2**20 + 2**20
+    # JSON, the console's own modules and styles compressed (vendor files come precompressed; images,
+    # archives, model files and event streams are sent as they are).
+    app.add_middleware(
+        GZipMiddleware,
+        minimum_size=1024,
+        exclude_content_types=(*DEFAULT_EXCLUDED_CONTENT_TYPES, "application/octet-stream"),
+    )
     app.add_middleware(BodyLimitMiddleware, limit=limit)
     app.add_middleware(RequestIdMiddleware, log_requests=True)  # outermost: a 413 has the id too
 
@@ -80,7 +88,8 @@ def create_app(container: ApiContainer, background: bool = False) -> FastAPI:
 
     console = container.settings.console_dir or FRONTEND
     if console.is_dir():
-        app.mount("/", StaticFiles(directory=console, html=True), name="console")
+        settings = container.settings
+        app.mount("/", ConsoleFiles(console, lambda: _console_settings(settings)), name="console")
     return app
 
 

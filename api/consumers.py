@@ -20,7 +20,16 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from visioninapp.api.db import ConsumerOffset, Database, EdgeWindow, EpochMetric, LogLine, TrainingRun
+from visioninapp.api.db import (
+    ConsumerOffset,
+    Database,
+    EdgeWindow,
+    EpochMetric,
+    FrameAnnouncement,
+    LogLine,
+    TrainingRun,
+)
+from visioninapp.api.domain.ledger import record_window
 from visioninapp.backends.events import EventBus, StreamMessage
 from visioninapp.backends.search import SearchIndex
 from visioninapp.backends.storage import ArtifactStore, join_uri
@@ -263,9 +272,17 @@ class EdgeEventConsumer(StreamConsumer):
                     provider=event.provider,
                     ready=event.ready,
                     reason=event.reason,
+                    cameras=[camera.model_dump(mode="json", by_alias=True) for camera in event.cameras],
                     stream_offset=message.offset,
                 )
             )
+            record_window(session, event)
+            for uri in event.frames:  # imported (and checked) by the cluster sync
+                session.add(
+                    FrameAnnouncement(
+                        project_name=event.namespace, deployment=event.deployment, node=event.node, uri=uri
+                    )
+                )
             written += 1
         return written, skipped
 

@@ -21,6 +21,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -42,6 +43,8 @@ __all__ = [
     "EdgeWindow",
     "EpochMetric",
     "FeedbackFrame",
+    "FrameAnnouncement",
+    "LedgerEntry",
     "LogLine",
     "Membership",
     "Notification",
@@ -227,7 +230,38 @@ class EdgeWindow(Base):
     provider: Mapped[str | None] = mapped_column(String(64), nullable=True)
     ready: Mapped[bool] = mapped_column(Boolean, default=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Each camera's CameraWindow as the event carried it (by alias); NULL in windows stored before
+    # cameras were reported, so the migration adds the column without rewriting the table.
+    cameras: Mapped[list[Any] | None] = mapped_column(nullable=True, default=list)
     stream_offset: Mapped[int] = mapped_column(BigInteger)
+
+
+class FrameAnnouncement(Base):
+    """A hard frame an edge runtime announced in an EdgeEvent, waiting to be imported (and checked)."""
+
+    __tablename__ = "frame_announcements"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_name: Mapped[str] = mapped_column(String(NAMESPACE), index=True)
+    deployment: Mapped[str] = mapped_column(String(NAME))
+    node: Mapped[str] = mapped_column(String(NAME))
+    uri: Mapped[str] = mapped_column(String(1024))
+
+
+class LedgerEntry(Base):
+    """A node served one model (artifact, file and pod template revision) from `started` to
+    `last_seen`: the deployment ledger, kept when the deployment changes or is deleted."""
+
+    __tablename__ = "node_ledger"
+    __table_args__ = (Index("ix_node_ledger_node", "project_name", "deployment", "node"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_name: Mapped[str] = mapped_column(String(NAMESPACE))
+    deployment: Mapped[str] = mapped_column(String(NAME))
+    node: Mapped[str] = mapped_column(String(NAME))
+    model_version: Mapped[str] = mapped_column(String(NAME))
+    model_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    revision: Mapped[str] = mapped_column(String(64))
+    started: Mapped[datetime] = mapped_column()
+    last_seen: Mapped[datetime] = mapped_column()
 
 
 class FeedbackFrame(Base):

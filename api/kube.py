@@ -7,6 +7,7 @@ bad request is answered with the field and the fix, not an opaque apiserver erro
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 from collections.abc import Callable
@@ -161,6 +162,28 @@ class KubeCluster:
             if error.status == 404:
                 raise ApiError(404, f"{kind} {namespace}/{name} not found") from None
             raise translate(error, f"deleting {kind} {name}") from None
+
+    def events(self, namespace: str, kind: str, name: str) -> builtins.list[Obj]:
+        """The Kubernetes Events about one object (core/v1, as `kubectl describe` shows them)."""
+        selector = f"involvedObject.kind={kind},involvedObject.name={name}"
+        try:
+            found = self.core.list_namespaced_event(namespace, field_selector=selector, limit=200)
+        except ApiException as error:
+            raise translate(error, f"listing the Events of {kind} {name}") from None
+        return [_obj(self._plain(item)) for item in found.items or []]
+
+    def nodes(self) -> builtins.list[Obj]:
+        """The cluster's nodes (capacity, labels, taints)."""
+        try:
+            found = self.core.list_node(limit=500)
+        except ApiException as error:
+            raise translate(error, "listing nodes") from None
+        return [_obj(self._plain(item)) for item in found.items or []]
+
+    def _plain(self, model: object) -> object:
+        """A client model as JSON-ready dicts (camelCase keys, ISO times), like the custom objects."""
+        sanitize: Callable[[object], object] = self.api.sanitize_for_serialization  # untyped in the client
+        return sanitize(model)
 
     def close(self) -> None:
         close: Callable[[], None] = self.api.close  # untyped in the client

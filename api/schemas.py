@@ -9,6 +9,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
+from visioninapp.events import CameraWindow
 from visioninapp.resources.edgedeployment import EdgeDeploymentSpec
 from visioninapp.resources.trainingjob import TrainingJobSpec
 
@@ -251,6 +252,20 @@ class NodeOut(Body):
     errors: int | None = None
     p95_ms: float | None = None
     reason: str | None = None
+    cameras: list[CameraWindow] = Field(
+        default_factory=list, description="Each camera's state and numbers in the newest EdgeEvent window."
+    )
+
+
+class LedgerEntryOut(Body):
+    node: str
+    model: str = Field(description="ModelArtifact the node served.")
+    sha256: str | None = Field(None, description="sha256 of the model file served.")
+    revision: str = Field(description="Pod template revision of the runtime.")
+    since: datetime = Field(description="Start of the first window that reported it.")
+    until: datetime | None = Field(None, description="End of the last one; absent while it still serves.")
+    last_seen: datetime = Field(description="End of the newest window that reported it.")
+    current: bool = Field(description="The node's newest stretch, reported within the last 5 minutes.")
 
 
 class ActionOut(Body):
@@ -349,3 +364,55 @@ class SummaryOut(Body):
 
 class ProposalAccept(Body):
     name: str = Field(min_length=1, max_length=253, pattern=NAME_PATTERN, description="Name of the new run.")
+
+
+class KubeEventOut(Body):
+    """A Kubernetes Event about a resource: what the operator or Kubernetes did, and why."""
+
+    type: str = Field(description="`Normal` or `Warning`.")
+    reason: str
+    message: str
+    count: int = Field(description="How often it happened (Kubernetes folds repeats into one Event).")
+    first_time: datetime | None = None
+    last_time: datetime | None = None
+    source: str | None = Field(None, description="Who reported it (e.g. the operator).")
+
+
+class NodeCapacityOut(Body):
+    name: str
+    schedulable: bool = Field(description="Ready, not cordoned, and without NoSchedule/NoExecute taints.")
+    gpus: int = Field(description="Allocatable `nvidia.com/gpu`.")
+    gpu_product: str | None = Field(None, description="The node's `nvidia.com/gpu.product` label.")
+    cpu: str | None = None
+    memory: str | None = None
+    taints: list[str] = Field(default_factory=list)
+
+
+class TrainingCapacityOut(Body):
+    """What a trainer pod can get in the training cluster: the new-run form's defaults follow it."""
+
+    nodes: list[NodeCapacityOut]
+    max_gpus: int = Field(description="The most GPUs one schedulable node offers (0: train on the CPU).")
+    gpu_products: list[str] = Field(description="GPU models of the schedulable nodes.")
+
+
+class FleetPointOut(Body):
+    time: datetime = Field(description="Start of the bucket.")
+    requests: int
+    errors: int
+    error_rate: float | None = Field(description="errors / requests; None without requests.")
+    p95_ms: float | None = Field(description="The worst window p95 in the bucket (ms).")
+
+
+class FleetSeriesOut(Body):
+    node: str | None = Field(description="The node; None for the whole deployment.")
+    points: list[FleetPointOut]
+
+
+class FleetHistoryOut(Body):
+    """Requests, errors and p95 over time, from the stored EdgeEvent windows, in equal buckets."""
+
+    since: datetime
+    until: datetime
+    step_seconds: int
+    series: list[FleetSeriesOut]

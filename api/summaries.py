@@ -103,9 +103,16 @@ def analyse(state: State) -> State:
                 }
             )
     final = scored[-1][1] if scored else None
+    findings += _against_others(facts, final)
+    return {"findings": findings}
+
+
+def _against_others(facts: RunFacts, final: float | None) -> list[dict[str, Any]]:
+    """The run beside the best earlier run and the production model: what to promote, what to keep."""
+    findings: list[dict[str, Any]] = []
     earlier = [r for r in facts.earlier_runs if r.get("mAP50_95") is not None]
-    if final is not None and earlier:
-        best_earlier = max(earlier, key=lambda r: r["mAP50_95"])
+    best_earlier = max(earlier, key=lambda r: r["mAP50_95"]) if earlier else None
+    if final is not None and best_earlier is not None:
         delta = final - best_earlier["mAP50_95"]
         findings.append(
             {
@@ -113,10 +120,22 @@ def analyse(state: State) -> State:
                 "severity": "info",
                 "message": f"{'better' if delta > 0 else 'not better'} than the best earlier run "
                 f"{best_earlier['name']} ({best_earlier['mAP50_95']:.3f}, {delta:+.3f})",
+                "better": delta > 0,
             }
         )
     production = facts.production_model
-    if final is not None and facts.artifact and facts.phase == "Succeeded":
+    outscored = final is not None and best_earlier is not None and final <= best_earlier["mAP50_95"]
+    if final is not None and facts.artifact and facts.phase == "Succeeded" and outscored:
+        assert best_earlier is not None
+        findings.append(  # never "promote" nor "fine-tune from" a run an earlier one beat
+            {
+                "kind": "earlier-is-better",
+                "severity": "info",
+                "message": f"{best_earlier['name']} scored higher ({best_earlier['mAP50_95']:.3f} vs "
+                f"{final:.3f}): promote or fine-tune from its model rather than {facts.artifact}",
+            }
+        )
+    elif final is not None and facts.artifact and facts.phase == "Succeeded":
         if production is None or production.get("mAP50_95") is None:
             findings.append(
                 {
@@ -144,7 +163,7 @@ def analyse(state: State) -> State:
                     f"({production['mAP50_95']:.3f} ≥ {final:.3f})",
                 }
             )
-    return {"findings": findings}
+    return findings
 
 
 def propose(state: State) -> State:
@@ -168,7 +187,8 @@ def propose(state: State) -> State:
     model: dict[str, Any] = dict(facts.spec.get("model") or {})
     if facts.artifact and facts.phase == "Succeeded" and "promote" in kinds:
         model = {"baseModel": facts.artifact}
-        reasons.append(f"fine-tune from {facts.artifact}, the best model so far")
+        best = "the best model so far" if facts.earlier_runs else "the project's first model"
+        reasons.append(f"fine-tune from {facts.artifact}, {best}")
     spec = {**facts.spec, "model": model, "hyperparameters": {**hyper, **changes}}
     spec.pop("suspend", None)
     return {"proposal": {"changes": changes, "model": model, "reasons": reasons, "spec": spec}}

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from visioninapp.api.db import Notification, Project, TrainingRun, utcnow
+from visioninapp.api.domain.feedback import import_announced
 from visioninapp.k8s import Obj, parse_time
 from visioninapp.web.errors import ApiError
 
@@ -125,6 +126,10 @@ class ClusterSync:
                         notification = notification_for(kind, obj)
                         if notification is not None and _add_once(session, notification):
                             created += 1
+            try:
+                import_announced(container, project, deployments)
+            except Exception:  # the store is down: the announcements wait for the next pass
+                log.exception("importing the frames announced in %s failed", project)
             container.search.index_many(
                 "runs", [(f"{project}/{tj['metadata']['name']}", run_document(tj)) for tj in jobs]
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -284,7 +285,7 @@ def ensure_chromium() -> Path:
 
 def ensure_console_built(frontend: Path) -> None:
     """The console's npm dependencies and vendored browser builds (`make console` does the same)."""
-    if not (frontend / "node_modules" / "playwright-core").exists():
+    if not all((frontend / "node_modules" / package).exists() for package in ("playwright-core", "axe-core")):
         subprocess.run(
             ["npm", "ci", "--no-audit", "--no-fund"],
             cwd=frontend,
@@ -292,7 +293,10 @@ def ensure_console_built(frontend: Path) -> None:
             capture_output=True,
             timeout=900,
         )
-    if not (frontend / "vendor" / "bootstrap.min.css").exists():
+    manifest = frontend / "vendor" / "manifest.json"
+    sources = [*(frontend / "js").rglob("*.js"), frontend / "vendor.mjs", frontend / "package-lock.json"]
+    stale = manifest.exists() and any(p.stat().st_mtime > manifest.stat().st_mtime for p in sources)
+    if stale or not manifest.exists() or "axe.js" not in json.loads(manifest.read_text()):
         subprocess.run(["node", "vendor.mjs"], cwd=frontend, check=True, capture_output=True, timeout=120)
 
 

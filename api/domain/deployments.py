@@ -3,7 +3,8 @@ state from the operator's status and the newest window the node reported on `edg
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -15,6 +16,7 @@ from visioninapp.api.listcache import invalidate
 from visioninapp.api.paging import page, sort_items
 from visioninapp.api.schemas import DeploymentIn, DeploymentOut, DeploymentPatch
 from visioninapp.api.security import Access
+from visioninapp.events import CameraWindow
 from visioninapp.k8s import Obj, parse_time
 from visioninapp.resources import API_VERSION
 
@@ -23,6 +25,7 @@ __all__ = [
     "create_deployment",
     "delete_deployment",
     "deployment_out",
+    "fleet_history",
     "get_deployment",
     "list_deployments",
     "node_states",
@@ -156,6 +159,10 @@ def _add_window(entry: dict[str, Any], window: EdgeWindow) -> None:
         errors=window.errors,
         p95Ms=window.p95_ms,
         lastHeartbeat=_newest(entry.get("lastHeartbeat"), window.window_end),
+        # Validated through the event's own model: the API shows what the runtime reported, no more.
+        cameras=[
+            CameraWindow.model_validate(camera).model_dump(by_alias=True) for camera in window.cameras or []
+        ],
     )
     entry.setdefault("revision", window.revision)
     if entry.get("ready") is None:
@@ -167,3 +174,63 @@ def _add_window(entry: dict[str, Any], window: EdgeWindow) -> None:
 def _newest(reported: str | None, window_end: datetime) -> datetime:
     heartbeat = parse_time(reported)
     return window_end if heartbeat is None else max(heartbeat, window_end)
+
+
+MAX_WINDOWS = 50_000  # windows read for one history (a day of 15 s windows from ~9 nodes)
+MAX_BUCKETS = 240
+
+
+def fleet_history(
+    container: ApiContainer, project: str, name: str, seconds: int, buckets: int, now: datetime | None = None
+) -> dict[str, Any]:
+    """Requests, errors, error rate and p95 of the deployment and of each node over the last
+    `seconds`, in `buckets` equal buckets, from the stored EdgeEvent windows (a window counts in the
+    bucket its end falls in; p95 is the worst window's, an upper bound of the bucket's)."""
+    container.clusters.rollout.get(KIND, project, name)  # a 404 names the deployment
+    until = now or datetime.now(UTC)
+    step = max(1, -(-seconds // max(1, min(buckets, MAX_BUCKETS))))
+    count = -(-seconds // step)
+    since = until - timedelta(seconds=step * count)
+    query = (
+        select(
+            EdgeWindow.node, EdgeWindow.window_end, EdgeWindow.requests, EdgeWindow.errors, EdgeWindow.p95_ms
+        )
+        .where(
+            EdgeWindow.project_name == project,
+            EdgeWindow.deployment == name,
+            EdgeWindow.window_end > since,
+            EdgeWindow.window_end <= until,
+        )
+        .order_by(EdgeWindow.window_end.desc())
+        .limit(MAX_WINDOWS)
+    )
+    totals: dict[str | None, dict[int, list[Any]]] = defaultdict(dict)
+    with container.db.session() as session:
+        for node, end, requests, errors, p95 in session.execute(query):
+            index = min(count - 1, int((end - since).total_seconds() // step))
+            for key in (None, node):
+                bucket = totals[key].setdefault(index, [0, 0, None])
+                bucket[0] += requests
+                bucket[1] += errors
+                if p95 is not None:
+                    bucket[2] = p95 if bucket[2] is None else max(bucket[2], p95)
+    totals.setdefault(None, {})
+
+    def points(buckets_of: dict[int, list[Any]]) -> list[dict[str, Any]]:
+        out = []
+        for index in range(count):
+            requests, errors, p95 = buckets_of.get(index, [0, 0, None])
+            out.append(
+                {
+                    "time": (since + timedelta(seconds=step * index)).isoformat(),
+                    "requests": requests,
+                    "errors": errors,
+                    "errorRate": errors / requests if requests else None,
+                    "p95Ms": p95,
+                }
+            )
+        return out
+
+    series: list[dict[str, Any]] = [{"node": None, "points": points(totals[None])}]
+    series += [{"node": node, "points": points(totals[node])} for node in sorted(k for k in totals if k)]
+    return {"since": since.isoformat(), "until": until.isoformat(), "stepSeconds": step, "series": series}

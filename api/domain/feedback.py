@@ -7,14 +7,16 @@ Frames live under `<feedback uri>/<namespace>/<deployment>/<node>/<stem>.{jpg,js
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from visioninapp.api.container import ApiContainer
-from visioninapp.api.db import FeedbackFrame
+from visioninapp.api.db import FeedbackFrame, FrameAnnouncement
 from visioninapp.api.domain.datasets import NewVersion, find_dataset, publish_version, workspace
 from visioninapp.api.paging import fetch_page, page, page_of
 from visioninapp.api.schemas import FeedbackOut
@@ -25,9 +27,19 @@ from visioninapp.images import ImageError, read_image
 from visioninapp.k8s import Obj
 from visioninapp.web.errors import ApiError
 
-__all__ = ["MAX_ID", "accept_frames", "feedback_out", "frame_image", "import_frames", "list_frames"]
+__all__ = [
+    "MAX_ID",
+    "accept_frames",
+    "feedback_out",
+    "frame_image",
+    "import_announced",
+    "import_frames",
+    "list_frames",
+]
 
+log = logging.getLogger(__name__)
 MAX_ID = 2**63 - 1  # the database's BIGINT
+ANNOUNCED_BATCH = 500  # announcements imported per project and sync pass
 IMPORT_PAGE = 1000  # the import answers with at most this many of the frames it imported
 
 
@@ -79,12 +91,69 @@ def import_frames(container: ApiContainer, project: str) -> dict[str, Any]:
     return page(imported, IMPORT_PAGE, 0)
 
 
+def _feedback_base(container: ApiContainer, deployment: Obj | None) -> str:
+    """Where a deployment's pods write frames: its own feedback URI, or the platform's."""
+    spec = (deployment or {}).get("spec") or {}
+    return str((spec.get("feedback") or {}).get("uri") or container.settings.resolved_feedback_uri)
+
+
+def import_announced(container: ApiContainer, project: str, deployments: list[Obj]) -> int:
+    """Import the frames the project's runtimes announced in their EdgeEvents (no `sync` needed).
+
+    An announcement is only a hint: its URI must be a frame record under its own deployment's and
+    node's feedback prefix, or it is dropped with a warning, so a node can make the API read
+    nothing but its own frames. Handled announcements are deleted; a store error leaves the rest
+    for the next pass.
+    """
+    bases = {d["metadata"]["name"]: _feedback_base(container, d) for d in deployments}
+    imported: list[dict[str, Any]] = []
+    with container.db.session() as session:
+        rows = session.scalars(
+            select(FrameAnnouncement)
+            .where(FrameAnnouncement.project_name == project)
+            .order_by(FrameAnnouncement.id)
+            .limit(ANNOUNCED_BATCH)
+        ).all()
+        for row in rows:
+            base = bases.get(row.deployment) or _feedback_base(container, None)
+            ref = feedback_frame(base, project, row.uri)
+            if ref is None or (ref.deployment, ref.node) != (row.deployment, row.node):
+                log.warning(
+                    "ignoring a frame announced by %s/%s outside its prefix: %s",
+                    row.deployment,
+                    row.node,
+                    row.uri,
+                )
+            else:
+                frame = _import_one(session, container.store_for(base), row, project)
+                if frame is not None:
+                    imported.append(feedback_out(frame))
+            session.delete(row)
+    container.search.index_many(
+        "feedback", [(str(item["id"]), _document(project, item)) for item in imported]
+    )
+    return len(imported)
+
+
+def _import_one(
+    session: Session, store: ArtifactStore, row: FrameAnnouncement, project: str
+) -> FeedbackFrame | None:
+    image_uri = row.uri[: -len(".json")] + ".jpg"
+    if session.scalars(select(FeedbackFrame.id).where(FeedbackFrame.image_uri == image_uri)).first():
+        return None  # imported already (a sync, or a resent event)
+    try:
+        frame = _frame(store, row.uri, project, row.deployment, row.node, image_uri)
+    except ObjectNotFound:
+        log.warning("announced frame %s is not in the store", row.uri)
+        return None
+    session.add(frame)
+    session.flush()
+    return frame
+
+
 def _import_deployment(container: ApiContainer, project: str, deployment: Obj) -> list[dict[str, Any]]:
     name = deployment["metadata"]["name"]
-    # where its pods write: the deployment's own feedback URI, or the platform's
-    base = (deployment.get("spec", {}).get("feedback") or {}).get(
-        "uri"
-    ) or container.settings.resolved_feedback_uri
+    base = _feedback_base(container, deployment)
     store = container.store_for(base)
     imported = []
     for stored in store.list(feedback_prefix(base, project, name)):

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
 
-from visioninapp.api.domain import deployments
+from visioninapp.api.domain import deployments, insight, ledger
 from visioninapp.api.listcache import list_cache_prefix
 from visioninapp.api.routes.common import Limit, ObjectName, Offset, Sort, cached_list
-from visioninapp.api.schemas import ActionOut, DeploymentIn, DeploymentOut, DeploymentPatch, NodeOut, Page
+from visioninapp.api.schemas import (
+    ActionOut,
+    DeploymentIn,
+    DeploymentOut,
+    DeploymentPatch,
+    FleetHistoryOut,
+    KubeEventOut,
+    LedgerEntryOut,
+    NodeOut,
+    Page,
+)
 from visioninapp.api.security import Container, ProjectReader, ProjectWriter
 
 router = APIRouter(tags=["deployments"])
@@ -82,3 +92,47 @@ def delete_deployment(name: ObjectName, access: ProjectWriter, container: Contai
 )
 def deployment_nodes(name: ObjectName, access: ProjectReader, container: Container) -> Any:
     return deployments.node_states(container, access.project, name)
+
+
+@router.get(
+    "/projects/{project}/deployments/{name}/ledger",
+    response_model=Page[LedgerEntryOut],
+    summary="Which model each node served, from when to when (kept after the deployment changes)",
+)
+def deployment_ledger(
+    name: ObjectName,
+    access: ProjectReader,
+    container: Container,
+    node: Annotated[str | None, Query(max_length=253, description="Only this node's entries.")] = None,
+    limit: Limit = 100,
+    offset: Offset = 0,
+) -> Any:
+    return ledger.ledger_page(container, access.project, name, node, limit, offset)
+
+
+@router.get(
+    "/projects/{project}/deployments/{name}/events",
+    response_model=list[KubeEventOut],
+    summary="The deployment's Kubernetes Events (rollout steps, gates, rollbacks), newest first",
+)
+def deployment_events(name: ObjectName, access: ProjectReader, container: Container) -> Any:
+    return insight.deployment_events(container, access.project, name)
+
+
+@router.get(
+    "/projects/{project}/deployments/{name}/history",
+    response_model=FleetHistoryOut,
+    summary="Requests, errors and p95 over time, per node and for the deployment (EdgeEvent windows)",
+)
+def deployment_history(
+    name: ObjectName,
+    access: ProjectReader,
+    container: Container,
+    seconds: Annotated[
+        int, Query(ge=60, le=7 * 86400, description="How far back: 3600 for an hour, 86400 for a day.")
+    ] = 3600,
+    buckets: Annotated[
+        int, Query(ge=1, le=deployments.MAX_BUCKETS, description="Equal time buckets to sum windows into.")
+    ] = 60,
+) -> Any:
+    return deployments.fleet_history(container, access.project, name, seconds, buckets)

@@ -7,10 +7,18 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from visioninapp.api.domain import training
+from visioninapp.api.domain import insight, training
 from visioninapp.api.listcache import list_cache_prefix
 from visioninapp.api.routes.common import Limit, ObjectName, Offset, Sort, cached_list
-from visioninapp.api.schemas import LogLineOut, Page, TrainingJobDetail, TrainingJobIn, TrainingJobOut
+from visioninapp.api.schemas import (
+    KubeEventOut,
+    LogLineOut,
+    Page,
+    TrainingCapacityOut,
+    TrainingJobDetail,
+    TrainingJobIn,
+    TrainingJobOut,
+)
 from visioninapp.api.security import Container, ProjectReader, ProjectWriter
 from visioninapp.resources.trainingjob import TrainingJobPhase
 
@@ -95,3 +103,21 @@ def resume(name: ObjectName, access: ProjectWriter, container: Container) -> Any
 )
 def delete_training_job(name: ObjectName, access: ProjectWriter, container: Container) -> None:
     training.delete_job(container, access.project, name)
+
+
+@router.get(
+    "/projects/{project}/training-jobs/{name}/events",
+    response_model=list[KubeEventOut],
+    summary="The run's Kubernetes Events (scheduling, attempts, failures), newest first",
+)
+def training_events(name: ObjectName, access: ProjectReader, container: Container) -> Any:
+    return insight.training_events(container, access.project, name)
+
+
+@router.get(
+    "/projects/{project}/training-capacity",
+    response_model=TrainingCapacityOut,
+    summary="What the training cluster's nodes offer a trainer pod (GPUs, CPU, taints)",
+)
+def training_capacity(access: ProjectReader, container: Container) -> Any:
+    return insight.training_capacity(container)

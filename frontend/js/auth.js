@@ -1,13 +1,17 @@
 // Firebase Auth sign-in (the JS SDK's compat build, vendored). Without Firebase configured the
 // API runs in local mode (local admin on loopback) and the console needs no sign-in.
+import { loadScript } from "./load.js";
+
 let auth = null;
 let localMode = false;
 
+// Firebase's SDK is loaded only when sign-in is configured (local mode never downloads it).
 export async function initAuth(config) {
   if (!config.firebase) {
     localMode = true;
     return;
   }
+  await loadScript("firebase.js");
   const app = firebase.initializeApp({
     apiKey: config.firebase.apiKey,
     authDomain: config.firebase.authDomain,

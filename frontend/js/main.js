@@ -1,22 +1,28 @@
 // Console entry: configuration, sign-in, project switcher and the hash router.
 import { api } from "./api.js";
+import { loadScript } from "./load.js";
 import { currentUser, initAuth, isLocalMode, signIn, signOut } from "./auth.js";
 import { busy, field, focus, h, setPage, spinner, toast } from "./ui.js";
 import * as datasets from "./views/datasets.js";
 import * as deployments from "./views/deployments.js";
 import * as models from "./views/models.js";
+import * as notifications from "./views/notifications.js";
+import * as overview from "./views/overview.js";
 import * as playground from "./views/playground.js";
+import * as search from "./views/search.js";
 import * as training from "./views/training.js";
 
 export const state = { projects: [], project: null, role: "viewer" };
 let stopView = null;
 
 const SECTIONS = [
+  ["overview", "Overview"],
   ["training", "Training"],
   ["models", "Models"],
   ["deployments", "Deployments"],
   ["playground", "Playground"],
   ["datasets", "Datasets"],
+  ["notifications", "Notifications"],
 ];
 
 // Write buttons are only for members and admins; viewers see read-only pages.
@@ -53,6 +59,7 @@ function renderChrome(section) {
   const user = currentUser();
   document.getElementById("who").textContent = user ? user.email || "" : "";
   document.getElementById("sign-out").hidden = !user || isLocalMode();
+  document.getElementById("sign-out").title = user && user.email ? `Signed in as ${user.email}` : "";
   const links = document.getElementById("nav-links");
   links.replaceChildren(...(state.project ? SECTIONS.map(([key, label]) =>
     h("li", { class: "nav-item" }, h("a", {
@@ -61,6 +68,7 @@ function renderChrome(section) {
     }, label))) : []));
   const switcher = document.getElementById("project-switcher");
   if (state.project) switcher.value = state.project;
+  document.getElementById("search").hidden = !state.project;
 }
 
 export async function route() {
@@ -82,7 +90,7 @@ export async function route() {
         "You are not a member of any project yet. Ask a project admin to add you."));
       return;
     }
-    location.hash = `#/p/${state.projects[0].name}/training`;
+    location.hash = `#/p/${state.projects[0].name}/overview`;
     return;
   }
   const project = state.projects.find((p) => p.name === parts[1]);
@@ -92,9 +100,9 @@ export async function route() {
   }
   state.project = project.name;
   state.role = project.role;
-  const [section = "training", ...rest] = parts.slice(2);
+  const [section = "overview", ...rest] = parts.slice(2);
   renderChrome(section);
-  const views = { training, models, deployments, playground, datasets };
+  const views = { overview, training, models, deployments, playground, datasets, notifications, search };
   const view = views[section];
   if (!view) {
     setPage("Not found", h("div", { class: "alert alert-warning" }, `No page ${section}.`));
@@ -108,16 +116,32 @@ export async function route() {
   }
 }
 
+// The API inlines its /api/config answer into index.html (one round trip less on a cold load).
+async function config() {
+  const inline = document.getElementById("console-config");
+  if (inline && inline.textContent.trim().startsWith("{")) return JSON.parse(inline.textContent);
+  return (await fetch("/api/config")).json();
+}
+
 async function start() {
   try {
-    const config = await (await fetch("/api/config")).json();
-    await initAuth(config);
-    if (currentUser()) await loadProjects();
+    await initAuth(await config());
+    if (currentUser()) {
+      // A project's overview asks for its data while the project list loads (one round trip less).
+      const [, p, project, section = "overview"] = location.hash.split("?")[0].split("/");
+      if (p === "p" && project && section === "overview") overview.prefetch(decodeURIComponent(project));
+      await loadProjects();
+    }
   } catch (error) {
     toast(`cannot start the console: ${error.message}`);
   }
   document.getElementById("project-switcher").addEventListener("change", (event) => {
-    location.hash = `#/p/${event.target.value}/training`;
+    location.hash = `#/p/${event.target.value}/overview`;
+  });
+  document.getElementById("search").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const words = document.getElementById("search-words").value.trim();
+    if (words && state.project) location.hash = `#/p/${state.project}/search?q=${encodeURIComponent(words)}`;
   });
   document.getElementById("sign-out").addEventListener("click", async () => {
     await signOut();
@@ -130,7 +154,9 @@ async function start() {
     focus.onRender = true;
     route();
   });
-  route();
+  await route();
+  // Bootstrap's script (toasts, dialogs, the phone menu) after the first page: off the critical path.
+  loadScript("bootstrap.js").catch((error) => toast(error.message));
 }
 
 start();

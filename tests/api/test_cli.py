@@ -58,6 +58,50 @@ def test_migrate_creates_the_schema(tmp_path: Path) -> None:
         engine.dispose()
 
 
+def test_windows_stored_before_cameras_are_kept_without_camera_numbers(tmp_path: Path) -> None:
+    """0002 adds `edge_windows.cameras` to a table that has windows: they stay, with NULL (no camera
+    numbers were reported), and new windows store theirs."""
+    import sqlalchemy
+    from alembic import command
+
+    from visioninapp.api.db import Database, EdgeWindow, alembic_config
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    command.upgrade(alembic_config(url), "0001")
+    db = Database(url)
+    with db.engine.begin() as connection:
+        connection.execute(
+            sqlalchemy.text(
+                "INSERT INTO edge_windows (project_name, deployment, node, revision, window_start, "
+                "window_end, requests, errors, detections_per_class, low_confidence, ready, stream_offset) "
+                "VALUES ('p', 'd', 'n', 'r', '2026-11-30 10:00:00', '2026-11-30 10:00:15', 5, 0, '{}', "
+                "0, 1, 7)"
+            )
+        )
+    db.migrate()
+    with db.session() as session:
+        (old,) = session.scalars(sqlalchemy.select(EdgeWindow))
+        assert (old.requests, old.cameras) == (5, None)
+        session.add(
+            EdgeWindow(
+                project_name="p",
+                deployment="d",
+                node="n",
+                revision="r",
+                window_start=old.window_start,
+                window_end=old.window_end,
+                requests=1,
+                errors=0,
+                stream_offset=8,
+                cameras=[{"name": "dock", "state": "streaming"}],
+            )
+        )
+    with db.session() as session:
+        new = session.scalars(sqlalchemy.select(EdgeWindow).where(EdgeWindow.stream_offset == 8)).one()
+        assert new.cameras == [{"name": "dock", "state": "streaming"}]
+    db.engine.dispose()
+
+
 def test_serve_without_kubernetes_configuration_says_what_to_set(tmp_path: Path) -> None:
     result = run(
         "serve",

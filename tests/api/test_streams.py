@@ -15,9 +15,10 @@ from tests.api.conftest import ApiEnv
 from tests.api.test_api import artifact, member_spec
 from tests.helpers import wait_for
 from visioninapp.api.consumers import wait_drained
-from visioninapp.api.db import EpochMetric, LogLine, Notification
+from visioninapp.api.db import EpochMetric, FrameAnnouncement, LogLine, Notification
 from visioninapp.api.sync import ClusterSync
-from visioninapp.events import EdgeEvent, TrainingEvent
+from visioninapp.events import CameraWindow, EdgeEvent, TrainingEvent
+from visioninapp.feedback import feedback_prefix
 
 pytestmark = pytest.mark.services
 
@@ -113,33 +114,90 @@ def test_edge_events_feed_the_fleet_view(api: ApiEnv) -> None:
         headers=api.as_user("alice"),
         json={"name": "fleet", "spec": {"modelRef": "m1"}},
     )
+    # The operator's status names a second node that has not reported yet.
+    api.cluster.patch(
+        "visioninapp.io",
+        "edgedeployments",
+        project,
+        "fleet",
+        {"status": {"nodes": [{"name": "jetson-0"}, {"name": "jetson-1"}]}},
+        subresource="status",
+    )
     now = datetime.now(UTC)
+
+    def window(end: datetime, cameras: list[CameraWindow]) -> EdgeEvent:
+        return EdgeEvent(
+            namespace=project,
+            deployment="fleet",
+            node="jetson-0",
+            revision="r1",
+            model_version="m1",
+            window_start=end - timedelta(seconds=15),
+            window_end=end,
+            requests=120,
+            errors=1,
+            p95_ms=21.5,
+            detections_per_class={"helmet": 40},
+            cameras=cameras,
+        )
+
+    dock = CameraWindow(
+        name="dock",
+        state="streaming",
+        target_fps=15,
+        fps=14.9,
+        frames_read=226,
+        frames_processed=224,
+        frames_dropped=2,
+        p50_ms=31.0,
+        p99_ms=58.5,
+    )
+    gate = CameraWindow(
+        name="gate", state="reconnecting", target_fps=5, reconnects=3, error="connection refused"
+    )
+    older = dock.model_copy(update={"fps": 1.0, "state": "connecting"})
     publish(
         api,
         api.settings.edge_stream,
-        [
-            EdgeEvent(
-                namespace=project,
-                deployment="fleet",
-                node="jetson-0",
-                revision="r1",
-                model_version="m1",
-                window_start=now - timedelta(seconds=15),
-                window_end=now,
-                requests=120,
-                errors=1,
-                p95_ms=21.5,
-                detections_per_class={"helmet": 40},
-            ),
-        ],
+        [window(now - timedelta(seconds=15), [older]), window(now, [dock, gate])],
     )
     _, edge = api.container.consumers()
     wait_drained(edge)
     nodes = api.client.get(
         f"/api/v1/projects/{project}/deployments/fleet/nodes", headers=api.as_user("alice")
     ).json()
-    assert nodes == [pytest.approx(nodes[0])]
-    assert nodes[0]["node"] == "jetson-0" and nodes[0]["requests"] == 120 and nodes[0]["p95Ms"] == 21.5
+    assert [n["node"] for n in nodes] == ["jetson-0", "jetson-1"]
+    assert nodes[0]["requests"] == 120 and nodes[0]["p95Ms"] == 21.5
+    # The newest window's cameras, field by field, as the runtime reported them.
+    assert nodes[0]["cameras"] == [
+        {
+            "name": "dock",
+            "state": "streaming",
+            "targetFps": 15.0,
+            "fps": 14.9,
+            "framesRead": 226,
+            "framesProcessed": 224,
+            "framesDropped": 2,
+            "p50Ms": 31.0,
+            "p99Ms": 58.5,
+            "reconnects": 0,
+            "error": None,
+        },
+        {
+            "name": "gate",
+            "state": "reconnecting",
+            "targetFps": 5.0,
+            "fps": 0.0,
+            "framesRead": 0,
+            "framesProcessed": 0,
+            "framesDropped": 0,
+            "p50Ms": None,
+            "p99Ms": None,
+            "reconnects": 3,
+            "error": "connection refused",
+        },
+    ]
+    assert nodes[1]["cameras"] == []  # no window yet
 
 
 def test_run_outcomes_become_notifications_once_and_reach_the_webhook(api: ApiEnv) -> None:
@@ -238,3 +296,104 @@ def read_sse(url: str, headers: dict[str, str], count: int, timeout: float = 15.
             field, _, value = line.partition(": ")
             current[field] = value
     return events
+
+
+def test_the_ledger_keeps_which_model_each_node_served_after_the_deployment_is_gone(api: ApiEnv) -> None:
+    project = api.new_project({"alice": "member"})
+    now = datetime.now(UTC)
+
+    def window(node: str, end_ago: float, model: str | None, revision: str) -> EdgeEvent:
+        end = now - timedelta(minutes=end_ago)
+        sha = None if model is None else f"{model:0<64}"[:64]
+        return EdgeEvent(
+            namespace=project,
+            deployment="fleet",
+            node=node,
+            revision=revision,
+            model_version=model,
+            model_sha256=sha,
+            window_start=end - timedelta(minutes=1),
+            window_end=end,
+        )
+
+    events = [
+        window("jetson-0", 40, None, "r1"),  # nothing loaded yet: no entry
+        window("jetson-0", 39, "m1", "r1"),
+        window("jetson-0", 38, "m1", "r1"),
+        window("jetson-1", 38, "m1", "r1"),
+        window("jetson-0", 37, "m2", "r2"),  # the rollout reached it
+        window("jetson-0", 36, "m2", "r2"),
+        window("jetson-0", 6, "m2", "r2"),  # back after half an hour off: a new stretch
+        window("jetson-0", 3, "m2", "r2"),  # two minutes without a window (a restart): the same one
+    ]
+    publish(api, api.settings.edge_stream, events)
+    _, edge = api.container.consumers()
+    wait_drained(edge)
+    url = f"/api/v1/projects/{project}/deployments/fleet/ledger"
+    entries = api.client.get(url, headers=api.as_user("alice")).json()
+    assert entries["total"] == 4
+    rows = [(e["node"], e["model"], e["revision"], e["current"]) for e in entries["items"]]
+    assert rows == [
+        ("jetson-0", "m2", "r2", True),
+        ("jetson-0", "m2", "r2", False),
+        ("jetson-1", "m1", "r1", False),  # silent for 38 minutes: not current
+        ("jetson-0", "m1", "r1", False),
+    ]
+    first_m1 = entries["items"][3]
+    assert datetime.fromisoformat(first_m1["since"]) == now - timedelta(minutes=40)
+    assert datetime.fromisoformat(first_m1["until"]) == now - timedelta(minutes=38)
+    assert entries["items"][0]["until"] is None and entries["items"][0]["sha256"] == f"{'m2':0<64}"
+    one = api.client.get(url, params={"node": "jetson-1"}, headers=api.as_user("alice")).json()
+    assert [e["model"] for e in one["items"]] == ["m1"]
+    # No EdgeDeployment named fleet exists (it was never created, or it was deleted): the ledger stays.
+    assert api.cluster.get("visioninapp.io", "edgedeployments", project, "fleet") is None
+    outsider = api.new_project({"bob": "member"})
+    assert api.client.get(url, headers=api.as_user("bob")).status_code in (403, 404), outsider
+
+
+def test_frames_announced_in_edge_events_are_imported_without_a_sync_and_only_from_their_own_prefix(
+    api: ApiEnv,
+) -> None:
+    project = api.new_project({"alice": "member"})
+    other = api.new_project({"bob": "member"})
+    feedback = api.settings.resolved_feedback_uri
+    store = api.container.store_for(feedback)
+    record = {
+        "time": "2026-11-30T10:00:00+00:00",
+        "model": "m1",
+        "sha256": "a" * 64,
+        "revision": "r1",
+        "camera": "dock",
+        "detections": [{"box": [1, 2, 30, 40], "score": 0.31, "classId": 0, "className": "helmet"}],
+    }
+
+    def put(namespace: str, node: str, stem: str) -> str:
+        prefix = feedback_prefix(feedback, namespace, "fleet", node)
+        store.put_bytes(b"\xff\xd8jpeg", f"{prefix}{stem}.jpg")
+        return store.put_bytes(json.dumps(record).encode(), f"{prefix}{stem}.json").uri
+
+    own = put(project, "jetson-0", "abc123-000000000001")
+    neighbour = put(project, "jetson-1", "abc123-000000000002")  # announced by jetson-0: refused
+    foreign = put(other, "jetson-0", "abc123-000000000003")  # another project's frame: refused
+    event = EdgeEvent(
+        namespace=project,
+        deployment="fleet",
+        node="jetson-0",
+        revision="r1",
+        model_version="m1",
+        window_start=datetime.now(UTC) - timedelta(seconds=15),
+        window_end=datetime.now(UTC),
+        frames=[own, neighbour, foreign, own],  # a resend too
+    )
+    publish(api, api.settings.edge_stream, [event])
+    _, edge = api.container.consumers()
+    wait_drained(edge)
+    ClusterSync(api.container).sync_once()
+    frames = api.client.get(f"/api/v1/projects/{project}/feedback", headers=api.as_user("alice")).json()
+    assert [(f["node"], f["imageUri"]) for f in frames["items"]] == [
+        ("jetson-0", own[: -len(".json")] + ".jpg")
+    ]
+    bob = api.client.get(f"/api/v1/projects/{other}/feedback", headers=api.as_user("bob")).json()
+    assert bob["items"] == []
+    with api.container.db.session() as session:
+        assert session.scalar(select(func.count()).select_from(FrameAnnouncement)) == 0  # all handled

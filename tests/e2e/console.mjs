@@ -1,7 +1,7 @@
 // Drives the console in Debian's chromium with playwright-core; prints one JSON line with results.
 // Env: APP_URL, AUTH_HOST (emulator host:port), EMAIL, VIEWER_EMAIL, PASSWORD, PROJECT, ARTIFACTS,
 // CONSOLE_DIR, SEEN_DIR (where it notes each live step it saw, for the test's fake trainer).
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { join } from "node:path";
 
@@ -9,9 +9,10 @@ const require = createRequire(join(process.env.CONSOLE_DIR, "package.json"));
 const { chromium } = require("playwright-core");
 
 const app = new URL(process.env.APP_URL);
-const allowedHosts = new Set([app.host, process.env.AUTH_HOST]);
+const allowedHosts = new Set([app.host, process.env.AUTH_HOST, new URL(process.env.LOCAL_URL).host]);
 const artifacts = process.env.ARTIFACTS;
 mkdirSync(artifacts, { recursive: true });
+for (const old of readdirSync(artifacts)) if (old.endsWith(".png")) rmSync(join(artifacts, old));  // this run's only
 const problems = [];
 const titles = {};
 
@@ -32,15 +33,44 @@ page.on("request", (request) => {
   if (["http:", "https:"].includes(url.protocol) && !allowedHosts.has(url.host)) problems.push(`request to ${url.host}`);
 });
 
+const PHONE = { width: 390, height: 844 };
+const DESKTOP = { width: 1280, height: 900 };
+const manifest = JSON.parse(readFileSync(join(process.env.CONSOLE_DIR, "vendor", "manifest.json"), "utf8"));
+const axePath = join(process.env.CONSOLE_DIR, manifest["axe.js"]);
+const checked = {};
+
+// Every page: a title, labelled fields, no leaked `[object …]`/undefined/NaN/long floats, no axe
+// violation of serious or critical impact, no horizontal overflow on a phone; a screenshot.
 async function checkPage(name) {
   await page.waitForFunction(() => !document.title.startsWith("Loading") && document.title.includes("VisionInApp"));
+  await page.waitForLoadState("networkidle").catch(() => {});
   titles[name] = await page.title();
+  await page.mouse.move(0, 0);  // a pointer resting on a toast keeps it open
   const unlabelled = await page.evaluate(() => [...document.querySelectorAll("input, select, textarea")]
     .filter((el) => el.type !== "hidden" && !el.hidden && el.offsetParent !== null)
     .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute("aria-label"))
     .map((el) => el.outerHTML.slice(0, 120)));
   for (const field of unlabelled) problems.push(`${name}: form field without a label: ${field}`);
-  await page.screenshot({ path: join(artifacts, `${name}.png`), fullPage: true });
+  const text = await page.evaluate(() => document.body.innerText);
+  for (const [label, pattern] of [["[object", /\[object/], ["undefined", /\bundefined\b/], ["NaN", /\bNaN\b/],
+    ["a float with more than 3 decimals", /\b\d+\.\d{4,}\b/]]) {
+    const found = text.match(pattern);
+    if (found) problems.push(`${name}: the page shows ${label}: “…${text.slice(Math.max(0, found.index - 40), found.index + 40).replace(/\s+/g, " ")}…”`);
+  }
+  const width = page.viewportSize().width;
+  if (width <= PHONE.width) {
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    if (overflow > 1) problems.push(`${name}: at ${width} px the page is ${overflow}px wider than the screen`);
+  }
+  await page.addScriptTag({ path: axePath });
+  const violations = await page.evaluate(async () => {
+    const result = await window.axe.run(document, { resultTypes: ["violations"] });
+    return result.violations.filter((v) => ["serious", "critical"].includes(v.impact))
+      .map((v) => `${v.id} (${v.impact}): ${v.help} at ${v.nodes.slice(0, 3).map((n) => n.target.join(" ")).join(", ")}`);
+  });
+  for (const violation of violations) problems.push(`${name} at ${width} px: axe ${violation}`);
+  checked[name] = (checked[name] || []).concat(width);
+  await page.screenshot({ path: join(artifacts, `${name}-${width}.png`), fullPage: true });
 }
 
 const step = async (name, action) => {
@@ -53,7 +83,17 @@ const step = async (name, action) => {
   }
 };
 
+const project = process.env.PROJECT;
+const at = (path) => `${app.origin}/#/p/${project}/${path}`;
+const toastText = () => page.evaluate(() => document.getElementById("toasts").innerText);
+const expectText = async (where, pattern) => {
+  const text = await page.evaluate(() => document.getElementById("main").innerText);
+  if (!pattern.test(text)) problems.push(`${where}: expected ${pattern} on the page`);
+};
+
 let boxes = 0;
+let coldLoad = null;
+const oldRuns = process.env.OLD_RUNS.split(",");
 try {
   await step("sign-in", async () => {
     await page.goto(app.href);
@@ -61,18 +101,31 @@ try {
     await page.getByLabel("Password").fill(process.env.PASSWORD);
     await checkPage("sign-in");
     await page.getByRole("button", { name: "Sign in" }).click();
-    await page.getByRole("heading", { name: "Training runs" }).waitFor();
-    await checkPage("training-list");
+    await page.getByRole("heading", { name: "Overview" }).waitFor();
+    await expectText("overview", /night-run[\s\S]*4 \/ 20/);
+    await expectText("overview", /shapes\s+v1/);
+    await expectText("overview", /dock/);
+    const waiting = await page.getByTestId("frames-waiting").textContent();
+    if (waiting !== process.env.HARD_FRAMES) problems.push(`overview: ${waiting} hard frames waiting, not ${process.env.HARD_FRAMES}`);
   });
   await step("create-training-job", async () => {
+    await page.getByRole("link", { name: "Training", exact: true }).click();
+    await page.getByRole("heading", { name: "Training runs" }).waitFor();
     await page.getByRole("link", { name: "New training run" }).click();
+    await page.getByTestId("capacity").waitFor();
+    const gpus = await page.getByLabel("GPUs").inputValue();
+    if (gpus !== "0") problems.push(`new run: ${gpus} GPU(s) by default where no node has one`);
+    await page.getByRole("button", { name: "Create TrainingJob" }).click();  // empty name: an inline error
+    const inline = page.locator("form [role=alert]");
+    await inline.waitFor();
+    if (!/Some fields are invalid: Name/.test(await inline.textContent())) problems.push(`new run: inline error says ${await inline.textContent()}`);
     await page.getByLabel("Name", { exact: true }).fill("e2e-run");
+    await page.getByLabel("Model line").fill("shapes");
     await page.getByLabel("Dataset URI").fill("datasets/vision/shapes/v1");
     await page.getByLabel("epochs").fill("3");
     await page.getByLabel("imgsz").fill("320");
     const yaml = await page.getByLabel("TrainingJob YAML").textContent();
     if (!yaml.includes("kind: TrainingJob") || !yaml.includes("epochs: 3")) problems.push(`YAML preview wrong: ${yaml}`);
-    await checkPage("training-new");
     await page.getByRole("button", { name: "Create TrainingJob" }).click();
     await page.getByRole("heading", { name: "e2e-run" }).waitFor();
   });
@@ -80,27 +133,73 @@ try {
     // The fake trainer sends epoch n+1 only once this page showed epoch n, and the final status last.
     const showsEpoch = (n) => page.waitForFunction((e) => document.querySelector("[data-testid=epoch]")?.textContent.startsWith(`${e} /`), n, { timeout: 60000 });
     writeFileSync(join(process.env.SEEN_DIR, "detail"), "");
+    await page.getByRole("button", { name: "Suspend" }).waitFor();
+    if (await page.getByRole("button", { name: "Write summary" }).count()) problems.push("a pending run offers Write summary");
     for (const n of [1, 2]) {
       await showsEpoch(n);
       writeFileSync(join(process.env.SEEN_DIR, `epoch-${n}`), "");
     }
     await showsEpoch(3);
-    await checkPage("training-detail");
+    await page.getByRole("button", { name: "Write summary" }).waitFor();  // finished: the actions follow
+    if (await page.getByRole("button", { name: "Suspend" }).count()) problems.push("a finished run offers Suspend");
+    const toasts = await toastText();
+    for (const run of oldRuns) if (toasts.includes(run)) problems.push(`the run page replayed an old notification: ${toasts}`);
+    if (!toasts.includes("e2e-run")) problems.push(`no toast for the run that just finished: ${toasts}`);
+    await page.waitForFunction(() => document.querySelector("[aria-label='Training logs']")?.innerText.includes("epoch 1 done"));
+    const logs = await page.getByRole("region", { name: "Training logs" }).innerText();
+    if (/\u001b|\[\d+m/.test(logs)) problems.push(`logs show terminal colour codes: ${logs}`);
+    if ((await page.getByRole("region", { name: "Training logs" }).getAttribute("tabindex")) !== "0") problems.push("the log box is not keyboard-reachable");
   });
   await step("model", async () => {
     await page.getByRole("link", { name: "Models" }).click();
+    await page.getByRole("heading", { name: "Model registry" }).waitFor();
+    await expectText("models", /shapes\s+production: v1 \(shapes-v1\)/);
     await page.getByRole("link", { name: "e2e-run-v1" }).click();
     await page.getByRole("heading", { name: /e2e-run-v1/ }).waitFor();
-    await checkPage("model-detail");
   });
   await step("deployment", async () => {
     await page.getByRole("link", { name: "Roll out" }).click();
     await page.getByLabel("Name", { exact: true }).fill("e2e-canary");
     await page.getByLabel("Canary steps (% of nodes)").fill("50, 100");
-    await checkPage("deployment-new");
     await page.getByRole("button", { name: "Start rollout" }).click();
     await page.getByRole("heading", { name: /e2e-canary/ }).waitFor();
-    await checkPage("deployment-detail");
+  });
+  await step("deployment-why", async () => {
+    // The camera numbers another part of the edge adds to each node (the API passes them through).
+    await page.route("**/api/v1/projects/*/deployments/dock/nodes", (route) => addCameras(route).catch(() => {}));
+    async function addCameras(route) {  // (a request the page gave up on, leaving, is fine)
+      const response = await route.fetch();
+      const nodes = await response.json();
+      nodes[0].cameras = [
+        { name: "dock-gate", state: "streaming", target_fps: 15, fps: 14.8371, frames_read: 5321, frames_processed: 5300, frames_dropped: 21, p50_ms: 4.2134, p99_ms: 9.87654, reconnects: 0, error: null },
+        { name: "dock-yard", state: "reconnecting", target_fps: 15, fps: 0, frames_read: 120, frames_processed: 118, frames_dropped: 2, p50_ms: null, p99_ms: null, reconnects: 3, error: "rtsp: connection refused" },
+      ];
+      await route.fulfill({ response, json: nodes });
+    }
+    await page.goto(at("deployments/dock"));
+    await page.getByRole("heading", { name: /dock/ }).waitFor();
+    await page.waitForFunction(() => Number(document.querySelector("[data-testid=fleet-charts]")?.dataset.points || 0) > 0);
+    await expectText("dock", /WaitingForGate[\s\S]*jetson-b has not been ready/);
+    await expectText("dock", /GateWaiting/);
+    await expectText("dock", /41be09aa3c[\s\S]*Superseded/);
+    const cameras = page.getByRole("table", { name: "Cameras of jetson-a" });
+    await cameras.waitFor();
+    const cameraText = await cameras.innerText();
+    if (!/streaming[\s\S]*14\.8 of 15[\s\S]*reconnecting[\s\S]*connection refused/.test(cameraText)) problems.push(`cameras: ${cameraText}`);
+    await checkPage("deployment-dock-cameras");
+    await page.getByRole("button", { name: "Roll back" }).click();
+    const dialog = page.getByRole("dialog");
+    await dialog.waitFor();
+    if (!(await dialog.innerText()).includes("goes back to shapes-v1")) problems.push(`rollback dialog: ${await dialog.innerText()}`);
+    await dialog.getByRole("button", { name: "Roll back" }).click();
+    await page.waitForFunction(() => document.getElementById("toasts").innerText.includes("rollback requested"));
+    await page.unrouteAll({ behavior: "ignoreErrors" });
+    await page.goto(at("deployments/yard"));
+    await page.getByRole("heading", { name: /yard/ }).waitFor();
+    const reason = await page.getByTestId("reason").innerText();
+    if (!reason.includes("does not exist yet")) problems.push(`yard: the reason shown is “${reason}”`);
+    await expectText("yard", /no nodes/);
+    if (!(await page.getByRole("button", { name: "Roll back" }).isDisabled())) problems.push("yard: Roll back enabled with nothing to roll back to");
   });
   await step("playground", async () => {
     await page.getByRole("link", { name: "Playground" }).click();
@@ -119,23 +218,56 @@ try {
         const hex = [pixels[i], pixels[i + 1], pixels[i + 2]].map((v) => v.toString(16).padStart(2, "0")).join("");
         if (colours.includes(hex)) coloured++;
       }
-      return coloured;
+      return { coloured, width: canvas.getBoundingClientRect().width };
     });
-    if (!drawn) problems.push("no box pixels on the canvas");
-    await checkPage("playground");
+    if (!drawn.coloured) problems.push("no box pixels on the canvas");
+    if (drawn.width < 400) problems.push(`the playground image is drawn ${drawn.width}px wide`);
+    await page.waitForFunction(() => document.getElementById("toasts").innerText.includes("detection"));
+    const rows = await page.locator("main table tbody tr").count();
+    const toasted = Number((await toastText()).match(/(\d+) detection/)[1]);
+    if (rows !== toasted || rows !== boxes) problems.push(`playground: toast says ${toasted}, table has ${rows}, canvas ${boxes}`);
+    await checkPage("playground-detected");
   });
   await step("datasets", async () => {
     await page.getByRole("link", { name: "Datasets" }).click();
     await page.getByRole("heading", { name: "Datasets", exact: true }).waitFor();
-    await checkPage("datasets");
+    await expectText("datasets", /v2[\s\S]*synthetic shapes, seed 2/);
+    await page.waitForFunction((n) => [...document.querySelectorAll("canvas.frame-thumb")].filter((c) => Number(c.dataset.boxes) > 0).length === n,
+      Number(process.env.HARD_FRAMES));
   });
+  await step("search", async () => {
+    await page.getByLabel("Search this project").fill("shapes");
+    await page.getByLabel("Search this project").press("Enter");
+    await page.getByRole("heading", { name: "Search: shapes" }).waitFor();
+    await page.locator("main .list-group-item a", { hasText: "shapes v2" }).first().waitFor();
+  });
+  await step("notifications", async () => {
+    await page.getByRole("link", { name: "Notifications" }).click();
+    await page.getByRole("heading", { name: "Notifications" }).waitFor();
+    await expectText("notifications", /Training run e2e-run finished/);
+  });
+  const tour = [
+    ["overview", "overview"], ["training-list", "training"], ["training-new", "training/new"],
+    ["training-detail", "training/e2e-run"], ["training-running", "training/night-run"], ["training-failed", "training/helmets-first"],
+    ["model-list", "models"], ["model-detail", "models/e2e-run-v1"], ["model-compare", "models/compare?a=shapes-v1&b=shapes-v2"],
+    ["deployment-list", "deployments"], ["deployment-new", "deployments/new"], ["deployment-detail", "deployments/e2e-canary"],
+    ["deployment-yard", "deployments/yard"], ["deployment-dock", "deployments/dock"], ["playground", "playground"],
+    ["datasets", "datasets"], ["notifications", "notifications"], ["search", "search?q=shapes"],
+  ];
+  for (const viewport of [DESKTOP, PHONE]) {
+    await step(`tour-${viewport.width}`, async () => {
+      await page.setViewportSize(viewport);
+      for (const [name, path] of tour) {
+        await page.goto(at(path));
+        await page.waitForFunction(() => !document.title.startsWith("Loading"));
+        await checkPage(name);
+      }
+    });
+  }
   await step("phone", async () => {
-    await page.setViewportSize({ width: 390, height: 844 });
-    await page.goto(`${app.origin}/#/p/${process.env.PROJECT}/training`);
+    await page.setViewportSize(PHONE);
+    await page.goto(at("training"));
     await page.getByRole("heading", { name: "Training runs" }).waitFor();
-    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
-    if (overflow > 1) problems.push(`phone width: the page is ${overflow}px wider than the screen`);
-    await checkPage("phone-training");
     await page.reload();  // a fresh load: the first Tab must reach the skip link
     await page.getByRole("heading", { name: "Training runs" }).waitFor();
     await page.keyboard.press("Tab");
@@ -143,11 +275,15 @@ try {
     if (focused !== "Skip to content") problems.push(`first Tab focuses ${focused}, not the skip link`);
   });
   await step("viewer", async () => {
-    await page.setViewportSize({ width: 1280, height: 900 });
+    await page.setViewportSize(DESKTOP);
+    await page.goto(at("overview"));
+    await page.getByRole("heading", { name: "Overview" }).waitFor();
     await page.evaluate(() => document.getElementById("sign-out").click());
     await page.getByLabel("Email").fill(process.env.VIEWER_EMAIL);
     await page.getByLabel("Password").fill(process.env.PASSWORD);
     await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("heading", { name: "Overview" }).waitFor();
+    await page.goto(at("training"));
     await page.getByRole("heading", { name: "Training runs" }).waitFor();
     if (await page.getByRole("link", { name: "New training run" }).count()) problems.push("a viewer sees New training run");
     await page.getByRole("link", { name: "e2e-run", exact: true }).click();
@@ -157,10 +293,40 @@ try {
     }
     await checkPage("viewer-training-detail");
   });
+  await step("cold-load", async () => {
+    // The overview loaded cold (empty cache, signed in) over Chrome's Fast 3G profile: 562.5 ms
+    // latency, 1.44 Mbit/s down, 675 kbit/s up; with sign-in (Firebase) and as local mode serves it.
+    const measure = async (url, name) => {
+      const cold = await context.newPage();
+      cold.on("console", (message) => {
+        if (message.type() === "error") problems.push(`cold load ${name}: console error: ${message.text()}`);
+      });
+      const cdp = await context.newCDPSession(cold);
+      await cdp.send("Network.enable");
+      await cdp.send("Network.clearBrowserCache");
+      await cdp.send("Network.emulateNetworkConditions", { offline: false, latency: 562.5, downloadThroughput: 1440000 / 8, uploadThroughput: 675000 / 8 });
+      const transfers = [];
+      const urls = new Map();
+      cdp.on("Network.requestWillBeSent", (event) => urls.set(event.requestId, event.request.url));
+      cdp.on("Network.loadingFinished", (event) => transfers.push([urls.get(event.requestId), event.encodedDataLength]));
+      const started = Date.now();
+      await cold.goto(url);
+      await cold.getByRole("heading", { name: "Overview" }).waitFor({ timeout: 60000 });
+      const ms = Date.now() - started;
+      const bytes = transfers.reduce((sum, [, size]) => sum + size, 0);
+      await cold.screenshot({ path: join(artifacts, `cold-overview-${name}-1280.png`) });
+      await cold.close();
+      return { ms, requests: transfers.length, bytes, files: transfers.map(([address, size]) => `${new URL(address).pathname} ${size}`) };
+    };
+    coldLoad = {
+      signedIn: await measure(at("overview"), "signed-in"),
+      local: await measure(`${new URL(process.env.LOCAL_URL).origin}/#/p/${project}/overview`, "local"),
+    };
+  });
 } catch (error) {
   // recorded by step()
 } finally {
   await browser.close();
 }
-console.log(JSON.stringify({ problems, titles, boxes }));
+console.log(JSON.stringify({ problems, titles, boxes, coldLoad, checked }));
 process.exit(problems.length ? 1 : 0);

@@ -245,6 +245,10 @@ def test_kubectl_drives_local_mode_on_the_real_services(
         time.sleep(1)
     jobs = requests.get(f"{up.api_url}/api/v1/projects/demo/training-jobs", timeout=10).json()
     assert [j["name"] for j in jobs["items"]] == ["shapes-yolo11n"]
+    # The seeded dataset is a dataset of the project, with a version (edge frames can join it).
+    shapes = requests.get(f"{up.api_url}/api/v1/projects/demo/datasets/shapes", timeout=10).json()
+    assert [v["version"] for v in shapes["versions"]] == [1], shapes
+    assert shapes["versions"][0]["images"]["train"] > 0 and shapes["versions"][0]["classNames"], shapes
 
     deleted = up.kubectl("delete", "-f", "-", input=_examples(epochs=6))
     assert 'trainingjob.visioninapp.io "shapes-yolo11n" deleted' in deleted

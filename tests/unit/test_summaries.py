@@ -89,6 +89,15 @@ class PromptRecorder(BaseCallbackHandler):
         self.prompts += [str(message.content) for batch in messages for message in batch]
 
 
+def test_a_run_an_earlier_one_beat_is_never_proposed_as_the_best() -> None:
+    summary = summarise(facts([0.3, 0.5, 0.51], earlier_runs=[{"name": "run-0", "mAP50_95": 0.713}]))
+    assert {"comparison", "earlier-is-better"} <= kinds(summary)
+    assert "promote" not in kinds(summary)
+    assert summary.proposal["model"] == {"architecture": "yolo11n"}
+    assert "best model so far" not in summary.text
+    assert "run-0 scored higher" in summary.text
+
+
 def test_the_chat_model_is_sent_the_runs_facts() -> None:
     recorder = PromptRecorder()
     chat = FakeListChatModel(responses=["canned"], callbacks=[recorder])

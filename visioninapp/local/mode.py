@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +53,7 @@ __all__ = [
     "LocalModeError",
     "LocalPlatform",
     "local_kubeconfig",
+    "register_seeded_dataset",
     "seed_dataset",
     "session_processes",
     "shapes_copy",
@@ -59,6 +62,7 @@ __all__ = [
 TRAINING_NODE = "local-cpu-0"
 EDGE_NODE = "local-edge-0"
 LOCAL_NAMESPACE = "demo"  # the project the examples and the demo use
+SHAPES_NAME = "shapes"  # the seeded dataset's name in the project
 SHAPES_DATASET = "datasets/shapes/v1"  # the key manifests/examples/local/ trains on, in the artifact store
 # Fewer, larger, contrasting, upright shapes than the default dataset: learnable from scratch in 40
 # CPU epochs (mAP50 0.97 seen; rotated squares pass for circles at this size and budget).
@@ -85,6 +89,39 @@ def seed_dataset(settings: Settings, local_copy: Path, on_image: Callable[[], No
         store.put_file(path, join_uri(uri, path.relative_to(local_copy).as_posix()))
     store.put_file(local_copy / "data.yaml", join_uri(uri, "data.yaml"))  # last: it marks the set complete
     return uri
+
+
+def register_seeded_dataset(
+    http: Any, project_url: str, local_copy: Path, headers: dict[str, str] | None = None
+) -> None:
+    """The seeded shapes dataset as a dataset of the project, with a version (ingested by the API
+    like any upload), so the console lists it and edge frames can be added to it; nothing to do
+    when it has a version already. `http`: the `requests` module, or a test client (get, post)."""
+    datasets = f"{project_url}/datasets"
+    auth = headers or {}
+    found = http.get(f"{datasets}/{SHAPES_NAME}", headers=auth, timeout=30)
+    if found.status_code == 200 and found.json()["versions"]:
+        return
+    if found.status_code == 404:
+        description = f"the synthetic shapes local mode seeds ({SHAPES_DATASET})"
+        created = http.post(
+            datasets, json={"name": SHAPES_NAME, "description": description}, headers=auth, timeout=30
+        )
+        if created.status_code not in (201, 409):
+            raise LocalModeError(f"creating the {SHAPES_NAME} dataset failed: {created.text}")
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
+        for path in sorted(p for p in local_copy.rglob("*") if p.is_file()):
+            zipped.write(path, path.relative_to(local_copy).as_posix())
+    uploaded = http.post(
+        f"{datasets}/{SHAPES_NAME}/versions",
+        files={"archive": ("shapes.zip", archive.getvalue(), "application/zip")},
+        data={"note": f"seeded by local mode (the examples train on {SHAPES_DATASET})"},
+        headers=auth,
+        timeout=300,
+    )
+    if uploaded.status_code not in (201, 409):  # 409: the same files are already its newest version
+        raise LocalModeError(f"registering the {SHAPES_NAME} dataset failed: {uploaded.text}")
 
 
 class LocalModeError(RuntimeError):
@@ -245,6 +282,7 @@ class LocalPlatform:
         self._wait_ready("api", f"{self.api_url}/readyz", 90)
         self._create_project()
         self.dataset_uri = seed_dataset(Settings(data_dir=self.data_dir), shapes_copy(self.data_dir))
+        self._register_dataset(shapes_copy(self.data_dir))
 
     def _take_lock(self) -> None:
         self._lock = (self.home / "up.lock").open("w")
@@ -304,6 +342,9 @@ class LocalPlatform:
         )
         if response.status_code not in (201, 409):
             raise LocalModeError(f"creating the {LOCAL_NAMESPACE} project failed: {response.text}")
+
+    def _register_dataset(self, local_copy: Path) -> None:
+        register_seeded_dataset(requests, f"{self.api_url}/api/v1/projects/{LOCAL_NAMESPACE}", local_copy)
 
     def wait(self) -> None:
         """Keep running until interrupted (KeyboardInterrupt) or until a child dies (raises)."""

@@ -1,7 +1,8 @@
 // Datasets: versions with class counts, uploads with progress, and edge feedback into a new version.
 import { api, blobUrl, upload } from "../api.js";
+import { drawDetections, loadImage } from "../draw.js";
 import { canWrite } from "../main.js";
-import { NAME_PATTERN, busy, h, setPage, toast } from "../ui.js";
+import { NAME_PATTERN, amount, busy, h, setPage, stackTable, toast, when } from "../ui.js";
 
 export async function render(project) {
   const [datasets, feedback] = await Promise.all([
@@ -25,13 +26,12 @@ export async function render(project) {
     }));
     return h("div", { class: "card mb-3" }, h("div", { class: "card-body" },
       h("h2", { class: "h5" }, d.name), d.description ? h("p", { class: "text-secondary" }, d.description) : "",
-      d.versions.length ? h("div", { class: "table-responsive" }, h("table", { class: "table table-sm" },
-        h("thead", {}, h("tr", {}, ["Version", "Images", "Class counts", "Preprocessing", "URI", "Note"].map((t) => h("th", { scope: "col" }, t)))),
-        h("tbody", {}, d.versions.map((v) => h("tr", {},
-          h("td", {}, `v${v.version}`), h("td", {}, `${v.images.train ?? 0} / ${v.images.val ?? 0}`),
-          h("td", { class: "small" }, Object.entries(v.classCounts).map(([k, n]) => `${k}: ${n}`).join(", ")),
-          h("td", { class: "small" }, `${v.preprocessing.duplicatesRemoved ?? 0} dup., ${v.preprocessing.resized ?? 0} resized, ${v.preprocessing.exifRotated ?? 0} rotated`),
-          h("td", { class: "small text-break" }, v.uri), h("td", { class: "small" }, v.note)))))) : h("p", { class: "text-secondary" }, "No version yet."),
+      d.versions.length ? stackTable(["Version", "Images (train / val)", "Class counts", "Preprocessing", "URI", "Note"],
+        d.versions.map((v) => [`v${v.version}`, `${amount(v.images.train ?? 0, 0)} / ${amount(v.images.val ?? 0, 0)}`,
+          h("span", { class: "small" }, Object.entries(v.classCounts).map(([k, n]) => `${k}: ${n}`).join(", ") || "–"),
+          h("span", { class: "small" }, `${v.preprocessing.duplicatesRemoved ?? 0} dup., ${v.preprocessing.resized ?? 0} resized, ${v.preprocessing.exifRotated ?? 0} rotated`),
+          h("span", { class: "small text-break" }, v.uri), h("span", { class: "small" }, v.note || "–")]), { class: "table-sm" })
+        : h("p", { class: "text-secondary" }, "No version yet: upload a zip below."),
       latest ? h("p", { class: "small" }, `Train on it with dataset URI ${latest.uri}`) : "",
       canWrite() ? h("div", {}, h("label", { class: "form-label small", for: `file-${d.name}` }, "YOLO dataset zip"),
         Object.assign(file, { id: `file-${d.name}` }), h("div", { class: "mt-2" }, send), bar) : ""));
@@ -45,7 +45,11 @@ export async function render(project) {
   }));
 
   const selected = new Set();
-  const target = h("select", { class: "form-select" }, datasets.items.map((d) => h("option", { value: d.name }, d.name)));
+  // Frames join the newest version of a dataset: one without a version cannot take them yet.
+  const target = h("select", { class: "form-select" }, datasets.items.map((d) => h("option", { value: d.name, disabled: !d.versions.length },
+    d.versions.length ? `${d.name} (after v${d.versions[d.versions.length - 1].version})` : `${d.name} (no version yet: upload one first)`)));
+  const usable = datasets.items.find((d) => d.versions.length);
+  if (usable) target.value = usable.name;
   const accept = h("button", { class: "btn btn-primary", type: "button" }, "Add selected frames to a new version");
   accept.addEventListener("click", () => busy(accept, async () => {
     if (!selected.size) throw new Error("select at least one frame");
@@ -60,13 +64,17 @@ export async function render(project) {
     render(project);
   }));
   const frames = feedback.items.map((f) => {
-    const img = h("img", { class: "frame-thumb rounded", alt: `Frame from ${f.node}` });
-    blobUrl(`/projects/${project}/feedback/${f.id}/image`).then((url) => { img.src = url; }).catch(() => {});
+    const classes = [...new Set(f.detections.map((d) => d.className))].join(", ") || "nothing detected";
+    const img = h("canvas", { class: "frame-thumb rounded", role: "img", "data-boxes": "0",
+      "aria-label": `Frame from ${f.node} with ${f.detections.length} predicted box(es): ${classes}` });
+    blobUrl(`/projects/${project}/feedback/${f.id}/image`).then(loadImage)
+      .then((image) => { img.dataset.boxes = String(drawDetections(img, image, f.detections, { width: 240, font: 11, line: 2 })); })
+      .catch(() => { img.setAttribute("aria-label", `Frame from ${f.node}: the image could not be loaded`); });
     const box = h("input", { class: "form-check-input", type: "checkbox", id: `frame-${f.id}` });
     box.addEventListener("change", () => (box.checked ? selected.add(f.id) : selected.delete(f.id)));
-    return h("div", { class: "col-6 col-md-3 col-xl-2" }, h("div", { class: "form-check" }, box,
+    return h("div", { class: "col-12 col-sm-6 col-md-4 col-xl-3" }, h("div", { class: "form-check" }, box,
       h("label", { class: "form-check-label small", for: `frame-${f.id}` }, img, h("br"),
-        `${f.deployment}/${f.node} · top ${f.topScore?.toFixed(2) ?? "–"}`)));
+        `${f.deployment}/${f.node} · ${f.detections.length} box(es), top ${f.topScore?.toFixed(2) ?? "–"} · ${when(f.capturedAt)}`)));
   });
 
   setPage("Datasets",

@@ -1,7 +1,7 @@
 // Models: the registry of ModelArtifacts, one model's lineage and stage, and a side-by-side comparison.
 import { api } from "../api.js";
 import { canWrite } from "../main.js";
-import { badge, busy, h, number, setPage, toast } from "../ui.js";
+import { badge, busy, h, number, setPage, stackTable, toast, when } from "../ui.js";
 
 const STAGES = ["candidate", "staging", "production", "archived"];
 const METRICS = [["mAP50", "mAP50"], ["mAP50_95", "mAP50-95"], ["precision", "Precision"], ["recall", "Recall"]];
@@ -25,31 +25,35 @@ async function list(project) {
     const [a, b] = [...picked];
     location.hash = `#/p/${project}/models/compare?a=${encodeURIComponent(a)}&b=${encodeURIComponent(b)}`;
   });
-  const rows = page.items.map((m) => {
-    const box = h("input", { class: "form-check-input", type: "checkbox", "aria-label": `Select ${m.name} to compare` });
-    box.addEventListener("change", () => {
-      box.checked ? picked.add(m.name) : picked.delete(m.name);
-      compareButton.disabled = picked.size !== 2;
+  const lines = new Map();
+  for (const m of page.items) lines.set(m.model, [...(lines.get(m.model) || []), m]);
+  const sections = [...lines.entries()].sort(([a], [b]) => a.localeCompare(b)).map(([line, versions]) => {
+    const production = versions.find((m) => m.stage === "production");
+    const rows = versions.map((m) => {
+      const box = h("input", { class: "form-check-input", type: "checkbox", "aria-label": `Select ${m.name} to compare` });
+      box.addEventListener("change", () => {
+        box.checked ? picked.add(m.name) : picked.delete(m.name);
+        compareButton.disabled = picked.size !== 2;
+      });
+      return [box,
+        h("a", { href: `#/p/${project}/models/${encodeURIComponent(m.name)}` }, m.name),
+        m.version, h("span", { class: "badge text-bg-info" }, m.stage), badge(m.phase),
+        number(m.metrics.mAP50), number(m.metrics.mAP50_95), size(m),
+        m.lineage.trainingJob ? h("a", { href: `#/p/${project}/training/${encodeURIComponent(m.lineage.trainingJob)}` }, m.lineage.trainingJob) : "–"];
     });
-    return h("tr", {},
-      h("td", {}, box),
-      h("td", {}, h("a", { href: `#/p/${project}/models/${encodeURIComponent(m.name)}` }, m.name)),
-      h("td", {}, `${m.model} ${m.version}`),
-      h("td", {}, number(m.metrics.mAP50)), h("td", {}, number(m.metrics.mAP50_95)),
-      h("td", {}, size(m)), h("td", {}, m.formats.map((f) => f.format).join(", ")),
-      h("td", {}, m.lineage.trainingJob ? h("a", { href: `#/p/${project}/training/${encodeURIComponent(m.lineage.trainingJob)}` }, m.lineage.trainingJob) : "–"),
-      h("td", {}, h("span", { class: "badge text-bg-info" }, m.stage)), h("td", {}, badge(m.phase)));
+    return h("section", { class: "mb-4" },
+      h("h2", { class: "h5" }, line, " ", h("span", { class: "small text-secondary fw-normal" },
+        production ? `production: ${production.version} (${production.name})` : "no production version", ` · ${versions.length} version(s)`)),
+      stackTable(["", "Name", "Version", "Stage", "Phase", "mAP50", "mAP50-95", "Size", "Run"], rows));
   });
   setPage("Models",
     h("div", { class: "d-flex justify-content-between align-items-center mb-3" }, h("h1", { class: "h4 m-0" }, "Model registry"), compareButton),
-    rows.length ? h("div", { class: "table-responsive" }, h("table", { class: "table table-hover" },
-      h("thead", {}, h("tr", {}, ["", "Name", "Version", "mAP50", "mAP50-95", "Size", "Formats", "Run", "Stage", "Phase"].map((t) => h("th", { scope: "col" }, t)))),
-      h("tbody", {}, rows))) : h("p", { class: "text-secondary" }, "No models yet: a finished training run registers one."));
+    sections.length ? sections : h("p", { class: "text-secondary" }, "No models yet: a finished training run registers one."));
 }
 
 async function detail(project, name) {
   const model = await api(`/projects/${project}/models/${encodeURIComponent(name)}`);
-  const stage = h("select", { class: "form-select", id: "stage", disabled: !canWrite() },
+  const stage = h("select", { class: "form-select", id: "stage", disabled: !canWrite(), "aria-label": "Stage" },
     STAGES.map((s) => h("option", { value: s, selected: s === model.stage }, s)));
   const save = h("button", { class: "btn btn-primary", type: "button", hidden: !canWrite() }, "Set stage");
   save.addEventListener("click", () => busy(save, async () => {
@@ -62,13 +66,16 @@ async function detail(project, name) {
     h("div", { class: "row g-4" },
       h("div", { class: "col-md-6" },
         h("table", { class: "table table-sm" }, h("tbody", {},
-          h("tr", {}, h("th", { scope: "row" }, "Model line"), h("td", {}, `${model.model} ${model.version}`)),
+          h("tr", {}, h("th", { scope: "row" }, "Model line"), h("td", {}, model.model)),
+          h("tr", {}, h("th", { scope: "row" }, "Version"), h("td", {}, model.version)),
+          h("tr", {}, h("th", { scope: "row" }, "Stage"), h("td", {}, model.stage)),
+          h("tr", {}, h("th", { scope: "row" }, "Registered"), h("td", {}, when(model.createdAt))),
           METRICS.map(([key, label]) => h("tr", {}, h("th", { scope: "row" }, label), h("td", {}, number(model.metrics[key])))),
           h("tr", {}, h("th", { scope: "row" }, "Classes"), h("td", {}, model.classNames.join(", "))),
           h("tr", {}, h("th", { scope: "row" }, "Input size"), h("td", {}, model.imgsz ?? "–")),
           h("tr", {}, h("th", { scope: "row" }, "Deployed to"), h("td", {}, model.deployedTo.join(", ") || "–")))),
         h("h2", { class: "h6" }, "Files"),
-        h("ul", { class: "small" }, model.formats.map((f) => h("li", {}, `${f.format}: ${f.uri} (sha256 ${f.sha256.slice(0, 12)}…, ${f.size} bytes)`)))),
+        h("ul", { class: "small text-break" }, model.formats.map((f) => h("li", {}, `${f.format}: ${f.uri} (sha256 ${f.sha256.slice(0, 12)}…, ${(f.size / 1e6).toFixed(1)} MB)`)))),
       h("div", { class: "col-md-6" },
         h("h2", { class: "h6" }, "Lineage"),
         h("ul", {},

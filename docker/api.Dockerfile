@@ -7,10 +7,11 @@ ARG NODE_IMAGE=node:20.18.1-bookworm-slim
 # The console's browser libraries come from npm (pinned by the lock file), never from a CDN.
 FROM ${NODE_IMAGE} AS console
 WORKDIR /frontend
-COPY frontend/package.json frontend/package-lock.json frontend/vendor.mjs ./
-RUN npm ci --no-audit --no-fund --omit=optional && node vendor.mjs
+# vendor.mjs bundles the console's own modules too (esbuild, an optional dependency by npm's
+# rules but needed here), so it runs after the sources are in place.
 COPY frontend/ ./
-RUN rm -rf node_modules package.json package-lock.json vendor.mjs
+RUN npm ci --no-audit --no-fund && node vendor.mjs \
+ && rm -rf node_modules package.json package-lock.json vendor.mjs
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1

@@ -165,17 +165,6 @@ try {
     await page.getByRole("heading", { name: /e2e-canary/ }).waitFor();
   });
   await step("deployment-why", async () => {
-    // The camera numbers another part of the edge adds to each node (the API passes them through).
-    await page.route("**/api/v1/projects/*/deployments/dock/nodes", (route) => addCameras(route).catch(() => {}));
-    async function addCameras(route) {  // (a request the page gave up on, leaving, is fine)
-      const response = await route.fetch();
-      const nodes = await response.json();
-      nodes[0].cameras = [
-        { name: "dock-gate", state: "streaming", target_fps: 15, fps: 14.8371, frames_read: 5321, frames_processed: 5300, frames_dropped: 21, p50_ms: 4.2134, p99_ms: 9.87654, reconnects: 0, error: null },
-        { name: "dock-yard", state: "reconnecting", target_fps: 15, fps: 0, frames_read: 120, frames_processed: 118, frames_dropped: 2, p50_ms: null, p99_ms: null, reconnects: 3, error: "rtsp: connection refused" },
-      ];
-      await route.fulfill({ response, json: nodes });
-    }
     await page.goto(at("deployments/dock"));
     await page.getByRole("heading", { name: /dock/ }).waitFor();
     await page.waitForFunction(() => Number(document.querySelector("[data-testid=fleet-charts]")?.dataset.points || 0) > 0);

@@ -27,7 +27,7 @@ import pytest
 from tests.api.conftest import build_settings
 from tests.conftest import REPO, sign_up
 from tests.services import ensure_chromium, ensure_console_built, free_port, wait_for_port
-from visioninapp.events import TrainingEvent
+from visioninapp.events import CameraWindow, TrainingEvent
 from visioninapp.k8s import Obj
 from visioninapp.local.cluster.cluster import Cluster
 from visioninapp.local.cluster.controlplane import ControlPlane
@@ -403,6 +403,19 @@ def _seed_deployments(env: dict[str, Any], now: datetime) -> None:
         cluster.create("", "events", "vision", event_body)
 
 
+# What the consumer stores from a runtime's EdgeEvent: each camera's window, by alias.
+DOCK_CAMERAS = [
+    CameraWindow(
+        name="dock-gate", state="streaming", target_fps=15, fps=14.8371, frames_read=5321,
+        frames_processed=5300, frames_dropped=21, p50_ms=4.2134, p99_ms=9.87654,
+    ).model_dump(mode="json", by_alias=True),
+    CameraWindow(
+        name="dock-yard", state="reconnecting", target_fps=15, frames_read=120, frames_processed=118,
+        frames_dropped=2, reconnects=3, error="rtsp: connection refused",
+    ).model_dump(mode="json", by_alias=True),
+]  # fmt: skip
+
+
 def _seed_edge(env: dict[str, Any], work: Path, now: datetime) -> None:
 
     from visioninapp.api.db import EdgeWindow, FeedbackFrame
@@ -430,6 +443,7 @@ def _seed_edge(env: dict[str, Any], work: Path, now: datetime) -> None:
                         p95_ms=4.4589424500713895 + minute / 7,
                         ready=node == "jetson-a",
                         reason=None if node == "jetson-a" else "model download 43%",
+                        cameras=DOCK_CAMERAS if node == "jetson-a" else [],
                         stream_offset=9_000_000 + minute * 2 + (node == "jetson-b"),
                     )
                 )

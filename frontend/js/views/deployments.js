@@ -88,9 +88,9 @@ function cameraTable(node) {
     h("tbody", {}, node.cameras.map((c) => h("tr", {},
       h("td", { "data-label": "Camera" }, c.name),
       h("td", { "data-label": "State" }, h("span", { class: `badge text-bg-${CAMERA_STATE[c.state] || "light"}` }, c.state || "–")),
-      h("td", { "data-label": "FPS" }, `${amount(c.fps, 1)} of ${amount(c.target_fps ?? c.targetFps, 1)}`),
-      h("td", { "data-label": "Frames read / processed / dropped" }, [c.frames_read ?? c.framesRead, c.frames_processed ?? c.framesProcessed, c.frames_dropped ?? c.framesDropped].map((v) => amount(v, 0)).join(" / ")),
-      h("td", { "data-label": "p50 / p99 ms" }, `${amount(c.p50_ms ?? c.p50Ms, 1)} / ${amount(c.p99_ms ?? c.p99Ms, 1)}`),
+      h("td", { "data-label": "FPS" }, `${amount(c.fps, 1)} of ${amount(c.targetFps, 1)}`),
+      h("td", { "data-label": "Frames read / processed / dropped" }, [c.framesRead, c.framesProcessed, c.framesDropped].map((v) => amount(v, 0)).join(" / ")),
+      h("td", { "data-label": "p50 / p99 ms" }, `${amount(c.p50Ms, 1)} / ${amount(c.p99Ms, 1)}`),
       h("td", { "data-label": "Reconnects" }, amount(c.reconnects, 0)),
       h("td", { "data-label": "Error", class: "text-break" }, c.error || "–")))));
 }

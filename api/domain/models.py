@@ -6,13 +6,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from visioninapp.api.container import ApiContainer
 from visioninapp.api.listcache import invalidate
 from visioninapp.api.paging import page, sort_items
 from visioninapp.api.preview import PREVIEW_MAX_BYTES, preview_image
 from visioninapp.api.schemas import ModelOut
+from visioninapp.backends.storage import ChecksumMismatch, ObjectNotFound
 from visioninapp.k8s import Obj
 from visioninapp.web.errors import ApiError
 
@@ -66,6 +69,29 @@ def list_models(
 
 def get_model(container: ApiContainer, project: str, name: str) -> dict[str, Any]:
     return model_out(container.clusters.training.get(KIND, project, name))
+
+
+def download(container: ApiContainer, project: str, name: str, fmt: str, work: Path) -> tuple[Path, str, str]:
+    """One file of a model version, fetched from the store and checked against the sha256 its
+    ModelArtifact records (a file that does not match is never handed out): path, download name and
+    sha256."""
+    artifact = get_model(container, project, name)
+    entry = next((f for f in artifact["formats"] if f["format"] == fmt), None)
+    if entry is None:
+        have = ", ".join(f["format"] for f in artifact["formats"]) or "none"
+        raise ApiError(404, f"model {name} has no {fmt} file (it has: {have})")
+    suffix = Path(urlsplit(entry["uri"]).path).suffix or ".bin"
+    try:
+        path = container.store_for(entry["uri"]).get_file(
+            entry["uri"], work / f"model{suffix}", sha256=entry["sha256"]
+        )
+    except ChecksumMismatch:
+        raise ApiError(
+            409, f"the stored {fmt} file of {name} does not match its sha256: not served"
+        ) from None
+    except ObjectNotFound:
+        raise ApiError(404, f"the {fmt} file of {name} is gone from the artifact store") from None
+    return path, f"{name}-{fmt}{suffix}", str(entry["sha256"])
 
 
 def set_stage(container: ApiContainer, project: str, name: str, stage: str) -> dict[str, Any]:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import base64
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Query, UploadFile
-from fastapi.responses import Response
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, Response
+from starlette.background import BackgroundTask
 
 from visioninapp.api.domain import models
 from visioninapp.api.listcache import list_cache_prefix
@@ -44,6 +50,37 @@ def get_model(name: str, access: ProjectReader, container: Container) -> Any:
 )
 def patch_model(name: str, body: ModelPatch, access: ProjectWriter, container: Container) -> Any:
     return models.set_stage(container, access.project, name, body.stage)
+
+
+@router.get(
+    "/projects/{project}/models/{name}/files/{fmt}",
+    response_class=FileResponse,
+    summary="Download one file of a model version (checked against its sha256 first)",
+    description="Streams the `pt`, `onnx` or `onnx-int8` file from the artifact store; the `Digest` "
+    "header carries its sha256. 404: no such file; 409: the stored file no longer matches its sha256.",
+)
+def download_file(
+    name: str,
+    fmt: Annotated[Literal["pt", "onnx", "onnx-int8"], PathParam(description="Format of the file.")],
+    access: ProjectReader,
+    container: Container,
+) -> FileResponse:
+    work = Path(tempfile.mkdtemp(prefix="download-"))
+    try:
+        path, filename, sha256 = models.download(container, access.project, name, fmt, work)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return FileResponse(
+        path,
+        filename=filename,
+        media_type="application/octet-stream",
+        headers={
+            "Digest": f"sha-256={base64.b64encode(bytes.fromhex(sha256)).decode()}",
+            "ETag": f'"{sha256}"',
+        },
+        background=BackgroundTask(shutil.rmtree, work, ignore_errors=True),
+    )
 
 
 @router.get(

@@ -2,6 +2,7 @@
 // Env: APP_URL, AUTH_HOST (emulator host:port), EMAIL, VIEWER_EMAIL, PASSWORD, PROJECT, ARTIFACTS,
 // CONSOLE_DIR, SEEN_DIR (where it notes each live step it saw, for the test's fake trainer).
 import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { createHash } from "node:crypto";
 import { createRequire } from "node:module";
 import { join } from "node:path";
 
@@ -20,7 +21,7 @@ const browser = await chromium.launch({
   executablePath: "/usr/bin/chromium",
   args: ["--headless", "--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"],
 });
-const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, acceptDownloads: true });
 await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: app.origin });
 const page = await context.newPage();
 page.setDefaultTimeout(30000);
@@ -229,6 +230,15 @@ try {
     await page.getByLabel("Search this project").press("Enter");
     await page.getByRole("heading", { name: "Search: shapes" }).waitFor();
     await page.locator("main .list-group-item a", { hasText: "shapes v2" }).first().waitFor();
+  });
+  await step("download", async () => {
+    // A model file saved from the console comes through the API, unchanged: it has the artifact's sha256.
+    await page.goto(at("models/e2e-run-v1"));
+    const button = page.getByRole("button", { name: "Download onnx" });
+    const [download] = await Promise.all([page.waitForEvent("download"), button.click()]);
+    const digest = createHash("sha256").update(readFileSync(await download.path())).digest("hex");
+    if (digest !== process.env.E2E_RUN_SHA256) problems.push(`download: sha256 ${digest}, expected ${process.env.E2E_RUN_SHA256}`);
+    if (download.suggestedFilename() !== "e2e-run-v1-onnx.onnx") problems.push(`download name: ${download.suggestedFilename()}`);
   });
   await step("notifications", async () => {
     await page.getByRole("link", { name: "Notifications" }).click();

@@ -574,6 +574,8 @@ def play_operator_and_trainer(env: dict[str, Any], onnx: Path, stop: threading.E
 
 
 def test_console_end_to_end(console: dict[str, Any], exported_model: Any, tmp_path: Path) -> None:
+    from visioninapp.backends.storage import sha256_file
+
     seed_content(console, exported_model.onnx, tmp_path)
     stop = threading.Event()
     seen = tmp_path / "seen"
@@ -599,6 +601,7 @@ def test_console_end_to_end(console: dict[str, Any], exported_model: Any, tmp_pa
                 "SEEN_DIR": str(seen),
                 "OLD_RUNS": ",".join(OLD_RUNS),
                 "HARD_FRAMES": str(HARD_FRAMES),
+                "E2E_RUN_SHA256": sha256_file(exported_model.onnx),
             },
             capture_output=True,
             text=True,

@@ -1,5 +1,5 @@
 // Models: the registry of ModelArtifacts, one model's lineage and stage, and a side-by-side comparison.
-import { api } from "../api.js";
+import { api, blobUrl } from "../api.js";
 import { canWrite } from "../main.js";
 import { badge, busy, h, number, setPage, stackTable, toast, when } from "../ui.js";
 
@@ -75,7 +75,8 @@ async function detail(project, name) {
           h("tr", {}, h("th", { scope: "row" }, "Input size"), h("td", {}, model.imgsz ?? "–")),
           h("tr", {}, h("th", { scope: "row" }, "Deployed to"), h("td", {}, model.deployedTo.join(", ") || "–")))),
         h("h2", { class: "h6" }, "Files"),
-        h("ul", { class: "small text-break" }, model.formats.map((f) => h("li", {}, `${f.format}: ${f.uri} (sha256 ${f.sha256.slice(0, 12)}…, ${(f.size / 1e6).toFixed(1)} MB)`)))),
+        h("ul", { class: "small text-break list-unstyled" }, model.formats.map((f) => h("li", { class: "mb-2" },
+          downloadButton(project, name, f), ` ${f.uri} (sha256 ${f.sha256.slice(0, 12)}…, ${(f.size / 1e6).toFixed(1)} MB)`)))),
       h("div", { class: "col-md-6" },
         h("h2", { class: "h6" }, "Lineage"),
         h("ul", {},
@@ -87,6 +88,20 @@ async function detail(project, name) {
         h("div", { class: "d-flex gap-2" },
           h("a", { class: "btn btn-outline-primary", href: `#/p/${project}/playground?model=${encodeURIComponent(name)}` }, "Try it"),
           canWrite() ? h("a", { class: "btn btn-outline-primary", href: `#/p/${project}/deployments/new?model=${encodeURIComponent(name)}` }, "Roll out") : null))));
+}
+
+// A file through the API (checked against its sha256 there), saved under the version's name.
+function downloadButton(project, name, file) {
+  const button = h("button", { class: "btn btn-sm btn-outline-secondary", type: "button" }, `Download ${file.format}`);
+  button.addEventListener("click", () => busy(button, async () => {
+    const url = await blobUrl(`/projects/${project}/models/${encodeURIComponent(name)}/files/${file.format}`);
+    const link = h("a", { href: url, download: `${name}-${file.format}${file.uri.match(/\.[a-z0-9]+$/i)?.[0] || ""}`, hidden: true });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  }));
+  return button;
 }
 
 async function compare(project, a, b) {

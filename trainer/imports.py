@@ -7,7 +7,9 @@ TrainingJob can fine-tune from it (`model.baseModel`) and an EdgeDeployment can 
 - a YOLOX checkpoint (`.pt`/`.pth`): weights only (YOLOX checkpoints carry no class names: give
   them); fine-tune it to get a deployable version;
 - an `.onnx`: class names and input size from its metadata (ultralytics and our trainer write them)
-  or given; it deploys, it cannot be fine-tuned.
+  or given; it deploys, it cannot be fine-tuned. A YOLOX export made elsewhere (Megvii's own
+  `export_onnx` writes no metadata) says so with `--family yolox` and whether its graph decodes the
+  boxes; that is written into the file's metadata, so the edge decodes it as YOLOX, never by guess.
 
 The files go to the artifact store, each with its sha256; the ModelArtifact is written as YAML for
 `kubectl apply` or GitOps, and the operator verifies every file before it is Available.
@@ -23,7 +25,15 @@ from typing import Any
 from visioninapp.backends.storage import ArtifactStore, StoredObject, join_uri
 from visioninapp.resources import ModelArtifact
 
-__all__ = ["ModelFacts", "ModelImportError", "build_artifact", "export_onnx", "read_facts", "upload"]
+__all__ = [
+    "ModelFacts",
+    "ModelImportError",
+    "build_artifact",
+    "export_onnx",
+    "mark_yolox_onnx",
+    "read_facts",
+    "upload",
+]
 
 
 class ModelImportError(ValueError):
@@ -53,6 +63,8 @@ def read_facts(path: Path, class_names: list[str] | None = None, imgsz: int | No
     if path.suffix not in (".pt", ".pth"):
         raise ModelImportError(f"{path}: import a .pt/.pth (PyTorch weights) or an .onnx file")
     yolox = _yolox_architecture(path)
+    if yolox is None and path.suffix == ".pth":
+        raise ModelImportError(f"{path}: a .pth must hold YOLOX weights (ultralytics weights are .pt files)")
     if yolox is not None:
         if not class_names:
             raise ModelImportError(
@@ -90,14 +102,17 @@ def _ultralytics_facts(path: Path, class_names: list[str] | None, imgsz: int | N
         ) from None
     try:
         model = YOLO(str(path), task="detect")
+        names = model.names  # a state dict that is not an ultralytics model has none
     except Exception as error:  # a pickle of something else, a truncated file
         raise ModelImportError(f"{path}: not ultralytics or YOLOX detection weights ({error})") from None
+    if not names:
+        raise ModelImportError(f"{path}: not ultralytics detection weights (no class names in it)")
     if model.task != "detect":
         raise ModelImportError(f"{path} is a {model.task} model; only detection models are supported")
     train_args = (getattr(model, "ckpt", None) or {}).get("train_args") or {}
     size = imgsz or int(train_args.get("imgsz") or 640)
     architecture = Path(str(train_args.get("model") or "")).stem or None
-    return ModelFacts("ultralytics", class_names or _names(model.names), size, architecture)
+    return ModelFacts("ultralytics", class_names or _names(names), size, architecture)
 
 
 def _yolox_architecture(path: Path) -> str | None:
@@ -106,14 +121,44 @@ def _yolox_architecture(path: Path) -> str | None:
     except ImportError:  # no YOLOX support installed: whatever it is, it is not read as YOLOX
         return None
     architecture: str | None = yolox_architecture_of(path)
-    return architecture
+    # a file may name any architecture: only a YOLOX one makes it YOLOX weights
+    return architecture if architecture is not None and architecture.startswith("yolox-") else None
 
 
 def export_onnx(path: Path, imgsz: int) -> Path:
     """The ultralytics weights exported to ONNX (opset 17, decoding in the graph) beside them."""
     from ultralytics import YOLO
 
-    return Path(YOLO(str(path), task="detect").export(format="onnx", imgsz=imgsz, opset=17, verbose=False))
+    try:
+        exported = YOLO(str(path), task="detect").export(format="onnx", imgsz=imgsz, opset=17, verbose=False)
+    except Exception as error:  # weights ultralytics loads but cannot run
+        raise ModelImportError(
+            f"{path}: cannot be exported to ONNX ({type(error).__name__}: {error})"
+        ) from None
+    return Path(exported)
+
+
+def mark_yolox_onnx(path: Path, facts: ModelFacts, decoded: bool, out: Path) -> Path:
+    """A copy of a YOLOX ONNX export with the metadata our trainer writes, so that the edge decodes
+    it as YOLOX (grid/stride decoding when the graph does not, YOLOX's preprocessing)."""
+    import json
+
+    import onnx
+
+    model = onnx.load(str(path))
+    metadata = {
+        "family": "yolox",
+        "decoded": str(decoded).lower(),
+        "strides": json.dumps([8, 16, 32]),
+        "names": repr(dict(enumerate(facts.class_names))),
+        "imgsz": json.dumps([facts.imgsz, facts.imgsz]),
+        "preprocess": "bgr-0-255-topleft-114",
+    }
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(out))
+    return out
 
 
 def upload(store: ArtifactStore, files: dict[str, Path], prefix: str) -> dict[str, StoredObject]:

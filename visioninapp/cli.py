@@ -495,35 +495,75 @@ def models_import(
     imgsz: Annotated[
         int | None, typer.Option("--imgsz", help="Input size, when the file does not say.", min=32)
     ] = None,
+    yolox: Annotated[
+        bool,
+        typer.Option(
+            "--yolox", help="The .onnx is a YOLOX export made elsewhere (Megvii's has no metadata)."
+        ),
+    ] = False,
+    decoded: Annotated[
+        bool, typer.Option("--decoded/--raw-head", help="With --yolox: whether its graph decodes the boxes.")
+    ] = True,
 ) -> None:
     """Register a model trained elsewhere as a ModelArtifact (to fine-tune from or to deploy)."""
-    from visioninapp.factory import artifact_store_for
-    from visioninapp.resources.base import DNS_SUBDOMAIN_PATTERN
-    from visioninapp.settings import Settings
-    from visioninapp.trainer.imports import ModelImportError, build_artifact, export_onnx, read_facts, upload
+    import tempfile
 
+    from pydantic import ValidationError
+
+    from visioninapp.backends.storage import StoredObject, join_uri
+    from visioninapp.factory import ConfigurationError, artifact_store_for
+    from visioninapp.settings import Settings
+    from visioninapp.trainer.imports import (
+        ModelImportError,
+        build_artifact,
+        export_onnx,
+        mark_yolox_onnx,
+        read_facts,
+        upload,
+    )
+
+    if yolox and file.suffix != ".onnx":
+        raise _fail("--yolox describes an .onnx file; YOLOX weights (.pth) are recognised as they are")
     names = [n.strip() for n in class_names.split(",") if n.strip()] if class_names else None
-    version = version or re.sub(r"[^A-Za-z0-9._-]+", "-", file.stem).strip("-._") or "import"
-    name = f"{line}-{version}".lower().replace("_", "-")
-    if not re.fullmatch(DNS_SUBDOMAIN_PATTERN, name) or len(name) > 253:
-        raise _fail(f"{name!r} is no valid object name: use --line and --version of letters, digits and -")
-    try:
-        facts = read_facts(file, names, imgsz)
-    except ModelImportError as error:
-        raise _fail(str(error)) from None
-    files = {"onnx" if file.suffix == ".onnx" else "pt": file}
-    if facts.kind == "ultralytics":
-        typer.echo(f"exporting {file.name} to ONNX at {facts.imgsz} px", err=True)
-        files["onnx"] = export_onnx(file, facts.imgsz)
+    version = version or re.sub(r"[^A-Za-z0-9._-]+", "-", file.stem).strip("-._")[:63] or "import"
+    name = f"{line}-{version}".lower().replace("_", "-").replace(".", "-")
     settings = Settings()
     prefix = to or f"{settings.resolved_artifacts_uri.rstrip('/')}/imports/{line}/{version}"
-    stored = upload(artifact_store_for(prefix, settings), files, prefix)
+    try:
+        store = artifact_store_for(prefix, settings)
+        facts = read_facts(file, names, imgsz)
+        planned = {"onnx" if file.suffix == ".onnx" else "pt": file}
+        if facts.kind == "ultralytics":
+            planned["onnx"] = file.with_suffix(".onnx")
+        placeholders = {
+            f: StoredObject(join_uri(prefix, f"model{p.suffix}"), "0" * 64, 0) for f, p in planned.items()
+        }
+        build_artifact(name, namespace, line, version, facts, placeholders)  # refused before any upload
+    except (ConfigurationError, ModelImportError) as error:
+        raise _fail(str(error)) from None
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise _fail(
+            f"no valid ModelArtifact from --line {line!r} and version {version!r}: {problems}"
+        ) from None
+    with tempfile.TemporaryDirectory(prefix="import-") as work:
+        files = {"onnx" if file.suffix == ".onnx" else "pt": file}
+        try:
+            if yolox:
+                files["onnx"] = mark_yolox_onnx(file, facts, decoded, Path(work) / "model.onnx")
+            if facts.kind == "ultralytics":
+                typer.echo(f"exporting {file.name} to ONNX at {facts.imgsz} px", err=True)
+                files["onnx"] = export_onnx(file, facts.imgsz)
+        except ModelImportError as error:
+            raise _fail(str(error)) from None
+        stored = upload(store, files, prefix)
     artifact = build_artifact(name, namespace, line, version, facts, stored)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.yaml"
     path.write_text(yaml.safe_dump(artifact.wire(), sort_keys=False))
+    kind = "yolox" if yolox else facts.kind
     typer.echo(
-        f"{facts.kind} model, {len(facts.class_names)} classes ({', '.join(facts.class_names[:5])}"
+        f"{kind} model, {len(facts.class_names)} classes ({', '.join(facts.class_names[:5])}"
         f"{', ...' if len(facts.class_names) > 5 else ''}), {facts.imgsz} px; "
         f"{', '.join(f'{fmt} {obj.uri}' for fmt, obj in stored.items())}"
     )

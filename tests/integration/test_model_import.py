@@ -132,8 +132,40 @@ def test_onnx_imports_read_their_metadata_or_say_what_to_give(weights: Path, s3:
     assert yaml.safe_load((tmp_path / "g" / "shapes-bare.yaml").read_text())["spec"]["classNames"] == [
         "a", "b", "c", "d",
     ]  # fmt: skip
+    marked = _import(
+        str(bare), "--line", "shapes", "--version", "megvii", "--yolox", "--raw-head",
+        "--class-names", "a,b,c,d", "--imgsz", "64", "--out", str(tmp_path / "y"), env=env,
+    )  # fmt: skip
+    assert marked.returncode == 0, marked.stderr
+    uploaded = yaml.safe_load((tmp_path / "y" / "shapes-megvii.yaml").read_text())["spec"]["formats"][0][
+        "uri"
+    ]
+    meta = {p.key: p.value for p in onnx.load(uploaded.removeprefix("file://")).metadata_props}
+    assert (meta["family"], meta["decoded"]) == ("yolox", "false")  # the edge decodes it as YOLOX
+
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     bad = _import(str(junk), "--line", "shapes", "--out", str(tmp_path / "b"), env=env)
     assert bad.returncode == 1 and "not ultralytics or YOLOX detection weights" in bad.stderr
     assert not (tmp_path / "b").exists() or not list((tmp_path / "b").iterdir())
+    state = tmp_path / "state.pth"
+    import torch
+
+    torch.save({"model": {"w": torch.zeros(2)}}, state)
+    refused = _import(str(state), "--line", "shapes", "--out", str(tmp_path / "b"), env=env)
+    assert refused.returncode == 1 and "must hold YOLOX weights" in refused.stderr
+    store = tmp_path / "store"
+    for args, message in (
+        (("--line", "My_Line"), "no valid ModelArtifact from --line 'My_Line'"),
+        (("--line", "shapes", "--to", "relative/dir"), "unsupported storage URI"),
+    ):
+        wrong = _import(
+            str(exported),
+            *args,
+            "--out",
+            str(tmp_path / "w"),
+            env={**env, "VISIONINAPP_ARTIFACTS_URI": store.as_uri()},
+        )
+        assert wrong.returncode == 1 and message in wrong.stderr, wrong.stderr
+        assert "Traceback" not in wrong.stderr
+    assert not store.exists(), "nothing is uploaded for a refused import"

@@ -8,6 +8,12 @@
 - A model that fails any step is rejected: the last-good one keeps serving and `ready` is False
   with the reason, so a rollout's health gate fails while the node keeps detecting. Its file (and
   its TensorRT engines) are deleted from the cache: nothing rejected stays on the device's disk.
+- `format: tensorrt` needs an engine built for this device (edge/engines.py): one from the node's
+  cache or the fleet's shared cache whose key is exactly this device's, else one built in a
+  background thread while the current model keeps serving (`ready` False, reason `engine building`,
+  distinct from a rejection). The switch comes only after the engine is stored and a detector loaded
+  from it has passed the self-test; a build error or a build past its timeout rejects the model
+  with the reason. The designated builder of a key uploads its engine to the shared cache.
 """
 
 from __future__ import annotations
@@ -19,18 +25,35 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+import onnxruntime as ort
 
 from visioninapp.backends.storage import ArtifactStore, ChecksumMismatch, ObjectNotFound, sha256_file
-from visioninapp.edge.inference import Detector, ModelError
+from visioninapp.edge.engines import (
+    DeviceFacts,
+    EngineCache,
+    EngineError,
+    EngineKey,
+    EngineKind,
+    SharedEngines,
+    build_engine,
+    engine_key,
+    engine_providers,
+)
+from visioninapp.edge.inference import Detector, ModelError, choose_providers
+from visioninapp.events import EngineReport
 
-__all__ = ["LoadedModel", "ModelManager", "ModelSpec"]
+__all__ = ["EngineStatus", "LoadedModel", "ModelManager", "ModelSpec"]
 
 log = logging.getLogger(__name__)
 SELF_TEST_SECONDS = 30.0
+ENGINE_FORMATS = frozenset({"tensorrt"})  # formats served from an engine built on the device
+PROGRESS_SECONDS = 30.0  # a build in progress says so in the log this often
 
 
 @dataclass(frozen=True)
@@ -52,6 +75,32 @@ class LoadedModel:
     spec: ModelSpec
     detector: Detector
     loaded_at: float
+    engine: EngineKey | None = None  # the engine it serves from (engine formats)
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    """The engine of the desired model: building, ready or failed (an EdgeEvent reports it)."""
+
+    key: EngineKey
+    state: Literal["building", "ready", "failed"]
+    since: float
+    sha256: str | None = None
+    source: Literal["built", "cache", "shared"] | None = None
+    uploaded: bool = False
+    message: str | None = None
+
+    def report(self) -> EngineReport:
+        return EngineReport(
+            key_hash=self.key.digest,
+            key=self.key.as_dict(),
+            state=self.state,
+            since=datetime.fromtimestamp(self.since, UTC),
+            sha256=self.sha256,
+            source=self.source,
+            uploaded=self.uploaded,
+            message=(self.message or "")[:1024] or None,
+        )
 
 
 def _self_test(detector: Detector) -> None:
@@ -80,12 +129,25 @@ class ModelManager:
         store_for: Callable[[str], ArtifactStore],
         precision: str = "fp32",
         on_change: Callable[[], None] | None = None,
+        *,
+        engine: EngineKind = "tensorrt",
+        shared: SharedEngines | None = None,
+        node: str = "localhost",
+        build_timeout: float = 3600.0,
+        facts: DeviceFacts | None = None,
+        refresh_credentials: Callable[[], None] | None = None,
     ) -> None:
         self.cache_dir = cache_dir
         (cache_dir / "models").mkdir(parents=True, exist_ok=True)
         self.store_for = store_for
         self.precision = precision
         self.on_change = on_change
+        self.engine_kind, self.shared, self.node = engine, shared, node
+        self.build_timeout, self.facts = build_timeout, facts
+        self.refresh_credentials = refresh_credentials
+        self.engines = EngineCache(cache_dir / "engines")
+        self.engine: EngineStatus | None = None
+        self._builds: dict[str, threading.Thread] = {}  # key digest → its build's supervisor
         self.current: LoadedModel | None = None
         self.desired: ModelSpec | None = None
         self.rejection: str | None = None
@@ -98,10 +160,22 @@ class ModelManager:
     @property
     def ready(self) -> bool:
         """True only while the desired model is the one serving."""
-        current = self.current
+        current, desired = self.current, self.desired
         if current is None:
             return False
-        return self.desired is None or current.spec.sha256 == self.desired.sha256
+        if desired is None:
+            return True
+        if current.spec.sha256 != desired.sha256:
+            return False
+        return desired.format not in ENGINE_FORMATS or current.engine is not None
+
+    @property
+    def building(self) -> EngineStatus | None:
+        """The engine being built for the desired model, if one is."""
+        engine, desired = self.engine, self.desired
+        if engine is None or desired is None or engine.state != "building":
+            return None
+        return engine if engine.key.model_sha256 == desired.sha256 else None
 
     @property
     def not_ready_reason(self) -> str | None:
@@ -109,9 +183,23 @@ class ModelManager:
             return None
         if self.rejection:
             return self.rejection
+        building = self.building
+        if building is not None:
+            label = self.desired.label if self.desired else building.key.model_sha256[:12]
+            return (
+                f"engine building: {building.key.engine} {building.key.precision} engine of {label} "
+                f"(key {building.key.digest[:12]}, {time.time() - building.since:.0f} s)"
+            )
         if self.current is None:
             return "no model loaded yet"
         return f"loading {self.desired.label if self.desired else 'the desired model'}"
+
+    def engine_report(self) -> EngineReport | None:
+        """The desired model's engine for an EdgeEvent (None: no engine format)."""
+        engine, desired = self.engine, self.desired
+        if engine is None or desired is None or engine.key.model_sha256 != desired.sha256:
+            return None
+        return engine.report()
 
     # --- cache ------------------------------------------------------------------------------
 
@@ -124,7 +212,7 @@ class ModelManager:
         if current is not None and current.spec.sha256 == sha256:
             return
         self._cached_path(sha256).unlink(missing_ok=True)
-        shutil.rmtree(self.cache_dir / "engines" / sha256, ignore_errors=True)
+        self.engines.discard(sha256)
 
     def _write_last_good(self, spec: ModelSpec) -> None:
         marker = self.cache_dir / "last-good.json"
@@ -142,7 +230,10 @@ class ModelManager:
             path = self._cached_path(spec.sha256)
             if sha256_file(path) != spec.sha256:
                 raise ModelError("cached file does not match its checksum")
-            self._activate(spec, self._load(spec, path))
+            if spec.format in ENGINE_FORMATS:
+                self._load_last_good_engine(spec, path)
+            else:
+                self._activate(spec, self._load(spec, path))
         except ModelError as error:  # corrupt on disk, or no longer loads: never try it again
             log.error("last-good model rejected, waiting for the desired one: %s", error)
             self._discard(spec.sha256)
@@ -157,15 +248,214 @@ class ModelManager:
     # --- swap -------------------------------------------------------------------------------
 
     def _load(self, spec: ModelSpec, path: Path) -> Detector:
-        engine_cache = self.cache_dir / "engines" / spec.sha256 if spec.format == "tensorrt" else None
-        detector = Detector(path, precision=self.precision, engine_cache=engine_cache)
+        detector = Detector(path, precision=self.precision)
         _self_test(detector)
         return detector
 
-    def _activate(self, spec: ModelSpec, detector: Detector) -> None:
-        self.current = LoadedModel(spec, detector, time.time())  # one reference swap: atomic
+    def _load_last_good_engine(self, spec: ModelSpec, path: Path) -> None:
+        """On start: the cached engine of this device's key; without one the plain ONNX serves (no
+        TensorRT: it would build an engine inside the session, blocking) until the engine is built."""
+        try:
+            key = self._engine_key(spec)
+            cached = self.engines.load(key)
+        except EngineError as error:
+            key, cached = None, None
+            log.error("no engine key on this device: %s", error)
+        if key is not None and cached is not None:
+            detector = self._engine_detector(key, cached[0])
+            self._set_engine(EngineStatus(key, "ready", time.time(), cached[1], "cache"))
+            self._activate(spec, detector, key)
+            return
+        providers = [
+            p
+            for p in choose_providers(ort.get_available_providers(), self.precision, None)
+            if p != "TensorrtExecutionProvider"
+            and not (isinstance(p, tuple) and p[0] == "TensorrtExecutionProvider")
+        ]
+        detector = Detector(path, precision=self.precision, providers=providers)
+        _self_test(detector)
+        self._activate(spec, detector)
+
+    def _activate(self, spec: ModelSpec, detector: Detector, engine: EngineKey | None = None) -> None:
+        self.current = LoadedModel(spec, detector, time.time(), engine)  # one reference swap: atomic
         if self.on_change:
             self.on_change()
+
+    # --- engines ----------------------------------------------------------------------------
+
+    def _engine_key(self, spec: ModelSpec) -> EngineKey:
+        return engine_key(spec.sha256, self.engine_kind, self.precision, self.facts)
+
+    def _set_engine(self, status: EngineStatus) -> None:
+        self.engine = status
+        if self.on_change:
+            self.on_change()
+
+    @staticmethod
+    def _engine_detector(key: EngineKey, path: Path) -> Detector:
+        detector = Detector(path, providers=engine_providers(key))
+        _self_test(detector)
+        return detector
+
+    def _cached_engine(self, key: EngineKey) -> tuple[Detector, EngineStatus] | None:
+        """A detector from this device's cache or the fleet's, for exactly `key`, self-tested."""
+        cached = self.engines.load(key)
+        if cached is not None:
+            try:
+                return self._engine_detector(key, cached[0]), EngineStatus(
+                    key, "ready", time.time(), cached[1], "cache"
+                )
+            except ModelError as error:
+                log.error("cached engine %s failed its self-test, deleted: %s", key.digest[:12], error)
+                shutil.rmtree(self.engines.directory(key), ignore_errors=True)
+        if self.shared is None:
+            return None
+        try:
+            fetched = self.shared.fetch(key, self.engines.staging(key))
+        except (EngineError, ChecksumMismatch) as error:  # never loaded: built here instead
+            log.error("shared engine %s refused, building here: %s", key.digest[:12], error)
+            return None
+        except Exception as error:  # no manifest readable (403 without list rights), store down
+            log.info("no shared engine for key %s (%s): building here", key.digest[:12], error)
+            return None
+        if fetched is None:
+            return None
+        path, sha256 = self.engines.store(key, fetched[0], fetched[1])
+        log.info(
+            "engine %s downloaded from the shared cache, sha256 %s verified", key.digest[:12], sha256[:12]
+        )
+        try:
+            detector = self._engine_detector(key, path)
+        except ModelError as error:  # the builder's self-test passed: never trust it here anyway
+            log.error("shared engine %s failed its self-test, building here: %s", key.digest[:12], error)
+            shutil.rmtree(self.engines.directory(key), ignore_errors=True)
+            return None
+        return detector, EngineStatus(key, "ready", time.time(), sha256, "shared")
+
+    def _start_build(self, spec: ModelSpec, key: EngineKey, source: Path) -> None:
+        """Build the engine in the background; the current model serves until it switches."""
+        if key.digest in self._builds and self._builds[key.digest].is_alive():
+            return
+        self._set_engine(EngineStatus(key, "building", time.time(), message="building"))
+        log.info(
+            "building the %s engine of %s (key %s: %s %s, %s) in the background; still serving %s",
+            key.engine,
+            spec.label,
+            key.digest[:12],
+            key.device,
+            key.l4t,
+            key.runtime,
+            self.current.spec.label if self.current else "nothing",
+        )
+        thread = threading.Thread(
+            target=self._build, args=(spec, key, source), name=f"engine-{key.digest[:8]}", daemon=True
+        )
+        self._builds[key.digest] = thread
+        thread.start()
+
+    def _progress(self, key: EngineKey, message: str) -> None:
+        log.info("engine %s: %s", key.digest[:12], message)
+        engine = self.engine
+        if engine is not None and engine.key == key and engine.state == "building":
+            self.engine = replace(engine, message=message)
+
+    def _build(self, spec: ModelSpec, key: EngineKey, source: Path) -> None:
+        """The supervisor of one build: the build in a worker thread, bounded by `build_timeout`."""
+        started = time.monotonic()
+        outcome: list[Path | BaseException] = []
+        staging = self.engines.staging(key)
+
+        def work() -> None:
+            try:
+                outcome.append(build_engine(source, key, staging, lambda m: self._progress(key, m)))
+            except BaseException as error:  # handed to the supervisor
+                outcome.append(error)
+
+        worker = threading.Thread(target=work, name=f"engine-build-{key.digest[:8]}", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            remaining = self.build_timeout - (time.monotonic() - started)
+            if remaining <= 0:
+                break
+            worker.join(min(PROGRESS_SECONDS, remaining))
+            if worker.is_alive():
+                self._progress(key, f"still building ({time.monotonic() - started:.0f} s)")
+        if not outcome:  # the worker is abandoned: what it writes later is never used
+            self._build_failed(spec, key, f"engine build timed out after {self.build_timeout:.0f} s")
+            return
+        result = outcome[0]
+        if isinstance(result, BaseException):
+            self._build_failed(spec, key, str(result))
+            return
+        try:
+            path, sha256 = self.engines.store(key, result)
+            detector = self._engine_detector(key, path)
+        except (EngineError, ModelError, OSError) as error:
+            self._build_failed(spec, key, f"built engine rejected: {error}")
+            return
+        # offered to the fleet before the switch: once this node reports ready, its upload is done
+        uploaded = self._upload(key, path, sha256)
+        status = EngineStatus(
+            key,
+            "ready",
+            time.time(),
+            sha256,
+            "built",
+            uploaded,
+            message=f"built in {time.monotonic() - started:.1f} s",
+        )
+        with self._swap_lock:
+            if self.desired != spec:
+                log.info(
+                    "engine %s built, but %s is no longer desired: kept in the cache",
+                    key.digest[:12],
+                    spec.label,
+                )
+                return
+            self.rejection = None
+            self._set_engine(status)
+            self._activate(spec, detector, key)
+            self._write_last_good(spec)
+        log.info("now serving %s from engine %s (%s)", spec.label, key.digest[:12], detector.provider)
+
+    def _build_failed(self, spec: ModelSpec, key: EngineKey, why: str) -> None:
+        with self._swap_lock:
+            self._set_engine(EngineStatus(key, "failed", time.time(), message=why))
+            if self.desired != spec:
+                return
+            self.retryable = False
+            self.rejection = f"model {spec.label} rejected: {why}"
+            self.rejections += 1
+            self._discard(spec.sha256)
+            log.error(
+                "%s; still serving %s", self.rejection, self.current.spec.label if self.current else "nothing"
+            )
+            if self.on_change:
+                self.on_change()
+
+    def _upload(self, key: EngineKey, path: Path, sha256: str) -> bool:
+        """Offer the engine to the fleet: only the operator's designated builder of `key` may write
+        its prefix (its credentials' policy), so another node's attempt is refused and logged."""
+        if self.shared is None:
+            return False
+        self._progress(key, "uploading the engine to the shared cache")
+        for attempt in (1, 2):
+            try:
+                self.shared.upload(key, path, sha256, self.node)
+            except Exception as error:
+                if attempt == 1 and self.refresh_credentials is not None:
+                    self.refresh_credentials()  # designated since the keys were issued?
+                    continue
+                log.info(
+                    "engine %s not uploaded to the shared cache (this node is not its designated "
+                    "builder, or the store refused): %s",
+                    key.digest[:12],
+                    error,
+                )
+                return False
+            break
+        log.info("engine %s uploaded to the shared cache (sha256 %s)", key.digest[:12], sha256[:12])
+        return True
 
     def set_desired(self, spec: ModelSpec) -> bool:
         """Make `spec` the desired model and try to serve it; returns whether it now serves."""
@@ -174,15 +464,27 @@ class ModelManager:
             if self.desired != spec:
                 return False  # a newer desired model arrived meanwhile
             current = self.current
-            if current is not None and current.spec.sha256 == spec.sha256:
-                self.current = LoadedModel(spec, current.detector, current.loaded_at)
+            reuse = current is not None and current.spec.sha256 == spec.sha256
+            if current is not None and reuse and (spec.format not in ENGINE_FORMATS or current.engine):
+                self.current = LoadedModel(spec, current.detector, current.loaded_at, current.engine)
                 self.rejection = None
                 self._write_last_good(spec)
                 return True
+            engine: EngineKey | None = None
             try:
                 path = self._fetch(spec)
-                detector = self._load(spec, path)
-            except (ModelError, ChecksumMismatch, ObjectNotFound, OSError, ValueError) as error:
+                if spec.format in ENGINE_FORMATS:
+                    engine = self._engine_key(spec)
+                    found = self._cached_engine(engine)
+                    if found is None:
+                        self.rejection = None
+                        self._start_build(spec, engine, path)
+                        return False
+                    detector, status = found
+                    self._set_engine(status)
+                else:
+                    detector = self._load(spec, path)
+            except (ModelError, ChecksumMismatch, ObjectNotFound, OSError, ValueError, EngineError) as error:
                 self.retryable = False
                 self.rejection = f"model {spec.label} rejected: {error}"
                 self.rejections += 1
@@ -201,7 +503,7 @@ class ModelManager:
                 log.error("%s", self.rejection)
                 return False
             self.rejection = None
-            self._activate(spec, detector)
+            self._activate(spec, detector, engine)
             self._write_last_good(spec)
             log.info("now serving %s (%s)", spec.label, detector.provider)
             return True

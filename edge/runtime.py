@@ -17,12 +17,14 @@ from pydantic import TypeAdapter, ValidationError
 from visioninapp.backends.events import EventBus
 from visioninapp.backends.storage import ArtifactStore
 from visioninapp.edge.cameras import Frame
+from visioninapp.edge.engines import SharedEngines
 from visioninapp.edge.identity import EdgeCredentials, NodeIdentity
 from visioninapp.edge.inference import DetectionResult
 from visioninapp.edge.models import LoadedModel, ModelManager, ModelSpec
 from visioninapp.edge.picker import HardFramePicker
 from visioninapp.edge.stream import StreamPipeline, detection_json
 from visioninapp.edge.telemetry import FeedbackSpool, Spool, WindowStats, publish_spool
+from visioninapp.events import MAX_ANNOUNCED
 from visioninapp.factory import artifact_store_for, build_event_bus
 from visioninapp.images import decode_image
 from visioninapp.resources.edgedeployment import CameraSpec
@@ -97,11 +99,17 @@ class EdgeRuntime:
         self.settings = settings
         self.metrics = _Metrics()
         state = settings.resolved_edge_state_dir
+        engines_uri = settings.resolved_engine_cache_uri
         self.models = ModelManager(
             settings.resolved_edge_cache_dir,
             self._store_for,
             settings.edge_precision,
             on_change=self._model_changed,
+            engine=settings.edge_engine,
+            shared=SharedEngines(self._store_for, engines_uri) if engines_uri else None,
+            node=settings.node_name,
+            build_timeout=settings.edge_engine_build_timeout_seconds,
+            refresh_credentials=self._refresh_credentials,
         )
         self.window = WindowStats()
         self.events = Spool(state / "events", ".json")
@@ -154,6 +162,12 @@ class EdgeRuntime:
         if self._s3 is None or self._s3[0] != credentials:
             self._s3 = (credentials, node_s3_store(self.settings, credentials))
         return self._s3[1]
+
+    def _refresh_credentials(self) -> None:
+        """Trade the token again (e.g. designated as an engine's builder since the keys were issued)."""
+        if self.identity is not None:
+            with contextlib.suppress(Exception):
+                self.identity.credentials(refresh=True)
 
     def _node_bus(self) -> EventBus | None:
         """With an exchange issuing broker users: a bus signing in as this node's own user (rebuilt
@@ -245,6 +259,7 @@ class EdgeRuntime:
         # must hold up neither the other nor the health windows, which close on time.
         loops = (
             (self._watch_models, "edge-models"),
+            (self._watch_cameras, "edge-cameras"),
             (self._close_windows, "edge-windows"),
             (self._sync_loop, "edge-sync"),
         )
@@ -258,6 +273,7 @@ class EdgeRuntime:
         for thread in self._threads:
             thread.join(10)
         self.streams.stop()
+        self.sync_once()  # frames first: the last window announces what this upload sent
         self.close_window()
         self.sync_once()
         if self.bus is not None:
@@ -270,13 +286,23 @@ class EdgeRuntime:
             if desired is not None and self._should_try(desired):
                 self._last_try = time.monotonic()
                 self.models.set_desired(desired)
-            self._follow_cameras()
+            self._stop.wait(interval)
+
+    def _watch_cameras(self, interval: float) -> None:
+        while not self._stop.is_set():
+            try:
+                self._follow_cameras()
+            except Exception:  # an unreadable directory must not end the following
+                log.exception("cameras file unusable")
             self._stop.wait(interval)
 
     def _close_windows(self, interval: float) -> None:
         while not self._stop.is_set():
             if (time.time() - self.window.started.timestamp()) >= self.settings.edge_summary_interval_seconds:
-                self.close_window()
+                try:
+                    self.close_window()
+                except Exception:  # one bad window must not end the health reports
+                    log.exception("health window could not be written")
             self._stop.wait(interval)
 
     def _sync_loop(self, interval: float) -> None:
@@ -327,6 +353,8 @@ class EdgeRuntime:
             ready=self.models.ready,
             reason=self.models.not_ready_reason,
             cameras=self.streams.close_window(),
+            engine=self.models.engine_report(),
+            frames=self.feedback.take_uploaded(MAX_ANNOUNCED),
         )
         self.events.add(event.to_bytes())
 
@@ -384,7 +412,10 @@ class EdgeRuntime:
         if low:
             self.metrics.low_confidence.inc()
         self.window.record(elapsed_ms, False, [d.class_name for d in result.detections], low)
-        self._offer_hard_frame(image, loaded, result, None, data)
+        try:
+            self._offer_hard_frame(image, loaded, result, None, data)
+        except Exception:  # the answer is ready: a feedback problem must not turn it into an error
+            log.exception("hard-frame feedback failed")
         return response
 
     def _stream_frame(self, frame: Frame, loaded: LoadedModel, result: DetectionResult) -> None:
@@ -466,4 +497,7 @@ class EdgeRuntime:
             },
             "ready": self.models.ready,
             "reason": self.models.not_ready_reason,
+            "engine": None
+            if (engine := self.models.engine_report()) is None
+            else engine.model_dump(mode="json", by_alias=True, exclude_none=True),
         }

@@ -137,6 +137,14 @@ class FeedbackSpool:
         self.spool = Spool(directory, ".json")
         self.prefix = feedback_prefix(uri, namespace, deployment, node)
         self.spool_id = self._spool_id(directory)
+        self._uploaded: list[str] = []  # record URIs not announced yet
+        self._uploaded_lock = threading.Lock()
+
+    def take_uploaded(self, limit: int) -> list[str]:
+        """Record URIs uploaded since the last call (at most `limit`; the rest wait), to announce."""
+        with self._uploaded_lock:
+            taken, self._uploaded = self._uploaded[:limit], self._uploaded[limit:]
+        return taken
 
     @staticmethod
     def _spool_id(directory: Path) -> str:
@@ -167,10 +175,12 @@ class FeedbackSpool:
             try:
                 if image.exists():
                     store.put_file(image, self.object_uri(stem, ".jpg"))
-                store.put_file(path, self.object_uri(stem, ".json"))  # the record last: it marks a frame
+                record = store.put_file(path, self.object_uri(stem, ".json"))  # last: it marks a frame
             except Exception as error:  # offline (or refused): keep the frame
                 log.info("feedback frames spooled (%d): %s", len(self.spool.items()), error)
                 break
             self.spool.remove(path)
+            with self._uploaded_lock:
+                self._uploaded.append(record.uri)
             uploaded += 1
         return uploaded

@@ -177,6 +177,42 @@ class Applier:
         for kind, reason, message in plan.events:
             await self.post_event(body, kind, reason, message)
 
+    async def apply_cameras(self, desired: Obj) -> None:
+        """Create the cameras' ConfigMap, or replace its data when it changed (the cache holds what
+        our last write or read returned)."""
+        meta = desired["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        current = self.cache.configmaps.get((namespace, name))
+        if current is None:
+            created = await self.kube.create("v1", "configmaps", namespace, desired)
+            current = created or await self.kube.get("v1", "configmaps", namespace, name)
+        if current is None:
+            return
+        # The owner too: a map left by a deleted deployment of the same name would be collected
+        # under the new one's feet (json-patch `add` replaces a member, or sets a missing one).
+        changes = [
+            {"op": "add", "path": path, "value": value}
+            for path, value, now in (
+                ("/data", desired["data"], current.get("data") or {}),
+                (
+                    "/metadata/ownerReferences",
+                    meta["ownerReferences"],
+                    current["metadata"].get("ownerReferences"),
+                ),
+            )
+            if value != now
+        ]
+        if changes:
+            path = self.kube.path("v1", "configmaps", namespace, name)
+            try:
+                current = await self.kube.request("PATCH", path, changes, "application/json-patch+json")
+            except KubeError as error:
+                if error.code != 404:
+                    raise
+                self.cache.configmaps.forget(current["metadata"])  # gone meanwhile: made again next plan
+                return
+        self.cache.configmaps.remember(current)
+
     async def _daemonset(self, desired: Obj) -> None:
         """Create the DaemonSet, or replace its pod template when the revision changed (OnDelete: no
         pod changes until the rollout deletes it)."""

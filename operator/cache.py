@@ -92,6 +92,7 @@ class ObjectCache:
         self.artifacts = Store(deletions)
         self.deployments = Store(deletions)
         self.daemonsets = Store(deletions)
+        self.configmaps = Store(deletions)  # the cameras' ConfigMaps, from our writes (no watch)
         self.nodes: dict[str, Obj] = {}
         self.trainer_pods: defaultdict[Key, dict[str, Obj]] = defaultdict(dict)  # by (ns, Job)
         self.edge_pods: defaultdict[Key, dict[str, Obj]] = defaultdict(dict)  # by (ns, EdgeDeployment)

@@ -9,7 +9,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from visioninapp.k8s import MANAGED_BY, Obj, controller_reference
+from visioninapp.operator.cameras import (
+    CAMERAS_ANNOTATION,
+    CAMERAS_DIR,
+    camera_env,
+    cameras_configmap_name,
+    cameras_hash,
+)
 from visioninapp.operator.edge_identity import AUDIENCE
+from visioninapp.operator.names import DEPLOYMENT_LABEL
 from visioninapp.resources import EdgeDeployment
 
 __all__ = [
@@ -20,7 +28,6 @@ __all__ = [
     "template_revision",
 ]
 
-DEPLOYMENT_LABEL = "visioninapp.io/edge-deployment"
 REVISION_LABEL = "visioninapp.io/revision"
 TOKEN_FILE = "/var/run/secrets/visioninapp/edge/token"
 
@@ -61,7 +68,8 @@ def desired_daemonset(
         "VISIONINAPP_EDGE_PORT": str(runtime.port),
         "VISIONINAPP_EDGE_CONFIDENCE": str(runtime.confidence),
         "VISIONINAPP_EDGE_IOU": str(runtime.iou),
-        "VISIONINAPP_EDGE_PRECISION": runtime.precision,
+        # unset: `auto` for engines (FP16 on a Jetson), fp32 otherwise, as before (same revisions)
+        "VISIONINAPP_EDGE_PRECISION": runtime.precision or ("auto" if spec.format == "tensorrt" else "fp32"),
         "VISIONINAPP_EDGE_CACHE_DIR": node_dir,
         # the event and feedback spools on the node too, one per deployment: what a replaced pod
         # had not sent yet, its successor sends (the container's own disk goes with it)
@@ -122,6 +130,7 @@ def desired_daemonset(
     }
     if runtime_class:
         template["spec"]["runtimeClassName"] = runtime_class
+    _add_cameras(template, ed)
     if identity_url:
         token = {"audience": AUDIENCE, "expirationSeconds": 3600, "path": "token"}
         template["spec"]["automountServiceAccountToken"] = False  # the exchange token only, no API access
@@ -150,6 +159,25 @@ def desired_daemonset(
         },
     }
     return daemonset, revision
+
+
+def _add_cameras(template: Obj, ed: EdgeDeployment) -> None:
+    """The cameras' ConfigMap, their credentials and the hash of their definitions; nothing without
+    cameras, so deployments without any keep their revision."""
+    digest = cameras_hash(ed.spec.cameras)
+    if digest is None:
+        return
+    container = template["spec"]["containers"][0]
+    template["metadata"]["annotations"][CAMERAS_ANNOTATION] = digest
+    container["env"] += [
+        {"name": "VISIONINAPP_EDGE_CAMERAS_DIR", "value": CAMERAS_DIR},
+        *camera_env(ed.spec.cameras),
+    ]
+    container["volumeMounts"].append({"name": "cameras", "mountPath": CAMERAS_DIR, "readOnly": True})
+    # optional: the pod starts without the map (a failed write, a restored cluster); a node that
+    # reads no camera has no key in it, so no file
+    configmap = {"name": cameras_configmap_name(ed.metadata.name), "optional": True}
+    template["spec"]["volumes"].append({"name": "cameras", "configMap": configmap})
 
 
 @dataclass(frozen=True)

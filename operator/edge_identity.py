@@ -170,10 +170,13 @@ def edge_policy(
     artifacts_uri: str,
     feedback_uri: str,
     model_uris: Iterable[str] = (),
+    engine_prefixes: Iterable[str] = (),
 ) -> Obj:
     """The IAM policy of `node` in `namespace`: write its own feedback prefix of each deployment
     (name, feedback uri) there; read the namespace's model artifacts (and the exact model files its
-    deployments name); never read feedback, nor anything of another node or namespace."""
+    deployments name); never read feedback, nor anything of another node or namespace. As the
+    designated builder of engine keys (operator/engines.py): write the engine and its claim in each
+    key's prefix of `engine_prefixes` (`<shared engine cache>/<key hash>`), never the manifest."""
     writes = sorted(
         _object_arn(feedback_prefix(uri, namespace, name, node)) + "*"
         for name, uri in deployments
@@ -189,6 +192,21 @@ def edge_policy(
     if writes:
         statements.append(
             {"Sid": "OwnFeedback", "Effect": "Allow", "Action": ["s3:PutObject"], "Resource": writes}
+        )
+    builds = sorted(
+        _object_arn(prefix.rstrip("/")) + f"/{name}"
+        for prefix in engine_prefixes
+        if prefix.startswith("s3://")
+        for name in ("engine.onnx", "engine.json")
+    )
+    if builds:
+        statements.append(
+            {
+                "Sid": "DesignatedEngineBuilder",
+                "Effect": "Allow",
+                "Action": ["s3:PutObject"],
+                "Resource": builds,
+            }
         )
     if reads:
         statements.append(

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from visioninapp.backends.storage import join_uri
 from visioninapp.k8s import MANAGED_BY, Obj
 from visioninapp.kubeclient import Kube, KubeError
 from visioninapp.operator.cache import KeyedLocks
@@ -32,6 +33,7 @@ from visioninapp.operator.edge_identity import (
     refusal,
     secret_name,
 )
+from visioninapp.operator.engines import engine_prefix, engine_writes
 from visioninapp.operator.identity_issuers import BrokerIssuer, IamIssuer
 from visioninapp.resources.edgedeployment import models_in_use
 from visioninapp.settings import Settings
@@ -101,16 +103,21 @@ class EdgeIdentities:
         return None
 
     def policy_for(self, namespace: str, node: str) -> Obj:
-        deployments, models = [], []
+        deployments, models, bodies = [], [], []
         for (ns, name), body in self.fleet.deployments.items():
             if ns != namespace:
                 continue
+            bodies.append(body)
             feedback = (body.get("spec") or {}).get("feedback") or {}
             deployments.append((name, feedback.get("uri") or self.feedback_uri))
             for model in models_in_use(body):
                 artifact = self.fleet.artifacts.get((namespace, model))
                 models += [f["uri"] for f in (artifact or {}).get("spec", {}).get("formats", [])]
-        return edge_policy(namespace, node, deployments, self.artifacts_uri, self.feedback_uri, models)
+        prefix = engine_prefix(self.artifacts_uri, namespace)
+        builds = [join_uri(prefix, key_hash) for key_hash in engine_writes(bodies, node)]
+        return edge_policy(
+            namespace, node, deployments, self.artifacts_uri, self.feedback_uri, models, builds
+        )
 
     async def review(self, token: str) -> Caller | str:
         review = {

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from visioninapp.resources.base import to_dns_label
 
-__all__ = ["job_name"]
+__all__ = ["DEPLOYMENT_LABEL", "job_name"]
+
+DEPLOYMENT_LABEL = "visioninapp.io/edge-deployment"  # on the objects made for an EdgeDeployment
 
 
 def job_name(training_job: str, attempt: int) -> str:

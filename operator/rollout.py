@@ -8,6 +8,7 @@ cluster and the operator's DaemonSet settings (`EdgeTemplate`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -44,16 +45,23 @@ class RolloutPlan:
     clear_action: bool = False
 
 
-def _model_entry(artifact: Obj | None, name: str, fmt: str) -> Obj | str:
+def _artifact_format(fmt: str, precision: str | None) -> str:
+    """The artifact file a deployment format serves: an INT8 TensorRT engine builds from the
+    quantized model (its QDQ scales are the calibration), every other engine from the ONNX one."""
+    return "onnx-int8" if fmt == "tensorrt" and precision == "int8" else ARTIFACT_FORMAT[fmt]
+
+
+def _model_entry(artifact: Obj | None, name: str, fmt: str, precision: str | None = None) -> Obj | str:
     """The artifact's format entry for `fmt`, or why the deployment must wait."""
     if artifact is None:
         return f"ModelArtifact {name!r} not found"
     if (artifact.get("status") or {}).get("phase") != "Available":
         return f"ModelArtifact {name!r} is not Available (not verified yet, or invalid)"
-    wanted = ARTIFACT_FORMAT[fmt]
+    wanted = _artifact_format(fmt, precision)
     entry = next((f for f in artifact["spec"]["formats"] if f["format"] == wanted), None)
     if entry is None:
-        return f"ModelArtifact {name!r} has no `{wanted}` format, which `format: {fmt}` needs"
+        needs = f"`format: {fmt}`" + (" with `precision: int8`" if wanted != ARTIFACT_FORMAT[fmt] else "")
+        return f"ModelArtifact {name!r} has no `{wanted}` format, which {needs} needs"
     return entry  # type: ignore[no-any-return]
 
 
@@ -68,18 +76,24 @@ def plan_rollout(
     now: datetime,
     *,
     template: EdgeTemplate,
+    engines: Sequence[Obj] = (),
 ) -> RolloutPlan:
     """Everything one reconciliation of an EdgeDeployment does. `ed` is `body` (as stored) validated;
-    `previous` is status.previousModel's artifact (the rollback target)."""
+    `previous` is status.previousModel's artifact (the rollback target); `engines` the engine
+    records of this pass (operator/engines.py)."""
     rollout = _Rollout(ed, body, nodes, pods, health, now)
+    rollout.engines = engines
     spec = ed.spec
-    entry = _model_entry(artifact, spec.model_ref, spec.format)
+    entry = _model_entry(artifact, spec.model_ref, spec.format, spec.runtime.precision)
     if isinstance(entry, str):
         rollout.condition("ModelReady", False, "ModelUnavailable", entry)
         rollout.wanted.update(phase=rollout.status.get("phase") or "Progressing")
         return rollout.finish()
     rollout.condition(
-        "ModelReady", True, "Available", f"{spec.model_ref} ({ARTIFACT_FORMAT[spec.format]}) verified"
+        "ModelReady",
+        True,
+        "Available",
+        f"{spec.model_ref} ({_artifact_format(spec.format, spec.runtime.precision)}) verified",
     )
     desired, revision = template.daemonset(ed, rollout.uid, spec.model_ref, entry)
     if rollout.stays_rolled_back(revision):
@@ -102,6 +116,7 @@ class _Rollout(StatusDraft):
     the plan builds up."""
 
     order = CONDITION_TYPES
+    engines: Sequence[Obj] = ()
 
     def __init__(
         self,
@@ -223,9 +238,45 @@ class _Rollout(StatusDraft):
             return Advance(remaining, len(self.spec.strategy.canary.steps) - 1)
         if self.action == "rollback":
             return Rollback({"*": "rolled back by annotation"})
-        return next_rollout_step(
+        decision = next_rollout_step(
             self.spec.strategy, revision, step, step_started, self.nodes, self.pods, self.health, self.now
         )
+        if isinstance(decision, Advance) and (pending := self.engine_pending(revision, step_started)):
+            return Wait(pending, decision.step)
+        return decision
+
+    def engine_pending(self, revision: str, step_started: datetime) -> str | None:
+        """Why the next nodes wait for an engine (None: they need not). A fleet builds each engine
+        key once: until every updated node has reported its engine, and each designated builder
+        among them has reported its engine ready (and uploaded: recorded in this same pass), the
+        nodes that would download it wait; never past stepTimeoutSeconds."""
+        strategy = self.spec.strategy
+        elapsed = (self.now - step_started).total_seconds()
+        if self.spec.format != "tensorrt" or elapsed > strategy.step_timeout_seconds:
+            return None
+        updated = sorted(
+            n.name
+            for n in self.nodes
+            if n.ready and (p := self.by_node.get(n.name)) and p.revision == revision
+        )
+        unheard = [
+            name
+            for name in updated
+            if (h := self.health.get(name)) is None or h.revision != revision or h.engine is None
+        ]
+        if unheard:
+            return f"waiting for the engine report of {', '.join(unheard)}"
+        for record in self.engines:
+            builder, key_hash = str(record.get("builder")), str(record.get("keyHash"))
+            if record.get("phase") != "Building" or builder not in updated:
+                continue
+            engine = self.health[builder].engine
+            if engine is not None and engine.key_hash == key_hash and engine.state != "ready":
+                return (
+                    f"waiting for {builder} to build and upload the engine of key {key_hash[:12]}, "
+                    "which the other nodes of its key download"
+                )
+        return None
 
     def roll_back(
         self, decision: Rollback, desired: Obj, revision: str, previous: Obj | None, template: EdgeTemplate
@@ -235,7 +286,11 @@ class _Rollout(StatusDraft):
         failed = "; ".join(f"{node}: {reason}" for node, reason in sorted(decision.failures.items()))
         previous_model: str | None = self.wanted.get("previousModel", self.status.get("previousModel"))
         allowed = spec.strategy.auto_rollback or self.action == "rollback"
-        entry = _model_entry(previous, previous_model, spec.format) if allowed and previous_model else None
+        entry = (
+            _model_entry(previous, previous_model, spec.format, spec.runtime.precision)
+            if allowed and previous_model
+            else None
+        )
         if previous_model is None or not isinstance(entry, dict):
             return self.degrade(decision, desired, revision, failed)
         rollback_ds, rollback_revision = template.daemonset(self.ed, self.uid, previous_model, entry)

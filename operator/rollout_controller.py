@@ -9,14 +9,17 @@ watch and the edge-events stream fill the cache and the health tracker), plans w
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from visioninapp.k8s import Obj
 from visioninapp.operator.apply import Applier
 from visioninapp.operator.cache import ObjectCache, Turns
+from visioninapp.operator.cameras import cameras_configmap_name, plan_cameras, running_cameras
 from visioninapp.operator.context import Context, Key
 from visioninapp.operator.daemonset import DEPLOYMENT_LABEL, EdgeTemplate
-from visioninapp.operator.rollout import plan_rollout
+from visioninapp.operator.engines import engine_prefix, plan_engines, publish_engine
+from visioninapp.operator.rollout import RolloutPlan, plan_rollout
 from visioninapp.operator.rollout_step import (
     EdgeHealthTracker,
     NodeHealth,
@@ -74,12 +77,14 @@ class RolloutController:
 
     def deleted(self, key: Key) -> None:
         self.turns.forget(key)
+        self.cache.configmaps.pop((key[0], cameras_configmap_name(key[1])), None)  # collected with it
 
     async def _reconcile(self, body: Obj) -> None:
         meta, status = body["metadata"], body.get("status") or {}
         namespace, name = meta["namespace"], meta["name"]
         ed = EdgeDeployment.model_validate(body, context=ADMITTED)
         heartbeats = self.health.for_deployment(namespace, name)
+        engines = await self._engines(body, heartbeats)
         plan = plan_rollout(
             ed,
             body,
@@ -90,11 +95,51 @@ class RolloutController:
             heartbeats,
             datetime.now(UTC),
             template=self.template,
+            engines=engines,
         )
+        plan = self._record_engines(body, engines, plan)
+        # The cameras before the DaemonSet and the pods it replaces: a new pod finds its entry.
+        await self._cameras(ed, body, plan.delete_pods)
         await self.applier.apply_rollout(body, plan)
         for model in models_in_use(body):
             if (namespace, model) in self.cache.artifacts:
                 self.context.artifact_replans.put_nowait((namespace, model))
+
+    async def _engines(self, body: Obj, heartbeats: dict[str, NodeHealth]) -> list[Obj]:
+        """Engine builders designated, and builders' uploads checked and recorded (operator/engines.py)."""
+        namespace, current = body["metadata"]["namespace"], (body.get("status") or {}).get("engines") or []
+        nodes = {node["metadata"]["name"] for node in self._covered(body)}
+        records, claims = plan_engines(current, heartbeats, nodes)
+        if claims:
+            prefix = engine_prefix(self.context.settings.resolved_artifacts_uri, namespace)
+            store = self.context.store_for(prefix)
+            for claim in claims:
+                index = next(i for i, r in enumerate(records) if r["keyHash"] == claim.key_hash)
+                records[index] = await asyncio.to_thread(publish_engine, store, prefix, records[index], claim)
+        return records
+
+    @staticmethod
+    def _record_engines(body: Obj, records: list[Obj], plan: RolloutPlan) -> RolloutPlan:
+        current = (body.get("status") or {}).get("engines") or []
+        if records == current:
+            return plan
+        before = {r["keyHash"]: r.get("phase") for r in current}
+        events: list[tuple[str, str, str]] = []
+        for record in records:
+            key, phase = record["keyHash"], record["phase"]
+            if key not in before:
+                events.append(
+                    ("Normal", "EngineBuilder", f"{record['builder']} builds the engine of key {key[:12]}")
+                )
+            if phase == before.get(key):
+                continue
+            if phase == "Available":
+                events.append(
+                    ("Normal", "EngineRecorded", f"engine {key[:12]} recorded, sha256 {record['sha256']}")
+                )
+            elif phase == "Failed":
+                events.append(("Warning", "EngineRefused", f"engine {key[:12]}: {record.get('message')}"))
+        return replace(plan, status={**plan.status, "engines": records}, events=(*plan.events, *events))
 
     async def _artifact(self, namespace: str, name: str | None) -> Obj | None:
         if not name:
@@ -104,14 +149,38 @@ class RolloutController:
             return cached
         return await self.context.kube.get(API_VERSION, "modelartifacts", namespace, name)
 
-    def _nodes(self, body: Obj, heartbeats: dict[str, NodeHealth]) -> list[NodeView]:
-        """The nodes the deployment covers (its selector and tolerations), as the planner sees them."""
+    async def _cameras(self, ed: EdgeDeployment, body: Obj, leaving: tuple[str, ...]) -> None:
+        meta = body["metadata"]
+        key = (meta["namespace"], cameras_configmap_name(meta["name"]))
+        current = self.cache.configmaps.get(key)
+        if current is None and ed.spec.cameras:  # first plan since the start: read what is there
+            current = await self.context.kube.get("v1", "configmaps", *key)
+            if current is not None:
+                self.cache.configmaps.remember(current)
+        desired = plan_cameras(
+            ed,
+            meta["uid"],
+            {node["metadata"]["name"]: node["metadata"].get("labels") or {} for node in self._covered(body)},
+            running_cameras(
+                self.cache.edge_pods.get((meta["namespace"], meta["name"]), {}).values(), leaving
+            ),
+            current,
+        )
+        if desired is not None:
+            await self.applier.apply_cameras(desired)
+
+    def _covered(self, body: Obj) -> list[Obj]:
+        """The nodes the deployment covers (its selector and tolerations)."""
         spec = body["spec"]
         return [
-            node_view(node, heartbeats)
+            node
             for node in self.cache.nodes.values()
             if fits(node, spec.get("nodeSelector") or {}, spec.get("tolerations") or [])
         ]
+
+    def _nodes(self, body: Obj, heartbeats: dict[str, NodeHealth]) -> list[NodeView]:
+        """The nodes the deployment covers, as the planner sees them."""
+        return [node_view(node, heartbeats) for node in self._covered(body)]
 
     def _pods(self, key: Key) -> list[PodView]:
         views = (pod_view(p) for p in self.cache.edge_pods.get(key, {}).values())

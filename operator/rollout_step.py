@@ -8,10 +8,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from visioninapp.events import EdgeEvent
+from visioninapp.events import EdgeEvent, EngineReport
 from visioninapp.k8s import Obj, parse_time
 from visioninapp.operator.daemonset import REVISION_LABEL
 from visioninapp.resources.edgedeployment import RolloutStrategy
@@ -60,6 +61,17 @@ class NodeHealth:
     p95_ms: float | None
     ready: bool
     reason: str | None = None
+    engine: EngineReport | None = None  # the desired model's engine (engine formats)
+
+    def engine_state(self, target: str) -> str | None:
+        """`building`, `ready` or `failed` for revision `target`'s engine; None without one."""
+        if self.engine is None or self.revision != target:
+            return None
+        return self.engine.state
+
+
+def _since(report: EngineReport) -> datetime:
+    return report.since if report.since.tzinfo else report.since.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -93,11 +105,21 @@ def _max_unavailable(value: int | str, total: int) -> int:
     return max(1, value)
 
 
-def _failure(pod: PodView, health: NodeHealth | None, strategy: RolloutStrategy, target: str) -> str | None:
+def _failure(
+    pod: PodView, health: NodeHealth | None, strategy: RolloutStrategy, target: str, now: datetime
+) -> str | None:
     gate = strategy.health_gate
     if pod.restarts > gate.max_restarts:
         return f"restarted {pod.restarts} times (healthGate.maxRestarts {gate.max_restarts})"
     if health is None or health.revision != target:
+        return None
+    if health.engine_state(target) == "building" and health.engine is not None:
+        # neither ready nor failed: bounded by the build's own timeout, not by the step's
+        building = (now - _since(health.engine)).total_seconds()
+        if building > strategy.engine_build_timeout_seconds:
+            limit = strategy.engine_build_timeout_seconds
+            why = health.reason or "engine building"
+            return f"engine not built within engineBuildTimeoutSeconds ({limit} s): {why}"
         return None
     if not health.ready:
         return f"the runtime rejected the model: {health.reason or 'no reason given'}"
@@ -109,20 +131,32 @@ def _failure(pod: PodView, health: NodeHealth | None, strategy: RolloutStrategy,
     return None
 
 
+def _step_clock(heard: NodeHealth | None, target: str, step_started: datetime) -> datetime | None:
+    """When a node's step timeout starts: at the step's start, or when its engine became ready if
+    that was later; None while its engine builds (the engine-build timeout bounds that)."""
+    state = heard.engine_state(target) if heard is not None else None
+    if state == "building":
+        return None
+    if state == "ready" and heard is not None and heard.engine is not None:
+        return max(step_started, _since(heard.engine))
+    return step_started
+
+
 def _gate_failures(
     updated_online: list[NodeView],
     by_node: dict[str, PodView],
     health: dict[str, NodeHealth],
     strategy: RolloutStrategy,
     target: str,
-    timed_out: bool,
+    timed_out: Callable[[str], bool],
+    now: datetime,
 ) -> dict[str, str]:
     """Why each updated, online node fails the health gate (none: the step may go on)."""
     failures: dict[str, str] = {}
     for node in updated_online:
         pod = by_node[node.name]
-        reason = _failure(pod, health.get(node.name), strategy, target)
-        if reason is None and not pod.ready and timed_out:
+        reason = _failure(pod, health.get(node.name), strategy, target, now)
+        if reason is None and not pod.ready and timed_out(node.name):
             reason = f"not Ready within stepTimeoutSeconds ({strategy.step_timeout_seconds} s)"
         if reason:
             failures[node.name] = reason
@@ -147,9 +181,12 @@ def next_rollout_step(
     updated_online = [n for n in updated if n.ready]
     updated_names = {n.name for n in updated}
     not_updated_online = [n for n in online if n.name not in updated_names]
-    timed_out = (now - step_started).total_seconds() > strategy.step_timeout_seconds
 
-    failures = _gate_failures(updated_online, by_node, health, strategy, target, timed_out)
+    def timed_out(name: str) -> bool:
+        started = _step_clock(health.get(name), target, step_started)
+        return started is not None and (now - started).total_seconds() > strategy.step_timeout_seconds
+
+    failures = _gate_failures(updated_online, by_node, health, strategy, target, timed_out, now)
     if failures:
         return Rollback(failures)
 
@@ -175,8 +212,9 @@ def next_rollout_step(
     if len(updated) >= wanted and not settling and step + 1 >= len(steps) and (updated or not nodes):
         returning = sorted(n.name for n in not_updated_online)
         return Done(tuple(returning[: _max_unavailable(strategy.max_unavailable, len(nodes))]))
-    if settling and timed_out:
-        return Rollback({name: "not healthy within stepTimeoutSeconds" for name in settling})
+    late = [name for name in settling if timed_out(name)]
+    if late:
+        return Rollback({name: "not healthy within stepTimeoutSeconds" for name in late})
     budget = _max_unavailable(strategy.max_unavailable, len(nodes)) - len(settling)
     candidates = sorted(
         not_updated_online,
@@ -185,6 +223,13 @@ def next_rollout_step(
     chosen = tuple(n.name for n in candidates[: max(0, min(wanted - len(updated), budget))])
     if chosen:
         return Advance(chosen, step)
+    return _waiting(settling, health, target, step)
+
+
+def _waiting(settling: list[str], health: dict[str, NodeHealth], target: str, step: int) -> Wait:
+    building = [n for n in settling if (h := health.get(n)) and h.engine_state(target) == "building"]
+    if building:
+        return Wait(f"{len(building)} updated node(s) building their engine: {', '.join(building)}", step)
     if settling:
         return Wait(f"{len(settling)} updated node(s) becoming healthy (minReadySeconds)", step)
     return Wait("waiting for nodes to come online", step)
@@ -243,6 +288,7 @@ class EdgeHealthTracker:
             p95_ms=event.p95_ms,
             ready=event.ready,
             reason=event.reason,
+            engine=event.engine,
         )
 
     def for_deployment(self, namespace: str, name: str) -> dict[str, NodeHealth]:

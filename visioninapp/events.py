@@ -15,9 +15,18 @@ from pydantic.alias_generators import to_camel
 from visioninapp.resources.modelartifact import ArtifactFormat
 from visioninapp.resources.trainingjob import TrainingMetrics
 
-__all__ = ["TERMINATION_MESSAGE_LIMIT", "CameraState", "CameraWindow", "EdgeEvent", "TrainerResult", "TrainingEvent"]
+__all__ = [
+    "MAX_ANNOUNCED",
+    "TERMINATION_MESSAGE_LIMIT",
+    "CameraState",
+    "CameraWindow",
+    "EdgeEvent",
+    "TrainerResult",
+    "TrainingEvent",
+]
 
 TERMINATION_MESSAGE_LIMIT = 4096  # bytes Kubernetes keeps of a container's termination message
+MAX_ANNOUNCED = 500  # frame records one EdgeEvent announces; more wait for the next window
 
 
 def _now() -> datetime:
@@ -92,6 +101,24 @@ class CameraWindow(_Event):
     error: str | None = Field(None, max_length=1024, description="Last error opening or reading the source.")
 
 
+EngineState = Literal["building", "ready", "failed"]
+
+
+class EngineReport(_Event):
+    """The engine (TensorRT, or its CPU stand-in) a runtime builds or serves for the desired model."""
+
+    key_hash: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the engine key's canonical JSON.")
+    key: dict[str, str] = Field(default_factory=dict, description="The engine key's fields.")
+    state: EngineState = Field(description="building, ready (built or downloaded, self-tested) or failed.")
+    since: datetime = Field(description="When the engine entered this state (UTC).")
+    sha256: str | None = Field(None, description="sha256 of the engine file, once built or downloaded.")
+    source: Literal["built", "cache", "shared"] | None = Field(
+        None, description="Where the ready engine came from: built here, the node's cache, the fleet's."
+    )
+    uploaded: bool = Field(False, description="This node uploaded the engine to the shared engine cache.")
+    message: str | None = Field(None, max_length=1024, description="Progress, or why it failed.")
+
+
 class EdgeEvent(_Event):
     """A health and detection summary of one edge runtime over a time window."""
 
@@ -108,11 +135,19 @@ class EdgeEvent(_Event):
     p50_ms: float | None = Field(None, ge=0, description="Median latency, ms.")
     p95_ms: float | None = Field(None, ge=0, description="95th percentile latency, ms.")
     detections_per_class: dict[str, int] = Field(default_factory=dict, description="Detections by class.")
-    low_confidence: int = Field(0, ge=0, description="Requests with a detection scored in the feedback range.")
+    low_confidence: int = Field(
+        0, ge=0, description="Requests with a detection scored in the feedback range."
+    )
     provider: str | None = Field(None, description="onnxruntime execution provider in use.")
     ready: bool = Field(True, description="Whether the desired model was being served.")
     reason: str | None = Field(None, description="Why the desired model is not served, if not.")
     cameras: list[CameraWindow] = Field(default_factory=list, description="Per-camera numbers.")
+    frames: Annotated[list[str], Field(max_length=MAX_ANNOUNCED)] = Field(
+        default_factory=list,
+        description="Hard frames uploaded since the previous window: the URIs of their records, which "
+        "the API imports (each checked to lie under this node's own feedback prefix).",
+    )
+    engine: EngineReport | None = Field(None, description="The desired model's engine, for engine formats.")
 
     @property
     def error_rate(self) -> float:

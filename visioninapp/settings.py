@@ -138,7 +138,24 @@ class Settings(BaseSettings):
     edge_port: int = Field(8080, description="HTTP port of the edge runtime.")
     edge_confidence: float = Field(0.25, description="Default confidence threshold.")
     edge_iou: float = Field(0.45, description="Default NMS IoU threshold.")
-    edge_precision: Literal["fp32", "fp16"] = Field("fp32", description="Precision on GPU providers.")
+    edge_precision: Literal["auto", "fp32", "fp16", "int8"] = Field(
+        "fp32",
+        description="Precision on GPU providers; for engines `auto` is FP16 with TensorRT on a Jetson, "
+        "FP32 elsewhere, and `int8` needs the artifact's quantized (`onnx-int8`) model.",
+    )
+    edge_engine: Literal["tensorrt", "ort-optimized"] = Field(
+        "tensorrt",
+        description="What `format: tensorrt` builds on the device: a TensorRT engine, or its CPU "
+        "stand-in (an onnxruntime optimized-model file, keyed and cached the same way; tests).",
+    )
+    edge_engine_cache_uri: str | None = Field(
+        None,
+        description="The fleet's shared engine cache (`<uri>/<key hash>/`); "
+        "artifacts_uri/<namespace>/.engines when empty; `none` turns sharing off.",
+    )
+    edge_engine_build_timeout_seconds: float = Field(
+        3600.0, gt=0, description="An engine build taking longer fails (the current model keeps serving)."
+    )
     edge_summary_interval_seconds: float = Field(15.0, description="EdgeEvent window length.")
     edge_admin_token: str | None = Field(
         None, description="Bearer token for the admin API (model swap); loopback only when empty."
@@ -182,6 +199,15 @@ class Settings(BaseSettings):
     @property
     def resolved_feedback_uri(self) -> str:
         return self.feedback_uri or self.resolved_artifacts_uri.rstrip("/") + "/feedback"
+
+    @property
+    def resolved_engine_cache_uri(self) -> str | None:
+        if self.edge_engine_cache_uri == "none":
+            return None
+        return (
+            self.edge_engine_cache_uri
+            or f"{self.resolved_artifacts_uri.rstrip('/')}/{self.namespace}/.engines"
+        )
 
     @property
     def resolved_database_url(self) -> str:

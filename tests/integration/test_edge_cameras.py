@@ -271,6 +271,11 @@ def test_hard_frames_from_streams_carry_their_provenance_and_skip_duplicates(
         wait_for(lambda: len(list((tmp_path / "feedback").rglob("*.json"))) >= 6, 120, "budget filled")
         _live(base, "still", 20)  # the still camera kept going after its first frame was kept
         metrics = requests.get(f"{base}/metrics", timeout=10).text
+    assert isinstance(runtime.bus, LocalEventLog)
+    events = [EdgeEvent.model_validate_json(m.body) for m in runtime.bus.read("edge-events", 0)]
+    announced = [uri for event in events for uri in event.frames]  # the API imports these, no sync
+    uploaded = sorted((tmp_path / "feedback").rglob("*.json"))
+    assert sorted(announced) == [path.as_uri() for path in uploaded]
     records = [json.loads(p.read_text()) for p in (tmp_path / "feedback").rglob("*.json")]
     assert len(records) == 6, "the per-node budget holds"
     assert {r["camera"] for r in records} == {"still", "scenes"}

@@ -110,6 +110,8 @@ SCENARIOS = {
     "recreate-ds": "a DaemonSet deleted by hand is made again",
     "missing-model": "a deployment of a missing ModelArtifact says so (ModelReady False)",
     "join": "an edge node that joins after the operator started gets the model",
+    "cameras": "a deployment with a camera gets its cameras ConfigMap (read first, then made)",
+    "camera-move": "a camera moved to the edge node updates its ConfigMap (no new revision)",
     "pod-watch": "the pods it follows (trainer pods, the fleet's pods) are followed by a watch each "
     "(without it: re-listed, again and again)",
     "job-watch": "the runs' Jobs are followed by one watch (without it: re-listed, again and again)",
@@ -161,6 +163,9 @@ OPERATOR_NEEDS: dict[Grant, tuple[str | None, str | None]] = {
     ("patch", "apps", "daemonsets"): (None, "update"),
     ("list", "", "nodes"): (None, "deploy"),
     ("watch", "", "nodes"): (None, "join"),
+    ("get", "", "configmaps"): (None, "cameras"),
+    ("create", "", "configmaps"): (None, "cameras"),
+    ("patch", "", "configmaps"): (None, "camera-move"),
 }
 # The Role on the one Secret of operator.mirrorKubeconfigSecret.
 MIRROR_NEEDS: dict[Grant, str] = {("get", "", "secrets"): "mirror"}
@@ -188,6 +193,8 @@ API_NEEDS: dict[Grant, str] = {
     ("list", GROUP, "edgedeployments"): "GET /projects/{p}/deployments",
     ("patch", GROUP, "edgedeployments"): "PATCH /projects/{p}/deployments/{name}",
     ("delete", GROUP, "edgedeployments"): "DELETE /projects/{p}/deployments/{name}",
+    ("list", "", "events"): "GET /projects/{p}/deployments/{name}/events",
+    ("list", "", "nodes"): "GET /projects/{p}/training-capacity",
 }
 # Checked by admission on another request: without it, that request is the one refused.
 REFUSED_AS: dict[Grant, tuple[Grant, str]] = {
@@ -860,11 +867,12 @@ class OperatorLab(Lab):
             self.verified("base")
             self.base_ready = True
 
-    def deployment(self, name: str, model: str = "v1") -> Obj:
+    def deployment(self, name: str, model: str = "v1", cameras: list[Obj] | None = None) -> Obj:
         spec = {
             "modelRef": model,
             "nodeSelector": {LAB_LABEL: self.release.name},
             "strategy": {"healthGate": {"minReadySeconds": 0}},
+            **({"cameras": cameras} if cameras else {}),
         }
         return self.cluster.create(
             GROUP, "edgedeployments", self.namespace, {"metadata": {"name": name}, "spec": spec}
@@ -1043,6 +1051,33 @@ class OperatorLab(Lab):
             lambda: add_edge_node(self.cluster, node, self.release.name),
             lambda: self.serving(key, node=node),
             prepare=lambda: self.deployed(key),
+        )
+
+    def camera_on(self, deployment: str, node: str) -> bool:
+        configmap = self.get("configmaps", f"{deployment}-cameras", "") or {}
+        return node in (configmap.get("data") or {})
+
+    def _cameras(self, key: str) -> Trial:
+        camera = {"name": "dock", "file": "/data/dock.mp4", "nodes": [self.node]}
+        return Trial(
+            lambda: self.deployment(key, cameras=[camera]),
+            lambda: self.camera_on(key, self.node),
+            prepare=self.models,
+        )
+
+    def _camera_move(self, key: str) -> Trial:
+        camera = {"name": "dock", "file": "/data/dock.mp4", "nodes": ["elsewhere"]}
+
+        def prepare() -> None:
+            self.models()
+            self.deployment(key, cameras=[camera])
+            eventually(lambda: self.get("configmaps", f"{key}-cameras", ""), PATIENCE, f"{key}-cameras made")
+
+        moved = {"spec": {"cameras": [{**camera, "nodes": [self.node]}]}}
+        return Trial(
+            lambda: self.cluster.patch(GROUP, "edgedeployments", self.namespace, key, moved),
+            lambda: self.camera_on(key, self.node),
+            prepare=prepare,
         )
 
     def _pod_watch(self, key: str) -> Trial:
@@ -1357,7 +1392,7 @@ class ApiLab(Lab):
         path = route.replace("/projects/{p}", f"/projects/{self.namespace}").replace("{name}", key)
         body: Obj | None = None
         prepare: Callable[[], object] = _nothing
-        if kind == "projects":
+        if kind == "projects" and method == "POST":
             self.made_namespaces.append(f"{self.namespace}-{key}")
             body = {"name": f"{self.namespace}-{key}"}
         elif "{name}" in route:

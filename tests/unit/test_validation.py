@@ -229,5 +229,21 @@ def test_patterns_are_matched_as_go_regexp_does() -> None:
 def test_errors_say_what_to_do() -> None:
     obj = _load(HERE / "invalid" / "tj-architecture-unsupported.yaml")
     (error,) = validate(obj)
-    assert "yolo11n" in error.message and "yolox-s" in error.message
+    assert "yolov7" in error.message and "yolo11n" in error.message and "yolox-nano" in error.message
     assert str(error).startswith("TrainingJob/bad-tj: spec.model.architecture: ")
+
+
+def test_camera_errors_say_what_to_do() -> None:
+    """Each camera rule names the field and says the fix (the corpus checks the fields alone)."""
+    said = {
+        "ed-camera-two-sources": "set exactly one camera source",
+        "ed-camera-no-source": "set exactly one camera source",
+        "ed-camera-credentials-without-url": "credentialsSecret only applies to an RTSP url",
+        "ed-camera-nodes-and-selector": "either by list (nodes) or by labels (nodeSelector)",
+        "ed-camera-duplicate-names": "camera names must be unique",
+    }
+    for name, words in said.items():
+        (error,) = validate(_load(HERE / "invalid" / f"{name}.yaml"))
+        assert words in error.message, (name, error.message)
+    (error,) = validate(_load(HERE / "invalid" / "ed-camera-credentials-in-url.yaml"))
+    assert error.path == "spec.cameras[0].url"

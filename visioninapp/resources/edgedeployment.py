@@ -11,21 +11,25 @@ from pydantic import Field
 from visioninapp.resources.base import (
     CelRule,
     Condition,
+    DnsLabel,
     DnsSubdomain,
     KubeModel,
     NodeSelector,
     Quantity,
+    Sha256,
     StorageUri,
     Toleration,
 )
 
 __all__ = [
     "EDGE_NODE_LABEL",
+    "CameraSpec",
     "CanaryStrategy",
     "DeploymentFormat",
     "EdgeDeploymentPhase",
     "EdgeDeploymentSpec",
     "EdgeDeploymentStatus",
+    "EngineRecord",
     "FeedbackSpec",
     "HealthGate",
     "NodeStatus",
@@ -65,8 +69,11 @@ class RuntimeSpec(KubeModel):
     resources: EdgeResources = Field(default_factory=EdgeResources, description="Container resources.")
     confidence: float = Field(0.25, ge=0, le=1, description="Default confidence threshold.")
     iou: float = Field(0.45, gt=0, le=1, description="IoU threshold of non-maximum suppression.")
-    precision: Literal["fp32", "fp16"] = Field(
-        "fp32", description="Precision on the GPU providers (TensorRT, CUDA); the CPU is always fp32."
+    precision: Literal["fp32", "fp16", "int8"] | None = Field(
+        None,
+        description="Precision on the GPU providers (TensorRT, CUDA); the CPU is always fp32. Unset: "
+        "fp32, except for `format: tensorrt`, whose engine is FP16 on a Jetson. `int8` (tensorrt "
+        "only) builds from the artifact's `onnx-int8` model, whose QDQ scales are its calibration.",
     )
 
 
@@ -91,6 +98,69 @@ class FeedbackSpec(KubeModel):
         None,
         description="Prefix for frames (`<uri>/<deployment>/<node>/`); the operator's default when empty.",
     )
+
+
+class CameraSpec(KubeModel):
+    """A camera the runtime reads continuously, on the nodes it names or selects.
+
+    The source is exactly one of an RTSP URL (credentials from a Secret, never in the URL), a V4L2
+    device, a GStreamer pipeline ending in `appsink` (Jetson CSI cameras via `nvarguscamerasrc`), or a
+    video file (tests and replays).
+    """
+
+    cel_rules = (
+        CelRule(
+            rule="(has(self.url) ? 1 : 0) + (has(self.device) ? 1 : 0) + (has(self.pipeline) ? 1 : 0)"
+            " + (has(self.file) ? 1 : 0) == 1",
+            message="set exactly one camera source: url (RTSP), device (V4L2), pipeline (GStreamer) or file",
+        ),
+        CelRule(
+            rule="!has(self.credentialsSecret) || has(self.url)",
+            message="credentialsSecret only applies to an RTSP url",
+            field_path=".credentialsSecret",
+            reason="FieldValueInvalid",
+        ),
+        CelRule(
+            rule="!(has(self.nodes) && has(self.nodeSelector))",
+            message="name the camera's nodes either by list (nodes) or by labels (nodeSelector), not both",
+            field_path=".nodes",
+            reason="FieldValueInvalid",
+        ),
+    )
+
+    name: DnsLabel = Field(description="Camera name, unique in the deployment; used in metrics and events.")
+    url: Annotated[str, Field(max_length=2048, pattern=r"^rtsps?://[^@/\s]+(/\S*)?$")] | None = Field(
+        None, description="RTSP URL without credentials, e.g. rtsp://10.0.0.5:554/stream1."
+    )
+    credentials_secret: DnsSubdomain | None = Field(
+        None, description="Secret (same namespace) with keys `username` and `password` for the RTSP url."
+    )
+    device: Annotated[str, Field(max_length=64, pattern=r"^/dev/video[0-9]{1,3}$")] | None = Field(
+        None, description="V4L2 device, e.g. /dev/video0 (USB cameras)."
+    )
+    # appsink is the last element (its properties may follow): the runtime pulls frames from it
+    pipeline: Annotated[str, Field(max_length=4096, pattern=r"appsink[^!]*$")] | None = Field(
+        None,
+        description="GStreamer pipeline ending in appsink, e.g. for CSI cameras: nvarguscamerasrc ! "
+        "nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! appsink",
+    )
+    file: Annotated[str, Field(max_length=1024, pattern=r"^/")] | None = Field(
+        None, description="Absolute path of a video file on the node (tests and replays)."
+    )
+    loop: bool = Field(False, description="Start a file again at its end.")
+    target_fps: float = Field(15, gt=0, le=120, description="Frames per second to process.")
+    nodes: Annotated[list[DnsSubdomain], Field(min_length=1, max_length=1000)] | None = Field(
+        None, description="Nodes that read this camera (a per-site list)."
+    )
+    node_selector: NodeSelector | None = Field(
+        None, description="Labels of the nodes that read this camera (a node group)."
+    )
+
+    def on_node(self, node: str, labels: Mapping[str, str]) -> bool:
+        """Whether `node` reads this camera; with neither nodes nor nodeSelector, every node does."""
+        if self.nodes is not None:
+            return node in self.nodes
+        return all(labels.get(key) == value for key, value in (self.node_selector or {}).items())
 
 
 class CanaryStrategy(KubeModel):
@@ -140,7 +210,18 @@ class RolloutStrategy(KubeModel):
         | Annotated[str, Field(max_length=4, pattern=r"^([1-9][0-9]?|100)%$")]
     ) = Field("25%", description="Nodes updating at once: a count or a percentage of the matching nodes.")
     step_timeout_seconds: int = Field(
-        900, ge=30, le=86400, description="A step that is not healthy in this time fails."
+        900,
+        ge=30,
+        le=86400,
+        description="A step that is not healthy in this time fails; for a node that builds an engine "
+        "(`format: tensorrt`) the time counts from when its engine is ready.",
+    )
+    engine_build_timeout_seconds: int = Field(
+        3600,
+        ge=60,
+        le=86400,
+        description="A node whose engine is still building after this long fails the gate "
+        "(TensorRT builds take minutes on a Jetson; the node's current model serves meanwhile).",
     )
     health_gate: HealthGate = Field(default_factory=HealthGate, description="Health gate of each step.")
     auto_rollback: bool = Field(
@@ -165,6 +246,19 @@ class EdgeDeploymentSpec(KubeModel):
     )
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec, description="Runtime settings.")
     feedback: FeedbackSpec = Field(default_factory=FeedbackSpec, description="Hard-frame feedback.")
+    cameras: Annotated[list[CameraSpec], Field(max_length=64)] = Field(
+        default_factory=list,
+        description="Cameras read continuously by the runtime on the nodes each one names.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                CelRule(
+                    rule="self.all(c, self.exists_one(d, d.name == c.name))",
+                    message="camera names must be unique in a deployment",
+                    reason="FieldValueDuplicate",
+                ).to_schema()
+            ]
+        },
+    )
     strategy: RolloutStrategy = Field(default_factory=RolloutStrategy, description="Rollout strategy.")
     paused: bool = Field(False, description="Freeze the rollout where it is.")
     revision_history_limit: int = Field(10, ge=0, le=100, description="Revisions kept in status.")
@@ -190,6 +284,23 @@ class RevisionRecord(KubeModel):
     outcome: Literal["Progressing", "Completed", "RolledBack", "Superseded"] = Field(
         description="How the revision ended."
     )
+
+
+class EngineRecord(KubeModel):
+    """An engine key of the fleet (`format: tensorrt`): its designated builder and, once the operator
+    has checked the upload, the engine's sha256 that every other node of that key verifies."""
+
+    key_hash: Sha256 = Field(
+        description="sha256 of the engine key (model sha256, device, L4T, TensorRT, precision)."
+    )
+    device: str | None = Field(None, max_length=256, description="Device model of the key.")
+    precision: str | None = Field(None, max_length=16, description="Precision of the key.")
+    builder: str = Field(max_length=253, description="The node designated to build and upload it.")
+    phase: Literal["Building", "Available", "Failed"] = Field(
+        "Building", description="Available once the uploaded engine's sha256 is checked and recorded."
+    )
+    sha256: Sha256 | None = Field(None, description="sha256 of the engine file, as the operator checked it.")
+    message: str | None = Field(None, max_length=1024, description="Why it failed.")
 
 
 class EdgeDeploymentStatus(KubeModel):
@@ -218,6 +329,10 @@ class EdgeDeploymentStatus(KubeModel):
     nodes: Annotated[list[NodeStatus], Field(max_length=100)] = Field(
         default_factory=list,
         description="Per-node detail, failing and pending nodes first, capped at 100 for large fleets.",
+    )
+    engines: Annotated[list[EngineRecord], Field(max_length=64)] = Field(
+        default_factory=list,
+        description="Engines built on the devices (`format: tensorrt`), one per engine key.",
     )
 
 

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from visioninapp.events import CameraState
-from visioninapp.resources.edgedeployment import CameraSpec
+from visioninapp.resources.edgedeployment import CameraSpec, camera_credential_env
 
 __all__ = [
     "Backoff",
@@ -102,8 +102,7 @@ class FrameSlot:
 
 def credential_env(camera: str) -> tuple[str, str]:
     """The environment variables the operator fills from the camera's credentials Secret."""
-    stem = f"VISIONINAPP_CAMERA_{camera.upper().replace('-', '_')}"
-    return f"{stem}_USERNAME", f"{stem}_PASSWORD"
+    return camera_credential_env(camera, "username"), camera_credential_env(camera, "password")
 
 
 def source_url(spec: CameraSpec, environ: Mapping[str, str]) -> str:

@@ -21,7 +21,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from visioninapp.k8s import MANAGED_BY, Obj, controller_reference
 from visioninapp.operator.names import DEPLOYMENT_LABEL
 from visioninapp.resources import EdgeDeployment
-from visioninapp.resources.edgedeployment import CameraSpec
+from visioninapp.resources.edgedeployment import CameraSpec, camera_credential_env
 
 __all__ = [
     "CAMERAS_ANNOTATION",
@@ -51,17 +51,12 @@ def cameras_hash(cameras: Sequence[CameraSpec]) -> str | None:
     return hashlib.sha256(json.dumps(definitions, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def env_name(camera: str, key: str) -> str:
-    """The runtime's env var for one credential of a camera (`VISIONINAPP_CAMERA_<NAME>_<KEY>`)."""
-    return f"VISIONINAPP_CAMERA_{camera.upper().replace('-', '_')}_{key.upper()}"
-
-
 def camera_env(cameras: Sequence[CameraSpec]) -> list[Obj]:
     """The credentials of the RTSP cameras, from their Secrets. `optional`: a missing Secret fails
     that camera (the runtime reports it), not the pod and every other camera of the node."""
     return [
         {
-            "name": env_name(camera.name, key),
+            "name": camera_credential_env(camera.name, key),
             "valueFrom": {"secretKeyRef": {"name": camera.credentials_secret, "key": key, "optional": True}},
         }
         for camera in cameras

@@ -36,6 +36,7 @@ __all__ = [
     "RevisionRecord",
     "RolloutStrategy",
     "RuntimeSpec",
+    "camera_credential_env",
     "models_in_use",
 ]
 
@@ -161,6 +162,12 @@ class CameraSpec(KubeModel):
         if self.nodes is not None:
             return node in self.nodes
         return all(labels.get(key) == value for key, value in (self.node_selector or {}).items())
+
+
+def camera_credential_env(camera: str, key: str) -> str:
+    """The environment variable of one key (`username`, `password`) of a camera's credentials Secret:
+    the operator fills it from the Secret, the runtime reads it."""
+    return f"VISIONINAPP_CAMERA_{camera.upper().replace('-', '_')}_{key.upper()}"
 
 
 class CanaryStrategy(KubeModel):

@@ -254,7 +254,8 @@ def test_offline_restart_serves_the_cache_and_uploads_resume(
         feedback_uri="s3://feedback/frames",
     )
     bus = SwitchableBus(LocalEventLog(tmp_path / "events"))
-    image = cv2.imencode(".jpg", cv2.imread(str(_images(exported_model)[0])))[1].tobytes()
+    # five different scenes: the same frame five times would be one hard frame (near-duplicates)
+    images = [cv2.imencode(".jpg", cv2.imread(str(p)))[1].tobytes() for p in _images(exported_model)[:5]]
 
     first = EdgeRuntime(settings, bus=bus)
     first.start(sync_interval=0.2)
@@ -269,7 +270,7 @@ def test_offline_restart_serves_the_cache_and_uploads_resume(
     second = EdgeRuntime(settings, bus=bus)
     second.start(sync_interval=0.2)
     assert second.models.ready, "the cached last-good model must serve at once, offline"
-    for _ in range(5):
+    for image in images:
         assert second.detect(image)["model"]["version"] == "shapes-v1"
     time.sleep(1.5)  # at least one summary window closes while offline
     second.close_window()

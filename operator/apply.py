@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from datetime import UTC, datetime
 
 from visioninapp.k8s import Obj, iso_time
@@ -21,11 +22,15 @@ from visioninapp.resources import API_VERSION
 __all__ = ["Applier"]
 
 
+CAMERAS_REREAD_SECONDS = 10.0
+
+
 class Applier:
     """Writes plans; reads nothing but the cache (for the current state of what it changes)."""
 
     def __init__(self, context: Context, cache: ObjectCache) -> None:
         self.context, self.cache, self.kube = context, cache, context.kube
+        self._cameras_read: dict[tuple[str, str], float] = {}  # when each cameras map was last read
 
     # shared
 
@@ -183,7 +188,16 @@ class Applier:
         meta = desired["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         current = self.cache.configmaps.get((namespace, name))
+        read = self._cameras_read.get((namespace, name), 0.0)
+        if current is not None and time.monotonic() - read > CAMERAS_REREAD_SECONDS:
+            # No watch on ConfigMaps: read it now and then, so that a map the garbage collector took
+            # with a deleted deployment of the same name (or a hand deletion) is made again.
+            current = await self.kube.get("v1", "configmaps", namespace, name)
+            self._cameras_read[(namespace, name)] = time.monotonic()
+            if current is None:
+                self.cache.configmaps.forget(meta)
         if current is None:
+            self._cameras_read[(namespace, name)] = time.monotonic()
             created = await self.kube.create("v1", "configmaps", namespace, desired)
             current = created or await self.kube.get("v1", "configmaps", namespace, name)
         if current is None:

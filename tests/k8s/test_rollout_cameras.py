@@ -184,4 +184,8 @@ def test_cameras_reach_their_nodes_and_move_with_node_labels(
 
     wait_for(owned_by_the_new_one, 30, "the cameras map owned by the new deployment", operator)
     time.sleep(3)  # the garbage collector has had time to act on the old owner's objects
-    assert owned_by_the_new_one()
+    wait_for(owned_by_the_new_one, 30, "the cameras map (made again if the collector took it)", operator)
+
+    # deleted by hand: the operator makes it again (it reads the map now and then: no watch)
+    cluster.delete("", "configmaps", cluster.namespace, "helmets-cameras")
+    wait_for(owned_by_the_new_one, 60, "the cameras map made again", operator)

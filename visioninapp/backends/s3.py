@@ -26,7 +26,7 @@ __all__ = ["S3ArtifactStore", "split_s3_uri"]
 # Checksums are stored as object metadata, so verifying an artifact does not need a full download
 # when the caller trusts the store; `checksum` still streams the bytes to prove them.
 SHA256_METADATA = "sha256"
-_NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+_NOT_FOUND = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}  # a bucket gone: its objects too
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:

@@ -54,7 +54,7 @@ class QuantizationReport:
         return self.fp32_ms / self.int8_ms
 
 
-def head_decode_nodes(model: onnx.ModelProto) -> list[str]:
+def head_decode_nodes(model: onnx.ModelProto, family: str | None = None) -> list[str]:
     """Nodes of the Detect head that are not convolutions (activations, DFL, decoding), plus the DFL.
 
     The decoding mixes pixel coordinates and probabilities in one tensor: in 8 bits the scores
@@ -62,7 +62,11 @@ def head_decode_nodes(model: onnx.ModelProto) -> list[str]:
     sessions without spinning threads): keeping all of these FP32 costs 0.55 mAP50-95 points and
     runs about 1.25x faster than FP32; quantizing the head's activations and DFL too runs about
     1.37x, but its drop swung with the calibration set (-0.1 to +1.65 points) and failed the gate.
+    A YOLOX export (`family: yolox` in its metadata) keeps all of its head but the convolutions FP32.
     """
+    family = family or {prop.key: prop.value for prop in model.metadata_props}.get("family")
+    if family == "yolox":  # YOLOX's head (`/head/...`): its activations and decoding
+        return [n.name for n in model.graph.node if n.name.startswith("/head/") and n.op_type != "Conv"]
     layers = [int(m.group(1)) for node in model.graph.node if (m := _LAYER.match(node.name))]
     if not layers:
         return []
@@ -107,7 +111,8 @@ def quantize_model(
     prepared = out.with_name(f".{out.stem}.prepared.onnx")
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
     model = onnx.load(str(prepared))
-    exclude = head_decode_nodes(model) if keep_head_fp32 else []
+    source = {prop.key: prop.value for prop in onnx.load(str(fp32), load_external_data=False).metadata_props}
+    exclude = head_decode_nodes(model, source.get("family")) if keep_head_fp32 else []
     quantize_static(
         str(prepared),
         str(out),

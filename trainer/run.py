@@ -2,6 +2,7 @@
 
 Output layout under `config.output_uri` (`<output.uri>/<namespace>/<name>`):
     checkpoints/last.pt, checkpoints/checkpoint.json   newest checkpoint; the JSON is written last
+    checkpoints/best.pt                                 best weights so far (YOLOX), or when finished
     weights/best.pt, weights/model.onnx                 final weights
     manifest.json                                       every detail; written last, it marks success
 """
@@ -17,7 +18,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from visioninapp.backends.storage import ArtifactStore, ObjectNotFound, StoredObject, join_uri
+from visioninapp.backends.storage import (
+    ArtifactStore,
+    ChecksumMismatch,
+    ObjectNotFound,
+    StoredObject,
+    join_uri,
+)
 from visioninapp.cel import evaluate_rule
 from visioninapp.datasets import fetch_dataset, validate_dataset
 from visioninapp.events import TrainerResult, TrainingEvent
@@ -51,7 +58,9 @@ class Checkpoint:
     """The newest checkpoint of a job in the store: `last.pt` plus a JSON marker written after it.
 
     When training ends, `best.pt` and a `finished` marker (with the final metrics) replace it, so
-    an attempt that fails later (export, upload) is retried without training again.
+    an attempt that fails later (export, upload) is retried without training again. While YOLOX
+    trains, `best.pt` holds its best checkpoint so far (EMA weights), named in the marker
+    (`bestSha256`, `bestEpoch`, `bestMetrics`): a resumed attempt keeps the best of the ones before.
     """
 
     def __init__(self, store: ArtifactStore, output_uri: str) -> None:
@@ -69,9 +78,10 @@ class Checkpoint:
     def download(self, marker: dict[str, Any], path: Path) -> Path:
         return self.store.get_file(self.weights_uri, path, sha256=marker["sha256"])
 
-    def upload(self, path: Path, epoch: int, attempt: int) -> None:
+    def upload(self, path: Path, epoch: int, attempt: int, extra: dict[str, Any] | None = None) -> None:
         stored = self.store.put_file(path, self.weights_uri)
         marker = {
+            **(extra or {}),
             "epoch": epoch,
             "attempt": attempt,
             "sha256": stored.sha256,
@@ -79,6 +89,26 @@ class Checkpoint:
             "time": datetime.now(UTC).isoformat(),
         }
         self.store.put_bytes(json.dumps(marker).encode(), self.marker_uri)
+
+    def upload_best(self, path: Path) -> str:
+        """The best weights so far (before the marker that names them); returns their sha256."""
+        return self.store.put_file(path, self.best_uri).sha256
+
+    def download_best(self, marker: dict[str, Any], path: Path) -> tuple[Path, TrainingMetrics] | None:
+        """The best weights a (not finished) marker names, with their metrics; None if it names none,
+        or if they are not the ones it names (an attempt ended between the two uploads)."""
+        if "bestSha256" not in marker:
+            return None
+        try:
+            weights = self.store.get_file(self.best_uri, path, sha256=marker["bestSha256"])
+        except (ObjectNotFound, ChecksumMismatch) as error:
+            log.warning(
+                "the best weights of epoch %s are lost (%s): keeping this attempt's",
+                marker.get("bestEpoch"),
+                error,
+            )
+            return None
+        return weights, TrainingMetrics.model_validate(marker["bestMetrics"])
 
     def finish(self, best: Path, epochs_run: int, imgsz: int, metrics: TrainingMetrics, attempt: int) -> None:
         stored = self.store.put_file(best, self.best_uri)
@@ -323,6 +353,8 @@ class _YoloxRun:
         self, config: TrainerConfig, publisher: EventPublisher, checkpoint: Checkpoint, work: Path
     ) -> None:
         self.config, self.publisher, self.checkpoint, self.work = config, publisher, checkpoint, work
+        self.best: dict[str, Any] = {}  # the marker's bestSha256, bestEpoch, bestMetrics
+        self.new_best: EpochResult | None = None  # a better epoch than the stored best, not uploaded yet
 
     def on_resume(self, start_epoch: int, optimizer_digest: str) -> None:
         # Logged (and so published on the stream): the state itself, fingerprinted once YOLOX loaded it.
@@ -334,9 +366,20 @@ class _YoloxRun:
         from visioninapp.trainer.yolox_train import copy_for_upload
 
         epochs = self.config.spec.hyperparameters.epochs
+        if result.best is not None:
+            self.new_best = result
         if result.epoch % self.config.spec.checkpoint_every == 0 or result.epoch >= epochs:
+            if self.new_best is not None and self.new_best.best is not None:
+                # best_ckpt.pth is the newest best: YOLOX rewrote it at that epoch, not since.
+                self.best = {
+                    "bestSha256": self.checkpoint.upload_best(self.new_best.best),
+                    "bestEpoch": self.new_best.epoch,
+                    "bestMetrics": self.new_best.metrics.model_copy(update={"losses": {}}).wire(),
+                }
+                self.new_best = None
             copy = copy_for_upload(latest, self.work / "staging", result.epoch)
-            self.checkpoint.upload(copy, result.epoch, self.config.attempt)
+            extra = {**self.best, "metrics": result.metrics.model_copy(update={"losses": {}}).wire()}
+            self.checkpoint.upload(copy, result.epoch, self.config.attempt, extra)
             copy.unlink(missing_ok=True)
             log.info("checkpoint of epoch %d uploaded", result.epoch)
         metrics = result.metrics
@@ -368,7 +411,7 @@ class _YoloxRun:
         from visioninapp.trainer.yolox_train import train_yolox
 
         spec = self.config.spec
-        resume = None
+        resume, resumed_metrics, carried_best = None, None, None
         if marker is not None:
             log.info(
                 "resuming from the checkpoint of epoch %d (attempt %d)", marker["epoch"], marker["attempt"]
@@ -376,9 +419,12 @@ class _YoloxRun:
             self.publisher.log_line(f"resuming from the checkpoint of epoch {marker['epoch']}")
             self.publisher.start_from_epoch(marker["epoch"])
             resume = self.checkpoint.download(marker, self.work / "resume" / "latest_ckpt.pth")
-        device = _device(self.config)
-        if device != "cpu" and "," in device:
-            log.warning("YOLOX trains on one GPU here: using cuda:0 of %s", device)
+            if "metrics" in marker:
+                resumed_metrics = TrainingMetrics.model_validate(marker["metrics"])
+            carried_best = self.checkpoint.download_best(marker, self.work / "resume" / "best_ckpt.pth")
+            if carried_best is not None:
+                self.best = {k: marker[k] for k in ("bestSha256", "bestEpoch", "bestMetrics")}
+        device = _device(self.config)  # one GPU at most: a family limit of YOLOX
         best, metrics, epochs_run = train_yolox(
             architecture=architecture,
             class_names=class_names,
@@ -391,6 +437,8 @@ class _YoloxRun:
             base=base,
             on_epoch=self.on_epoch,
             on_resume=self.on_resume,
+            resumed_metrics=resumed_metrics,
+            carried_best=carried_best,
         )
         imgsz = spec.hyperparameters.imgsz
         self.checkpoint.finish(best, epochs_run, imgsz, metrics, self.config.attempt)

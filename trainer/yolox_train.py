@@ -7,7 +7,8 @@ the CUDA-stream prefetcher, `torch.cuda.FloatTensor` in the evaluator). The YOLO
 converted to the COCO JSON that YOLOX reads; the images are not copied.
 
 Weights (`best.pt`) are `{"model": state_dict, "architecture", "classNames", "imgsz"}`, a file that
-YOLOX's `load_checkpoint` reads as well; the ONNX export carries the metadata the edge runtime
+YOLOX's `load_checkpoint` reads as well. YOLOX checkpoints (and so `best.pt`) hold the EMA weights
+(`ema: True` in its configs), the model it evaluates. The ONNX export carries the metadata the edge runtime
 decodes it by (`family: yolox`, `decoded`, `strides`, `names`, `imgsz`).
 """
 
@@ -18,9 +19,11 @@ import json
 import logging
 import random
 import shutil
+import sys
 import time
 from argparse import Namespace
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,7 @@ from visioninapp.resources.trainingjob import ExportOptions, Hyperparameters, Tr
 __all__ = [
     "EpochResult",
     "PlatformTrainer",
+    "apply_hyperparameters",
     "coco_annotations",
     "export_yolox_onnx",
     "optimizer_state_digest",
@@ -45,6 +49,8 @@ __all__ = [
 
 log = logging.getLogger("visioninapp.trainer")
 
+EXIF_ORIENTATION = 0x0112
+EXIF_TRANSPOSED = (5, 6, 7, 8)  # orientations that swap width and height
 STRIDES = (8, 16, 32)  # YOLOX's head (YoloxHead's default), written into the ONNX metadata
 LOSS_NAMES = ("iou_loss", "l1_loss", "conf_loss", "cls_loss")
 
@@ -56,6 +62,9 @@ def coco_annotations(root: Path, data_yaml: str, class_names: list[str], split: 
     for image_id, image in enumerate(split_images(root, split, data_yaml), 1):
         with Image.open(image) as opened:
             width, height = opened.size
+            # YOLOX reads with cv2.imread, which applies the EXIF orientation (as the edge does).
+            if opened.getexif().get(EXIF_ORIENTATION) in EXIF_TRANSPOSED:
+                width, height = height, width
         images.append({"id": image_id, "file_name": str(image), "width": width, "height": height})
         label = label_of(image)
         lines = label.read_text().splitlines() if label.is_file() else []
@@ -108,8 +117,12 @@ def apply_hyperparameters(config: Any, hp: Hyperparameters, on_gpu: bool) -> Non
     config.no_aug_epochs = min(hp.close_mosaic, hp.epochs)
     config.seed = hp.seed
     config.data_num_workers = hp.workers
-    # YOLOX's multi-scale resizing draws its size on the GPU; on the CPU the size stays imgsz.
-    config.deterministic = hp.deterministic or not on_gpu
+    # YOLOX's `deterministic` turns its multi-scale resizing off (the size is drawn on the GPU): on
+    # the CPU the size stays imgsz, on a GPU multi-scale training runs as in YOLOX's own configs.
+    config.deterministic = not on_gpu
+    if on_gpu:  # what YOLOX's train.py does with a seed, when the TrainingJob asks for determinism
+        torch.backends.cudnn.deterministic = hp.deterministic
+        torch.backends.cudnn.benchmark = not hp.deterministic
 
 
 def optimizer_state_digest(state: dict[str, Any]) -> str:
@@ -129,6 +142,7 @@ class EpochResult:
     metrics: TrainingMetrics
     lr: float | None
     images_per_second: float | None
+    best: Path | None = None  # YOLOX's best_ckpt.pth, when this epoch's mAP50-95 beat the best so far
 
 
 def _evaluator_class() -> type:
@@ -181,6 +195,24 @@ class _CpuBatches:
         return images, targets
 
 
+@contextmanager
+def _own_streams() -> Iterator[None]:
+    """sys.stdout/stderr as they were, whatever YOLOX did to them (a failure is one line on stderr)."""
+    stdout, stderr = sys.stdout, sys.stderr
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr
+
+
+def _loguru_to_stdout() -> None:
+    """YOLOX's own log lines to stdout, with the platform's logs (its setup_logger sends them to stderr)."""
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stdout, level="INFO", format="{time:YYYY-MM-DD HH:mm:ss} {level} yolox: {message}")
+
+
 def _trainer_base() -> type:
     from yolox.core import Trainer
 
@@ -198,7 +230,9 @@ class PlatformTrainer(_trainer_base()):  # type: ignore[misc]
         on_epoch: Callable[[EpochResult, Path], None],
         on_resume: Callable[[int, str], None],
     ) -> None:
-        super().__init__(config, args)
+        with _own_streams():  # YOLOX's setup_logger points sys.stdout/stderr at loguru
+            super().__init__(config, args)
+        _loguru_to_stdout()
         self.device = device
         self.on_epoch, self.on_resume = on_epoch, on_resume
         self.results: list[EpochResult] = []
@@ -269,7 +303,8 @@ class PlatformTrainer(_trainer_base()):  # type: ignore[misc]
 
     def after_epoch(self) -> None:
         seconds = time.perf_counter() - self.epoch_started
-        super().after_epoch()  # saves latest_ckpt.pth, evaluates, saves best_ckpt.pth
+        best_before = self.best_ap
+        super().after_epoch()  # saves latest_ckpt.pth, evaluates, saves best_ckpt.pth if it improved
         map50_95, map50 = self.evaluator.last
         losses = {
             name.removesuffix("_loss"): round(self.loss_sums[name] / self.max_iter, 5) for name in LOSS_NAMES
@@ -279,6 +314,7 @@ class PlatformTrainer(_trainer_base()):  # type: ignore[misc]
             metrics=TrainingMetrics(map50=map50, map50_95=map50_95, losses=losses),
             lr=self.lr,
             images_per_second=len(self.train_loader.dataset) / seconds if seconds > 0 else None,
+            best=Path(self.file_name) / "best_ckpt.pth" if self.best_ap > best_before else None,
         )
         self.results.append(result)
         self.on_epoch(result, Path(self.file_name) / "latest_ckpt.pth")
@@ -301,9 +337,34 @@ def train_yolox(
     base: Path | None,
     on_epoch: Callable[[EpochResult, Path], None],
     on_resume: Callable[[int, str], None],
+    resumed_metrics: TrainingMetrics | None = None,
+    carried_best: tuple[Path, TrainingMetrics] | None = None,
 ) -> tuple[Path, TrainingMetrics, int]:
-    """Train; returns the platform's `best.pt`, the best epoch's metrics and the epochs run."""
+    """Train; returns the platform's `best.pt`, the best epoch's metrics and the epochs run.
+
+    `resumed_metrics` are those of the resume checkpoint's epoch, `carried_best` the best weights
+    (YOLOX's best_ckpt.pth) of the attempts before and their metrics: what the result is when no
+    epoch is left to train, or none of this attempt's beats them.
+    """
+    from yolox.utils import load_checkpoint
+
     on_gpu = device.startswith("cuda")
+    run_dir = work / "runs" / "train"
+    if resume is not None:
+        start_epoch = int(load_checkpoint(resume, map_location="cpu")["start_epoch"])
+        if start_epoch >= hp.epochs:
+            # The final epoch's checkpoint was stored and the attempt ended before the result was
+            # (or hyperparameters.epochs was lowered since): nothing is left to train.
+            if start_epoch > hp.epochs:
+                log.warning(
+                    "the checkpoint is of epoch %d, past hyperparameters.epochs %d: training ends there",
+                    start_epoch,
+                    hp.epochs,
+                )
+            else:
+                log.info("the checkpoint is of the final epoch %d: no epoch left to train", start_epoch)
+            source, metrics = carried_best or (resume, resumed_metrics or TrainingMetrics())
+            return _platform_weights(source, architecture, class_names, hp, run_dir), metrics, start_epoch
     config = yolox_config(architecture, len(class_names), hp.imgsz)
     apply_hyperparameters(config, hp, on_gpu)
     annotations = work / "coco" / "annotations"
@@ -334,26 +395,39 @@ def train_yolox(
         occupy=False,
         logger="none",  # epoch events replace YOLOX's tensorboard/wandb/mlflow loggers
     )
-    trainer = PlatformTrainer(config, args, device, on_epoch, on_resume)
-    trainer.train()
-    run_dir = Path(trainer.file_name)
-    source, chosen = run_dir / "best_ckpt.pth", trainer.best_result()
-    if not source.exists():  # no epoch of this attempt beat the best mAP so far (0, or before a resume)
-        source, chosen = run_dir / "latest_ckpt.pth", (trainer.results[-1] if trainer.results else None)
-    best = run_dir / "best.pt"
+    with _own_streams():
+        trainer = PlatformTrainer(config, args, device, on_epoch, on_resume)
+        trainer.train()
+    assert Path(trainer.file_name) == run_dir
+    best_result = trainer.best_result()
+    if (run_dir / "best_ckpt.pth").exists() and best_result is not None:
+        source, metrics = run_dir / "best_ckpt.pth", best_result.metrics
+    elif carried_best is not None:  # no epoch of this attempt beat the best of the attempts before
+        source, metrics = carried_best
+    elif trainer.results:  # no epoch's mAP50-95 was above 0
+        source, metrics = run_dir / "latest_ckpt.pth", trainer.results[-1].metrics
+    else:
+        raise RuntimeError(f"YOLOX trained no epoch (from epoch {trainer.start_epoch} to {hp.epochs})")
+    metrics = metrics.model_copy(update={"losses": {}})
+    return _platform_weights(source, architecture, class_names, hp, run_dir), metrics, hp.epochs
+
+
+def _platform_weights(
+    source: Path, architecture: str, class_names: list[str], hp: Hyperparameters, out_dir: Path
+) -> Path:
+    """The platform's `best.pt` from a YOLOX checkpoint (its EMA weights)."""
     from yolox.utils import load_checkpoint
 
-    torch.save(
-        {
-            "model": load_checkpoint(source)["model"],
-            "architecture": architecture,
-            "classNames": class_names,
-            "imgsz": hp.imgsz,
-        },
-        best,
-    )
-    metrics = chosen.metrics.model_copy(update={"losses": {}}) if chosen else TrainingMetrics()
-    return best, metrics, hp.epochs
+    out_dir.mkdir(parents=True, exist_ok=True)
+    best = out_dir / "best.pt"
+    weights = {
+        "model": load_checkpoint(source, map_location="cpu")["model"],
+        "architecture": architecture,
+        "classNames": class_names,
+        "imgsz": hp.imgsz,
+    }
+    torch.save(weights, best)
+    return best
 
 
 def _state_shapes(state: dict[str, Any]) -> dict[str, tuple[int, ...]]:

@@ -89,6 +89,11 @@ YOLOX = Family(
             "|| self.hyperparameters.optimizer in ['auto', 'SGD']",
             "hyperparameters.optimizer: YOLOX trains with SGD only: use `auto` or `SGD`",
         ),
+        FamilyLimit(
+            "!has(self.resources) || !has(self.resources.gpu) || !has(self.resources.gpu.count) "
+            "|| self.resources.gpu.count <= 1",
+            "resources.gpu.count: YOLOX trains on one GPU here: set 0 or 1",
+        ),
     ),
 )
 

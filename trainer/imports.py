@@ -141,21 +141,13 @@ def export_onnx(path: Path, imgsz: int) -> Path:
 def mark_yolox_onnx(path: Path, facts: ModelFacts, decoded: bool, out: Path) -> Path:
     """A copy of a YOLOX ONNX export with the metadata our trainer writes, so that the edge decodes
     it as YOLOX (grid/stride decoding when the graph does not, YOLOX's preprocessing)."""
-    import json
-
     import onnx
 
+    from visioninapp.families import yolox_onnx_metadata
+
     model = onnx.load(str(path))
-    metadata = {
-        "family": "yolox",
-        "decoded": str(decoded).lower(),
-        "strides": json.dumps([8, 16, 32]),
-        "names": repr(dict(enumerate(facts.class_names))),
-        "imgsz": json.dumps([facts.imgsz, facts.imgsz]),
-        "preprocess": "bgr-0-255-topleft-114",
-    }
     del model.metadata_props[:]
-    for key, value in metadata.items():
+    for key, value in yolox_onnx_metadata(facts.class_names, facts.imgsz, decoded).items():
         model.metadata_props.add(key=key, value=value)
     onnx.save(model, str(out))
     return out

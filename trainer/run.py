@@ -142,6 +142,33 @@ def _losses(trainer: Any) -> dict[str, float]:
     return {name.removesuffix("_loss"): round(float(value), 5) for name, value in pairs}
 
 
+def epoch_event(
+    config: TrainerConfig,
+    epoch: int,
+    epochs: int,
+    metrics: TrainingMetrics,
+    lr: float | None,
+    images_per_second: float | None,
+) -> TrainingEvent:
+    """One epoch on the stream, the same fields whichever family trained it."""
+    return TrainingEvent(
+        type="epoch",
+        namespace=config.namespace,
+        training_job=config.name,
+        attempt=config.attempt,
+        epoch=epoch,
+        epochs=epochs,
+        losses=metrics.losses,
+        map50=metrics.map50,
+        map50_95=metrics.map50_95,
+        precision=metrics.precision,
+        recall=metrics.recall,
+        lr=lr,
+        images_per_second=images_per_second,
+        gpu_memory_gb=_gpu_memory_gb(),
+    )
+
+
 class _Callbacks:
     """ultralytics callbacks: epoch events, throughput and periodic checkpoint uploads."""
 
@@ -185,23 +212,9 @@ class _Callbacks:
         self.published_epoch = epoch
         losses = _losses(trainer)
         metrics = _metrics_from(trainer.metrics or {}, losses)
+        lr = float(next(iter(trainer.lr.values()))) if trainer.lr else None
         self.publisher.epoch(
-            TrainingEvent(
-                type="epoch",
-                namespace=self.config.namespace,
-                training_job=self.config.name,
-                attempt=self.config.attempt,
-                epoch=epoch,
-                epochs=trainer.epochs,
-                losses=losses,
-                map50=metrics.map50,
-                map50_95=metrics.map50_95,
-                precision=metrics.precision,
-                recall=metrics.recall,
-                lr=float(next(iter(trainer.lr.values()))) if trainer.lr else None,
-                images_per_second=self.images_per_second,
-                gpu_memory_gb=_gpu_memory_gb(),
-            )
+            epoch_event(self.config, epoch, trainer.epochs, metrics, lr, self.images_per_second)
         )
 
     def register(self, model: Any) -> None:
@@ -382,21 +395,9 @@ class _YoloxRun:
             self.checkpoint.upload(copy, result.epoch, self.config.attempt, extra)
             copy.unlink(missing_ok=True)
             log.info("checkpoint of epoch %d uploaded", result.epoch)
-        metrics = result.metrics
         self.publisher.epoch(
-            TrainingEvent(
-                type="epoch",
-                namespace=self.config.namespace,
-                training_job=self.config.name,
-                attempt=self.config.attempt,
-                epoch=result.epoch,
-                epochs=epochs,
-                losses=metrics.losses,
-                map50=metrics.map50,
-                map50_95=metrics.map50_95,
-                lr=result.lr,
-                images_per_second=result.images_per_second,
-                gpu_memory_gb=_gpu_memory_gb(),
+            epoch_event(
+                self.config, result.epoch, epochs, result.metrics, result.lr, result.images_per_second
             )
         )
 

@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from visioninapp.datasets import label_of, split_images
-from visioninapp.families import family_of
+from visioninapp.families import family_of, yolox_onnx_metadata
 from visioninapp.resources.trainingjob import ExportOptions, Hyperparameters, TrainingMetrics
 
 __all__ = [
@@ -51,7 +51,6 @@ log = logging.getLogger("visioninapp.trainer")
 
 EXIF_ORIENTATION = 0x0112
 EXIF_TRANSPOSED = (5, 6, 7, 8)  # orientations that swap width and height
-STRIDES = (8, 16, 32)  # YOLOX's head (YoloxHead's default), written into the ONNX metadata
 LOSS_NAMES = ("iou_loss", "l1_loss", "conf_loss", "cls_loss")
 
 
@@ -502,16 +501,7 @@ def export_yolox_onnx(best: Path, options: ExportOptions, out: Path) -> Path:
             graph = simplified
         else:
             log.warning("onnxsim could not validate the simplified graph: keeping the exported one")
-    metadata = {
-        "family": "yolox",
-        "architecture": architecture,
-        "decoded": str(options.decode_in_graph).lower(),
-        "strides": json.dumps(list(STRIDES)),
-        "names": repr(dict(enumerate(names))),
-        "imgsz": json.dumps([imgsz, imgsz]),
-        # What YOLOX's ValTransform does: BGR, 0..255, resized into the top-left corner, grey 114.
-        "preprocess": "bgr-0-255-topleft-114",
-    }
+    metadata = yolox_onnx_metadata(names, imgsz, options.decode_in_graph, architecture)
     del graph.metadata_props[:]
     for key, value in metadata.items():
         graph.metadata_props.add(key=key, value=value)

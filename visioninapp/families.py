@@ -8,6 +8,7 @@ architecture choice (the schema's `x-families`) are all read from here. No torch
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,6 +20,7 @@ __all__ = [
     "all_architectures",
     "family_of",
     "family_schema",
+    "yolox_onnx_metadata",
 ]
 
 FamilyName = Literal["ultralytics", "yolox"]
@@ -118,3 +120,23 @@ def family_schema() -> list[dict[str, object]]:
         {"name": f.name, "title": f.title, "package": f.package, "architectures": list(f.architectures)}
         for f in FAMILIES
     ]
+
+
+YOLOX_STRIDES = (8, 16, 32)  # YOLOX's head (YoloxHead's default)
+
+
+def yolox_onnx_metadata(
+    class_names: list[str], imgsz: int, decoded: bool, architecture: str | None = None
+) -> dict[str, str]:
+    """What a YOLOX ONNX export carries for the edge to decode it as YOLOX (`family: yolox`): whether
+    the graph decodes the boxes, the strides to decode by when it does not, the class names, the
+    input size and the preprocessing (YOLOX's ValTransform: BGR, 0..255, top-left, grey 114)."""
+    return {
+        "family": "yolox",
+        **({"architecture": architecture} if architecture else {}),
+        "decoded": str(decoded).lower(),
+        "strides": json.dumps(list(YOLOX_STRIDES)),
+        "names": repr(dict(enumerate(class_names))),
+        "imgsz": json.dumps([imgsz, imgsz]),
+        "preprocess": "bgr-0-255-topleft-114",
+    }

@@ -28,8 +28,7 @@ import visioninapp.edge.models as models
 from tests.conftest import ExportedModel
 from tests.helpers import wait_for
 from tests.integration.test_edge import _Server, _settings, _sha
-from tests.integration.test_edge_identity import ALLOW_ALL, IamS3
-from tests.services import free_port, wait_for_port
+from tests.integration.test_edge_identity import IamS3, iam_moto
 from visioninapp.backends.events import LocalEventLog
 from visioninapp.backends.s3 import S3ArtifactStore
 from visioninapp.edge.engines import EngineKey, SharedEngines, engine_key
@@ -205,33 +204,8 @@ def test_build_in_the_background_switch_after_self_test_then_share_with_the_flee
 
 @pytest.fixture(scope="module")
 def iam_s3() -> Iterator[IamS3]:
-    import subprocess
-    import sys
-
-    port = free_port()
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port, 30, "moto server (IAM enforced)")
-        endpoint = f"http://127.0.0.1:{port}"
-        boot = IamS3(endpoint, {"aws_access_key_id": "boot", "aws_secret_access_key": "boot"}).client("iam")
-        boot.create_user(UserName="operator")
-        boot.put_user_policy(UserName="operator", PolicyName="all", PolicyDocument=json.dumps(ALLOW_ALL))
-        key = boot.create_access_key(UserName="operator")["AccessKey"]
-        world = IamS3(
-            endpoint,
-            {"aws_access_key_id": key["AccessKeyId"], "aws_secret_access_key": key["SecretAccessKey"]},
-        )
-        world.client("s3").create_bucket(Bucket=BUCKET)
+    with iam_moto(BUCKET) as world:
         yield world
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 def _issue(world: IamS3, node: str, status: dict[str, Any]) -> EdgeCredentials:

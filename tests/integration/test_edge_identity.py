@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,9 +47,10 @@ class IamS3:
         return boto3.client(service, endpoint_url=self.endpoint, region_name="us-east-1", **auth)
 
 
-@pytest.fixture(scope="module")
-def iam_s3() -> Iterator[IamS3]:
-    """A moto server of its own that enforces IAM after its first three (bootstrap) requests."""
+@contextmanager
+def iam_moto(bucket: str) -> Iterator[IamS3]:
+    """A moto server of its own that enforces IAM after its first three (bootstrap) requests, with
+    `bucket` made by the operator's all-powerful identity."""
     port = free_port()
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}
     process = subprocess.Popen(
@@ -68,11 +70,17 @@ def iam_s3() -> Iterator[IamS3]:
             endpoint,
             {"aws_access_key_id": key["AccessKeyId"], "aws_secret_access_key": key["SecretAccessKey"]},
         )
-        world.client("s3").create_bucket(Bucket=BUCKET)
+        world.client("s3").create_bucket(Bucket=bucket)
         yield world
     finally:
         process.terminate()
         process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def iam_s3() -> Iterator[IamS3]:
+    with iam_moto(BUCKET) as world:
+        yield world
 
 
 def _issue(world: IamS3, namespace: str, node: str, deployments: list[str]) -> EdgeCredentials:

@@ -205,6 +205,7 @@ class Detector:
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
             raise ModelError("not a YOLO detector: expected one NCHW image input")
         self.input_name = inputs[0].name
+        self.batchable = not isinstance(inputs[0].shape[0], int)  # a dynamic batch axis
         meta = _metadata(self.session)
         shape = inputs[0].shape
         if isinstance(shape[2], int) and isinstance(shape[3], int):

@@ -27,7 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from visioninapp.edge.cameras import CameraReader, Frame, FrameSlot, FrameSource, open_source
-from visioninapp.edge.inference import Detection, DetectionResult, Detector
+from visioninapp.edge.inference import Detection, DetectionResult
 from visioninapp.edge.models import LoadedModel
 from visioninapp.events import CameraState, CameraWindow
 from visioninapp.resources.edgedeployment import CameraSpec
@@ -295,13 +295,9 @@ class StreamPipeline:
                 if (stats := self._cameras.get(frame.camera)) is not None:
                     stats.discarded += 1
 
-    @staticmethod
-    def _batchable(detector: Detector) -> bool:
-        return not isinstance(detector.session.get_inputs()[0].shape[0], int)
-
     def _infer(self, model: LoadedModel, frames: list[Frame]) -> Iterable[_Job]:
         detector = model.detector
-        size = MAX_BATCH if self._batchable(detector) else 1
+        size = MAX_BATCH if detector.batchable else 1
         for start in range(0, len(frames), size):
             chunk = frames[start : start + size]
             prepared = [detector.preprocess(f.image) for f in chunk]

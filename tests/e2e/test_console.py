@@ -26,6 +26,7 @@ import pytest
 
 from tests.api.conftest import build_settings
 from tests.conftest import REPO, sign_up
+from tests.helpers import wait_for
 from tests.services import ensure_chromium, ensure_console_built, free_port, wait_for_port
 from visioninapp.events import CameraWindow, TrainingEvent
 from visioninapp.k8s import Obj
@@ -479,14 +480,11 @@ def _wait_for_notifications(env: dict[str, Any]) -> None:
     admin = env["admin"]
 
     # The sync turns the finished runs into notifications: wait for them (old news to the browser).
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    def notified() -> bool:
         notes = httpx.get(f"{base}/projects/vision/notifications", headers=admin).json()
-        if {n["subject"] for n in notes["items"]} >= set(OLD_RUNS):
-            break
-        time.sleep(0.5)
-    else:
-        raise AssertionError(f"the sync made no notifications of the seeded runs: {notes}")
+        return {n["subject"] for n in notes["items"]} >= set(OLD_RUNS)
+
+    wait_for(notified, 60, "the sync's notifications of the seeded runs")
 
 
 def play_operator_and_trainer(env: dict[str, Any], onnx: Path, stop: threading.Event, seen: Path) -> None:

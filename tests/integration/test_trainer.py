@@ -57,7 +57,17 @@ def bus(rabbitmq_stream_port: int) -> Iterator[RabbitStreamBus]:
     bus.close()
 
 
-def _config(tmp_path: Path, dataset: str, output: str, attempt: int = 1, **hyper: Any) -> Path:
+def _config(
+    tmp_path: Path,
+    dataset: str,
+    output: str,
+    attempt: int = 1,
+    model: dict[str, Any] | None = None,
+    spec: dict[str, Any] | None = None,
+    **hyper: Any,
+) -> Path:
+    """A trainer config: yolo11n by default (`model`), with `hyper` over the small defaults and
+    `spec` over the rest of the TrainingJob spec."""
     config = {
         "name": "shapes",
         "namespace": "ci",
@@ -66,11 +76,12 @@ def _config(tmp_path: Path, dataset: str, output: str, attempt: int = 1, **hyper
         "terminationLog": str(tmp_path / f"termination-{attempt}.txt"),
         "workDir": str(tmp_path / "work"),
         "spec": {
-            "model": {"architecture": "yolo11n"},
+            "model": model or {"architecture": "yolo11n"},
             "dataset": {"uri": dataset},
             "hyperparameters": {"epochs": 2, "imgsz": 96, "batch": 8, "workers": 0, **hyper},
             "resources": {"gpu": {"count": 0}},
             "checkpointEvery": 1,
+            **(spec or {}),
         },
     }
     path = tmp_path / f"config-{attempt}.yaml"

@@ -27,6 +27,7 @@ import yaml
 from tests.integration import test_trainer as trainer_tests
 from tests.integration.test_edge import _iou, _put_model, _Server, _settings
 from tests.integration.test_trainer import (
+    _config,
     _env,
     _epoch_events,
     _held_at_checkpoint,
@@ -111,25 +112,9 @@ def _yolox_config(tmp_path: Path, dataset: str, output: str, attempt: int = 1, *
         "closeMosaic": 4,
         **spec.pop("hyperparameters", {}),
     }
-    config = {
-        "name": "shapes",
-        "namespace": "ci",
-        "attempt": attempt,
-        "outputUri": output,
-        "terminationLog": str(tmp_path / f"termination-{attempt}.txt"),
-        "workDir": str(tmp_path / "work"),
-        "spec": {
-            "model": {"architecture": "yolox-nano"},
-            "dataset": {"uri": dataset},
-            "hyperparameters": hyperparameters,
-            "resources": {"gpu": {"count": 0}},
-            "checkpointEvery": 1,
-            **spec,
-        },
-    }
-    path = tmp_path / f"config-{attempt}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return _config(
+        tmp_path, dataset, output, attempt, model={"architecture": "yolox-nano"}, spec=spec, **hyperparameters
+    )
 
 
 def _download(s3: Any, uri: str, path: Path) -> Path:

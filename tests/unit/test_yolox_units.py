@@ -22,9 +22,6 @@ from visioninapp.resources.trainingjob import ExportOptions, Hyperparameters, Tr
 from visioninapp.trainer.config import TrainerConfig
 from visioninapp.trainer.publisher import EventPublisher
 from visioninapp.trainer.run import Checkpoint, run_training
-
-pytest.importorskip("yolox")
-
 from visioninapp.trainer.yolox_train import (
     apply_hyperparameters,
     coco_annotations,

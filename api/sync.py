@@ -187,7 +187,7 @@ def deployment_document(ed: Obj) -> dict[str, Any]:
     return {
         "project": meta["namespace"],
         "name": meta["name"],
-        "title": f"{meta['name']} {spec.get('modelRef', '')}",
+        "title": f"{meta['name']} {spec.get('modelRef') or (spec.get('model') or {}).get('line', '')}",
         "phase": status.get("phase") or "Progressing",
         "message": status.get("message") or "",
         "time": meta.get("creationTimestamp"),

@@ -31,6 +31,7 @@ class Applier:
     def __init__(self, context: Context, cache: ObjectCache) -> None:
         self.context, self.cache, self.kube = context, cache, context.kube
         self._cameras_read: dict[tuple[str, str], float] = {}  # when each cameras map was last read
+        self._mirrored_stage: dict[tuple[str, str], str | None] = {}  # the stage last written there
 
     # shared
 
@@ -158,7 +159,20 @@ class Applier:
             )
             artifacts.remember(updated)
         if plan.mirror is not None and self.context.mirror is not None:
-            await self.context.mirror.create(API_VERSION, "modelartifacts", namespace, plan.mirror)
+            await self._mirror(plan.mirror)
+
+    async def _mirror(self, copy: Obj) -> None:
+        """The artifact in the edge cluster, its stage following this cluster's: a promotion here
+        rolls out there (deployments follow the mirrored stage), an archive here archives there."""
+        mirror, meta, stage = self.context.mirror, copy["metadata"], copy["spec"].get("stage")
+        assert mirror is not None
+        key = (meta["namespace"], meta["name"])
+        if self._mirrored_stage.get(key) == stage:
+            return
+        created = await mirror.create(API_VERSION, "modelartifacts", meta["namespace"], copy)
+        if created is None:  # there already: only its stage may differ (the rest is immutable)
+            await mirror.patch(API_VERSION, "modelartifacts", *key, {"spec": {"stage": stage}})
+        self._mirrored_stage[key] = stage
 
     # EdgeDeployment
 

@@ -5,11 +5,13 @@ finalizer, as read → plan → apply. Other kinds ask it for a re-plan through 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from visioninapp.k8s import Obj
 from visioninapp.operator.apply import Applier
 from visioninapp.operator.artifacts import (
+    ArtifactPlan,
     Verification,
     artifact_users,
     needs_verification,
@@ -18,7 +20,8 @@ from visioninapp.operator.artifacts import (
 )
 from visioninapp.operator.cache import ObjectCache, Turns
 from visioninapp.operator.context import Context
-from visioninapp.resources import ModelArtifact
+from visioninapp.operator.lines import EXCLUSIVE_STAGES, decide_stage, newer_holder
+from visioninapp.resources import API_VERSION, ModelArtifact
 from visioninapp.resources.base import ADMITTED
 
 __all__ = ["ArtifactController"]
@@ -57,8 +60,40 @@ class ArtifactController:
                 error = f"cannot check the objects now: {type(failure).__name__}: {failure}"
         deployments = [d for (ns, _), d in self.cache.deployments.items() if ns == namespace]
         users = artifact_users(name, deployments)
-        plan = plan_artifact(body, verification, error, users, datetime.now(UTC))
+        now = datetime.now(UTC)
+        plan = plan_artifact(body, verification, error, users, now)
+        await self._keep_stage_exclusive(body, plan, now)
+
+    async def _keep_stage_exclusive(self, body: Obj, plan: ArtifactPlan, now: datetime) -> None:
+        """One version per line in `staging` and in `production` (operator/lines.py)."""
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        line = [a for (ns, _), a in self.cache.artifacts.items() if ns == namespace]
+        newer = newer_holder(body, line)
+        conditions = plan.status.get("conditions", (body.get("status") or {}).get("conditions") or [])
+        decision = decide_stage(body, newer, conditions, now)
+        if decision.conditions is not None:
+            plan = replace(plan, status={**plan.status, "conditions": decision.conditions})
         await self.applier.apply_artifact(body, plan)
+        if decision.event is not None:
+            await self.applier.post_event(body, *decision.event)
+        if decision.archive:
+            # Not remembered in the cache: the watch's event then re-plans this artifact and the
+            # deployments following its line like any other stage change.
+            await self.context.kube.patch(
+                API_VERSION, "modelartifacts", namespace, name, {"spec": {"stage": "archived"}}
+            )
+        if newer is None:  # it holds its stage: versions promoted before it give it up
+            stage = body["spec"].get("stage")
+            for other in line:
+                other_meta = other["metadata"]
+                if (
+                    other_meta["name"] != name
+                    and other["spec"].get("model") == body["spec"].get("model")
+                    and other["spec"].get("stage") == stage
+                    and stage in EXCLUSIVE_STAGES
+                ):
+                    self.context.artifact_replans.put_nowait((namespace, other_meta["name"]))
 
     def _verify(self, body: Obj) -> Verification:
         """Every format's object checked against the spec (blocking: run in a thread)."""

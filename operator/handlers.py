@@ -134,15 +134,16 @@ async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 async def _on_artifact(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     operator = _operator(memo)
-    meta, artifacts = body["metadata"], operator.cache.artifacts
+    meta, artifacts, line = body["metadata"], operator.cache.artifacts, body["spec"].get("model")
     if type == "DELETED":
         artifacts.forget(meta)
+        await operator.rollout.artifact_changed(meta["namespace"], meta["name"], line)
         return
     if artifacts.is_own_write(body):
         return
     artifacts.remember(_plain(body))
     await operator.artifacts.reconcile(meta["namespace"], meta["name"])
-    await operator.rollout.artifact_changed(meta["namespace"], meta["name"])
+    await operator.rollout.artifact_changed(meta["namespace"], meta["name"], line)
 
 
 async def _on_deployment(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:

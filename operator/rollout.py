@@ -14,6 +14,7 @@ from datetime import datetime
 
 from visioninapp.k8s import Obj, StatusDraft, iso_time, parse_time
 from visioninapp.operator.daemonset import EdgeTemplate
+from visioninapp.operator.lines import LineTarget
 from visioninapp.operator.rollout_step import (
     Advance,
     Decision,
@@ -32,7 +33,7 @@ __all__ = ["ACTION_ANNOTATION", "RolloutPlan", "plan_rollout"]
 ACTION_ANNOTATION = "visioninapp.io/rollout-action"  # promote | rollback | retry
 ARTIFACT_FORMAT = {"onnx": "onnx", "tensorrt": "onnx", "onnx-int8": "onnx-int8"}
 NODES_SHOWN = 100
-CONDITION_TYPES = ("ModelReady", "Progressing", "Available", "RolledBack", "Paused")
+CONDITION_TYPES = ("ModelReady", "FollowsLine", "Progressing", "Available", "RolledBack", "Paused")
 Event = tuple[str, str, str]  # (type, reason, message) of a Kubernetes Event
 
 
@@ -77,18 +78,30 @@ def plan_rollout(
     *,
     template: EdgeTemplate,
     engines: Sequence[Obj] = (),
+    line: LineTarget | None = None,
 ) -> RolloutPlan:
-    """Everything one reconciliation of an EdgeDeployment does. `ed` is `body` (as stored) validated;
+    """Everything one reconciliation of an EdgeDeployment does. `ed` is `body` (as stored) validated,
+    with `spec.modelRef` set to `line.model` when the deployment follows a line's stage (`line`);
     `previous` is status.previousModel's artifact (the rollback target); `engines` the engine
     records of this pass (operator/engines.py)."""
     rollout = _Rollout(ed, body, nodes, pods, health, now)
-    rollout.engines = engines
+    rollout.engines, rollout.line = engines, line
     spec = ed.spec
-    entry = _model_entry(artifact, spec.model_ref, spec.format, spec.runtime.precision)
+    if line is not None:
+        rollout.wanted["lineModel"] = line.holder
+        rollout.condition("FollowsLine", line.model is not None, line.reason, line.message)
+    entry = (
+        _model_entry(artifact, spec.model_ref, spec.format, spec.runtime.precision)
+        if spec.model_ref
+        else (line.message if line is not None else "no model to deploy")
+    )
     if isinstance(entry, str):
-        rollout.condition("ModelReady", False, "ModelUnavailable", entry)
+        rollout.condition(
+            "ModelReady", False, line.reason if line and not line.model else "ModelUnavailable", entry
+        )
         rollout.wanted.update(phase=rollout.status.get("phase") or "Progressing")
         return rollout.finish()
+    assert spec.model_ref is not None
     rollout.condition(
         "ModelReady",
         True,
@@ -117,6 +130,7 @@ class _Rollout(StatusDraft):
 
     order = CONDITION_TYPES
     engines: Sequence[Obj] = ()
+    line: LineTarget | None = None
 
     def __init__(
         self,
@@ -183,9 +197,26 @@ class _Rollout(StatusDraft):
         self.events.append(("Normal", "Retry", f"retrying revision {revision} ({self.spec.model_ref})"))
         return False
 
+    def hold_back(self, running: str | None) -> None:
+        """The line's version failed the gate here: this deployment alone stays on its model (the
+        line's stage is not touched, so other deployments keep following it)."""
+        if self.line is None or self.spec.model is None:
+            return
+        stage, name = self.spec.model.stage, self.spec.model.line
+        self.condition(
+            "FollowsLine",
+            False,
+            "HeldBack",
+            f"{self.line.holder} ({stage} of {name}) was rolled back here (see RolledBack); this "
+            f"deployment stays on {running or 'its previous model'} until the line's {stage} changes, or "
+            "annotate "
+            f"{ACTION_ANNOTATION}=retry",
+        )
+
     def rolled_back(self, revision: str) -> RolloutPlan:
         """Rolled back: the fleet goes back to the previous model at once, and stays there."""
         target = self.status.get("revision") or revision
+        self.hold_back(self.status.get("currentModel"))
         self.wanted.update(phase="RolledBack")
         self.summarise(target, {})
         return self.finish(replace=self.stale(target), keep=target)
@@ -297,6 +328,7 @@ class _Rollout(StatusDraft):
         self.record(revision, "RolledBack")
         self.condition("RolledBack", True, "HealthGateFailed", failed)
         self.condition("Progressing", False, "RolledBack", f"back on {previous_model}")
+        self.hold_back(previous_model)
         self.wanted.update(
             phase="RolledBack",
             revision=rollback_revision,

@@ -19,6 +19,7 @@ from visioninapp.operator.cameras import cameras_configmap_name, plan_cameras, r
 from visioninapp.operator.context import Context, Key
 from visioninapp.operator.daemonset import DEPLOYMENT_LABEL, EdgeTemplate
 from visioninapp.operator.engines import engine_prefix, plan_engines, publish_engine
+from visioninapp.operator.lines import LineTarget, follows, line_target
 from visioninapp.operator.rollout import RolloutPlan, plan_rollout
 from visioninapp.operator.rollout_step import (
     EdgeHealthTracker,
@@ -69,10 +70,14 @@ class RolloutController:
         for key in list(self.cache.deployments):
             await self.reconcile(*key)
 
-    async def artifact_changed(self, namespace: str, name: str) -> None:
-        """The deployments that use ModelArtifact `name` re-plan (it may have become Available)."""
+    async def artifact_changed(self, namespace: str, name: str, line: str | None = None) -> None:
+        """The deployments that use ModelArtifact `name`, or follow its model `line`, re-plan (it may
+        have become Available, or been promoted)."""
         for key, deployment in list(self.cache.deployments.items()):
-            if key[0] == namespace and name in models_in_use(deployment):
+            followed = follows(deployment)
+            if key[0] == namespace and (
+                name in models_in_use(deployment) or (followed is not None and followed[0] == line)
+            ):
                 await self.reconcile(*key)
 
     def deleted(self, key: Key) -> None:
@@ -83,6 +88,9 @@ class RolloutController:
         meta, status = body["metadata"], body.get("status") or {}
         namespace, name = meta["namespace"], meta["name"]
         ed = EdgeDeployment.model_validate(body, context=ADMITTED)
+        line = await self._line_target(namespace, body)
+        if line is not None:  # plan as if the deployment named the version holding the stage
+            ed = ed.model_copy(update={"spec": ed.spec.model_copy(update={"model_ref": line.model})})
         heartbeats = self.health.for_deployment(namespace, name)
         engines = await self._engines(body, heartbeats)
         plan = plan_rollout(
@@ -96,6 +104,7 @@ class RolloutController:
             datetime.now(UTC),
             template=self.template,
             engines=engines,
+            line=line,
         )
         plan = self._record_engines(body, engines, plan)
         # The cameras before the DaemonSet and the pods it replaces: a new pod finds its entry.
@@ -104,6 +113,14 @@ class RolloutController:
         for model in models_in_use(body):
             if (namespace, model) in self.cache.artifacts:
                 self.context.artifact_replans.put_nowait((namespace, model))
+
+    async def _line_target(self, namespace: str, body: Obj) -> LineTarget | None:
+        followed = follows(body)
+        if followed is None:
+            return None
+        # A list, not the cache: after a start the watch may not have delivered every artifact yet,
+        # and a holder resolved from half of them would roll the fleet to an older version.
+        return line_target(*followed, await self.context.kube.list(API_VERSION, "modelartifacts", namespace))
 
     async def _engines(self, body: Obj, heartbeats: dict[str, NodeHealth]) -> list[Obj]:
         """Engine builders designated, and builders' uploads checked and recorded (operator/engines.py)."""

@@ -43,7 +43,7 @@ def deployment_out(obj: Obj) -> dict[str, Any]:
     return DeploymentOut(
         name=meta["name"],
         project=meta["namespace"],
-        model=spec.get("modelRef", ""),
+        model=spec.get("modelRef") or status.get("currentModel") or "",
         phase=status.get("phase") or "Progressing",
         paused=bool(spec.get("paused")),
         current_step=status.get("currentStep"),
@@ -96,8 +96,8 @@ def patch_deployment(
 ) -> dict[str, Any]:
     """A new model starts a new rollout; `paused` holds or continues the current one."""
     spec: dict[str, Any] = {}
-    if body.model is not None:
-        spec["modelRef"] = body.model
+    if body.model is not None:  # pinned to one artifact: no longer following a line's stage
+        spec.update(modelRef=body.model, model=None)
     if body.paused is not None:
         spec["paused"] = body.paused
     if not spec:

@@ -50,7 +50,8 @@ function showToast(message, kind) {
       h("button", { type: "button", class: "btn-close btn-close-white me-2 m-auto", "data-bs-dismiss": "toast",
         "aria-label": "Close" })));
   document.getElementById("toasts").append(item);
-  const shown = new bootstrap.Toast(item, { delay: kind === "danger" ? 8000 : 3000 });
+  // No fade: a toast caught mid-fade is half transparent, unreadable (and failing contrast) for a moment.
+  const shown = new bootstrap.Toast(item, { animation: false, delay: kind === "danger" ? 8000 : 3000 });
   item.addEventListener("hidden.bs.toast", () => item.remove());
   shown.show();
 }

@@ -107,14 +107,14 @@ def test_the_object_root_is_never_ratcheted() -> None:
 
 def test_an_error_one_level_down_is_ratcheted_when_that_level_is_unchanged() -> None:
     stored = deployment(nodeSelector={"zone": "a"})
-    del stored["spec"]["modelRef"]  # stored before modelRef was required
+    del stored["spec"]["modelRef"]  # stored before a model (modelRef or a line) was required
     relabelled = copy.deepcopy(stored)
     relabelled["metadata"]["labels"] = {"team": "vision"}
     assert validate(relabelled, old=stored) == []
     moved = copy.deepcopy(stored)
     moved["spec"]["nodeSelector"] = {"zone": "b"}
-    missing = [FieldError(LABEL, "spec.modelRef", "required field missing: modelRef")]
-    assert validate(moved, old=stored) == missing
+    missing = "set exactly one of modelRef (one ModelArtifact) or model (a line's stage to follow)"
+    assert validate(moved, old=stored) == [FieldError(LABEL, "spec", missing)]
 
 
 def test_a_value_under_a_field_whose_type_changed_is_not_ratcheted() -> None:

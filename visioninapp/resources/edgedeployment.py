@@ -32,6 +32,7 @@ __all__ = [
     "EngineRecord",
     "FeedbackSpec",
     "HealthGate",
+    "ModelSelector",
     "NodeStatus",
     "RevisionRecord",
     "RolloutStrategy",
@@ -236,10 +237,37 @@ class RolloutStrategy(KubeModel):
     )
 
 
+class ModelSelector(KubeModel):
+    """A model line's stage to follow: whichever version holds it is deployed, through the canary."""
+
+    line: DnsLabel = Field(
+        description="Model line (`spec.model` of its ModelArtifacts), e.g. `helmet-detector`."
+    )
+    stage: Literal["staging", "production"] = Field(
+        "production", description="Stage to follow: promoting a version to it rolls that version out."
+    )
+
+
 class EdgeDeploymentSpec(KubeModel):
     """Desired state of an EdgeDeployment."""
 
-    model_ref: DnsSubdomain = Field(description="Name of the ModelArtifact to deploy (same namespace).")
+    cel_rules = (
+        CelRule(
+            rule="has(self.modelRef) != has(self.model)",
+            message="set exactly one of modelRef (one ModelArtifact) or model (a line's stage to follow)",
+            reason="FieldValueInvalid",
+        ),
+    )
+
+    model_ref: DnsSubdomain | None = Field(
+        None,
+        description="Name of the ModelArtifact to deploy (same namespace); or follow a line with `model`.",
+    )
+    model: ModelSelector | None = Field(
+        None,
+        description="Follow a model line's stage instead of one artifact: the version promoted to it rolls "
+        "out; a version rolled back here is held back until the stage changes again.",
+    )
     format: DeploymentFormat = Field(
         "onnx",
         description="`onnx`, `onnx-int8`, or `tensorrt` (an engine built on the device from `onnx`).",
@@ -319,6 +347,9 @@ class EdgeDeploymentStatus(KubeModel):
         default_factory=list, description="Available, Progressing, RolledBack, ModelReady, ..."
     )
     current_model: DnsSubdomain | None = Field(None, description="Model the fleet is moving to or runs.")
+    line_model: DnsSubdomain | None = Field(
+        None, description="With `spec.model`: the ModelArtifact holding the followed stage of the line."
+    )
     previous_model: DnsSubdomain | None = Field(None, description="Model before the current one.")
     revision: str | None = Field(None, max_length=64, description="Current template revision.")
     history: Annotated[list[RevisionRecord], Field(max_length=100)] = Field(

@@ -394,6 +394,19 @@ def test_new_artifacts_are_mirrored_to_the_edge_cluster(
             edge_operator,
         )
         assert not edge.list("batch", "jobs", cluster.namespace)  # no training controller there
+        # A promotion in the training cluster reaches the edge cluster: deployments there follow it.
+        cluster.patch(
+            GROUP, "modelartifacts", cluster.namespace, "helmets", {"spec": {"stage": "production"}}
+        )
+        wait_for(
+            lambda: (
+                edge.get(GROUP, "modelartifacts", cluster.namespace, "helmets")["spec"]["stage"]
+                == "production"
+            ),
+            30,
+            "the promotion mirrored",
+            operator,
+        )
         edge_operator.stop()
 
 

@@ -14,7 +14,16 @@ from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddle
 from visioninapp import __version__
 from visioninapp.api.console import ConsoleFiles
 from visioninapp.api.container import ApiContainer
-from visioninapp.api.routes import activity, datasets, deployments, models, projects, summaries, training
+from visioninapp.api.routes import (
+    activity,
+    datasets,
+    deployments,
+    models,
+    projects,
+    retrain,
+    summaries,
+    training,
+)
 from visioninapp.api.routes.common import no_control_characters
 from visioninapp.settings import Settings
 from visioninapp.web.errors import ErrorBody, install_error_handlers
@@ -81,7 +90,7 @@ def create_app(container: ApiContainer, background: bool = False) -> FastAPI:
         responses=_ERRORS,
         dependencies=[Depends(no_control_characters)],  # NUL & co. in any parameter: a 422, not a 500
     )
-    for module in (projects, training, models, deployments, datasets, summaries, activity):
+    for module in (projects, training, models, deployments, datasets, retrain, summaries, activity):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(_public_routes(container))

@@ -268,6 +268,7 @@ class EdgeEventConsumer(StreamConsumer):
                     p50_ms=event.p50_ms,
                     p95_ms=event.p95_ms,
                     detections_per_class=dict(event.detections_per_class),
+                    mean_confidence=event.mean_confidence,
                     low_confidence=event.low_confidence,
                     provider=event.provider,
                     ready=event.ready,

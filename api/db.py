@@ -35,6 +35,7 @@ from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 __all__ = [
+    "AnnotationChange",
     "Base",
     "ConsumerOffset",
     "Database",
@@ -151,6 +152,9 @@ class DatasetVersion(Base):
     note: Mapped[str] = mapped_column(Text, default="")
     created_by: Mapped[str] = mapped_column(String(PRINCIPAL))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Where the labels of its feedback frames came from (reviewed / auto-accepted counts); NULL for
+    # versions without feedback frames. The per-image record is the version's provenance.json.
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
     dataset: Mapped[Dataset] = relationship(back_populates="versions")
 
 
@@ -226,6 +230,7 @@ class EdgeWindow(Base):
     p50_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     p95_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     detections_per_class: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    mean_confidence: Mapped[float | None] = mapped_column(Float, nullable=True)  # NULL before 0006
     low_confidence: Mapped[int] = mapped_column(Integer, default=0)
     provider: Mapped[str | None] = mapped_column(String(64), nullable=True)
     ready: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -268,7 +273,10 @@ class FeedbackFrame(Base):
     """A hard frame an edge runtime sent back: a candidate for the next dataset version."""
 
     __tablename__ = "feedback_frames"
-    __table_args__ = (UniqueConstraint("image_uri", name="uq_feedback_uri"),)
+    __table_args__ = (
+        UniqueConstraint("image_uri", name="uq_feedback_uri"),
+        Index("ix_feedback_review_queue", "project_name", "review_status", "status"),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     project_name: Mapped[str] = mapped_column(String(NAMESPACE), index=True)
     deployment: Mapped[str] = mapped_column(String(NAME))
@@ -280,6 +288,37 @@ class FeedbackFrame(Base):
     captured_at: Mapped[datetime] = mapped_column()
     status: Mapped[str] = mapped_column(String(16), default="new")  # new | accepted | dismissed
     dataset_version_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Review (api/domain/labels.py): the current labels (NULL: still the model's proposals, as
+    # imported), a revision that every change raises (optimistic concurrency), the review status
+    # pending | reviewed | rejected | auto-accepted, who decided it and when; the image's size and
+    # the model's class names, looked up once when the frame is first reviewed.
+    labels: Mapped[list[Any] | None] = mapped_column(nullable=True)
+    revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    review_status: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
+    reviewed_by: Mapped[str | None] = mapped_column(String(PRINCIPAL), nullable=True)
+    reviewed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    width: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    height: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    class_names: Mapped[list[Any] | None] = mapped_column(nullable=True)
+
+
+class AnnotationChange(Base):
+    """One change to a frame's labels or review (the annotation history): who, when, what, the label
+    (or the frame's review state) before and after, and the frame revision it made."""
+
+    __tablename__ = "annotation_history"
+    __table_args__ = (Index("ix_annotation_history_frame", "frame_id", "id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_name: Mapped[str] = mapped_column(String(NAMESPACE))
+    frame_id: Mapped[int] = mapped_column(ForeignKey("feedback_frames.id", ondelete="CASCADE"))
+    revision: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(16))  # add | move | relabel | edit | delete | accept | ...
+    label_id: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    label_before: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    label_after: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    note: Mapped[str] = mapped_column(Text, default="")
+    who: Mapped[str] = mapped_column(String(PRINCIPAL))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Notification(Base):

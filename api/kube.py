@@ -152,6 +152,23 @@ class KubeCluster:
         except ApiException as error:
             raise translate(error, f"updating {kind} {name}") from None
 
+    def patch_status(self, kind: str, namespace: str, name: str, status: Obj) -> Obj:
+        """A merge patch of `.status` (the status subresource: spec untouched, no admission rules)."""
+        try:
+            return _obj(
+                self.custom.patch_namespaced_custom_object_status(
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    _plural(kind),
+                    name,
+                    {"status": status},
+                    _content_type="application/merge-patch+json",
+                )
+            )
+        except ApiException as error:
+            raise translate(error, f"updating the status of {kind} {name}") from None
+
     def delete(self, kind: str, namespace: str, name: str) -> None:
         plural = _plural(kind)
         try:

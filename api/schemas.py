@@ -11,6 +11,7 @@ from pydantic.alias_generators import to_camel
 
 from visioninapp.events import CameraWindow
 from visioninapp.resources.edgedeployment import EdgeDeploymentSpec
+from visioninapp.resources.retrainpolicy import RetrainPolicySpec
 from visioninapp.resources.trainingjob import TrainingJobSpec
 
 T = TypeVar("T")
@@ -311,6 +312,12 @@ class DatasetVersionOut(Body):
     note: str
     created_by: str
     created_at: datetime
+    provenance: dict[str, Any] | None = Field(
+        None,
+        description="Where the labels of its feedback frames came from: reviewedFrames, reviewedLabels, "
+        "autoAcceptedFrames, autoAcceptedLabels (over every feedback image in it), addedFrames, "
+        "excluded (frames left out and why), autoAcceptMinScore; per image in its provenance.json.",
+    )
 
 
 class DatasetOut(Body):
@@ -329,13 +336,105 @@ class FeedbackOut(Body):
     top_score: float | None
     detections: list[dict[str, Any]]
     captured_at: datetime
-    status: str
+    status: str = Field(description="`new`, `accepted` (in a dataset version) or `dismissed` (rejected).")
+    review_status: str = Field(
+        "pending", description="`pending`, `reviewed` (accepted by a person), `rejected` or `auto-accepted`."
+    )
+    revision: int = Field(0, description="Raised by every change; send it back with the next change.")
 
 
 class FeedbackAccept(Body):
     ids: list[int] = Field(min_length=1, max_length=1000)
     dataset: str = Field(min_length=1, max_length=63, pattern=NAME_PATTERN)
     note: FreeText = Field("", max_length=2000)
+    auto_accept_min_score: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Also take frames still pending review, labelled with the model's proposals that "
+        "score at least this (marked `auto-accepted`). Without it only reviewed frames are taken.",
+    )
+
+
+# A box: x1, y1, x2, y2 in pixels of the frame's image, finite numbers.
+Box = Annotated[
+    list[Annotated[float, Field(allow_inf_nan=False)]],
+    Field(min_length=4, max_length=4, description="x1, y1, x2, y2 in pixels of the frame's image."),
+]
+Revision = Annotated[
+    int,
+    Field(ge=0, le=2**31 - 1, description="The frame's revision you loaded; a stale one is a 409."),
+]
+LABEL_ID_PATTERN = r"^b[0-9]{1,9}$"
+
+
+class LabelOut(Body):
+    id: str
+    class_id: int
+    class_name: str
+    box: list[float] = Field(description="x1, y1, x2, y2 in pixels of the frame's image.")
+    source: Literal["model", "person"] = Field(
+        description="`model`: the model's proposal as it was; `person`: drawn or changed by a person."
+    )
+    score: float | None = Field(None, description="The model's score of a proposal.")
+
+
+class AnnotationOut(Body):
+    id: int
+    revision: int = Field(description="The frame's revision this change made.")
+    action: str = Field(
+        description="add, move (moved or resized), relabel, edit (both), delete, accept, reject, auto-accept."
+    )
+    label_id: str | None
+    before: dict[str, Any] | None = Field(description="The label (or the review state) before.")
+    after: dict[str, Any] | None = Field(description="The label (or the review state) after.")
+    note: str
+    who: str
+    at: datetime
+
+
+class FrameReviewOut(FeedbackOut):
+    width: int
+    height: int
+    class_names: list[str] = Field(description="The frame's model's classes: class ids index this list.")
+    reviewed_by: str | None
+    reviewed_at: datetime | None
+    labels: list[LabelOut]
+    history: list[AnnotationOut] = Field(description="Every change, oldest first.")
+
+
+class LabelAdd(Body):
+    revision: Revision
+    class_id: int = Field(ge=0, le=100_000)
+    box: Box
+
+
+class LabelPatch(Body):
+    revision: Revision
+    class_id: int | None = Field(None, ge=0, le=100_000, description="Change the class.")
+    box: Box | None = Field(None, description="Move or resize.")
+
+
+class LabelReplacement(Body):
+    id: str | None = Field(
+        None,
+        pattern=LABEL_ID_PATTERN,
+        description="A label of the frame to keep (changed or not); none: add.",
+    )
+    class_id: int = Field(ge=0, le=100_000)
+    box: Box
+
+
+class LabelsReplace(Body):
+    revision: Revision
+    labels: list[LabelReplacement] = Field(max_length=300)
+
+
+class ReviewDecision(Body):
+    revision: Revision
+    note: FreeText = Field(
+        "", max_length=2000, description="Why, for the history (e.g. a rejection's reason)."
+    )
 
 
 class DetectionOut(Body):
@@ -416,3 +515,18 @@ class FleetHistoryOut(Body):
     until: datetime
     step_seconds: int
     series: list[FleetSeriesOut]
+
+
+class RetrainPolicyIn(Body):
+    name: str = Field(min_length=1, max_length=253, pattern=NAME_PATTERN)
+    spec: RetrainPolicySpec
+
+
+class RetrainPolicyOut(Body):
+    name: str
+    project: str
+    line: str
+    phase: str
+    message: str | None = None
+    spec: dict[str, Any] = Field(default_factory=dict)
+    status: dict[str, Any] = Field(default_factory=dict)

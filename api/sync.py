@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from visioninapp.api.db import Notification, Project, TrainingRun, utcnow
 from visioninapp.api.domain.feedback import import_announced
+from visioninapp.api.domain.retrain import run_policies
 from visioninapp.k8s import Obj, parse_time
 from visioninapp.web.errors import ApiError
 
@@ -28,6 +29,11 @@ __all__ = ["ClusterSync", "notification_for", "record_run"]
 log = logging.getLogger(__name__)
 
 TERMINAL = {"Succeeded": "run-succeeded", "Failed": "run-failed"}
+RETRAIN_OUTCOMES = {
+    "Promoted": "retrain-promoted",
+    "GateFailed": "retrain-gate-failed",
+    "Failed": "retrain-failed",
+}
 
 
 def record_run(session: Session, tj: Obj, created_by: str | None = None) -> TrainingRun:
@@ -73,6 +79,16 @@ def notification_for(kind: str, obj: Obj) -> Notification | None:
             title=f"Training run {name} {verb}",
             message=status.get("message") or detail,
             dedup_key=f"{code}/{namespace}/{name}/{meta.get('uid', '')}",
+        )
+    if kind == "RetrainPolicy" and phase in RETRAIN_OUTCOMES and status.get("run"):
+        code = RETRAIN_OUTCOMES[phase]
+        return Notification(
+            project_name=namespace,
+            kind=code,
+            subject=name,
+            title=f"Retrain {status['run']} of {obj['spec']['line']}: {phase}",
+            message=(status.get("result") or status.get("message") or "")[:2000],
+            dedup_key=f"{code}/{namespace}/{name}/{meta.get('uid', '')}/{status['run']}",
         )
     if kind == "EdgeDeployment" and phase == "RolledBack":
         return Notification(
@@ -130,6 +146,12 @@ class ClusterSync:
                 import_announced(container, project, deployments)
             except Exception:  # the store is down: the announcements wait for the next pass
                 log.exception("importing the frames announced in %s failed", project)
+            policies = run_policies(container, project, models)  # after the import: new frames count
+            with container.db.session() as session:
+                for policy in policies:
+                    notification = notification_for("RetrainPolicy", policy)
+                    if notification is not None and _add_once(session, notification):
+                        created += 1
             container.search.index_many(
                 "runs", [(f"{project}/{tj['metadata']['name']}", run_document(tj)) for tj in jobs]
             )

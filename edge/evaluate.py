@@ -3,7 +3,9 @@
 Same definition as ultralytics' validator: predictions at conf 0.001 / NMS IoU 0.7 with several
 labels per box, matched to
 labels per IoU threshold 0.50:0.05:0.95, AP as the area under the interpolated precision-recall
-curve sampled at 101 recall points, averaged over classes present in the labels.
+curve sampled at 101 recall points, averaged over classes present in the labels. Each of those
+classes' own AP50 and AP50-95 (and label count) comes with the averages: the training quality gate
+compares them class by class (visioninapp/evaluation.py).
 """
 
 from __future__ import annotations
@@ -16,9 +18,26 @@ import numpy as np
 from visioninapp.edge.inference import Detector
 from visioninapp.images import read_image
 
-__all__ = ["Evaluation", "average_precision", "evaluate", "match_predictions"]
+__all__ = [
+    "ClassEvaluation",
+    "Evaluation",
+    "average_precision",
+    "class_average_precision",
+    "evaluate",
+    "match_predictions",
+]
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
+
+
+@dataclass(frozen=True)
+class ClassEvaluation:
+    """One class present in the labels: its AP at IoU 0.5, averaged over 0.5:0.95, and its labels."""
+
+    class_id: int
+    ap50: float
+    ap50_95: float
+    labels: int
 
 
 @dataclass(frozen=True)
@@ -27,6 +46,7 @@ class Evaluation:
     map50_95: float
     images: int
     labels: int
+    classes: tuple[ClassEvaluation, ...] = ()  # by class id, only classes with labels
 
 
 def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -81,7 +101,8 @@ def _labels(path: Path, width: int, height: int) -> tuple[np.ndarray, np.ndarray
 
 
 def evaluate(detector: Detector, images: list[Path]) -> Evaluation:
-    """mAP50 and mAP50-95 of `detector` on images with YOLO labels in the sibling `labels/` folder."""
+    """mAP50 and mAP50-95 of `detector` on images with YOLO labels in the sibling `labels/` folder,
+    with each labelled class's AP50, AP50-95 and label count."""
     stats: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     true_counts: list[np.ndarray] = []
     for path in images:
@@ -96,24 +117,34 @@ def evaluate(detector: Detector, images: list[Path]) -> Evaluation:
         correct = match_predictions(classes, true_classes, _box_iou(true_boxes, boxes))
         stats.append((correct, scores, classes))
         true_counts.append(true_classes)
-    correct = np.concatenate([s[0] for s in stats]) if stats else np.zeros((0, 10), bool)
+    correct = np.concatenate([s[0] for s in stats]) if stats else np.zeros((0, len(IOU_THRESHOLDS)), bool)
     scores = np.concatenate([s[1] for s in stats]) if stats else np.zeros(0)
     classes = np.concatenate([s[2] for s in stats]) if stats else np.zeros(0, int)
     truth = np.concatenate(true_counts) if true_counts else np.zeros(0, int)
+    per_class = class_average_precision(correct, scores, classes, truth)
+    map50 = float(np.mean([c.ap50 for c in per_class])) if per_class else 0.0
+    map50_95 = float(np.mean([c.ap50_95 for c in per_class])) if per_class else 0.0
+    return Evaluation(map50, map50_95, len(images), len(truth), per_class)
+
+
+def class_average_precision(
+    correct: np.ndarray, scores: np.ndarray, pred_classes: np.ndarray, true_classes: np.ndarray
+) -> tuple[ClassEvaluation, ...]:
+    """AP50 and AP50-95 of each class present in `true_classes` (every label of the split), from all
+    predictions of the split: their per-threshold hits (`match_predictions`), scores and classes."""
     order = np.argsort(-scores, kind="stable")
-    correct, classes = correct[order], classes[order]
-    ap = []
-    for cls in np.unique(truth):
-        hits = correct[classes == cls]
-        total = int((truth == cls).sum())
-        if not len(hits):
-            ap.append(np.zeros(len(IOU_THRESHOLDS)))
-            continue
-        tp = np.cumsum(hits, 0)
-        fp = np.cumsum(~hits, 0)
-        recall, precision = tp / total, tp / (tp + fp)
-        ap.append(
-            np.array([average_precision(recall[:, k], precision[:, k]) for k in range(len(IOU_THRESHOLDS))])
-        )
-    table = np.array(ap) if ap else np.zeros((1, len(IOU_THRESHOLDS)))
-    return Evaluation(float(table[:, 0].mean()), float(table.mean()), len(images), len(truth))
+    correct, pred_classes = correct[order], pred_classes[order]
+    result = []
+    for cls in np.unique(true_classes):
+        hits = correct[pred_classes == cls]
+        total = int((true_classes == cls).sum())
+        ap = np.zeros(len(IOU_THRESHOLDS))
+        if len(hits):
+            tp = np.cumsum(hits, 0)
+            fp = np.cumsum(~hits, 0)
+            recall, precision = tp / total, tp / (tp + fp)
+            ap = np.array(
+                [average_precision(recall[:, k], precision[:, k]) for k in range(len(IOU_THRESHOLDS))]
+            )
+        result.append(ClassEvaluation(int(cls), float(ap[0]), float(ap.mean()), total))
+    return tuple(result)

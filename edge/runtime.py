@@ -403,7 +403,7 @@ class EdgeRuntime:
             )
         except Exception as error:
             self.metrics.errors.labels(type(error).__name__).inc()
-            self.window.record((time.perf_counter() - started) * 1e3, True, [], False)
+            self.window.record((time.perf_counter() - started) * 1e3, True, False)
             raise
         elapsed_ms = (time.perf_counter() - started) * 1e3
         response = self._response(loaded.spec, loaded.detector.provider, result, elapsed_ms)
@@ -411,7 +411,7 @@ class EdgeRuntime:
         self.metrics.latency.observe(elapsed_ms)
         if low:
             self.metrics.low_confidence.inc()
-        self.window.record(elapsed_ms, False, [d.class_name for d in result.detections], low)
+        self.window.record(elapsed_ms, False, low, result.detections)
         try:
             self._offer_hard_frame(image, loaded, result, None, data)
         except Exception:  # the answer is ready: a feedback problem must not turn it into an error
@@ -419,6 +419,7 @@ class EdgeRuntime:
         return response
 
     def _stream_frame(self, frame: Frame, loaded: LoadedModel, result: DetectionResult) -> None:
+        self.window.detected(result.detections)
         self._offer_hard_frame(frame.image, loaded, result, frame.camera, None)
 
     def _offer_hard_frame(

@@ -15,6 +15,7 @@ import logging
 import secrets
 import threading
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +24,7 @@ import numpy as np
 
 from visioninapp.backends.events import EventBus
 from visioninapp.backends.storage import ArtifactStore, join_uri
+from visioninapp.edge.inference import Detection
 from visioninapp.events import EdgeEvent
 from visioninapp.feedback import feedback_prefix
 
@@ -75,28 +77,45 @@ class Spool:
 class _Request:
     latency_ms: float
     error: bool
-    classes: list[str]
     low_confidence: bool
 
 
 class WindowStats:
-    """Requests of the current window, summarised into an EdgeEvent at its end."""
+    """Requests and detections (of requests and camera frames) of the current window, summarised
+    into an EdgeEvent at its end."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._requests: list[_Request] = []
+        self._detections: Counter[str] = Counter()
+        self._score_sum = 0.0
         self.started = datetime.now(UTC)
 
-    def record(self, latency_ms: float, error: bool, classes: list[str], low_confidence: bool) -> None:
+    def record(
+        self, latency_ms: float, error: bool, low_confidence: bool, detections: Sequence[Detection] = ()
+    ) -> None:
+        """One detect request."""
         with self._lock:
-            self._requests.append(_Request(latency_ms, error, classes, low_confidence))
+            self._requests.append(_Request(latency_ms, error, low_confidence))
+            self._count(detections)
+
+    def detected(self, detections: Sequence[Detection]) -> None:
+        """One camera frame's detections (not a request)."""
+        with self._lock:
+            self._count(detections)
+
+    def _count(self, detections: Sequence[Detection]) -> None:
+        self._detections.update(d.class_name for d in detections)
+        self._score_sum += sum(d.score for d in detections)
 
     def close(self, **identity: object) -> EdgeEvent:
         with self._lock:
             requests, self._requests = self._requests, []
+            detections, self._detections = self._detections, Counter()
+            score_sum, self._score_sum = self._score_sum, 0.0
             start, self.started = self.started, datetime.now(UTC)
         latencies = np.array([r.latency_ms for r in requests if not r.error])
-        detections = Counter(name for r in requests for name in r.classes)
+        count = sum(detections.values())
         return EdgeEvent(
             window_start=start,
             window_end=self.started,
@@ -105,6 +124,7 @@ class WindowStats:
             p50_ms=float(np.percentile(latencies, 50)) if latencies.size else None,
             p95_ms=float(np.percentile(latencies, 95)) if latencies.size else None,
             detections_per_class=dict(detections),
+            mean_confidence=min(1.0, score_sum / count) if count else None,
             low_confidence=sum(r.low_confidence for r in requests),
             **identity,
         )

@@ -12,8 +12,11 @@ from visioninapp.k8s import Obj
 from visioninapp.operator.apply import Applier
 from visioninapp.operator.artifacts import (
     ArtifactPlan,
+    GateCheck,
     Verification,
     artifact_users,
+    check_evaluation,
+    needs_gate_check,
     needs_verification,
     plan_artifact,
     verify_formats,
@@ -58,10 +61,18 @@ class ArtifactController:
                 verification = await asyncio.to_thread(self._verify, body)
             except Exception as failure:  # the store, not the artifact: retried at resync
                 error = f"cannot check the objects now: {type(failure).__name__}: {failure}"
+        gate: GateCheck | None = None
+        if needs_gate_check(body):
+            try:
+                gate = await asyncio.to_thread(self._check_gate, body)
+            except Exception as failure:  # the store, not the record: retried at resync
+                gate = GateCheck(
+                    error=f"cannot read the evaluation record now: {type(failure).__name__}: {failure}"
+                )
         deployments = [d for (ns, _), d in self.cache.deployments.items() if ns == namespace]
         users = artifact_users(name, deployments)
         now = datetime.now(UTC)
-        plan = plan_artifact(body, verification, error, users, now)
+        plan = plan_artifact(body, verification, error, users, now, gate=gate)
         await self._keep_stage_exclusive(body, plan, now)
 
     async def _keep_stage_exclusive(self, body: Obj, plan: ArtifactPlan, now: datetime) -> None:
@@ -94,6 +105,13 @@ class ArtifactController:
                     and stage in EXCLUSIVE_STAGES
                 ):
                     self.context.artifact_replans.put_nowait((namespace, other_meta["name"]))
+
+    def _check_gate(self, body: Obj) -> GateCheck:
+        """The evaluation record read and checked against the spec (blocking: run in a thread)."""
+        artifact = ModelArtifact.model_validate(body, context=ADMITTED)
+        assert artifact.spec.evaluation is not None  # needs_gate_check
+        store = self.context.store_for(artifact.spec.evaluation.uri)
+        return check_evaluation(artifact, read=store.get_bytes, size=store.size)
 
     def _verify(self, body: Obj) -> Verification:
         """Every format's object checked against the spec (blocking: run in a thread)."""

@@ -1,30 +1,43 @@
 """ModelArtifact decisions: verify each format's object and checksum, record stage changes.
 
 `verify_formats` streams every object through sha256 (the store computes it chunk by chunk, never
-holding a model in memory). `artifact_status` turns the findings into the status patch, and
-`plan_artifact` adds what goes with it: the in-use finalizer, an Event, the copy for the edge cluster.
+holding a model in memory). `check_evaluation` reads the quality gate's evaluation record, checks its
+sha256 and that it evaluated this artifact's ONNX. `artifact_status` turns the findings into the status
+patch, and `plan_artifact` adds what goes with it: the in-use finalizer, an Event, the copy for the
+edge cluster. `promotion_blocked` says why a version must not be promoted (its gate failed).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from pydantic import ValidationError
+
 from visioninapp.backends.storage import ObjectNotFound
+from visioninapp.evaluation import EvaluationRecord
 from visioninapp.k8s import Obj, set_condition
 from visioninapp.resources import ModelArtifact
 from visioninapp.resources.edgedeployment import models_in_use
+from visioninapp.resources.modelartifact import GateScores, QualityGateStatus
 
 __all__ = [
     "IN_USE_FINALIZER",
+    "MAX_RECORD_BYTES",
     "ArtifactPlan",
+    "GateCheck",
     "Verification",
     "artifact_status",
     "artifact_users",
+    "check_evaluation",
+    "gate_summary",
     "mirror_copy",
+    "needs_gate_check",
     "needs_verification",
     "plan_artifact",
+    "promotion_blocked",
     "verify_formats",
 ]
 
@@ -70,14 +83,138 @@ def verify_formats(
     return problems
 
 
+# --- the quality gate's record -------------------------------------------------------------------
+
+MAX_RECORD_BYTES = 16 * 2**20  # an evaluation record is a few KB per class; never read a huge object
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    """What reading the evaluation record found: the record, a definite problem, or a transient error."""
+
+    record: EvaluationRecord | None = None
+    problem: str | None = None  # the record is missing, another size or checksum, or not a record
+    error: str | None = None  # the store could not be read now: retried
+
+
+def needs_gate_check(body: Obj) -> bool:
+    """The record is immutable (its sha256 is in the spec), so one definite verdict is final."""
+    if not (body.get("spec") or {}).get("evaluation"):
+        return False
+    for condition in (body.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "QualityGate" and condition.get("status") in ("True", "False"):
+            return False
+    return True
+
+
+def check_evaluation(
+    artifact: ModelArtifact, read: Callable[[str], bytes], size: Callable[[str], int | None]
+) -> GateCheck:
+    """The record of `spec.evaluation`, checked: present, its sha256, a record of this model's ONNX.
+
+    Errors other than a missing object propagate (the store, not the record): the check is retried.
+    """
+    ref = artifact.spec.evaluation
+    assert ref is not None  # needs_gate_check
+    length = size(ref.uri)
+    if length is None:
+        return GateCheck(problem=f"evaluation record {ref.uri} does not exist")
+    if length > MAX_RECORD_BYTES:
+        return GateCheck(
+            problem=f"evaluation record {ref.uri} has {length} bytes; at most {MAX_RECORD_BYTES}"
+        )
+    try:
+        data = read(ref.uri)
+    except ObjectNotFound:
+        return GateCheck(problem=f"evaluation record {ref.uri} does not exist")
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != ref.sha256:
+        return GateCheck(problem=f"sha256 of {ref.uri} is {digest}, the spec says {ref.sha256}")
+    try:
+        record = EvaluationRecord.model_validate_json(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(map(str, first["loc"]))
+        return GateCheck(problem=f"{ref.uri} is not an evaluation record: {where}: {first['msg']}")
+    onnx = {f.sha256 for f in artifact.spec.formats if f.format == "onnx"}
+    if onnx and record.candidate.sha256 not in onnx:
+        return GateCheck(
+            problem=f"{ref.uri} evaluated the ONNX file {record.candidate.sha256}, not this version's"
+        )
+    return GateCheck(record=record)
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def gate_summary(record: EvaluationRecord) -> QualityGateStatus:
+    """The status's short form of a record: the verdict, mAP50-95 both sides, and why it failed."""
+
+    def scores(role: str) -> GateScores | None:
+        found = next((d for d in record.datasets if d.role == role), None)
+        if found is None:
+            return None
+        baseline = found.baseline.map50_95 if found.baseline is not None else None
+        return GateScores(
+            candidate=round(found.candidate.map50_95, 4),
+            baseline=_rounded(baseline),
+            drop=_rounded(found.drop),
+        )
+
+    held_out = scores("heldOut")
+    assert held_out is not None  # the record's first dataset
+    return QualityGateStatus(
+        passed=record.verdict.passed,
+        baseline=record.baseline.artifact if record.baseline is not None else None,
+        held_out=held_out,
+        new_frames=scores("newFrames"),
+        max_drop=record.limits.max_drop,
+        max_class_drop=record.limits.max_class_drop,
+        reasons=[reason[:1024] for reason in record.verdict.reasons[:32]],
+    )
+
+
+def _gate(conditions: list[Obj], wanted: Obj, gate: GateCheck, now: datetime, generation: int) -> list[Obj]:
+    """`QualityGate` and `qualityGate` from a check of the record."""
+    if gate.error is not None:
+        return set_condition(conditions, "QualityGate", "Unknown", "CheckFailed", gate.error, now, generation)
+    if gate.problem is not None or gate.record is None:
+        problem = gate.problem or "no evaluation record"
+        return set_condition(conditions, "QualityGate", "False", "RecordInvalid", problem, now, generation)
+    verdict = gate.record.verdict
+    wanted["qualityGate"] = gate_summary(gate.record).wire()
+    status, reason = ("True", "Passed") if verdict.passed else ("False", "Failed")
+    return set_condition(conditions, "QualityGate", status, reason, verdict.summary, now, generation)
+
+
+def promotion_blocked(body: Obj) -> str | None:
+    """Why this version must not be promoted (None: nothing against it). A version whose spec names
+    an evaluation record is promotable only once the record is checked and its gate passed."""
+    if not (body.get("spec") or {}).get("evaluation"):
+        return None
+    for condition in (body.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "QualityGate":
+            if condition.get("status") == "True":
+                return None
+            if condition.get("status") == "False":
+                return f"quality gate {condition.get('reason', '').lower()}: {condition.get('message', '')}"
+    return "quality gate not checked yet"
+
+
+# --- status -------------------------------------------------------------------------------------
+
+
 def artifact_status(
     body: Obj,
     verification: Verification | None,
     now: datetime,
     error: str | None = None,
     deployed_to: list[str] | None = None,
+    gate: GateCheck | None = None,
 ) -> Obj:
-    """The status patch: `Verified` and phase from a verification (None: keep), `Staged` from the spec.
+    """The status patch: `Verified` and phase from a verification (None: keep), `Staged` from the spec,
+    `QualityGate` and `qualityGate` from a check of the evaluation record (None: keep).
 
     `error` is a transient failure of the check itself (store unreachable): `Verified` is Unknown.
     """
@@ -115,6 +252,8 @@ def artifact_status(
             now,
             generation,
         )
+    if gate is not None:
+        conditions = _gate(conditions, wanted, gate, now, generation)
     wanted["conditions"] = conditions
     if deployed_to is not None:
         wanted["deployedTo"] = deployed_to
@@ -155,13 +294,25 @@ class ArtifactPlan:
 
 
 def plan_artifact(
-    body: Obj, verification: Verification | None, error: str | None, users: list[str], now: datetime
+    body: Obj,
+    verification: Verification | None,
+    error: str | None,
+    users: list[str],
+    now: datetime,
+    gate: GateCheck | None = None,
 ) -> ArtifactPlan:
-    """The status from a verification (None: none was needed) or its failure `error`; `deployedTo`
-    and the in-use finalizer from `users` (the EdgeDeployments that need it)."""
+    """The status from a verification (None: none was needed) or its failure `error`, and from a check
+    of the evaluation record (`gate`, None: none was needed); `deployedTo` and the in-use finalizer
+    from `users` (the EdgeDeployments that need it)."""
     meta = body["metadata"]
-    status = artifact_status(body, verification, now, error, deployed_to=users)
+    status = artifact_status(body, verification, now, error, deployed_to=users, gate=gate)
     event = ("Warning", "VerificationFailed", status.get("message", "")) if status and verification else None
+    if event is None and gate is not None and gate.error is None and status.get("conditions"):
+        failed = next(
+            (c for c in status["conditions"] if c["type"] == "QualityGate" and c["status"] == "False"), None
+        )
+        if failed is not None:
+            event = ("Warning", f"QualityGate{failed['reason']}", failed["message"])
     finalizers = list(meta.get("finalizers") or [])
     if bool(users) == (IN_USE_FINALIZER in finalizers):  # the in-use finalizer follows deployedTo
         new_finalizers = None

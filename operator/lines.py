@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from visioninapp.k8s import MANAGED_BY, Obj, parse_time, set_condition
+from visioninapp.k8s import MANAGED_BY, Obj, set_condition
+from visioninapp.lines import stage_holder
 
 __all__ = [
     "EXCLUSIVE_STAGES",
@@ -24,55 +25,17 @@ __all__ = [
     "is_operators",
     "line_target",
     "newer_holder",
-    "stage_holder",
 ]
 
 STAGE_CONFLICT = "StageConflict"
 MIRRORED_LABEL = "visioninapp.io/mirrored"
 EXCLUSIVE_STAGES = ("staging", "production")
-_NOT_YET_RECORDED = datetime.max  # promoted after the last stage change the operator recorded
 
 
 def follows(deployment: Obj) -> tuple[str, str] | None:
     """The (line, stage) an EdgeDeployment follows, or None when it names one artifact."""
     model = deployment["spec"].get("model")
     return (model["line"], model.get("stage", "production")) if model else None
-
-
-def _promoted_at(artifact: Obj) -> tuple[datetime, str, str]:
-    """When the artifact entered its stage, as the `Staged` condition recorded it; a stage the
-    operator has not recorded yet was entered just now. Ties: the newer object, then the name."""
-    stage = artifact["spec"].get("stage", "candidate")
-    staged = next(
-        (c for c in (artifact.get("status") or {}).get("conditions") or [] if c.get("type") == "Staged"),
-        None,
-    )
-    recorded = staged is not None and staged.get("reason") == stage.capitalize()
-    when = parse_time(staged.get("lastTransitionTime")) if recorded and staged else None
-    meta = artifact["metadata"]
-    return (
-        when.replace(tzinfo=None) if when else _NOT_YET_RECORDED,
-        meta.get("creationTimestamp") or "",
-        meta["name"],
-    )
-
-
-def _holders(artifacts: Iterable[Obj], line: str, stage: str) -> list[Obj]:
-    """The line's versions in `stage`, latest promoted first."""
-    found = [
-        a
-        for a in artifacts
-        if a["spec"].get("model") == line
-        and a["spec"].get("stage") == stage
-        and not a["metadata"].get("deletionTimestamp")
-    ]
-    return sorted(found, key=_promoted_at, reverse=True)
-
-
-def stage_holder(artifacts: Iterable[Obj], line: str, stage: str) -> Obj | None:
-    """The version holding `stage` of `line`: the one promoted last."""
-    holders = _holders(artifacts, line, stage)
-    return holders[0] if holders else None
 
 
 def newer_holder(artifact: Obj, artifacts: Iterable[Obj]) -> Obj | None:

@@ -28,7 +28,16 @@ from visioninapp.resources import TrainingJob
 __all__ = ["TERMINAL", "JobState", "TrainingPlan", "job_finished", "plan_training", "status_from_job"]
 
 TERMINAL = ("Succeeded", "Failed")
-CONDITION_TYPES = ("Scheduled", "Unschedulable", "Queued", "Running", "Suspended", "Succeeded", "Failed")
+CONDITION_TYPES = (
+    "Scheduled",
+    "Unschedulable",
+    "Queued",
+    "Running",
+    "Suspended",
+    "Succeeded",
+    "Failed",
+    "QualityGate",
+)
 SUSPENDED_KEEPING_CHECKPOINT = "suspended; the checkpoint is kept for resuming"
 Event = tuple[str, str, str]  # (type, reason, message) of a Kubernetes Event
 
@@ -170,10 +179,12 @@ def plan_training(
     *,
     template: TrainerTemplate,
     base: BaseModel | None = None,
+    baseline: BaseModel | None = None,
 ) -> TrainingPlan:
     """Decide one reconciliation of a TrainingJob (`body` as stored, `tj` the same validated) from
-    its current Job and pods; a new Job is built from `template` (the operator's settings)."""
-    plan = _plan(_Run(tj, body, now, template, base), job, pods)
+    its current Job and pods; a new Job is built from `template` (the operator's settings). `base`
+    and `baseline` are `model.baseModel` and `evaluation.baseline` resolved (needed to start a Job)."""
+    plan = _plan(_Run(tj, body, now, template, base, baseline), job, pods)
     if job is not None and JOB_FINALIZER in (job["metadata"].get("finalizers") or []):
         phase = plan.status.get("phase", (body.get("status") or {}).get("phase"))
         if job["metadata"].get("deletionTimestamp") or phase in TERMINAL:
@@ -211,10 +222,16 @@ class _Run(StatusDraft):
     order = CONDITION_TYPES
 
     def __init__(
-        self, tj: TrainingJob, body: Obj, now: datetime, template: TrainerTemplate, base: BaseModel | None
+        self,
+        tj: TrainingJob,
+        body: Obj,
+        now: datetime,
+        template: TrainerTemplate,
+        base: BaseModel | None,
+        baseline: BaseModel | None = None,
     ) -> None:
         super().__init__(body, now)
-        self.tj, self.template, self.base = tj, template, base
+        self.tj, self.template, self.base, self.baseline = tj, template, base, baseline
         self.phase: str = self.status.get("phase", "Pending")
         self.attempts = int(self.status.get("attempts") or 0)
 
@@ -232,17 +249,18 @@ class _Run(StatusDraft):
         return TrainingPlan(create_job=create_job, create_artifact=create_artifact, status=patch, event=event)
 
     def start(self, attempt: int, why: str) -> TrainingPlan:
-        """A Job for `attempt` (unless the base model cannot be used yet)."""
+        """A Job for `attempt` (unless the base model or the gate's baseline cannot be used yet)."""
         base = self.base
-        if base is not None and base.problem:
-            self.condition("Scheduled", False, "BaseModelUnavailable", base.problem)
-            self.wanted.update(phase="Pending", message=base.problem, conditions=self.conditions)
-            return self.plan()
+        for resolved, reason in ((base, "BaseModelUnavailable"), (self.baseline, "BaselineUnavailable")):
+            if resolved is not None and resolved.problem:
+                self.condition("Scheduled", False, reason, resolved.problem)
+                self.wanted.update(phase="Pending", message=resolved.problem, conditions=self.conditions)
+                return self.plan()
         for type_ in ("Suspended", "Running", "Unschedulable"):
             if self.has(type_):
                 self.condition(type_, False, "NewAttempt", why)
         try:
-            new_job = self.template.job(self.tj, self.uid, attempt, base)
+            new_job = self.template.job(self.tj, self.uid, attempt, base, self.baseline)
         except ValueError as error:  # a config the trainer would refuse: the run fails now, not in the pod
             return self.config_refused(error)
         name = new_job["metadata"]["name"]
@@ -312,19 +330,29 @@ class _Run(StatusDraft):
         if self.has("Unschedulable"):
             self.condition("Unschedulable", False, "Finished", "finished")
         self.condition("Succeeded", True, "ArtifactCreated", f"ModelArtifact {name} created")
+        gate = ""
+        if result.evaluation is not None:  # the artifact's status has the checked verdict; this is the news
+            verdict = "Passed" if result.evaluation.passed else "Failed"
+            self.condition("QualityGate", result.evaluation.passed, verdict, result.evaluation.summary)
+            gate = f"; quality gate {result.evaluation.summary}"
         metrics = result.metrics.model_dump(mode="json", by_alias=True, exclude_none=True)
         self.wanted.update(
             phase="Succeeded",
             artifact=name,
             epoch=result.epochs_run,
             completionTime=iso_time(self.now),
-            message=f"trained {result.epochs_run} epochs; ModelArtifact {name}",
+            message=f"trained {result.epochs_run} epochs; ModelArtifact {name}{gate}",
             conditions=self.conditions,
             **({"metrics": metrics} if metrics else {}),
         )
-        return self.plan(
-            create_artifact=artifact, event=("Normal", "Succeeded", f"ModelArtifact {name} created")
-        )
+        event = ("Normal", "Succeeded", f"ModelArtifact {name} created")
+        if result.evaluation is not None and not result.evaluation.passed:
+            event = (
+                "Warning",
+                "QualityGateFailed",
+                f"ModelArtifact {name} created; {result.evaluation.summary}",
+            )
+        return self.plan(create_artifact=artifact, event=event)
 
     def failed(self, state: JobState) -> TrainingPlan:
         self.condition("Running", False, "Finished", "finished")

@@ -23,7 +23,7 @@ from visioninapp.operator.context import Context, log
 from visioninapp.operator.progress import ProgressTracker
 from visioninapp.operator.streams import ProgressReader, keep_following
 from visioninapp.operator.training import TERMINAL, TrainingPlan, job_finished, plan_training
-from visioninapp.operator.training_objects import BaseModel, TrainerTemplate
+from visioninapp.operator.training_objects import BaseModel, TrainerTemplate, resolve_artifact_file
 from visioninapp.resources import API_VERSION, TrainingJob
 from visioninapp.resources.base import ADMITTED
 
@@ -132,7 +132,10 @@ class TrainingController:
         # a plan without a Job may start one (first, resumed or recreated): it needs the base model
         starts = job is None and status.get("phase") not in TERMINAL
         base = await self.base_model(tj) if starts else None
-        return plan_training(tj, body, job, pods, datetime.now(UTC), template=self.template, base=base)
+        baseline = await self.baseline(tj) if starts else None
+        return plan_training(
+            tj, body, job, pods, datetime.now(UTC), template=self.template, base=base, baseline=baseline
+        )
 
     def model(self, body: Obj) -> TrainingJob:
         """`body` validated, once per stored version: the Job's and pods' events re-plan a run
@@ -160,6 +163,14 @@ class TrainingController:
             if item["format"] == "pt":
                 return BaseModel(uri=item["uri"], sha256=item["sha256"])
         return BaseModel(problem=f"base model {name!r} has no `pt` format to fine-tune from")
+
+    async def baseline(self, tj: TrainingJob) -> BaseModel | None:
+        """`spec.evaluation.baseline` resolved to its `onnx` file, or why it cannot be used yet."""
+        name = tj.spec.evaluation.baseline if tj.spec.evaluation is not None else None
+        if not name:
+            return None
+        artifact = await self.context.kube.get(API_VERSION, "modelartifacts", tj.metadata.namespace, name)
+        return resolve_artifact_file("baseline", name, artifact, ("onnx", "onnx-int8"))
 
     async def release_if_orphaned(self, job: Obj, owner: str) -> None:
         """A Job being deleted whose TrainingJob is gone has no outcome to record: let it go."""

@@ -24,6 +24,7 @@ __all__ = [
     "TrainerTemplate",
     "artifact_from_result",
     "desired_job",
+    "resolve_artifact_file",
     "trainer_config",
 ]
 
@@ -46,6 +47,20 @@ class BaseModel:
     problem: str | None = None
 
 
+def resolve_artifact_file(role: str, name: str, artifact: Obj | None, formats: tuple[str, ...]) -> BaseModel:
+    """A ModelArtifact named by a TrainingJob (`role`: "base model", "baseline") resolved to its first
+    file among `formats` (in order of preference), or why it cannot be used yet."""
+    if artifact is None:
+        return BaseModel(problem=f"{role} {name!r} (ModelArtifact) not found; create it first")
+    if (artifact.get("status") or {}).get("phase") != "Available":
+        return BaseModel(problem=f"{role} {name!r} is not Available yet (verification pending or failed)")
+    files = {item["format"]: item for item in artifact["spec"]["formats"]}
+    for wanted in formats:
+        if wanted in files:
+            return BaseModel(uri=files[wanted]["uri"], sha256=files[wanted]["sha256"])
+    return BaseModel(problem=f"{role} {name!r} has no {' or '.join(f'`{f}`' for f in formats)} format")
+
+
 # --- the Job ------------------------------------------------------------------------------------
 
 
@@ -55,27 +70,49 @@ def output_uri(tj: TrainingJob, default_base: str) -> str:
 
 def dataset_uri(tj: TrainingJob, store: str) -> str:
     """The dataset's URI; a key without a scheme (`datasets/shapes/v1`) lies in the artifact store."""
-    uri = tj.spec.dataset.uri
+    return _in_store(tj.spec.dataset.uri, store)
+
+
+def _in_store(uri: str, store: str) -> str:
     return uri if "://" in uri else join_uri(store, uri)
 
 
+def _weights(resolved: BaseModel | None) -> BaseWeights | None:
+    if resolved is None or not resolved.uri or not resolved.sha256:
+        return None
+    return BaseWeights(uri=resolved.uri, sha256=resolved.sha256)
+
+
 def trainer_config(
-    tj: TrainingJob, attempt: int, default_output: str, base: BaseModel | None, work_dir: str
+    tj: TrainingJob,
+    attempt: int,
+    default_output: str,
+    base: BaseModel | None,
+    work_dir: str,
+    baseline: BaseModel | None = None,
 ) -> TrainerConfig:
-    """The trainer's config (trainer/config.py), passed inline in the pod's environment."""
+    """The trainer's config (trainer/config.py), passed inline in the pod's environment; dataset keys
+    (the training data and the gate's fixed data) resolved against the artifact store."""
     dataset = tj.spec.dataset.model_copy(update={"uri": dataset_uri(tj, default_output)})
-    weights = (
-        BaseWeights(uri=base.uri, sha256=base.sha256)
-        if base is not None and base.uri and base.sha256
-        else None
-    )
+    evaluation = tj.spec.evaluation
+    if evaluation is not None:
+        held_out = evaluation.held_out
+        new_frames = evaluation.new_frames
+        evaluation = evaluation.model_copy(
+            update={
+                "held_out": held_out.model_copy(update={"uri": _in_store(held_out.uri, default_output)}),
+                "new_frames": new_frames
+                and new_frames.model_copy(update={"uri": _in_store(new_frames.uri, default_output)}),
+            }
+        )
     return TrainerConfig(
         name=tj.metadata.name,
         namespace=tj.metadata.namespace or "default",
         attempt=attempt,
-        spec=tj.spec.model_copy(update={"dataset": dataset}),
+        spec=tj.spec.model_copy(update={"dataset": dataset, "evaluation": evaluation}),
         output_uri=output_uri(tj, default_output),
-        base_weights=weights,
+        base_weights=_weights(base),
+        baseline_weights=_weights(baseline),
         termination_log=Path(TERMINATION_LOG),
         work_dir=Path(work_dir),
     )
@@ -95,6 +132,7 @@ def desired_job(
     work_dir: str = "/scratch",
     gpu_node_selector: dict[str, str] | None = None,
     gpu_tolerations: list[Obj] | None = None,
+    baseline: BaseModel | None = None,
 ) -> Obj:
     """The batch/v1 Job of one attempt, owned by the TrainingJob."""
     spec, name = tj.spec, job_name(tj.metadata.name, attempt)
@@ -119,7 +157,7 @@ def desired_job(
     tolerations += [t for t in (gpu_tolerations if gpus else None) or [] if t not in tolerations]
     if gpus:  # GPU nodes carry this taint on AKS/EKS GPU pools with the NVIDIA device plugin
         tolerations.append({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
-    config = trainer_config(tj, attempt, default_output, base, work_dir)
+    config = trainer_config(tj, attempt, default_output, base, work_dir, baseline)
     container_env = [
         {"name": CONFIG_ENV, "value": config.model_dump_json(by_alias=True, exclude_none=True)},
         *({"name": k, "value": v} for k, v in sorted((env or {}).items())),
@@ -205,8 +243,15 @@ class TrainerTemplate:
     gpu_node_selector: Mapping[str, str] = field(default_factory=dict)
     gpu_tolerations: tuple[Obj, ...] = ()
 
-    def job(self, tj: TrainingJob, uid: str, attempt: int, base: BaseModel | None) -> Obj:
-        """The Job of attempt `attempt` of `tj` (whose uid is `uid`)."""
+    def job(
+        self,
+        tj: TrainingJob,
+        uid: str,
+        attempt: int,
+        base: BaseModel | None,
+        baseline: BaseModel | None = None,
+    ) -> Obj:
+        """The Job of attempt `attempt` of `tj` (whose uid is `uid`); `baseline`: the gate's."""
         return desired_job(
             tj,
             uid,
@@ -220,6 +265,7 @@ class TrainerTemplate:
             work_dir=self.work_dir,
             gpu_node_selector=dict(self.gpu_node_selector),
             gpu_tolerations=list(self.gpu_tolerations),
+            baseline=baseline,
         )
 
 
@@ -262,6 +308,11 @@ def artifact_from_result(tj: TrainingJob, result: TrainerResult) -> Obj:
             "classNames": result.class_names or [],
             "imgsz": result.imgsz,
             **({"metrics": metrics} if metrics else {}),
+            **(
+                {"evaluation": {"uri": result.evaluation.uri, "sha256": result.evaluation.sha256}}
+                if result.evaluation is not None
+                else {}
+            ),
             "source": {
                 "trainingJob": tj.metadata.name,
                 "attempt": result.attempt,

@@ -49,12 +49,20 @@ class TrainerConfig(_Model):
     base_weights: BaseWeights | None = Field(
         None, description="Weights to fine-tune from (`model.baseModel`)."
     )
+    baseline_weights: BaseWeights | None = Field(
+        None, description="The baseline's `onnx` file to compare with (`evaluation.baseline`)."
+    )
     termination_log: Path = Field(Path("/dev/termination-log"), description="Where the result JSON goes.")
     work_dir: Path = Field(Path("/tmp/visioninapp-trainer"), description="Local scratch directory.")
 
     def model_post_init(self, _context: object) -> None:
         if self.spec.model.base_model and self.base_weights is None:
             raise ValueError("spec.model.baseModel is set but baseWeights (its resolved pt URI) is missing")
+        evaluation = self.spec.evaluation
+        if evaluation is not None and evaluation.baseline and self.baseline_weights is None:
+            raise ValueError(
+                "spec.evaluation.baseline is set but baselineWeights (its resolved onnx URI) is missing"
+            )
 
 
 def load_config(path: Path | None = None) -> TrainerConfig:

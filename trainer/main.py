@@ -19,6 +19,7 @@ from visioninapp.datasets import DatasetError
 from visioninapp.factory import ConfigurationError, artifact_store_for, build_event_bus
 from visioninapp.settings import Settings
 from visioninapp.trainer.config import ConfigError, TrainerConfig, load_config
+from visioninapp.trainer.gate import GateError
 from visioninapp.trainer.publisher import EventPublisher
 from visioninapp.trainer.run import TrainerError, run_training
 
@@ -51,7 +52,7 @@ class _EventLogHandler(logging.Handler):
 
 def describe_failure(error: BaseException, config: TrainerConfig | None) -> str:
     """One line a user can act on."""
-    if isinstance(error, (ConfigError, DatasetError, TrainerError, ConfigurationError)):
+    if isinstance(error, (ConfigError, DatasetError, TrainerError, ConfigurationError, GateError)):
         return str(error)
     if isinstance(error, ObjectNotFound):
         return f"object not found: {error}"

@@ -32,6 +32,7 @@ from visioninapp.families import Family, family_of
 from visioninapp.resources.modelartifact import ArtifactFormat
 from visioninapp.resources.trainingjob import Hyperparameters, TrainingMetrics
 from visioninapp.trainer.config import TrainerConfig
+from visioninapp.trainer.gate import prepare_gate, run_gate
 from visioninapp.trainer.offline import prepare_offline_ultralytics
 from visioninapp.trainer.publisher import EventPublisher
 
@@ -529,6 +530,7 @@ def run_training(config: TrainerConfig, store: ArtifactStore, publisher: EventPu
         store, spec.dataset.uri, spec.dataset.data_yaml, work / "dataset", progress=_log_download
     )
     class_names = validate_dataset(dataset_root, spec.dataset.data_yaml, work / "data.resolved.yaml")
+    gate = prepare_gate(config, store, work, dataset_root, class_names)
 
     checkpoint = Checkpoint(store, config.output_uri)
     marker = checkpoint.latest()
@@ -553,6 +555,10 @@ def run_training(config: TrainerConfig, store: ArtifactStore, publisher: EventPu
         ("onnx", store.put_file(onnx_path, join_uri(config.output_uri, "weights", "model.onnx"))),
     ]
     formats = [ArtifactFormat(format=f, uri=o.uri, sha256=o.sha256, size=o.size) for f, o in uploads]
+    evaluation = None
+    if gate is not None:
+        publisher.log_line("quality gate: evaluating the candidate and the baseline on fixed data")
+        evaluation = run_gate(config, store, gate, onnx_path, uploads[1][1].uri, class_names)
     manifest_uri = join_uri(config.output_uri, "manifest.json")
     manifest = {
         "namespace": config.namespace,
@@ -568,6 +574,7 @@ def run_training(config: TrainerConfig, store: ArtifactStore, publisher: EventPu
         "export": spec.export.wire(),
         "formats": [f.wire() for f in formats],
         "metrics": final_metrics.wire(),
+        **({"evaluation": evaluation.wire()} if evaluation is not None else {}),
         "createdAt": datetime.now(UTC).isoformat(),
     }
     store.put_bytes(json.dumps(manifest, indent=2).encode(), manifest_uri)
@@ -580,4 +587,5 @@ def run_training(config: TrainerConfig, store: ArtifactStore, publisher: EventPu
         imgsz=imgsz,
         epochs_run=epochs_run,
         attempt=config.attempt,
+        evaluation=evaluation,
     )

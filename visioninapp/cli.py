@@ -56,7 +56,7 @@ def crds_generate(
         Path, typer.Option("--out", "-o", help="Directory to write the CRD files to.")
     ] = REPO_CRDS,
 ) -> None:
-    """Write crds/trainingjobs.yaml, crds/modelartifacts.yaml and crds/edgedeployments.yaml."""
+    """Write one CRD per kind (TrainingJob, ModelArtifact, EdgeDeployment, RetrainPolicy) into --out."""
     from visioninapp.crds import write_crds
 
     for path in write_crds(out):

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from visioninapp.evaluation import GateOutcome
 from visioninapp.resources.modelartifact import ArtifactFormat
 from visioninapp.resources.trainingjob import TrainingMetrics
 
@@ -134,7 +135,12 @@ class EdgeEvent(_Event):
     errors: int = Field(0, ge=0, description="Failed requests in the window.")
     p50_ms: float | None = Field(None, ge=0, description="Median latency, ms.")
     p95_ms: float | None = Field(None, ge=0, description="95th percentile latency, ms.")
-    detections_per_class: dict[str, int] = Field(default_factory=dict, description="Detections by class.")
+    detections_per_class: dict[str, int] = Field(
+        default_factory=dict, description="Detections by class, of requests and camera frames."
+    )
+    mean_confidence: float | None = Field(
+        None, ge=0, le=1, description="Mean score of those detections (a RetrainPolicy's confidence trigger)."
+    )
     low_confidence: int = Field(
         0, ge=0, description="Requests with a detection scored in the feedback range."
     )
@@ -168,6 +174,9 @@ class TrainerResult(BaseModel):
     imgsz: int = Field(description="Input size of the exported model.")
     epochs_run: int = Field(ge=0, description="Epochs completed.")
     attempt: int = Field(ge=1, description="Attempt that produced the result.")
+    evaluation: GateOutcome | None = Field(
+        None, description="The quality gate's record (URI, sha256) and verdict, when the spec asks for one."
+    )
 
     def to_termination_message(self) -> str:
         """Serialise within Kubernetes' limit, dropping class names if they do not fit."""

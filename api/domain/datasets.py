@@ -6,6 +6,7 @@ which validates and normalises the files (`visioninapp.api.ingest`) before anyth
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,7 @@ def version_out(version: DatasetVersion) -> dict[str, Any]:
         note=version.note,
         created_by=version.created_by,
         created_at=version.created_at,
+        provenance=version.provenance,
     ).model_dump(mode="json", by_alias=True)
 
 
@@ -152,12 +154,22 @@ class NewVersion:
     parent: int | None = None
 
 
-def publish_version(container: ApiContainer, new: NewVersion, source: Path, work: Path) -> dict[str, Any]:
-    """Validate and normalise `source`, upload it as the next version (manifest last), record it."""
+def publish_version(
+    container: ApiContainer,
+    new: NewVersion,
+    source: Path,
+    work: Path,
+    finish: Callable[[Path], dict[str, Any] | None] | None = None,
+) -> dict[str, Any]:
+    """Validate and normalise `source`, upload it as the next version (manifest last), record it.
+
+    `finish` sees the normalised version's folder before it is uploaded (to add a file such as the
+    feedback frames' provenance.json); what it returns is recorded as the version's provenance."""
     try:
         ingested = ingest_directory(source, work / "normalised")
     except DatasetError as error:
         raise rejected(error) from None
+    provenance = finish(ingested.root) if finish is not None else None
     files, digest = manifest_of(ingested.root)
     with container.db.session() as session:
         dataset = find_dataset(session, new.project, new.dataset)
@@ -172,7 +184,7 @@ def publish_version(container: ApiContainer, new: NewVersion, source: Path, work
     uri = new_version_uri(dataset_uri, number)
     upload_version(ingested.root, files, digest, store, uri)
     try:
-        out = _record_version(container, new, number, uri, ingested, digest)
+        out = _record_version(container, new, number, uri, ingested, digest, provenance)
     except BaseException as error:  # the row is the version: without it, the files must go
         discard_version(store, uri)
         if isinstance(error, IntegrityError):
@@ -197,7 +209,13 @@ def publish_version(container: ApiContainer, new: NewVersion, source: Path, work
 
 
 def _record_version(
-    container: ApiContainer, new: NewVersion, number: int, uri: str, ingested: Ingested, digest: str
+    container: ApiContainer,
+    new: NewVersion,
+    number: int,
+    uri: str,
+    ingested: Ingested,
+    digest: str,
+    provenance: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     with container.db.session() as session:
         dataset = find_dataset(session, new.project, new.dataset)
@@ -213,6 +231,7 @@ def _record_version(
             parent_version=new.parent if new.parent is not None else (number - 1 or None),
             note=new.note,
             created_by=new.creator,
+            provenance=provenance,
         )
         session.add(version)
         session.flush()

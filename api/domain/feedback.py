@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,8 +18,23 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from visioninapp.api.container import ApiContainer
-from visioninapp.api.db import FeedbackFrame, FrameAnnouncement
+from visioninapp.api.db import (
+    AnnotationChange,
+    Dataset,
+    DatasetVersion,
+    FeedbackFrame,
+    FrameAnnouncement,
+    utcnow,
+)
 from visioninapp.api.domain.datasets import NewVersion, find_dataset, publish_version, workspace
+from visioninapp.api.domain.labels import (
+    Included,
+    current_labels,
+    decide,
+    frame_id_of_image,
+    provenance_summary,
+    review_change,
+)
 from visioninapp.api.paging import fetch_page, page, page_of
 from visioninapp.api.schemas import FeedbackOut
 from visioninapp.backends.storage import ArtifactStore, ObjectNotFound
@@ -41,6 +58,7 @@ log = logging.getLogger(__name__)
 MAX_ID = 2**63 - 1  # the database's BIGINT
 ANNOUNCED_BATCH = 500  # announcements imported per project and sync pass
 IMPORT_PAGE = 1000  # the import answers with at most this many of the frames it imported
+PROVENANCE = "provenance.json"  # in a dataset version: where each feedback image's labels came from
 
 
 def feedback_out(frame: FeedbackFrame) -> dict[str, Any]:
@@ -54,6 +72,8 @@ def feedback_out(frame: FeedbackFrame) -> dict[str, Any]:
         detections=frame.detections,
         captured_at=frame.captured_at,
         status=frame.status,
+        review_status=frame.review_status or "pending",
+        revision=frame.revision or 0,
     ).model_dump(mode="json", by_alias=True)
 
 
@@ -199,10 +219,32 @@ def _document(project: str, item: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class _Chosen:
+    """A frame a new dataset version takes, with the labels it takes and their provenance."""
+
+    frame_id: int
+    image_uri: str
+    included: Included
+    entry: dict[str, Any]  # its provenance record, less the image path
+
+
 def accept_frames(
-    container: ApiContainer, project: str, dataset: str, ids: list[int], note: str, creator: str
+    container: ApiContainer,
+    project: str,
+    dataset: str,
+    ids: list[int],
+    note: str,
+    creator: str,
+    auto_accept_min_score: float | None = None,
 ) -> dict[str, Any]:
-    """A new version of `dataset`: its latest plus the frames, the edge's detections as their labels."""
+    """A new version of `dataset`: its latest plus the frames' reviewed labels.
+
+    Frames pending review are left out unless `auto_accept_min_score` is given: then the model's
+    proposals scoring at least that are their labels, and the frames are marked `auto-accepted`.
+    Rejected frames are always left out. The version's provenance.json names, per feedback image,
+    the frame, who reviewed it and when (or the threshold that auto-accepted it) and each label's
+    source; its counts are on the version's row."""
     if any(not 1 <= frame_id <= MAX_ID for frame_id in ids):
         raise ApiError(422, f"feedback ids are 1 to {MAX_ID}; take them from the feedback list")
     with container.db.session() as session:
@@ -217,7 +259,15 @@ def accept_frames(
         missing = sorted(set(ids) - {f.id for f in frames})
         if missing:
             raise ApiError(404, f"feedback frames {missing} not found in {project!r}")
-        chosen = [(f.id, f.image_uri, f.detections) for f in frames]
+        chosen, excluded = _choose(frames, auto_accept_min_score, creator)
+    if not chosen:
+        reasons = "; ".join(f"frame {e['frame']}: {e['reason']}" for e in excluded[:20])
+        raise ApiError(
+            409,
+            f"none of the frames can join {dataset}: {reasons}. Review them first (the console's Review "
+            "page, or POST .../feedback/{id}/accept), or give autoAcceptMinScore to take the model's "
+            "proposals scoring at least that",
+        )
     new = NewVersion(
         project,
         dataset,
@@ -230,19 +280,157 @@ def accept_frames(
         fetch_dataset(
             container.store_for(latest_uri), latest_uri, "data.yaml", source
         )  # the manifest's files
-        for frame_id, image_uri, detections in chosen:
-            image_path = source / "images" / "train" / f"feedback_{frame_id}.jpg"
-            container.store_for(image_uri).get_file(image_uri, image_path)
-            write_pseudo_labels(image_path, detections, names)
-        out = publish_version(container, new, source, work)
-    with container.db.session() as session:
-        session.execute(
-            update(FeedbackFrame)
-            .where(FeedbackFrame.project_name == project, FeedbackFrame.id.in_(ids))
-            .values(status="accepted"),
-            execution_options={"synchronize_session": False},
-        )
+        for frame in chosen:
+            image_path = source / "images" / "train" / f"feedback_{frame.frame_id}.jpg"
+            container.store_for(frame.image_uri).get_file(frame.image_uri, image_path)
+            write_pseudo_labels(image_path, _dataset_labels(frame, names, dataset), names)
+        earlier = _earlier_provenance(source)
+
+        def finish(root: Path) -> dict[str, Any]:
+            return _write_provenance(root, earlier, chosen, excluded, auto_accept_min_score)
+
+        out = publish_version(container, new, source, work, finish)
+    _mark_included(container, project, dataset, out["version"], chosen, creator, auto_accept_min_score)
     return out
+
+
+def _choose(
+    frames: Sequence[FeedbackFrame], min_score: float | None, creator: str
+) -> tuple[list[_Chosen], list[dict[str, Any]]]:
+    chosen: list[_Chosen] = []
+    excluded: list[dict[str, Any]] = []
+    now = utcnow().isoformat()
+    for frame in sorted(frames, key=lambda f: f.id):
+        labels = current_labels(frame.labels, frame.detections)
+        decision = decide(frame.id, frame.review_status, labels, frame.detections, min_score)
+        if isinstance(decision, str):
+            excluded.append({"frame": frame.id, "reason": decision})
+            continue
+        auto = decision.review == "auto-accepted"
+        entry = {
+            "frame": frame.id,
+            "deployment": frame.deployment,
+            "node": frame.node,
+            "model": frame.model,
+            "capturedAt": frame.captured_at.isoformat(),
+            "review": decision.review,
+            "reviewer": None if auto else frame.reviewed_by,
+            "reviewedAt": None
+            if decision.newly_auto_accepted or frame.reviewed_at is None
+            else frame.reviewed_at.isoformat(),
+            "acceptedBy": creator,
+            "acceptedAt": now,
+            "autoAcceptMinScore": min_score if decision.newly_auto_accepted else None,
+            "labels": [{**label.to_json(), "provenance": decision.review} for label in decision.labels],
+        }
+        chosen.append(_Chosen(frame.id, frame.image_uri, decision, entry))
+    return chosen, excluded
+
+
+def _dataset_labels(frame: _Chosen, names: list[str], dataset: str) -> list[dict[str, Any]]:
+    """The frame's labels with the dataset's class ids (matched by class name)."""
+    out = []
+    for label in frame.included.labels:
+        if label.class_name in names:
+            class_id = names.index(label.class_name)
+        elif not label.class_name and 0 <= label.class_id < len(names):
+            class_id = label.class_id
+        else:
+            raise ApiError(
+                422,
+                f"frame {frame.frame_id}: label {label.id}'s class {label.class_name!r} is not a class of "
+                f"{dataset} ({', '.join(names)}); change the label's class, or add the frames to a "
+                "dataset with that class",
+            )
+        out.append({"classId": class_id, "box": list(label.box)})
+    return out
+
+
+def _earlier_provenance(source: Path) -> dict[int, dict[str, Any]]:
+    """The provenance of the feedback images the latest version has already, by frame id."""
+    path = source / PROVENANCE
+    if not path.is_file():
+        return {}
+    try:
+        images = json.loads(path.read_text()).get("images") or {}
+    except (ValueError, AttributeError):
+        log.warning("ignoring an unreadable %s in %s", PROVENANCE, source)
+        return {}
+    return {int(e["frame"]): e for e in images.values() if isinstance(e, dict) and "frame" in e}
+
+
+def _write_provenance(
+    root: Path,
+    earlier: dict[int, dict[str, Any]],
+    chosen: list[_Chosen],
+    excluded: list[dict[str, Any]],
+    min_score: float | None,
+) -> dict[str, Any]:
+    """provenance.json in the normalised version: every feedback image, by its path in the version."""
+    entries = {**earlier, **{frame.frame_id: frame.entry for frame in chosen}}
+    images: dict[str, dict[str, Any]] = {}
+    for path in sorted((root / "images").rglob("*.jpg")):
+        frame_id = frame_id_of_image(path.name)
+        if frame_id is not None and frame_id in entries:
+            images[path.relative_to(root).as_posix()] = entries[frame_id]
+    present = {e["frame"] for e in images.values()}
+    dropped = [
+        {"frame": f.frame_id, "reason": "a duplicate of an image the dataset has already"}
+        for f in chosen
+        if f.frame_id not in present
+    ]
+    added = [f.frame_id for f in chosen if f.frame_id in present]
+    (root / PROVENANCE).write_text(json.dumps({"format": 1, "images": images}, indent=1, sort_keys=True))
+    return provenance_summary(images, added, [*excluded, *dropped], min_score)
+
+
+def _mark_included(
+    container: ApiContainer,
+    project: str,
+    dataset: str,
+    number: int,
+    chosen: list[_Chosen],
+    creator: str,
+    min_score: float | None,
+) -> None:
+    """The frames are in the version now; those its threshold accepted are marked so, with a
+    history row each."""
+    with container.db.session() as session:
+        version_id = session.scalars(
+            select(DatasetVersion.id)
+            .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
+            .where(Dataset.project_name == project, Dataset.name == dataset, DatasetVersion.version == number)
+        ).first()
+        for frame in chosen:
+            values: dict[str, Any] = {"status": "accepted", "dataset_version_id": version_id}
+            row = session.get(FeedbackFrame, frame.frame_id)
+            if row is None:
+                continue
+            if frame.included.newly_auto_accepted:
+                status, change = review_change("auto-accept", row.review_status, frame.included.labels)
+                values.update(
+                    review_status=status,
+                    labels=[label.to_json() for label in frame.included.labels],
+                    revision=row.revision + 1,
+                )
+                session.add(
+                    AnnotationChange(
+                        project_name=project,
+                        frame_id=row.id,
+                        revision=row.revision + 1,
+                        action=change.action,
+                        label_id=None,
+                        label_before=change.before,
+                        label_after=change.after,
+                        note=f"model proposals scoring at least {min_score}, taken into {dataset} v{number}",
+                        who=creator,
+                        at=utcnow(),
+                    )
+                )
+            session.execute(
+                update(FeedbackFrame).where(FeedbackFrame.id == row.id).values(**values),
+                execution_options={"synchronize_session": False},
+            )
 
 
 def write_pseudo_labels(image_path: Path, detections: list[dict[str, Any]], names: list[str]) -> None:

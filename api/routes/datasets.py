@@ -4,26 +4,39 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Response, UploadFile
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from fastapi import Path as PathParam
 
-from visioninapp.api.domain import datasets, feedback
+from visioninapp.api.domain import datasets, feedback, labelling
 from visioninapp.api.domain.datasets import NewVersion
+from visioninapp.api.domain.labels import AddBox, DeleteBox, EditBox, ReplaceLabels, Replacement
 from visioninapp.api.domain.uploads import LooseFiles, upload_archive, upload_files
 from visioninapp.api.routes.common import Limit, Offset
 from visioninapp.api.schemas import (
+    LABEL_ID_PATTERN,
     DatasetIn,
     DatasetOut,
     DatasetVersionOut,
     FeedbackAccept,
     FeedbackOut,
+    FrameReviewOut,
+    LabelAdd,
+    LabelPatch,
+    LabelsReplace,
     Page,
+    ReviewDecision,
 )
 from visioninapp.api.security import Container, ProjectReader, ProjectWriter
 
 router = APIRouter(tags=["datasets"])
 
 FrameId = Annotated[int, PathParam(ge=1, le=feedback.MAX_ID, description="A feedback frame's id.")]
+LabelId = Annotated[
+    str, PathParam(max_length=10, pattern=LABEL_ID_PATTERN, description="A label of the frame, e.g. `b2`.")
+]
+RevisionQuery = Annotated[
+    int, Query(ge=0, le=2**31 - 1, description="The frame's revision you loaded; a stale one is a 409.")
+]
 
 
 @router.get(
@@ -136,9 +149,106 @@ def feedback_image(frame_id: FrameId, access: ProjectReader, container: Containe
     "/projects/{project}/feedback/accept",
     response_model=DatasetVersionOut,
     status_code=201,
-    summary="Add frames to a new dataset version (the edge's detections become their starting labels)",
+    summary="Add frames to a new dataset version with their reviewed labels (pending frames only "
+    "with autoAcceptMinScore: the model's proposals scoring at least that)",
 )
 def accept_feedback(body: FeedbackAccept, access: ProjectWriter, container: Container) -> Any:
     return feedback.accept_frames(
-        container, access.project, body.dataset, body.ids, body.note, access.user.label
+        container,
+        access.project,
+        body.dataset,
+        body.ids,
+        body.note,
+        access.user.label,
+        body.auto_accept_min_score,
+    )
+
+
+# Review: a person (or a script, or another labelling tool) checks each frame's labels -------------
+
+
+@router.get(
+    "/projects/{project}/feedback/review-queue",
+    response_model=Page[FeedbackOut],
+    summary="Frames waiting for review, oldest first",
+)
+def review_queue(access: ProjectReader, container: Container, limit: Limit = 50, offset: Offset = 0) -> Any:
+    return labelling.review_queue(container, access.project, limit, offset)
+
+
+@router.get(
+    "/projects/{project}/feedback/{frame_id}",
+    response_model=FrameReviewOut,
+    summary="One frame: its labels, review status, revision and annotation history",
+)
+def get_feedback_frame(frame_id: FrameId, access: ProjectReader, container: Container) -> Any:
+    return labelling.get_frame(container, access.project, frame_id)
+
+
+@router.post(
+    "/projects/{project}/feedback/{frame_id}/labels",
+    response_model=FrameReviewOut,
+    status_code=201,
+    summary="Draw a new box",
+)
+def add_label(frame_id: FrameId, body: LabelAdd, access: ProjectWriter, container: Container) -> Any:
+    edit = AddBox(body.class_id, body.box)
+    return labelling.edit_labels(container, access.project, frame_id, body.revision, edit, access.user.label)
+
+
+@router.put(
+    "/projects/{project}/feedback/{frame_id}/labels",
+    response_model=FrameReviewOut,
+    summary="Replace the frame's labels (for other labelling tools): one history row per difference",
+)
+def replace_labels(
+    frame_id: FrameId, body: LabelsReplace, access: ProjectWriter, container: Container
+) -> Any:
+    edit = ReplaceLabels(tuple(Replacement(item.class_id, item.box, item.id) for item in body.labels))
+    return labelling.edit_labels(container, access.project, frame_id, body.revision, edit, access.user.label)
+
+
+@router.patch(
+    "/projects/{project}/feedback/{frame_id}/labels/{label_id}",
+    response_model=FrameReviewOut,
+    summary="Move or resize a box (`box`), change its class (`classId`), or both",
+)
+def change_label(
+    frame_id: FrameId, label_id: LabelId, body: LabelPatch, access: ProjectWriter, container: Container
+) -> Any:
+    edit = EditBox(label_id, body.box, body.class_id)
+    return labelling.edit_labels(container, access.project, frame_id, body.revision, edit, access.user.label)
+
+
+@router.delete(
+    "/projects/{project}/feedback/{frame_id}/labels/{label_id}",
+    response_model=FrameReviewOut,
+    summary="Delete a box",
+)
+def delete_label(
+    frame_id: FrameId, label_id: LabelId, revision: RevisionQuery, access: ProjectWriter, container: Container
+) -> Any:
+    edit = DeleteBox(label_id)
+    return labelling.edit_labels(container, access.project, frame_id, revision, edit, access.user.label)
+
+
+@router.post(
+    "/projects/{project}/feedback/{frame_id}/accept",
+    response_model=FrameReviewOut,
+    summary="Accept the frame with its current labels (reviewed)",
+)
+def accept_frame(frame_id: FrameId, body: ReviewDecision, access: ProjectWriter, container: Container) -> Any:
+    return labelling.decide_frame(
+        container, access.project, frame_id, body.revision, "accept", body.note, access.user.label
+    )
+
+
+@router.post(
+    "/projects/{project}/feedback/{frame_id}/reject",
+    response_model=FrameReviewOut,
+    summary="Reject the frame: it joins no dataset version",
+)
+def reject_frame(frame_id: FrameId, body: ReviewDecision, access: ProjectWriter, container: Container) -> Any:
+    return labelling.decide_frame(
+        container, access.project, frame_id, body.revision, "reject", body.note, access.user.label
     )

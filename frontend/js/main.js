@@ -9,6 +9,7 @@ import * as models from "./views/models.js";
 import * as notifications from "./views/notifications.js";
 import * as overview from "./views/overview.js";
 import * as playground from "./views/playground.js";
+import * as review from "./views/review.js";
 import * as search from "./views/search.js";
 import * as training from "./views/training.js";
 
@@ -22,6 +23,7 @@ const SECTIONS = [
   ["deployments", "Deployments"],
   ["playground", "Playground"],
   ["datasets", "Datasets"],
+  ["review", "Review"],
   ["notifications", "Notifications"],
 ];
 
@@ -102,7 +104,7 @@ export async function route() {
   state.role = project.role;
   const [section = "overview", ...rest] = parts.slice(2);
   renderChrome(section);
-  const views = { overview, training, models, deployments, playground, datasets, notifications, search };
+  const views = { overview, training, models, deployments, playground, datasets, review, notifications, search };
   const view = views[section];
   if (!view) {
     setPage("Not found", h("div", { class: "alert alert-warning" }, `No page ${section}.`));

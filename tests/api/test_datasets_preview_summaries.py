@@ -135,6 +135,19 @@ def test_feedback_frames_become_a_new_dataset_version(api: ApiEnv, dataset_dir: 
         f"/api/v1/search?q=jetson&collections=feedback&project={project}", headers=alice
     ).json()
     assert [h["id"] for h in found] == [str(synced["items"][0]["id"])]
+    # Only reviewed labels reach a dataset version (tests/api/test_reviews.py has the rest): the
+    # frame is still pending, so it joins nothing until a person accepts it.
+    frame_id = synced["items"][0]["id"]
+    pending = api.client.post(
+        f"/api/v1/projects/{project}/feedback/accept",
+        json={"ids": [frame_id], "dataset": "shapes"},
+        headers=alice,
+    )
+    assert pending.status_code == 409 and "pending review" in pending.json()["error"]["message"]
+    reviewed = api.client.post(
+        f"/api/v1/projects/{project}/feedback/{frame_id}/accept", json={"revision": 0}, headers=alice
+    )
+    assert reviewed.status_code == 200, reviewed.text
     accepted = api.client.post(
         f"/api/v1/projects/{project}/feedback/accept",
         json={"ids": [synced["items"][0]["id"]], "dataset": "shapes"},

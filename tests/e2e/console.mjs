@@ -1,6 +1,7 @@
 // Drives the console in Debian's chromium with playwright-core; prints one JSON line with results.
 // Env: APP_URL, AUTH_HOST (emulator host:port), EMAIL, VIEWER_EMAIL, PASSWORD, PROJECT, ARTIFACTS,
-// CONSOLE_DIR, SEEN_DIR (where it notes each live step it saw, for the test's fake trainer).
+// CONSOLE_DIR, SEEN_DIR (where it notes each live step it saw, for the test's fake trainer),
+// REVIEW_FRAME (a hard frame's id, for the review pages).
 import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { createHash } from "node:crypto";
 import { createRequire } from "node:module";
@@ -251,7 +252,8 @@ try {
     ["model-list", "models"], ["model-detail", "models/e2e-run-v1"], ["model-compare", "models/compare?a=shapes-v1&b=shapes-v2"],
     ["deployment-list", "deployments"], ["deployment-new", "deployments/new"], ["deployment-detail", "deployments/e2e-canary"],
     ["deployment-yard", "deployments/yard"], ["deployment-dock", "deployments/dock"], ["playground", "playground"],
-    ["datasets", "datasets"], ["notifications", "notifications"], ["search", "search?q=shapes"],
+    ["datasets", "datasets"], ["review-queue", "review"], ["review-frame", `review/${process.env.REVIEW_FRAME}`],
+    ["notifications", "notifications"], ["search", "search?q=shapes"],
   ];
   for (const viewport of [DESKTOP, PHONE]) {
     await step(`tour-${viewport.width}`, async () => {
@@ -291,6 +293,12 @@ try {
       if (await page.getByRole("button", { name: label }).count()) problems.push(`a viewer sees ${label}`);
     }
     await checkPage("viewer-training-detail");
+    await page.goto(at(`review/${process.env.REVIEW_FRAME}`));
+    await page.getByRole("heading", { name: `Review frame ${process.env.REVIEW_FRAME}` }).waitFor();
+    for (const label of ["Accept frame (Enter)", "Reject frame (R)", "Delete selected box"]) {
+      if (await page.getByRole("button", { name: label }).count()) problems.push(`a viewer sees ${label}`);
+    }
+    await checkPage("viewer-review-frame");
   });
   await step("cold-load", async () => {
     // The overview loaded cold (empty cache, signed in) over Chrome's Fast 3G profile: 562.5 ms

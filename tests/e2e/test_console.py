@@ -473,6 +473,19 @@ def _seed_edge(env: dict[str, Any], work: Path, now: datetime) -> None:
             )
 
 
+def _first_frame(env: dict[str, Any]) -> int:
+    from sqlalchemy import func, select
+
+    from visioninapp.api.db import FeedbackFrame
+
+    with env["services"].db.session() as session:
+        first = session.scalar(
+            select(func.min(FeedbackFrame.id)).where(FeedbackFrame.project_name == "vision")
+        )
+    assert first is not None
+    return int(first)
+
+
 def _wait_for_notifications(env: dict[str, Any]) -> None:
     import httpx
 
@@ -575,6 +588,7 @@ def test_console_end_to_end(console: dict[str, Any], exported_model: Any, tmp_pa
     from visioninapp.backends.storage import sha256_file
 
     seed_content(console, exported_model.onnx, tmp_path)
+    review_frame = _first_frame(console)
     stop = threading.Event()
     seen = tmp_path / "seen"
     seen.mkdir()
@@ -599,6 +613,7 @@ def test_console_end_to_end(console: dict[str, Any], exported_model: Any, tmp_pa
                 "SEEN_DIR": str(seen),
                 "OLD_RUNS": ",".join(OLD_RUNS),
                 "HARD_FRAMES": str(HARD_FRAMES),
+                "REVIEW_FRAME": str(review_frame),
                 "E2E_RUN_SHA256": sha256_file(exported_model.onnx),
             },
             capture_output=True,

@@ -193,8 +193,19 @@ API_NEEDS: dict[Grant, str] = {
     ("list", GROUP, "edgedeployments"): "GET /projects/{p}/deployments",
     ("patch", GROUP, "edgedeployments"): "PATCH /projects/{p}/deployments/{name}",
     ("delete", GROUP, "edgedeployments"): "DELETE /projects/{p}/deployments/{name}",
+    ("create", GROUP, "retrainpolicies"): "POST /projects/{p}/retrain-policies",
+    ("get", GROUP, "retrainpolicies"): "GET /projects/{p}/retrain-policies/{name}",
+    ("list", GROUP, "retrainpolicies"): "GET /projects/{p}/retrain-policies",
+    ("patch", GROUP, "retrainpolicies/status"): "POST /projects/{p}/retrain-policies/{name}/evaluate",
     ("list", "", "events"): "GET /projects/{p}/deployments/{name}/events",
     ("list", "", "nodes"): "GET /projects/{p}/training-capacity",
+}
+# A policy the API's routes create, read and evaluate (nothing in production: it only waits).
+RETRAIN_SPEC: Obj = {
+    "line": "shapes",
+    "triggers": {"reviewedFrames": 10},
+    "training": {"dataset": "shapes"},
+    "gate": {"heldOut": {"uri": "s3://datasets/shapes-held-out"}},
 }
 # Checked by admission on another request: without it, that request is the one refused.
 REFUSED_AS: dict[Grant, tuple[Grant, str]] = {
@@ -1388,7 +1399,8 @@ class ApiLab(Lab):
 
     def scenario(self, name: str, key: str) -> Trial:
         method, _, route = name.partition(" ")
-        kind = next(k for k in ("training-jobs", "deployments", "models", "projects") if k in route)
+        kinds = ("training-jobs", "deployments", "models", "retrain-policies", "projects")
+        kind = next(k for k in kinds if k in route)
         path = route.replace("/projects/{p}", f"/projects/{self.namespace}").replace("{name}", key)
         body: Obj | None = None
         prepare: Callable[[], object] = _nothing
@@ -1404,6 +1416,8 @@ class ApiLab(Lab):
         elif kind == "training-jobs":
             spec = {"model": {"architecture": "yolo11n"}, "dataset": {"uri": "s3://datasets/helmets/v3"}}
             body = {"name": key, "spec": {**spec, "resources": {"gpu": {"count": 1}}}}
+        elif kind == "retrain-policies":
+            body = {"name": key, "spec": RETRAIN_SPEC}
         else:
             body = {"name": key, "spec": {"modelRef": "v1"}}
         return Trial(
@@ -1419,6 +1433,9 @@ class ApiLab(Lab):
         elif kind == "deployments":
             body = {"metadata": {"name": name}, "spec": {"modelRef": "v1"}}
             self.cluster.create(GROUP, "edgedeployments", self.namespace, body)
+        elif kind == "retrain-policies":
+            body = {"metadata": {"name": name}, "spec": RETRAIN_SPEC}
+            self.cluster.create(GROUP, "retrainpolicies", self.namespace, body)
         else:
             path = self.bench.work / "models" / f"api-{name}.onnx"
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -86,6 +86,7 @@ def test_names_columns_and_categories() -> None:
         "TrainingJob": ["tj"],
         "ModelArtifact": ["ma"],
         "EdgeDeployment": ["ed"],
+        "RetrainPolicy": ["rp"],
     }
     for crd in by_kind.values():
         assert crd["spec"]["group"] == "visioninapp.io"

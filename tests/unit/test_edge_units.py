@@ -16,7 +16,15 @@ import pytest
 from tests.helpers import SwitchableBus
 from visioninapp.backends.events import LocalEventLog
 from visioninapp.backends.storage import LocalArtifactStore
-from visioninapp.edge.inference import Detector, choose_providers, decode_yolox, letterbox, nms, yolox_resize
+from visioninapp.edge.inference import (
+    Detection,
+    Detector,
+    choose_providers,
+    decode_yolox,
+    letterbox,
+    nms,
+    yolox_resize,
+)
 from visioninapp.edge.models import ModelManager, ModelSpec
 from visioninapp.edge.runtime import EdgeRuntime, ModelGovernedError
 from visioninapp.edge.telemetry import Spool, WindowStats, publish_spool
@@ -158,12 +166,15 @@ def test_end_to_end_head_needs_no_nms_and_is_rescaled() -> None:
 def test_spool_numbers_survive_restarts_and_publishing_is_idempotent(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool", ".json")
     window = WindowStats()
-    for latency in (10.0, 20.0, 30.0):
-        window.record(latency, False, ["helmet"], latency > 25)
-    window.record(5.0, True, [], False)
+    for latency, score in ((10.0, 0.9), (20.0, 0.8), (30.0, 0.3)):
+        window.record(latency, False, latency > 25, [Detection((0, 0, 1, 1), score, 0, "helmet")])
+    window.record(5.0, True, False)
+    window.detected([Detection((0, 0, 1, 1), 0.6, 1, "vest")])  # a camera frame: not a request
     event = window.close(namespace="ns", deployment="d", node="n", revision="r")
     assert (event.requests, event.errors, event.low_confidence) == (4, 1, 1)
-    assert event.p50_ms == 20.0 and event.detections_per_class == {"helmet": 3}
+    assert event.p50_ms == 20.0 and event.detections_per_class == {"helmet": 3, "vest": 1}
+    assert event.mean_confidence == pytest.approx((0.9 + 0.8 + 0.3 + 0.6) / 4)
+    assert WindowStats().close(namespace="ns", deployment="d", node="n", revision="r").mean_confidence is None
     spool.add(event.to_bytes())
     bus = SwitchableBus(LocalEventLog(tmp_path / "bus"), up=False)
     assert publish_spool(spool, bus, "edge-events", "edge.ns.d.n") == 0 and len(spool.items()) == 1

@@ -7,13 +7,13 @@ from typing import Any
 
 from tests.unit.test_operator_rollout import NOW, deployment, fleet, pods, revision_of
 from visioninapp.k8s import MANAGED_BY
+from visioninapp.lines import stage_holder
 from visioninapp.operator.daemonset import EdgeTemplate
 from visioninapp.operator.lines import (
     STAGE_CONFLICT,
     decide_stage,
     line_target,
     newer_holder,
-    stage_holder,
 )
 from visioninapp.operator.rollout import plan_rollout
 from visioninapp.operator.rollout_step import PodView

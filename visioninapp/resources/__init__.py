@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from visioninapp.resources.base import API_VERSION, GROUP, VERSION, KubeModel
 from visioninapp.resources.edgedeployment import EdgeDeploymentSpec, EdgeDeploymentStatus
 from visioninapp.resources.modelartifact import ModelArtifactSpec, ModelArtifactStatus
+from visioninapp.resources.retrainpolicy import RetrainPolicySpec, RetrainPolicyStatus
 from visioninapp.resources.trainingjob import TrainingJobSpec, TrainingJobStatus
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "ObjectMeta",
     "PrinterColumn",
     "ResourceKind",
+    "RetrainPolicy",
     "TrainingJob",
     "resource_for_kind",
 ]
@@ -70,6 +72,10 @@ class ModelArtifact(CustomObject[ModelArtifactSpec, ModelArtifactStatus]):
 
 class EdgeDeployment(CustomObject[EdgeDeploymentSpec, EdgeDeploymentStatus]):
     kind: str = "EdgeDeployment"
+
+
+class RetrainPolicy(CustomObject[RetrainPolicySpec, RetrainPolicyStatus]):
+    kind: str = "RetrainPolicy"
 
 
 @dataclass(frozen=True)
@@ -135,6 +141,11 @@ RESOURCES: tuple[ResourceKind, ...] = (
             PrinterColumn("Stage", ".spec.stage"),
             PrinterColumn("Phase", ".status.phase"),
             PrinterColumn("mAP50-95", ".spec.metrics.mAP50_95", "number"),
+            PrinterColumn(
+                "Gate",
+                '.status.conditions[?(@.type=="QualityGate")].reason',
+                description="Quality gate: Passed, Failed (see status.qualityGate.reasons) or RecordInvalid",
+            ),
             _AGE,
         ),
         description="An immutable, checksummed model version in object storage.",
@@ -157,6 +168,24 @@ RESOURCES: tuple[ResourceKind, ...] = (
             _AGE,
         ),
         description="A staged, health-gated rollout of a ModelArtifact to edge nodes.",
+    ),
+    ResourceKind(
+        kind="RetrainPolicy",
+        plural="retrainpolicies",
+        singular="retrainpolicy",
+        short_names=("rp",),
+        spec_model=RetrainPolicySpec,
+        status_model=RetrainPolicyStatus,
+        object_model=RetrainPolicy,
+        printer_columns=(
+            PrinterColumn("Line", ".spec.line"),
+            PrinterColumn("Phase", ".status.phase"),
+            PrinterColumn("Ready", ".status.readyFrames", "integer", "Frames with labels ready"),
+            PrinterColumn("Runs", ".status.runs", "integer"),
+            PrinterColumn("Candidate", ".status.candidate"),
+            _AGE,
+        ),
+        description="When and how a model line is fine-tuned on its fleet's hard frames, gated, promoted.",
     ),
 )
 

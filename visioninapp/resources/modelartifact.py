@@ -20,10 +20,13 @@ from visioninapp.resources.trainingjob import TrainingMetrics
 __all__ = [
     "ArtifactFormat",
     "ArtifactSource",
+    "EvaluationRef",
     "FormatName",
+    "GateScores",
     "ModelArtifactPhase",
     "ModelArtifactSpec",
     "ModelArtifactStatus",
+    "QualityGateStatus",
     "Stage",
 ]
 
@@ -53,6 +56,13 @@ class ArtifactSource(KubeModel):
     )
 
 
+class EvaluationRef(KubeModel):
+    """The quality gate's evaluation record of this version (visioninapp/evaluation.py)."""
+
+    uri: StorageUri = Field(description="Where the record (JSON) is, next to the weights.")
+    sha256: Sha256 = Field(description="Lowercase hex SHA-256 of the record; checked before it is read.")
+
+
 class ModelArtifactSpec(KubeModel):
     """A trained model version. Everything but `stage` is immutable."""
 
@@ -79,6 +89,9 @@ class ModelArtifactSpec(KubeModel):
     imgsz: int = Field(640, ge=32, le=4096, description="Input size the model was trained and exported at.")
     metrics: TrainingMetrics | None = Field(None, description="Validation metrics of the model.")
     source: ArtifactSource = Field(default_factory=ArtifactSource, description="Lineage.")
+    evaluation: EvaluationRef | None = Field(
+        None, description="The quality gate's per-class evaluation record (candidate vs baseline)."
+    )
     stage: Stage = Field(
         "candidate", description="Lifecycle stage; the only field that may change after creation."
     )
@@ -107,17 +120,47 @@ def _immutable_except_stage() -> CelRule:
 ModelArtifactSpec.cel_rules = (_immutable_except_stage(),)
 
 
+Score = Annotated[float, Field(ge=0, le=1)]
+
+
+class GateScores(KubeModel):
+    """mAP50-95 of the candidate (this version) and of the baseline on one dataset."""
+
+    candidate: Score = Field(description="This version's mAP50-95.")
+    baseline: Score | None = Field(None, description="The baseline's mAP50-95.")
+    drop: float | None = Field(None, ge=-1, le=1, description="Baseline minus candidate (positive: worse).")
+
+
+class QualityGateStatus(KubeModel):
+    """The verdict of the checked evaluation record, in short (the record has every class)."""
+
+    passed: bool = Field(description="Whether the gate passed; a failed version must not be promoted.")
+    baseline: DnsSubdomain | None = Field(None, description="ModelArtifact compared with.")
+    held_out: GateScores = Field(description="On the held-out set (gating).")
+    new_frames: GateScores | None = Field(None, description="On the new frames (reported only).")
+    max_drop: float = Field(ge=0, le=1, description="Allowed held-out mAP50-95 drop.")
+    max_class_drop: float | None = Field(None, ge=0, le=1, description="Allowed per-class AP50-95 drop.")
+    reasons: Annotated[list[Annotated[str, Field(max_length=1024)]], Field(max_length=32)] = Field(
+        default_factory=list, description="Each failed check: which metric or class dropped, by how much."
+    )
+
+
 class ModelArtifactStatus(KubeModel):
     """Observed state of a ModelArtifact, written only by the operator."""
 
     observed_generation: int | None = Field(None, ge=0, description="Generation last reconciled.")
     phase: ModelArtifactPhase = Field("Pending", description="`Available` once every format is verified.")
     conditions: Annotated[list[Condition], Field(max_length=16)] = Field(
-        default_factory=list, description="`Verified` (each object exists, checksum matches), `Staged`."
+        default_factory=list,
+        description="`Verified` (each object exists, checksum matches), `Staged`, `QualityGate` (the "
+        "evaluation record's checksum matches and its verdict passed).",
     )
     deployed_to: Annotated[list[DnsSubdomain], Field(max_length=256)] = Field(
         default_factory=list, description="EdgeDeployments that use this model."
     )
     message: str | None = Field(
         None, max_length=4096, description="Why the artifact is `Invalid` (a missing object, a checksum)."
+    )
+    quality_gate: QualityGateStatus | None = Field(
+        None, description="The quality gate's verdict, from the checked evaluation record."
     )

@@ -24,6 +24,7 @@ from visioninapp.resources.base import (
 __all__ = [
     "ARCHITECTURES",
     "DatasetRef",
+    "EvaluationSpec",
     "ExportOptions",
     "GpuResources",
     "Hyperparameters",
@@ -196,6 +197,30 @@ class OutputSpec(KubeModel):
     )
 
 
+class EvaluationSpec(KubeModel):
+    """The quality gate: after export the trainer compares the candidate with a baseline on fixed data
+    and stores the per-class evaluation record next to the weights (docs/quality-gate.md)."""
+
+    held_out: DatasetRef = Field(
+        description="The model line's held-out set, never trained on (its `val` split is evaluated); the "
+        "trainer refuses a held-out set that is the training dataset or shares an image with its train split."
+    )
+    new_frames: DatasetRef | None = Field(
+        None, description="The new frames (their `val` split): evaluated and reported, never gating."
+    )
+    baseline: DnsSubdomain | None = Field(
+        None,
+        description="ModelArtifact to compare with (its `onnx` format), normally the line's production; "
+        "without one the candidate is only evaluated and the gate passes.",
+    )
+    max_drop: float = Field(
+        0.01, ge=0, le=1, description="Allowed drop of held-out mAP50-95 below the baseline's."
+    )
+    max_class_drop: float | None = Field(
+        None, ge=0, le=1, description="Allowed drop of each held-out class's AP50-95; unset: not checked."
+    )
+
+
 class TrainingJobSpec(KubeModel):
     """Desired state of a TrainingJob."""
 
@@ -212,6 +237,19 @@ class TrainingJobSpec(KubeModel):
             message="spec.dataset is immutable: create a new TrainingJob for another dataset",
             field_path=".dataset",
             reason="FieldValueForbidden",
+        ),
+        CelRule(
+            rule="has(self.evaluation) == has(oldSelf.evaluation) && "
+            "(!has(self.evaluation) || self.evaluation == oldSelf.evaluation)",
+            message="spec.evaluation is immutable: the gate a run was asked for is part of its result",
+            reason="FieldValueForbidden",
+        ),
+        CelRule(
+            rule="!has(self.evaluation) || self.evaluation.heldOut.uri != self.dataset.uri",
+            message="spec.evaluation.heldOut must not be the training dataset: a held-out set is never "
+            "trained on",
+            field_path=".evaluation.heldOut.uri",
+            reason="FieldValueInvalid",
         ),
         CelRule(
             rule="self.output == oldSelf.output",
@@ -235,6 +273,9 @@ class TrainingJobSpec(KubeModel):
     )
     export: ExportOptions = Field(default_factory=ExportOptions, description="ONNX export options.")
     output: OutputSpec = Field(default_factory=OutputSpec, description="Output location and naming.")
+    evaluation: EvaluationSpec | None = Field(
+        None, description="Quality gate: compare the candidate with a baseline on a held-out set."
+    )
     suspend: bool = Field(
         False, description="Stop the running attempt and keep its checkpoint; false resumes it."
     )

@@ -1,0 +1,246 @@
+"""RetrainPolicies, run by the cluster sync (and on request): gather the facts of the policy's line
+from SQL and the cluster, decide (`visioninapp.retrain`), act, and write the policy's status.
+
+Acting is: publish the frames with labels ready as the next version of the policy's dataset, create
+the fine-tune's TrainingJob (from the line's production version, gated against it on the held-out
+set), and promote a candidate that passed its gate. The reviewed frames and the fleet's confidence
+live in the API's database, which is why the API, not the operator, runs the policies.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from visioninapp.api.container import ApiContainer
+from visioninapp.api.db import EdgeWindow, FeedbackFrame
+from visioninapp.api.domain.feedback import accept_frames
+from visioninapp.k8s import Obj, parse_time, set_condition
+from visioninapp.lines import stage_holder
+from visioninapp.resources.base import ADMITTED
+from visioninapp.resources.retrainpolicy import RetrainPolicySpec
+from visioninapp.retrain import ConfidenceWindow, LineFacts, RetrainStep, decide_retrain, retrain_job
+from visioninapp.web.errors import ApiError
+
+__all__ = ["KIND", "evaluate_policy", "run_policies"]
+
+log = logging.getLogger(__name__)
+KIND = "RetrainPolicy"
+MAX_FRAMES_PER_RUN = 10_000  # one dataset version takes at most this many new frames
+
+
+def run_policies(container: ApiContainer, project: str, artifacts: list[Obj]) -> list[Obj]:
+    """Every policy of the project, once, as stored afterwards; one policy's failure is logged and
+    does not stop the others."""
+    try:
+        policies = container.clusters.training.list(KIND, project)
+    except ApiError as error:
+        if error.status == 404:  # a cluster whose CRDs predate RetrainPolicy
+            return []
+        raise
+    after = []
+    for policy in policies:
+        try:
+            after.append(_run(container, policy, artifacts, datetime.now(UTC)))
+        except Exception:
+            log.exception("retrain policy %s/%s failed", project, policy["metadata"]["name"])
+            after.append(policy)
+    return after
+
+
+def evaluate_policy(container: ApiContainer, project: str, name: str) -> Obj:
+    """One pass of one policy now (the console's "evaluate now"); returns the policy as stored."""
+    policy = container.clusters.training.get(KIND, project, name)
+    artifacts = container.clusters.training.list("ModelArtifact", project)
+    return _run(container, policy, artifacts, datetime.now(UTC))
+
+
+def _run(container: ApiContainer, policy: Obj, artifacts: list[Obj], now: datetime) -> Obj:
+    meta, status = policy["metadata"], dict(policy.get("status") or {})
+    project, name = meta["namespace"], meta["name"]
+    spec = RetrainPolicySpec.model_validate(policy["spec"], context=ADMITTED)
+    facts = _gather(container, project, spec, status, artifacts, now)
+    step = decide_retrain(spec, status, facts, now, parse_time(meta.get("creationTimestamp")) or now)
+    patch = dict(step.status)
+    if step.start:
+        patch |= _start(container, policy, spec, status, facts, step, now)
+    if step.promote is not None:
+        container.clusters.training.patch(
+            "ModelArtifact", project, step.promote, {"spec": {"stage": spec.promote_to}}
+        )
+    conditions = list(status.get("conditions") or [])
+    generation = int(meta.get("generation") or 1)
+    for type_, value, reason, message in step.conditions:
+        conditions = set_condition(
+            conditions, type_, "True" if value else "False", reason, message[:4096], now, generation
+        )
+    patch |= {"conditions": conditions, "observedGeneration": generation}
+    changed = {k: v for k, v in patch.items() if status.get(k) != v}
+    if not changed:
+        return policy
+    return container.clusters.training.patch_status(KIND, project, name, changed)
+
+
+def _start(
+    container: ApiContainer,
+    policy: Obj,
+    spec: RetrainPolicySpec,
+    status: Obj,
+    facts: LineFacts,
+    step: RetrainStep,
+    now: datetime,
+) -> Obj:
+    """The next dataset version with the frames, then the TrainingJob; what the status records."""
+    project, name = policy["metadata"]["namespace"], policy["metadata"]["name"]
+    number = int(status.get("runs") or 0) + 1
+    run = f"{name[:230]}-r{number}"
+    frames = list(step.start[:MAX_FRAMES_PER_RUN])
+    reason = step.event[2] if step.event else "triggered"
+    record = {
+        "runs": number,
+        "run": run,
+        "candidate": None,
+        "result": None,
+        "baseline": facts.production,
+        "framesThrough": max(frames),
+        "lastTrigger": {"time": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "reason": reason[:1024]},
+    }
+    try:
+        version = accept_frames(
+            container,
+            project,
+            spec.training.dataset,
+            frames,
+            f"{len(frames)} frame(s) for {run} ({reason})",
+            f"retrain-policy/{name}",
+            spec.labels.auto_accept_min_score,
+        )
+    except ApiError as error:  # e.g. the dataset is gone: nothing was trained, the frames stay ready
+        return {
+            "phase": "Failed",
+            "message": f"cannot publish the frames into {spec.training.dataset}: {error.message}",
+        }
+    assert facts.production is not None  # decide_retrain starts nothing without it
+    job = retrain_job(policy, spec, run, facts.production, version["uri"])
+    try:
+        container.clusters.training.create(job)
+    except ApiError as error:
+        if error.status != 409:  # 409: created by an earlier pass that could not record it
+            return {
+                **record,
+                "datasetVersion": version["version"],
+                "phase": "Failed",
+                "message": f"dataset version {version['version']} published, but TrainingJob {run} "
+                f"could not be created: {error.message}",
+            }
+    return {
+        **record,
+        "datasetVersion": version["version"],
+        "message": f"{run} fine-tunes {facts.production} on {spec.training.dataset} v{version['version']} "
+        f"({len(frames)} new frame(s)); triggered: {reason}",
+    }
+
+
+def _gather(
+    container: ApiContainer,
+    project: str,
+    spec: RetrainPolicySpec,
+    status: Obj,
+    artifacts: list[Obj],
+    now: datetime,
+) -> LineFacts:
+    versions = {a["metadata"]["name"] for a in artifacts if a["spec"].get("model") == spec.line}
+    production = stage_holder(artifacts, spec.line, "production")
+    production_name = production["metadata"]["name"] if production else None
+    through = int(status.get("framesThrough") or 0)
+    with container.db.session() as session:
+        ready, pending = _frames(session, project, versions, through, spec.labels.auto_accept_min_score)
+        reference, recent = (
+            _confidence(session, project, production_name, spec.triggers.confidence_drop.window_minutes, now)
+            if spec.triggers.confidence_drop is not None and production_name
+            else (None, None)
+        )
+    run = _get(container, "TrainingJob", project, status.get("run"))
+    candidate_name = status.get("candidate") or ((run or {}).get("status") or {}).get("artifact")
+    candidate = next((a for a in artifacts if a["metadata"]["name"] == candidate_name), None)
+    return LineFacts(tuple(ready), pending, production_name, run, candidate, reference, recent)
+
+
+def _frames(
+    session: Session, project: str, versions: set[str], through: int, auto_accept: float | None
+) -> tuple[list[int], int]:
+    """Ids of the line's new frames whose labels are ready (reviewed; or pending with a proposal at
+    the auto-accept score), and how many still wait for a person."""
+    rows = session.execute(
+        select(FeedbackFrame.id, FeedbackFrame.review_status, FeedbackFrame.top_score)
+        .where(
+            FeedbackFrame.project_name == project,
+            FeedbackFrame.id > through,
+            FeedbackFrame.status == "new",
+            FeedbackFrame.model.in_(sorted(versions)),
+        )
+        .order_by(FeedbackFrame.id)
+    ).all()
+    ready, pending = [], 0
+    for frame_id, review, top in rows:
+        if review == "reviewed" or (
+            review == "pending" and auto_accept is not None and top is not None and top >= auto_accept
+        ):
+            ready.append(frame_id)
+        elif review == "pending":
+            pending += 1
+    return ready, pending
+
+
+def _confidence(
+    session: Session, project: str, production: str, minutes: int, now: datetime
+) -> tuple[ConfidenceWindow | None, ConfidenceWindow | None]:
+    """The fleet's mean confidence on the production version: over its first `minutes` of windows,
+    and over the last `minutes`."""
+    first = session.scalar(
+        select(func.min(EdgeWindow.window_start)).where(
+            EdgeWindow.project_name == project, EdgeWindow.model_version == production
+        )
+    )
+    if first is None:
+        return None, None
+    span = timedelta(minutes=minutes)
+    return (
+        _mean(session, project, production, first, first + span),
+        _mean(session, project, production, now.replace(tzinfo=None) - span, now.replace(tzinfo=None)),
+    )
+
+
+def _mean(
+    session: Session, project: str, production: str, start: datetime, end: datetime
+) -> ConfidenceWindow | None:
+    rows: Sequence[Any] = session.execute(
+        select(EdgeWindow.mean_confidence, EdgeWindow.detections_per_class).where(
+            EdgeWindow.project_name == project,
+            EdgeWindow.model_version == production,
+            EdgeWindow.window_start >= start,
+            EdgeWindow.window_end <= end,
+            EdgeWindow.mean_confidence.is_not(None),
+        )
+    ).all()
+    weighted = [(mean, sum(counts.values())) for mean, counts in rows]
+    detections = sum(count for _, count in weighted)
+    if not detections:
+        return None
+    return ConfidenceWindow(sum(mean * count for mean, count in weighted) / detections, detections)
+
+
+def _get(container: ApiContainer, kind: str, project: str, name: str | None) -> Obj | None:
+    if not name:
+        return None
+    try:
+        return container.clusters.training.get(kind, project, name)
+    except ApiError as error:
+        if error.status == 404:
+            return None
+        raise

@@ -1,0 +1,218 @@
+"""RetrainPolicies run by the API over the real services: no trigger at N-1 frames with labels ready
+and a fine-tune at N (the frames published as the dataset's next version, reviewed labels only; a
+TrainingJob from the line's production version, gated against it on the held-out set); one run at
+a time; a candidate that fails its gate promotes nothing and says why; one that passes is promoted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.api import test_reviews
+from tests.api.test_api import artifact
+from tests.api.test_reviews import Seeded, _with_dataset
+from visioninapp.api.sync import ClusterSync
+
+seeded = test_reviews.seeded  # the fixture: a project whose deployment sent three hard frames
+
+pytestmark = pytest.mark.services
+
+GROUP = "visioninapp.io"
+HELD_OUT = "s3://datasets/helmets-held-out"
+
+
+def policy(name: str = "helmets-loop", **spec: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "spec": {
+            "line": "helmets",
+            "triggers": {"reviewedFrames": 2},
+            "minIntervalMinutes": 0,
+            "training": {"dataset": "shapes", "hyperparameters": {"epochs": 3, "imgsz": 96}},
+            "gate": {"heldOut": {"uri": HELD_OUT}, "maxDrop": 0.02},
+            "promoteTo": "production",
+            **spec,
+        },
+    }
+
+
+def evaluate(seeded: Seeded, name: str = "helmets-loop") -> dict[str, Any]:
+    response = seeded.api.client.post(
+        f"/api/v1/projects/{seeded.project}/retrain-policies/{name}/evaluate",
+        headers=seeded.api.as_user("alice"),
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def runs(seeded: Seeded) -> list[dict[str, Any]]:
+    jobs = seeded.api.cluster.list(GROUP, "trainingjobs", seeded.project)
+    return [j for j in jobs if (j["metadata"].get("labels") or {}).get("visioninapp.io/retrain-policy")]
+
+
+def finish(seeded: Seeded, run: str, candidate: str, gate: dict[str, Any] | None) -> None:
+    """As the operator would: the run succeeded, its ModelArtifact exists and its gate was checked."""
+    cluster, project = seeded.api.cluster, seeded.project
+    cluster.patch(
+        GROUP,
+        "trainingjobs",
+        project,
+        run,
+        {"status": {"phase": "Succeeded", "artifact": candidate}},
+        "status",
+    )
+    cluster.create(GROUP, "modelartifacts", project, artifact(candidate, project, map5095=0.4, job=run))
+    if gate is not None:
+        passed = gate["passed"]
+        condition = {
+            "type": "QualityGate",
+            "status": "True" if passed else "False",
+            "reason": "Passed" if passed else "Failed",
+            "message": "; ".join(gate["reasons"]) or "passed",
+            "lastTransitionTime": "2026-11-30T21:00:00Z",
+        }
+        status = {"phase": "Available", "conditions": [condition], "qualityGate": gate}
+        cluster.patch(GROUP, "modelartifacts", project, candidate, {"status": status}, "status")
+
+
+def gate(passed: bool, reasons: list[str]) -> dict[str, Any]:
+    return {
+        "passed": passed,
+        "baseline": "m1",
+        "heldOut": {"candidate": 0.29 if not passed else 0.31, "baseline": 0.3},
+        "maxDrop": 0.02,
+        "reasons": reasons,
+    }
+
+
+def stage(seeded: Seeded, name: str) -> str:
+    return str(seeded.api.cluster.get(GROUP, "modelartifacts", seeded.project, name)["spec"]["stage"])
+
+
+def start(seeded: Seeded, tmp_path: Any, **spec: Any) -> None:
+    _with_dataset(seeded, tmp_path)
+    alice = seeded.api.as_user("alice")
+    promoted = seeded.api.client.patch(
+        f"/api/v1/projects/{seeded.project}/models/m1", json={"stage": "production"}, headers=alice
+    )
+    assert promoted.status_code == 200, promoted.text
+    created = seeded.api.client.post(
+        f"/api/v1/projects/{seeded.project}/retrain-policies", json=policy(**spec), headers=alice
+    )
+    assert created.status_code == 201, created.text
+
+
+def test_no_trigger_at_n_minus_1_frames_a_fine_tune_at_n(seeded: Seeded, tmp_path: Any) -> None:
+    start(seeded, tmp_path)
+    first, second, third = seeded.frames
+    seeded.ok("POST", f"/{first}/accept", json={"revision": 0})
+    waiting = evaluate(seeded)
+    assert waiting["phase"] == "Waiting" and waiting["status"]["readyFrames"] == 1
+    assert waiting["status"]["pendingFrames"] == 2
+    assert "1 of 2 frames have labels ready (2 wait for review)" in waiting["message"]
+    assert runs(seeded) == []
+    seeded.ok("POST", f"/{second}/reject", json={"revision": 0})  # a rejected frame never counts
+    assert evaluate(seeded)["status"]["readyFrames"] == 1 and runs(seeded) == []
+
+    seeded.ok("POST", f"/{third}/accept", json={"revision": 0})
+    triggered = evaluate(seeded)
+    status = triggered["status"]
+    assert triggered["phase"] == "Training" and status["runs"] == 1 and status["run"] == "helmets-loop-r1"
+    assert "2 frames with labels ready (trigger at 2)" in status["lastTrigger"]["reason"]
+    assert status["framesThrough"] == third and status["datasetVersion"] == 2 and status["baseline"] == "m1"
+    [job] = runs(seeded)
+    spec = job["spec"]
+    assert spec["model"] == {"baseModel": "m1"}  # fine-tuned from the line's production version
+    version = seeded.api.client.get(
+        f"/api/v1/projects/{seeded.project}/datasets/shapes/versions/2", headers=seeded.api.as_user("alice")
+    ).json()
+    assert spec["dataset"]["uri"] == version["uri"]
+    assert version["provenance"]["addedFrames"] == [first, third]
+    assert version["provenance"]["autoAcceptedLabels"] == 0  # the review path: people's labels only
+    assert spec["evaluation"] == {
+        "heldOut": {"uri": HELD_OUT, "dataYaml": "data.yaml"},
+        "baseline": "m1",
+        "maxDrop": 0.02,
+    }
+    assert spec["output"] == {"model": "helmets", "artifactName": "helmets-loop-r1"}
+    assert spec["hyperparameters"]["epochs"] == 3
+    # One run at a time: passes while it trains start nothing more.
+    again = evaluate(seeded)
+    assert again["phase"] == "Training" and again["status"]["runs"] == 1 and len(runs(seeded)) == 1
+    assert "helmets-loop-r1 is" in again["message"]
+
+
+def test_a_failing_gate_promotes_nothing_and_says_why(seeded: Seeded, tmp_path: Any) -> None:
+    start(seeded, tmp_path)
+    for frame in seeded.frames[:2]:
+        seeded.ok("POST", f"/{frame}/accept", json={"revision": 0})
+    evaluate(seeded)
+    finish(seeded, "helmets-loop-r1", "bad-r1", None)
+    checking = evaluate(seeded)
+    assert checking["phase"] == "Training" and "waiting for its quality gate" in checking["message"]
+    dropped = "held-out mAP50-95 dropped 0.010 (0.300 → 0.290), more than maxDrop 0.020 allows"
+    finish_gate = gate(False, [dropped])
+    seeded.api.cluster.patch(
+        GROUP,
+        "modelartifacts",
+        seeded.project,
+        "bad-r1",
+        {
+            "status": {
+                "qualityGate": finish_gate,
+                "conditions": [
+                    {
+                        "type": "QualityGate",
+                        "status": "False",
+                        "reason": "Failed",
+                        "message": dropped,
+                        "lastTransitionTime": "2026-11-30T21:00:00Z",
+                    }
+                ],
+            }
+        },
+        "status",
+    )
+    failed = evaluate(seeded)
+    assert failed["phase"] == "GateFailed" and dropped in failed["message"]
+    promoted = {c["type"]: c for c in failed["status"]["conditions"]}["Promoted"]
+    assert promoted["status"] == "False" and promoted["reason"] == "GateFailed"
+    assert stage(seeded, "bad-r1") == "candidate" and stage(seeded, "m1") == "production"
+    settled = evaluate(seeded)  # later passes keep the outcome while they wait for new frames
+    assert settled["phase"] == "GateFailed" and dropped in settled["status"]["result"]
+    assert settled["message"].startswith("waiting: 0 of 2 frames")
+    # The outcome reaches the notifications once, however many passes see it.
+    ClusterSync(seeded.api.container).sync_once()
+    ClusterSync(seeded.api.container).sync_once()
+    notes = seeded.api.client.get(
+        f"/api/v1/projects/{seeded.project}/notifications", headers=seeded.api.as_user("alice")
+    ).json()["items"]
+    gated = [n for n in notes if n["kind"] == "retrain-gate-failed"]
+    assert len(gated) == 1 and dropped in gated[0]["message"]
+
+
+def test_a_passing_candidate_is_promoted(seeded: Seeded, tmp_path: Any) -> None:
+    start(seeded, tmp_path)
+    for frame in seeded.frames[:2]:
+        seeded.ok("POST", f"/{frame}/accept", json={"revision": 0})
+    evaluate(seeded)
+    finish(seeded, "helmets-loop-r1", "good-r1", gate(True, []))
+    done = evaluate(seeded)
+    assert done["phase"] == "Promoted" and done["status"]["candidate"] == "good-r1"
+    assert stage(seeded, "good-r1") == "production"
+    # Settled: with no new frames nothing starts, and the outcome stays visible.
+    later = evaluate(seeded)
+    assert later["phase"] == "Promoted" and later["status"]["runs"] == 1 and len(runs(seeded)) == 1
+
+
+def test_auto_accept_counts_pending_frames_above_the_threshold(seeded: Seeded, tmp_path: Any) -> None:
+    start(seeded, tmp_path, labels={"autoAcceptMinScore": 0.5})
+    # Two frames propose a box at >= 0.5 (0.62, 0.55); the third (0.12) waits for a person.
+    triggered = evaluate(seeded)
+    assert triggered["phase"] == "Training" and triggered["status"]["pendingFrames"] == 1
+    version = seeded.api.client.get(
+        f"/api/v1/projects/{seeded.project}/datasets/shapes/versions/2", headers=seeded.api.as_user("alice")
+    ).json()
+    assert version["provenance"]["autoAcceptedFrames"] == 2 and version["provenance"]["reviewedFrames"] == 0

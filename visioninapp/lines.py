@@ -1,0 +1,49 @@
+"""Model lines: which version of a line holds a stage (shared by the operator, which rolls it out and
+keeps one version per stage, and the API, whose retrain policies fine-tune from it)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from visioninapp.k8s import Obj, parse_time
+
+__all__ = ["stage_holder"]
+
+_NOT_YET_RECORDED = datetime.max  # promoted after the last stage change the operator recorded
+
+
+def _promoted_at(artifact: Obj) -> tuple[datetime, str, str]:
+    """When the artifact entered its stage, as the `Staged` condition recorded it; a stage the
+    operator has not recorded yet was entered just now. Ties: the newer object, then the name."""
+    stage = artifact["spec"].get("stage", "candidate")
+    staged = next(
+        (c for c in (artifact.get("status") or {}).get("conditions") or [] if c.get("type") == "Staged"),
+        None,
+    )
+    recorded = staged is not None and staged.get("reason") == stage.capitalize()
+    when = parse_time(staged.get("lastTransitionTime")) if recorded and staged else None
+    meta = artifact["metadata"]
+    return (
+        when.replace(tzinfo=None) if when else _NOT_YET_RECORDED,
+        meta.get("creationTimestamp") or "",
+        meta["name"],
+    )
+
+
+def _holders(artifacts: Iterable[Obj], line: str, stage: str) -> list[Obj]:
+    """The line's versions in `stage`, latest promoted first."""
+    found = [
+        a
+        for a in artifacts
+        if a["spec"].get("model") == line
+        and a["spec"].get("stage") == stage
+        and not a["metadata"].get("deletionTimestamp")
+    ]
+    return sorted(found, key=_promoted_at, reverse=True)
+
+
+def stage_holder(artifacts: Iterable[Obj], line: str, stage: str) -> Obj | None:
+    """The version holding `stage` of `line`: the one promoted last."""
+    holders = _holders(artifacts, line, stage)
+    return holders[0] if holders else None

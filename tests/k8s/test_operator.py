@@ -438,3 +438,67 @@ def test_watches_only_its_namespaces_and_serves_health_and_metrics(
     assert 'visioninapp_operator_reconciles_total{kind="TrainingJob",result="ok"}' in metrics
     assert "visioninapp_operator_reconcile_seconds_bucket" in metrics
     assert 'visioninapp_operator_api_requests_total{verb="POST"}' in metrics
+
+
+def gated_trainer(s3: Any, passed: bool, seen: list[dict[str, Any]]) -> Callable[[dict[str, Any]], Outcome]:
+    """The scripted trainer, also storing an evaluation record (the gate's verdict) next to the weights."""
+    from tests.unit.test_evaluation import record
+    from visioninapp.evaluation import GateOutcome
+
+    trainer = successful_trainer(s3)
+
+    def run(pod: dict[str, Any]) -> Outcome:
+        config = trainer_config(pod)
+        seen.append(config)
+        outcome = trainer(pod)
+        result = TrainerResult.from_termination_message(outcome.message or "")
+        onnx = next(f for f in result.formats if f.format == "onnx")
+        data = record(passed, candidate_sha=onnx.sha256).model_dump_json(by_alias=True).encode()
+        bucket, prefix = config["outputUri"].removeprefix("s3://").split("/", 1)
+        s3.put_object(Bucket=bucket, Key=f"{prefix}/evaluation.json", Body=data)
+        verdict = record(passed).verdict
+        result.evaluation = GateOutcome(
+            uri=f"s3://{bucket}/{prefix}/evaluation.json",
+            sha256=hashlib.sha256(data).hexdigest(),
+            passed=passed,
+            summary=verdict.summary,
+        )
+        return Outcome(message=result.to_termination_message(), seconds=outcome.seconds)
+
+    return run
+
+
+def test_the_quality_gate_verdict_reaches_the_artifact_and_a_failure_says_why(
+    cluster: Cluster, operator: OperatorProcess, s3: Any
+) -> None:
+    cluster.set_script(successful_trainer(s3))
+    cluster.create(GROUP, "trainingjobs", cluster.namespace, training_job("base"))
+    base = wait_phase(cluster, operator, "Available", name="base", plural="modelartifacts")
+    evaluation = {"heldOut": {"uri": "s3://datasets/helmets-held-out"}, "baseline": "base", "maxDrop": 0.01}
+    seen: list[dict[str, Any]] = []
+    for name, passed in (("worse", False), ("better", True)):
+        cluster.set_script(gated_trainer(s3, passed, seen))
+        cluster.create(GROUP, "trainingjobs", cluster.namespace, training_job(name, evaluation=evaluation))
+        wait_phase(cluster, operator, "Succeeded", name=name)
+
+        def checked(name: str = name) -> Any:
+            artifact = get(cluster, "modelartifacts", name) or {}
+            return "QualityGate" in conditions(artifact) if artifact.get("status") else False
+
+        wait_for(checked, 30, f"{name}'s gate checked", operator)
+    base_onnx = next(f for f in base["spec"]["formats"] if f["format"] == "onnx")
+    assert seen[0]["baselineWeights"] == {"uri": base_onnx["uri"], "sha256": base_onnx["sha256"]}
+    worse, better = get(cluster, "modelartifacts", "worse"), get(cluster, "modelartifacts", "better")
+    assert worse is not None and better is not None
+    assert conditions(worse)["QualityGate"] == ("False", "Failed")
+    gate = worse["status"]["qualityGate"]
+    assert gate["passed"] is False and "held-out mAP50-95 dropped 0.200" in gate["reasons"][0]
+    assert (
+        worse["spec"]["evaluation"]["uri"].endswith("/evaluation.json")
+        and worse["spec"]["stage"] == "candidate"
+    )
+    assert (
+        conditions(better)["QualityGate"] == ("True", "Passed") and better["status"]["qualityGate"]["passed"]
+    )
+    tj = get(cluster, "trainingjobs", "worse")
+    assert tj is not None and conditions(tj)["QualityGate"] == ("False", "Failed")

@@ -204,6 +204,10 @@ class ModelOut(Body):
     lineage: dict[str, Any] = Field(default_factory=dict)
     deployed_to: list[str] = Field(default_factory=list)
     created_at: datetime | None = None
+    evaluation: dict[str, Any] | None = Field(None, description="The evaluation record's URI and sha256.")
+    quality_gate: dict[str, Any] | None = Field(
+        None, description="The gate's verdict in short, once the operator checked the record."
+    )
 
 
 class ModelPatch(Body):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session
 
 from visioninapp.api.container import ApiContainer
@@ -30,6 +30,7 @@ from visioninapp.api.domain.labels import (
     check_revision,
     current_labels,
     edit_status,
+    label_number,
     review_change,
 )
 from visioninapp.api.paging import fetch_page, page_of
@@ -73,7 +74,8 @@ def edit_labels(
         frame = _frame(session, project, frame_id)
         check_revision(frame_id, frame.revision, revision, _last_change(session, frame_id))
         check_editable(frame_id, frame.review_status, frame.status == "accepted")
-        labels, changes = apply_edit(current_labels(frame.labels, frame.detections), edit, facts)
+        issued = max((label_number(i) for i in session.scalars(_added_ids(frame_id))), default=0)
+        labels, changes = apply_edit(current_labels(frame.labels, frame.detections), edit, facts, issued)
         if changes:
             status = edit_status(frame.review_status)
             cleared = status != frame.review_status
@@ -182,6 +184,13 @@ def _frame(session: Session, project: str, frame_id: int) -> FeedbackFrame:
     if frame is None or frame.project_name != project:
         raise ApiError(404, f"feedback frame {frame_id} not found in {project!r}")
     return frame
+
+
+def _added_ids(frame_id: int) -> Select[str | None]:
+    """The ids of the boxes people added to the frame (deleted ones too)."""
+    return select(AnnotationChange.label_id).where(
+        AnnotationChange.frame_id == frame_id, AnnotationChange.action == "add"
+    )
 
 
 def _last_change(session: Session, frame_id: int) -> str | None:

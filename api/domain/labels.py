@@ -43,6 +43,7 @@ __all__ = [
     "decide",
     "edit_status",
     "frame_id_of_image",
+    "label_number",
     "labels_from_proposals",
     "provenance_summary",
     "review_change",
@@ -217,6 +218,12 @@ def _box(facts: FrameFacts, box: Sequence[float], field_name: str) -> tuple[floa
     return x1, y1, x2, y2
 
 
+def label_number(label_id: str | None) -> int:
+    """n of a label id `b<n>` (0 for anything else)."""
+    found = _ID.fullmatch(label_id or "")
+    return int(found.group(1)) if found else 0
+
+
 def _next_id(labels: Sequence[Label], taken: int = 0) -> str:
     numbers = [int(m.group(1)) for label in labels if (m := _ID.fullmatch(label.id))]
     return f"b{max([*numbers, taken]) + 1}"
@@ -250,8 +257,13 @@ def _changed(
     return Label(label.id, new_class, name, new_box, "person", label.score)
 
 
-def apply_edit(labels: Sequence[Label], edit: Edit, facts: FrameFacts) -> tuple[list[Label], list[Change]]:
+def apply_edit(
+    labels: Sequence[Label], edit: Edit, facts: FrameFacts, issued: int = 0
+) -> tuple[list[Label], list[Change]]:
     """The frame's labels after `edit`, and one history change per label it changed (none: no-op).
+
+    `issued`: the highest label number ever given on the frame (`b<n>`), so that a new box never
+    takes the id of a deleted one and the history names one box by one id.
 
     ApiError 422 for a box outside the image or a class the model does not have, 404 for an unknown
     label id."""
@@ -262,7 +274,7 @@ def apply_edit(labels: Sequence[Label], edit: Edit, facts: FrameFacts) -> tuple[
                 "box", f"frame {facts.frame_id} already has {MAX_LABELS} boxes, the most a frame may"
             )
         added = Label(
-            _next_id(current),
+            _next_id(current, issued),
             edit.class_id,
             _class_name(facts, edit.class_id, "classId"),
             _box(facts, edit.box, "box"),
@@ -285,11 +297,11 @@ def apply_edit(labels: Sequence[Label], edit: Edit, facts: FrameFacts) -> tuple[
         return [label for label in current if label.id != before.id], [
             Change("delete", before.id, before.to_json(), None)
         ]
-    return _replace(current, edit, facts)
+    return _replace(current, edit, facts, issued)
 
 
 def _replace(
-    current: list[Label], edit: ReplaceLabels, facts: FrameFacts
+    current: list[Label], edit: ReplaceLabels, facts: FrameFacts, issued: int
 ) -> tuple[list[Label], list[Change]]:
     """A whole new set from another labelling tool: one change per difference (kept labels that did
     not change record nothing), in the order edit, add, delete."""
@@ -310,7 +322,7 @@ def _replace(
     result: list[Label] = []
     changes: list[Change] = []
     added: list[Change] = []
-    highest = 0
+    highest = issued
     for index, wanted in enumerate(edit.labels):
         where = f"labels.{index}."
         if wanted.label_id is not None:

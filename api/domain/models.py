@@ -3,6 +3,7 @@ the detection preview (the model's ONNX run in the API process)."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,16 +11,29 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from pydantic import ValidationError
+
 from visioninapp.api.container import ApiContainer
 from visioninapp.api.listcache import invalidate
 from visioninapp.api.paging import page, sort_items
 from visioninapp.api.preview import PREVIEW_MAX_BYTES, preview_image
 from visioninapp.api.schemas import ModelOut
 from visioninapp.backends.storage import ChecksumMismatch, ObjectNotFound
+from visioninapp.evaluation import EvaluationRecord
 from visioninapp.k8s import Obj
 from visioninapp.web.errors import ApiError
 
-__all__ = ["KIND", "DetectOptions", "compare", "detect", "get_model", "list_models", "model_out", "set_stage"]
+__all__ = [
+    "KIND",
+    "DetectOptions",
+    "compare",
+    "detect",
+    "evaluation",
+    "get_model",
+    "list_models",
+    "model_out",
+    "set_stage",
+]
 
 KIND = "ModelArtifact"
 SORTABLE = ("name", "model", "version", "stage", "createdAt", "mAP50", "mAP50_95")
@@ -42,6 +56,8 @@ def model_out(obj: Obj) -> dict[str, Any]:
         lineage=spec.get("source") or {},
         deployed_to=status.get("deployedTo") or [],
         created_at=meta.get("creationTimestamp"),
+        evaluation=spec.get("evaluation"),
+        quality_gate=status.get("qualityGate"),
     ).model_dump(mode="json", by_alias=True)
 
 
@@ -94,7 +110,34 @@ def download(container: ApiContainer, project: str, name: str, fmt: str, work: P
     return path, f"{name}-{fmt}{suffix}", str(entry["sha256"])
 
 
+def evaluation(container: ApiContainer, project: str, name: str) -> dict[str, Any]:
+    """The version's evaluation record (candidate and baseline per class, the verdict), read only
+    when it matches the sha256 its ModelArtifact records."""
+    ref = get_model(container, project, name)["evaluation"]
+    if not ref:
+        raise ApiError(404, f"model {name} has no evaluation record: it was trained without a quality gate")
+    try:
+        data = container.store_for(ref["uri"]).get_bytes(ref["uri"])
+    except ObjectNotFound:
+        raise ApiError(404, f"the evaluation record of {name} is gone from the artifact store") from None
+    if hashlib.sha256(data).hexdigest() != ref["sha256"]:
+        raise ApiError(409, f"the stored evaluation record of {name} does not match its sha256: not served")
+    try:
+        record = EvaluationRecord.model_validate_json(data)
+    except ValidationError:
+        raise ApiError(409, f"the evaluation record of {name} is not one this API can read") from None
+    return record.wire()
+
+
 def set_stage(container: ApiContainer, project: str, name: str, stage: str) -> dict[str, Any]:
+    gate = get_model(container, project, name)["qualityGate"]
+    if stage in ("staging", "production") and gate and not gate.get("passed"):
+        reasons = "; ".join(gate.get("reasons") or []) or "see its evaluation record"
+        raise ApiError(
+            409,
+            f"{name} failed its quality gate ({reasons}): it is not promoted to {stage}. Train a better "
+            "candidate, or (knowing why) set spec.stage with kubectl",
+        )
     updated = container.clusters.training.patch(KIND, project, name, {"spec": {"stage": stage}})
     invalidate(container, project, KIND)
     return model_out(updated)

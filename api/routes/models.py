@@ -84,6 +84,17 @@ def download_file(
 
 
 @router.get(
+    "/projects/{project}/models/{name}/evaluation",
+    summary="The version's evaluation record: candidate and baseline per class, and the gate's verdict",
+    description="Read from the artifact store and checked against the sha256 the ModelArtifact records "
+    "(docs/quality-gate.md has the schema). 404: trained without a gate; 409: the stored record no "
+    "longer matches its sha256.",
+)
+def model_evaluation(name: str, access: ProjectReader, container: Container) -> Any:
+    return models.evaluation(container, access.project, name)
+
+
+@router.get(
     "/projects/{project}/model-comparison",
     response_model=ModelComparison,
     summary="Two models side by side: metrics and the deltas of b against a",

@@ -5,6 +5,7 @@ a time; a candidate that fails its gate promotes nothing and says why; one that 
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import pytest
@@ -216,3 +217,49 @@ def test_auto_accept_counts_pending_frames_above_the_threshold(seeded: Seeded, t
         f"/api/v1/projects/{seeded.project}/datasets/shapes/versions/2", headers=seeded.api.as_user("alice")
     ).json()
     assert version["provenance"]["autoAcceptedFrames"] == 2 and version["provenance"]["reviewedFrames"] == 0
+
+
+def test_the_evaluation_record_is_served_checked_and_a_failed_gate_is_not_promoted(api: Any) -> None:
+    from tests.unit.test_evaluation import record
+
+    project = api.new_project({"alice": "member"})
+    data = record(passed=False).model_dump_json(by_alias=True).encode()
+    uri = f"{api.settings.resolved_artifacts_uri}/{project}/bad/evaluation.json"
+    store = api.container.store_for(uri)
+    store.put_bytes(data, uri)
+    model = artifact("bad", project, map5095=0.4)
+    model["spec"]["evaluation"] = {"uri": uri, "sha256": hashlib.sha256(data).hexdigest()}
+    api.cluster.create(GROUP, "modelartifacts", project, model)
+    verdict = record(passed=False).verdict
+    gate = {
+        "passed": False,
+        "heldOut": {"candidate": 0.4, "baseline": 0.6},
+        "maxDrop": 0.01,
+        "reasons": verdict.reasons,
+    }
+    api.cluster.patch(GROUP, "modelartifacts", project, "bad", {"status": {"qualityGate": gate}}, "status")
+    alice = api.as_user("alice")
+    served = api.client.get(f"/api/v1/projects/{project}/models/bad/evaluation", headers=alice)
+    assert served.status_code == 200, served.text
+    body = served.json()
+    assert body["schemaVersion"] == 1 and body["verdict"]["passed"] is False
+    assert body["datasets"][0]["role"] == "heldOut" and body["datasets"][0]["classes"][0]["baseline"]
+    shown = api.client.get(f"/api/v1/projects/{project}/models/bad", headers=alice).json()
+    assert shown["qualityGate"]["passed"] is False and shown["evaluation"]["uri"] == uri
+    refused = api.client.patch(
+        f"/api/v1/projects/{project}/models/bad", json={"stage": "production"}, headers=alice
+    )
+    assert refused.status_code == 409 and "failed its quality gate" in refused.json()["error"]["message"]
+    assert (
+        api.client.patch(
+            f"/api/v1/projects/{project}/models/bad", json={"stage": "archived"}, headers=alice
+        ).status_code
+        == 200
+    )
+    store.put_bytes(data + b" ", uri)  # changed after the operator checked it
+    tampered = api.client.get(f"/api/v1/projects/{project}/models/bad/evaluation", headers=alice)
+    assert tampered.status_code == 409 and "does not match its sha256" in tampered.json()["error"]["message"]
+    plain = artifact("plain", project, map5095=0.4)
+    api.cluster.create(GROUP, "modelartifacts", project, plain)
+    missing = api.client.get(f"/api/v1/projects/{project}/models/plain/evaluation", headers=alice)
+    assert missing.status_code == 404 and "without a quality gate" in missing.json()["error"]["message"]

@@ -83,11 +83,41 @@ async function detail(project, name) {
           h("li", {}, "Training run: ", lineage.trainingJob ? h("a", { href: `#/p/${project}/training/${encodeURIComponent(lineage.trainingJob)}` }, lineage.trainingJob) : "–"),
           h("li", {}, "Dataset: ", lineage.dataset || "–"),
           h("li", {}, "Base model: ", lineage.baseModel || "–")),
+        qualityGate(project, name, model),
         h("label", { class: "form-label", for: "stage" }, "Stage"),
         h("div", { class: "input-group mb-3" }, stage, save),
         h("div", { class: "d-flex gap-2" },
           h("a", { class: "btn btn-outline-primary", href: `#/p/${project}/playground?model=${encodeURIComponent(name)}` }, "Try it"),
           canWrite() ? h("a", { class: "btn btn-outline-primary", href: `#/p/${project}/deployments/new?model=${encodeURIComponent(name)}` }, "Roll out") : null))));
+}
+
+// The gate's verdict, then its evaluation record (loaded after the page): held-out classes with the
+// candidate and the baseline side by side; a drop is shown as a signed difference.
+function qualityGate(project, name, model) {
+  if (!model.evaluation) return h("p", { class: "small text-secondary" }, "Trained without a quality gate.");
+  const gate = model.qualityGate;
+  const verdict = !gate ? h("span", { class: "badge text-bg-secondary" }, "not checked yet")
+    : h("span", { class: `badge ${gate.passed ? "text-bg-success" : "text-bg-danger"}` }, gate.passed ? "passed" : "failed");
+  const table = h("div", { class: "table-responsive" }, h("p", { class: "small text-secondary" }, "Loading the evaluation record…"));
+  api(`/projects/${project}/models/${encodeURIComponent(name)}/evaluation`).then((record) => {
+    const heldOut = record.datasets.find((d) => d.role === "heldOut");
+    const signed = (value) => value === null || value === undefined ? "–" : `${value > 0 ? "−" : "+"}${Math.abs(value).toFixed(3)}`;
+    const row = (label, candidate, baseline, drop, labels) => h("tr", {},
+      h("th", { scope: "row" }, label), h("td", {}, labels ?? "–"), h("td", {}, number(candidate)), h("td", {}, number(baseline)),
+      h("td", { class: drop > 0 ? "text-danger" : "text-success" }, signed(drop)));
+    table.replaceChildren(h("table", { class: "table table-sm" },
+      h("caption", {}, `Held-out set (${heldOut.images} images), AP50-95; baseline ${record.baseline?.artifact || "none"}`),
+      h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Class"), h("th", { scope: "col" }, "Labels"),
+        h("th", { scope: "col" }, name), h("th", { scope: "col" }, record.baseline?.artifact || "baseline"), h("th", { scope: "col" }, "Change"))),
+      h("tbody", {},
+        row("all (mAP50-95)", heldOut.candidate.mAP50_95, heldOut.baseline?.mAP50_95,
+          heldOut.baseline ? heldOut.baseline.mAP50_95 - heldOut.candidate.mAP50_95 : null, heldOut.labels),
+        heldOut.classes.map((c) => row(c.name, c.candidate.AP50_95, c.baseline?.AP50_95, c.drop, c.labels)))));
+  }).catch((error) => table.replaceChildren(h("p", { class: "small text-danger" }, error.message)));
+  return h("section", { class: "mb-3", "aria-label": "Quality gate" },
+    h("h2", { class: "h6" }, "Quality gate ", verdict),
+    gate && gate.reasons.length ? h("ul", { class: "small text-danger" }, gate.reasons.map((r) => h("li", {}, r))) : null,
+    table);
 }
 
 // A file through the API (checked against its sha256 there), saved under the version's name.

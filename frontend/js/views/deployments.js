@@ -117,6 +117,27 @@ export function fleetTable(nodes) {
     h("thead", {}, h("tr", {}, headings.map((t) => h("th", { scope: "col" }, t)))), body));
 }
 
+// A deployment that follows a model line's stage: which version holds it, and whether this
+// deployment is held back from it (that version failed the health gate here).
+function lineText(deployment) {
+  const follows = deployment.spec.model;
+  if (!follows) return null;
+  const status = deployment.status || {};
+  const condition = (status.conditions || []).find((c) => c.type === "FollowsLine");
+  const held = condition && condition.reason === "HeldBack";
+  return h("p", { class: "mb-1", "data-testid": "line" }, `Follows ${follows.line} ${follows.stage || "production"}: `,
+    status.lineModel || "no version holds it yet", " ",
+    held ? h("span", { class: "badge text-bg-warning", title: condition.message }, "held back") : null);
+}
+
+// The deployment ledger: per node, which model and revision it served, from when to when.
+function ledgerTable(entries) {
+  if (!entries.length) return h("p", { class: "text-secondary small" }, "No node has reported serving a model yet.");
+  return stackTable(["Node", "Model", "Revision", "From", "Until"], entries.map((e) =>
+    [e.node, e.model, e.revision.slice(0, 10), when(e.since), e.current ? "now" : when(e.until || e.lastSeen)]),
+  { class: "table-sm small" });
+}
+
 function historyTable(history) {
   if (!history || !history.length) return h("p", { class: "text-secondary small" }, "No revision rolled out yet.");
   return stackTable(["Revision", "Model", "Format", "Rolled out", "Outcome"], history.map((r) =>
@@ -166,9 +187,11 @@ async function detail(project, name) {
   const fleet = h("div", {});
   const why = h("div", {});
   const revisions = h("div", {});
+  const ledger = h("div", {});
   const history = fleetCharts(Chart, project, name);
   const draw = async () => {
-    const [deployment, nodes, events] = await Promise.all([api(base), api(`${base}/nodes`), api(`${base}/events`).catch(() => null)]);
+    const [deployment, nodes, events, served] = await Promise.all([api(base), api(`${base}/nodes`),
+      api(`${base}/events`).catch(() => null), api(`${base}/ledger?limit=100`)]);
     const status = deployment.status || {};
     const steps = deployment.spec.strategy?.canary?.steps || [];
     const action = (label, run, style, describe) => {
@@ -190,6 +213,7 @@ async function detail(project, name) {
     const reason = reasonOf(deployment);
     fill(head,
       h("h1", { class: "h4" }, name, " ", badge(deployment.paused ? "Paused" : deployment.phase)),
+      lineText(deployment),
       h("p", { class: "mb-1" }, `Model ${deployment.model} · ${nodesText(deployment)} · canary step `,
         h("span", { "data-testid": "step" }, deployment.currentStep != null ? `${deployment.currentStep + 1} of ${steps.length} (${steps.join("%, ")}%)` : "not started")),
       reason ? h("div", { class: `alert ${deployment.phase === "Failed" || deployment.phase === "RolledBack" ? "alert-danger" : "alert-warning"} py-2`, "data-testid": "reason" }, reason) : null,
@@ -204,6 +228,7 @@ async function detail(project, name) {
     fill(why, h("h3", { class: "h6" }, "Conditions"), conditionsTable(status.conditions),
       h("h3", { class: "h6 mt-3" }, "Events"), events === null ? h("p", { class: "small text-secondary" }, "Events could not be read.") : eventsTable(events));
     fill(revisions, historyTable(status.history));
+    fill(ledger, ledgerTable(served.items));
   };
   await draw();
   setPage(`Deployment ${name}`, head,
@@ -211,7 +236,8 @@ async function detail(project, name) {
     h("h2", { class: "h6 mt-3" }, "Fleet over time"), history.box,
     h("div", { class: "row g-3 mt-2" },
       h("div", { class: "col-lg-7" }, h("h2", { class: "h6" }, "Why: conditions and events"), why),
-      h("div", { class: "col-lg-5" }, h("h2", { class: "h6" }, "Revision history"), revisions)));
+      h("div", { class: "col-lg-5" }, h("h2", { class: "h6" }, "Revision history"), revisions)),
+    h("h2", { class: "h6 mt-3" }, "What each node served"), ledger);
   await history.load();
   let ticks = 0;
   const timer = setInterval(() => {

@@ -300,6 +300,14 @@ def demo(
     ] = None,
     port: ApiPort = 8000,
     kube_port: KubePort = 6443,
+    loop: Annotated[
+        bool,
+        typer.Option(
+            "--loop",
+            help="Then close the loop: rotated shapes reach the edge, hard frames are reviewed through "
+            "the API, a RetrainPolicy fine-tunes, gates and promotes v2, the canary rolls it out.",
+        ),
+    ] = False,
 ) -> None:
     """The whole loop on this machine: local mode, synthetic data, CPU training, rollout, detection."""
     _require_local_mode()
@@ -316,6 +324,7 @@ def demo(
             keep_running=keep_running,
             api_port=port or None,
             kube_port=kube_port or None,
+            loop=loop,
         )
     except (DemoError, LocalModeError) as error:
         raise _fail(str(error)) from None

@@ -173,7 +173,12 @@ def _write(
         execution_options={"synchronize_session": False},
     )
     if getattr(result, "rowcount", 0) != 1:  # another writer got there between our read and write
-        check_revision(frame.id, sent + 1, sent, "by another reviewer just now")
+        raise ApiError(
+            409,
+            f"frame {frame.id} changed while your change was applied: another change based on "
+            f"revision {sent} landed first. Reload the frame (GET .../feedback/{frame.id}) and apply "
+            "your change again",
+        )
     session.add_all(history_rows(frame.project_name, frame.id, sent + 1, changes, who, note))
     session.flush()
     session.refresh(frame)

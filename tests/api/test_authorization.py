@@ -20,6 +20,7 @@ VALUES = {
     "version": "1",
     "action": "promote",
     "frame_id": "1",
+    "label_id": "b1",
     "fmt": "onnx",
 }
 

@@ -194,6 +194,8 @@ def test_every_review_operation_is_stored_with_who_and_when(seeded: Seeded) -> N
     ]
     emptied = seeded.ok("PUT", f"/{third}/labels", json={"revision": 1, "labels": []})
     assert emptied["labels"] == [] and [h["action"] for h in emptied["history"][3:]] == ["delete"] * 3
+    again = seeded.ok("POST", f"/{third}/labels", json={"revision": 2, "classId": 0, "box": [5, 5, 25, 25]})
+    assert [label["id"] for label in again["labels"]] == ["b4"]  # a deleted box's id is never reused
 
     # An edit after the accept puts a frame back in the queue: a person accepts the new labels.
     queue = seeded.ok("GET", "/review-queue")
@@ -225,6 +227,24 @@ def test_a_stale_revision_is_a_409_and_changes_nothing(seeded: Seeded) -> None:
     assert after["labels"][0]["box"] == [0.0, 0.0, 10.0, 10.0]
     assert [label["classId"] for label in after["labels"]] == [0, 1]
     assert [h["who"] for h in after["history"]] == ["alice"]
+
+
+def test_the_write_itself_refuses_a_revision_that_moved_on(
+    seeded: Seeded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two requests that both read revision 0 before either wrote pass the read check; the
+    conditional UPDATE (`WHERE revision = 0`) lets only the first through."""
+    from visioninapp.api.domain import labelling
+
+    frame = seeded.frames[0]
+    monkeypatch.setattr(labelling, "check_revision", lambda *args: None)  # both read revision 0
+    seeded.ok("PATCH", f"/{frame}/labels/b1", json={"revision": 0, "classId": 2})
+    late = seeded.call("PATCH", f"/{frame}/labels/b2", json={"revision": 0, "classId": 3}, who="bob")
+    assert late.status_code == 409, late.text
+    assert "another change based on revision 0 landed first" in late.json()["error"]["message"]
+    after = seeded.get(frame)
+    assert [label["classId"] for label in after["labels"]] == [2, 1] and after["revision"] == 1
+    assert [(h["action"], h["who"]) for h in after["history"]] == [("relabel", "alice")]
 
 
 def test_readers_cannot_review(seeded: Seeded) -> None:

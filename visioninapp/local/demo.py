@@ -91,6 +91,10 @@ class _Cluster:
             GROUP, VERSION, LOCAL_NAMESPACE, PLURALS[obj["kind"]], obj
         )
 
+    def patch(self, kind: str, name: str, body: dict[str, Any]) -> None:
+        """A JSON merge patch (a null removes the field)."""
+        self.custom.patch_namespaced_custom_object(GROUP, VERSION, LOCAL_NAMESPACE, PLURALS[kind], name, body)
+
     def get(self, kind: str, name: str) -> dict[str, Any]:
         from kubernetes.client import ApiException
 
@@ -219,8 +223,10 @@ def run_demo(
     api_port: int | None = 8000,
     kube_port: int | None = 6443,
     console: Console | None = None,
+    loop: bool = False,
 ) -> dict[str, Any]:
-    """Run the loop from a clean `data_dir`; returns a summary (also in `<data_dir>/demo-summary.json`)."""
+    """Run the loop from a clean `data_dir`; returns a summary (also in `<data_dir>/demo-summary.json`).
+    `loop`: then close the loop (`visioninapp.local.loop`): hard frames, review, fine-tune, promotion."""
     console = console or Console()
     started = time.perf_counter()
     documents = _manifests(manifests)
@@ -311,6 +317,25 @@ def run_demo(
             f"{len(samples)} images; annotated images: {data_dir}/annotated-*.jpg; "
             f"the loop took {summary['seconds']} s"
         )
+        if loop:
+            from visioninapp.local.loop import LoopError, run_loop
+
+            try:
+                summary["loop"] = run_loop(
+                    platform,
+                    cluster,
+                    artifact=artifact_name,
+                    deployment=ed_name,
+                    dataset_copy=dataset,
+                    work=data_dir / "loop",
+                    console=console,
+                    follow_training=lambda name: _follow_training(platform, cluster, name, console),
+                )
+            except LoopError as error:
+                raise DemoError(f"the loop stopped: {error}") from None
+            summary["seconds"] = round(time.perf_counter() - started, 1)
+            (data_dir / "demo-summary.json").write_text(json.dumps(summary, indent=2))
+            console.print(f"the demo and the closed loop took {summary['seconds']} s")
         if keep_running:
             console.print(
                 f"\nthe platform keeps running: console {platform.api_url}/ , "

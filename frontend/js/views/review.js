@@ -150,7 +150,8 @@ async function frameView(project, id) {
         if (done) done(frame);
       } catch (error) {
         toast(error.message);
-        frame = await api(base);  // someone else's change, or a refused one: show what is stored
+        // Someone else's change, or a refused one: show what is stored (the queue goes on either way).
+        frame = await api(base).catch(() => frame);
       }
       draw();
       if (selected && document.activeElement === document.body) layer.querySelector(`[data-label="${selected}"]`)?.focus();

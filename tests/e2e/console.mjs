@@ -178,6 +178,10 @@ try {
     const cameraText = await cameras.innerText();
     if (!/streaming[\s\S]*14\.8 of 15[\s\S]*reconnecting[\s\S]*connection refused/.test(cameraText)) problems.push(`cameras: ${cameraText}`);
     await checkPage("deployment-dock-cameras");
+    // The ledger: jetson-a served shapes-v1 for the first half hour, then shapes-v2 (still serving).
+    await page.getByRole("heading", { name: "What each node served" }).waitFor();
+    await expectText("dock ledger", /jetson-a\s+shapes-v2\s+7d9f2c1a0b\s+\S.*\s+now/);
+    await expectText("dock ledger", /jetson-a\s+shapes-v1\s+7d9f2c1a0b/);
     await page.getByRole("button", { name: "Roll back" }).click();
     const dialog = page.getByRole("dialog");
     await dialog.waitFor();
@@ -191,6 +195,16 @@ try {
     if (!reason.includes("does not exist yet")) problems.push(`yard: the reason shown is “${reason}”`);
     await expectText("yard", /no nodes/);
     if (!(await page.getByRole("button", { name: "Roll back" }).isDisabled())) problems.push("yard: Roll back enabled with nothing to roll back to");
+  });
+  await step("model-gate", async () => {
+    // The quality gate of a fine-tuned version: its verdict and the held-out classes side by side
+    // (the evaluation record, read through the API and checked against its sha256 there).
+    await page.goto(at("models/shapes-v2"));
+    await page.getByRole("region", { name: "Quality gate" }).getByRole("table").waitFor();
+    await expectText("model gate", /Quality gate\s*passed/);
+    await expectText("model gate", /Held-out set \(16 images\), AP50-95; baseline shapes-v1/);
+    await expectText("model gate", /all \(mAP50-95\)\s+46\s+0\.430\s+0\.412\s+\+0\.018/);
+    await expectText("model gate", /circle\s+10\s+0\.415\s+0\.397\s+\+0\.018/);
   });
   await step("playground", async () => {
     await page.getByRole("link", { name: "Playground" }).click();
@@ -249,7 +263,7 @@ try {
   const tour = [
     ["overview", "overview"], ["training-list", "training"], ["training-new", "training/new"],
     ["training-detail", "training/e2e-run"], ["training-running", "training/night-run"], ["training-failed", "training/helmets-first"],
-    ["model-list", "models"], ["model-detail", "models/e2e-run-v1"], ["model-compare", "models/compare?a=shapes-v1&b=shapes-v2"],
+    ["model-list", "models"], ["model-detail", "models/e2e-run-v1"], ["model-gated", "models/shapes-v2"], ["model-compare", "models/compare?a=shapes-v1&b=shapes-v2"],
     ["deployment-list", "deployments"], ["deployment-new", "deployments/new"], ["deployment-detail", "deployments/e2e-canary"],
     ["deployment-yard", "deployments/yard"], ["deployment-dock", "deployments/dock"], ["playground", "playground"],
     ["datasets", "datasets"], ["review-queue", "review"], ["review-frame", `review/${process.env.REVIEW_FRAME}`],

@@ -9,6 +9,7 @@ errors), takes screenshots, and measures a cold load of the overview on Fast 3G.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -28,7 +29,7 @@ from tests.api.conftest import build_settings
 from tests.conftest import REPO, sign_up
 from tests.helpers import wait_for
 from tests.services import ensure_chromium, ensure_console_built, free_port, wait_for_port
-from visioninapp.events import CameraWindow, TrainingEvent
+from visioninapp.events import CameraWindow, EdgeEvent, TrainingEvent
 from visioninapp.k8s import Obj
 from visioninapp.local.cluster.cluster import Cluster
 from visioninapp.local.cluster.controlplane import ControlPlane
@@ -187,6 +188,47 @@ def _artifact(name: str, line: str, version: str, uri: str, digest: str, size: i
     }
 
 
+def _evaluation_record(candidate_sha: str) -> bytes:
+    """shapes-v2's evaluation record against shapes-v1: every class side by side, long decimals."""
+    from visioninapp.evaluation import (
+        ClassAP,
+        EvaluatedModel,
+        EvaluationRecord,
+        GateLimits,
+        ModelScores,
+        dataset_evaluation,
+        judge,
+    )
+    from visioninapp.local.synth import CLASS_NAMES
+
+    def scores(base: float) -> ModelScores:
+        classes = {i: ClassAP(AP50=min(1.0, base + 0.2 + i / 97), AP50_95=base + i / 97) for i in range(4)}
+        return ModelScores(
+            mAP50=base + 0.21,
+            mAP50_95=base + 0.0154639175,
+            classes=classes,
+            labels={i: 10 + i for i in range(4)},
+        )
+
+    limits = GateLimits(max_drop=0.01)
+    held_out = dataset_evaluation(
+        "heldOut", "datasets/vision/shapes-held-out/v1", 16, list(CLASS_NAMES), scores(0.4146), scores(0.3966)
+    )
+    record = EvaluationRecord(
+        created_at=datetime(2026, 11, 30, tzinfo=UTC),
+        namespace="vision",
+        training_job="shapes-tuned",
+        attempt=1,
+        class_names=list(CLASS_NAMES),
+        candidate=EvaluatedModel(artifact="shapes-v2", uri="s3://models/v2.onnx", sha256=candidate_sha),
+        baseline=EvaluatedModel(artifact="shapes-v1", uri="s3://models/v1.onnx", sha256="b" * 64),
+        limits=limits,
+        datasets=[held_out],
+        verdict=judge(held_out, None, limits),
+    )
+    return record.model_dump_json(by_alias=True).encode()
+
+
 def _run(name: str, line: str, epochs: int) -> Obj:
     return {
         "metadata": {"name": name},
@@ -254,16 +296,26 @@ def _seed_models(env: dict[str, Any], onnx: Path, now: datetime) -> None:
     ):
         job = {"shapes-v1": "shapes-base", "shapes-v2": "shapes-tuned"}.get(name)
         body = _artifact(name, line, version, uri, digest, size, metrics=metrics, stage=stage, job=job)
+        status: Obj = {"phase": "Available"}
+        conditions = [_condition("Verified", "True", "Sha256Matched", "every format matches its sha256", now)]
+        if name == "shapes-v2":  # fine-tuned with a quality gate: its evaluation record, checked
+            record = _evaluation_record(digest)
+            record_uri = f"{settings.resolved_artifacts_uri}/models/seeded/evaluation.json"
+            services.store_for(record_uri).put_bytes(record, record_uri)
+            body["spec"]["evaluation"] = {"uri": record_uri, "sha256": hashlib.sha256(record).hexdigest()}
+            status["qualityGate"] = {
+                "passed": True,
+                "baseline": "shapes-v1",
+                "heldOut": {"candidate": 0.43, "baseline": 0.412, "drop": -0.018},
+                "maxDrop": 0.01,
+                "reasons": [],
+            }
+            conditions.append(
+                _condition("QualityGate", "True", "Passed", "held-out mAP50-95 0.430 vs 0.412", now)
+            )
         cluster.create(GROUP, "modelartifacts", "vision", body)
-        verified = _condition("Verified", "True", "Sha256Matched", "every format matches its sha256", now)
-        cluster.patch(
-            GROUP,
-            "modelartifacts",
-            "vision",
-            name,
-            {"status": {"phase": "Available", "conditions": [verified]}},
-            subresource="status",
-        )
+        status["conditions"] = conditions
+        cluster.patch(GROUP, "modelartifacts", "vision", name, {"status": status}, subresource="status")
 
 
 def _seed_runs(env: dict[str, Any], now: datetime) -> None:
@@ -420,15 +472,31 @@ DOCK_CAMERAS = [
 def _seed_edge(env: dict[str, Any], work: Path, now: datetime) -> None:
 
     from visioninapp.api.db import EdgeWindow, FeedbackFrame
+    from visioninapp.api.domain.ledger import record_window
 
     services = env["services"]
     settings = env["settings"]
 
-    # An hour of edge traffic on dock (about 1,000 requests), p95s with long decimals.
+    # An hour of edge traffic on dock (about 1,000 requests), p95s with long decimals; the ledger
+    # of what each node served is kept from the same windows, as the stream consumer keeps it.
     with services.db.session() as session:
         for minute in reversed(range(60)):  # oldest first, as they arrive
             end = now - timedelta(minutes=minute)
             for node, share in (("jetson-a", 9), ("jetson-b", 8)):
+                record_window(
+                    session,
+                    EdgeEvent(
+                        namespace="vision",
+                        deployment="dock",
+                        node=node,
+                        revision="7d9f2c1a0b" if node == "jetson-a" else "41be09aa3c",
+                        model_version=("shapes-v2" if minute < 30 else "shapes-v1")
+                        if node == "jetson-a"
+                        else "shapes-v1",
+                        window_start=end - timedelta(seconds=15),
+                        window_end=end,
+                    ),
+                )
                 session.add(
                     EdgeWindow(
                         project_name="vision",

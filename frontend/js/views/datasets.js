@@ -72,9 +72,13 @@ export async function render(project) {
       .catch(() => { img.setAttribute("aria-label", `Frame from ${f.node}: the image could not be loaded`); });
     const box = h("input", { class: "form-check-input", type: "checkbox", id: `frame-${f.id}` });
     box.addEventListener("change", () => (box.checked ? selected.add(f.id) : selected.delete(f.id)));
+    const reviewed = f.reviewStatus === "reviewed";
     return h("div", { class: "col-12 col-sm-6 col-md-4 col-xl-3" }, h("div", { class: "form-check" }, box,
       h("label", { class: "form-check-label small", for: `frame-${f.id}` }, img, h("br"),
-        `${f.deployment}/${f.node} · ${f.detections.length} box(es), top ${f.topScore?.toFixed(2) ?? "–"} · ${when(f.capturedAt)}`)));
+        `${f.deployment}/${f.node} · ${f.detections.length} box(es), top ${f.topScore?.toFixed(2) ?? "–"} · ${when(f.capturedAt)}`),
+      h("div", { class: "small" }, h("span", { class: `badge ${reviewed ? "text-bg-success" : "text-bg-secondary"}` },
+        reviewed ? "reviewed" : (f.reviewStatus || "pending").replace("-", " ")), " ",
+      reviewed ? null : h("a", { href: `#/p/${project}/review/${f.id}` }, "Review"))));
   });
 
   setPage("Datasets",
@@ -84,6 +88,7 @@ export async function render(project) {
     blocks.length ? blocks : h("p", { class: "text-secondary" }, "No datasets yet."),
     h("h2", { class: "h5 mt-4" }, "Hard frames from the edge"),
     canWrite() ? h("div", { class: "d-flex flex-wrap gap-2 mb-3" }, sync) : "",
+    frames.length ? h("p", { class: "small text-secondary" }, "Only reviewed frames join a dataset version (their labels as a person left them): review the others first.") : null,
     frames.length ? h("div", { class: "row g-3 mb-3" }, frames) : h("p", { class: "text-secondary" }, "No new frames."),
     canWrite() && frames.length && datasets.items.length ? h("div", { class: "d-flex gap-2", style: "max-width: 640px" },
       h("label", { class: "visually-hidden", for: "target-dataset" }, "Dataset"), Object.assign(target, { id: "target-dataset" }), accept) : "");

@@ -1,7 +1,7 @@
 // Models: the registry of ModelArtifacts, one model's lineage and stage, and a side-by-side comparison.
 import { api, blobUrl } from "../api.js";
 import { canWrite } from "../main.js";
-import { badge, busy, h, number, setPage, stackTable, toast, when } from "../ui.js";
+import { badge, busy, h, number, scrollArea, setPage, stackTable, toast, when } from "../ui.js";
 
 const STAGES = ["candidate", "staging", "production", "archived"];
 const METRICS = [["mAP50", "mAP50"], ["mAP50_95", "mAP50-95"], ["precision", "Precision"], ["recall", "Recall"]];
@@ -98,7 +98,8 @@ function qualityGate(project, name, model) {
   const gate = model.qualityGate;
   const verdict = !gate ? h("span", { class: "badge text-bg-secondary" }, "not checked yet")
     : h("span", { class: `badge ${gate.passed ? "text-bg-success" : "text-bg-danger"}` }, gate.passed ? "passed" : "failed");
-  const table = h("div", { class: "table-responsive" }, h("p", { class: "small text-secondary" }, "Loading the evaluation record…"));
+  const table = scrollArea("Held-out classes, both models", { class: "table-responsive" },
+    h("p", { class: "small text-secondary" }, "Loading the evaluation record…"));
   api(`/projects/${project}/models/${encodeURIComponent(name)}/evaluation`).then((record) => {
     const heldOut = record.datasets.find((d) => d.role === "heldOut");
     const signed = (value) => value === null || value === undefined ? "–" : `${value > 0 ? "−" : "+"}${Math.abs(value).toFixed(3)}`;

@@ -206,6 +206,14 @@ try {
     await expectText("model gate", /all \(mAP50-95\)\s+46\s+0\.430\s+0\.412\s+\+0\.018/);
     await expectText("model gate", /circle\s+10\s+0\.415\s+0\.397\s+\+0\.018/);
   });
+  await step("model-compare", async () => {
+    // Two versions side by side: their runs' epoch curves overlaid, and what was trained differently.
+    await page.goto(at("models/compare?a=shapes-v1&b=shapes-v2"));
+    await page.getByRole("heading", { name: "What was trained differently" }).waitFor();
+    await page.waitForFunction(() => document.querySelector("[data-curves]")?.dataset.curves === "2");
+    await expectText("model compare", /lr0\s+0\.01\s+0\.002\s+differs/);
+    await expectText("model compare", /imgsz\s+320\s+320\s+same/);
+  });
   await step("playground", async () => {
     await page.getByRole("link", { name: "Playground" }).click();
     await page.getByRole("heading", { name: "Detection playground" }).waitFor();

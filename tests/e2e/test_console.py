@@ -229,13 +229,13 @@ def _evaluation_record(candidate_sha: str) -> bytes:
     return record.model_dump_json(by_alias=True).encode()
 
 
-def _run(name: str, line: str, epochs: int) -> Obj:
+def _run(name: str, line: str, epochs: int, **hyperparameters: Any) -> Obj:
     return {
         "metadata": {"name": name},
         "spec": {
             "model": {"architecture": "yolo11n"},
             "dataset": {"uri": "datasets/vision/shapes/v1"},
-            "hyperparameters": {"epochs": epochs, "imgsz": 320},
+            "hyperparameters": {"epochs": epochs, "imgsz": 320, **hyperparameters},
             "resources": {"gpu": {"count": 0}},
             "output": {"model": line},
         },
@@ -330,7 +330,8 @@ def _seed_runs(env: dict[str, Any], now: datetime) -> None:
         "helmets-first": ("helmets", "Failed", None, None, "the trainer ran out of memory at epoch 3"),
     }
     for name, (line, phase, artifact, map50, message) in finished.items():
-        cluster.create(GROUP, "trainingjobs", "vision", _run(name, line, 20))
+        tuned = {"lr0": 0.002} if name == "shapes-tuned" else {}  # the compare page's diff
+        cluster.create(GROUP, "trainingjobs", "vision", _run(name, line, 20, **tuned))
         status: dict[str, Any] = {"phase": phase, "epoch": 20 if artifact else 3, "epochs": 20}
         status["conditions"] = [
             _condition(
@@ -365,6 +366,27 @@ def _seed_runs(env: dict[str, Any], now: datetime) -> None:
             mAP50_95=0.05 * epoch,
         )
         services.bus.publish(settings.training_stream, "e2e-seed", [(500 + epoch, event.to_bytes())])
+    # The finished shapes runs' epochs: the compare page overlays their curves.
+    for offset, (name, top) in enumerate((("shapes-base", 0.413), ("shapes-tuned", 0.431))):
+        events = [
+            TrainingEvent(
+                type="epoch",
+                namespace="vision",
+                training_job=name,
+                attempt=1,
+                epoch=epoch,
+                epochs=20,
+                losses={"box": 1.0 / epoch},
+                mAP50=top * epoch / 20 + 0.3,
+                mAP50_95=top * epoch / 20,
+            )
+            for epoch in range(1, 21)
+        ]
+        services.bus.publish(
+            settings.training_stream,
+            "e2e-seed",
+            [(600 + 100 * offset + e.epoch, e.to_bytes()) for e in events],
+        )
 
 
 def _seed_deployments(env: dict[str, Any], now: datetime) -> None:

@@ -303,16 +303,21 @@ def test_a_second_up_in_the_same_directory_is_refused(tmp_path: Path, started: l
     assert "already running" in second.stderr
 
 
-def test_demo_in_ci_mode_trains_rolls_out_and_detects(tmp_path: Path) -> None:
+def test_demo_in_ci_mode_trains_rolls_out_detects_and_closes_the_loop(tmp_path: Path) -> None:
+    """`visioninapp demo --loop` once (CI time matters): v1 trained on upright shapes, rolled out; then
+    rotated shapes reach the edge, its hard frames are reviewed through the API, the RetrainPolicy
+    fine-tunes, gates and promotes v2, the canary rolls it out, v1 is archived."""
     data_dir = tmp_path / "demo"
+    started = time.monotonic()
     result = subprocess.run(
-        [CLI, "demo", "--data-dir", str(data_dir), "--port", "0", "--kube-port", "0"],
+        [CLI, "demo", "--loop", "--data-dir", str(data_dir), "--port", "0", "--kube-port", "0"],
         env=_clean_env(CI="true", COLUMNS="160"),
         capture_output=True,
         text=True,
-        timeout=540,
+        timeout=600,
     )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-4000:]
+    assert time.monotonic() - started < 480, "the demo with --loop must finish in 8 minutes on 2 cores"
     summary: dict[str, Any] = json.loads((data_dir / "demo-summary.json").read_text())
     assert summary["trainingPhase"] == "Succeeded"
     assert summary["artifactPhase"] == "Available"
@@ -327,4 +332,35 @@ def test_demo_in_ci_mode_trains_rolls_out_and_detects(tmp_path: Path) -> None:
     served = evaluate(Detector(onnx), split_images(data_dir / "local" / "shapes", "val"))
     assert abs(served.map50 - summary["mAP50"]) < 0.05, (served, summary["mAP50"])
     assert "detections by the edge runtime" in result.stdout
+
+    loop = summary["loop"]
+    v1, v2 = loop["v1"]["name"], loop["v2"]["name"]
+    assert v1 == "shapes-yolo11n" and loop["policyPhase"] == "Promoted"
+    assert loop["v2"]["stage"] == "production" and loop["v1"]["stage"] == "archived"
+    assert loop["edgePods"] and all(model == v2 for model in loop["edgePods"].values()), loop["edgePods"]
+    # v2 learnt the variant; the held-out set (original style, never trained on) did not suffer
+    assert loop["variantImages"] >= 50
+    assert loop["variantMAP50"]["v2"] >= loop["variantMAP50"]["v1"] + 0.2, loop["variantMAP50"]
+    held = loop["heldOut"]
+    assert held["passed"] and held["v1"]["mAP50_95"] - held["v2"]["mAP50_95"] <= held["maxDrop"], held
+    assert held["uri"] != loop["datasetVersion"]["uri"]
+    # every label of the dataset version was reviewed by the labeller: none auto-accepted
+    provenance = loop["datasetVersion"]["provenance"]
+    assert provenance["autoAcceptedLabels"] == 0 and provenance["autoAcceptedFrames"] == 0, provenance
+    added = provenance["addedFrames"]
+    assert len(added) >= 48 and set(added) <= set(loop["reviewed"]), provenance
+    assert provenance["reviewedFrames"] == len(added) and provenance["reviewedLabels"] > 0
+    assert all(f["reviewStatus"] == "reviewed" and f["reviewedBy"] for f in loop["frames"])
+    # a frame's history holds the labeller's changes (through the review API), then its acceptance
+    actions = [change["action"] for change in loop["history"]]
+    assert "accept" in actions and set(actions) & {"add", "move", "relabel", "edit", "delete"}, actions
+    assert actions.index("accept") > 0 and all(change["who"] for change in loop["history"])
+    # lineage through the API: v2 → dataset version → frames → deployment → v1
+    lineage = loop["v2"]["lineage"]
+    assert lineage["baseModel"] == v1 and lineage["dataset"] == loop["datasetVersion"]["uri"]
+    assert {(f["deployment"], f["node"], f["model"]) for f in loop["frames"]} == {
+        ("shapes-edge", "local-edge-0", v1)
+    }
+    assert len(loop["lineage"]) == 5 and v1 in loop["lineage"][-1] and "archived" in loop["lineage"][-1]
+    assert "lineage (through the API)" in result.stdout
     _wait_gone(data_dir, 10)

@@ -53,14 +53,22 @@ class SearchIndex(ABC):
         """Best matches first; `project` restricts to documents whose `project` field equals it."""
 
 
+NOT_SEARCHED = frozenset({"time"})  # sorted by, never typed: and its ISO text would show in highlights
+
+
 def text_of(document: dict[str, Any]) -> str:
+    """The searchable text of a document, as a highlight may show it: numbers as people read them."""
     parts: list[str] = []
-    for value in document.values():
+    for key, value in document.items():
+        if key in NOT_SEARCHED:
+            continue
         if isinstance(value, str):
             parts.append(value)
         elif isinstance(value, (list, tuple)):
             parts.extend(str(v) for v in value)
-        elif isinstance(value, (int, float)):
+        elif isinstance(value, float):
+            parts.append(f"{value:.3f}")
+        elif isinstance(value, int):
             parts.append(str(value))
     return " ".join(parts)
 

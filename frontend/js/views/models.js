@@ -1,5 +1,6 @@
 // Models: the registry of ModelArtifacts, one model's lineage and stage, and a side-by-side comparison.
 import { api, blobUrl } from "../api.js";
+import { charts } from "../load.js";
 import { canWrite } from "../main.js";
 import { badge, busy, h, number, scrollArea, setPage, stackTable, toast, when } from "../ui.js";
 
@@ -141,6 +142,11 @@ async function compare(project, a, b) {
     h("td", {}, number(result.a.metrics[key])), h("td", {}, number(result.b.metrics[key])),
     h("td", { class: (result.metricDeltas[key] || 0) >= 0 ? "text-success" : "text-danger" },
       result.metricDeltas[key] !== undefined ? `${result.metricDeltas[key] >= 0 ? "+" : ""}${result.metricDeltas[key].toFixed(3)}` : "–"));
+  // The runs behind them: epoch curves overlaid, and what was trained differently.
+  const runOf = (model) => model.lineage.trainingJob
+    ? api(`/projects/${project}/training-jobs/${encodeURIComponent(model.lineage.trainingJob)}`).catch(() => null) : Promise.resolve(null);
+  const [runA, runB] = await Promise.all([runOf(result.a), runOf(result.b)]);
+  const curves = h("div", {});
   setPage("Compare models",
     h("h1", { class: "h4" }, "Compare models"),
     h("div", { class: "table-responsive" }, h("table", { class: "table" },
@@ -149,5 +155,47 @@ async function compare(project, a, b) {
       h("tbody", {}, METRICS.map(row),
         h("tr", {}, h("th", { scope: "row" }, "Stage"), h("td", {}, result.a.stage), h("td", {}, result.b.stage), h("td", {})),
         h("tr", {}, h("th", { scope: "row" }, "Run"), h("td", {}, result.a.lineage.trainingJob || "–"), h("td", {}, result.b.lineage.trainingJob || "–"), h("td", {}))))),
-    h("p", {}, result.better ? `Better on mAP50-95: ${result.better}` : "No difference in mAP50-95."));
+    h("p", {}, result.better ? `Better on mAP50-95: ${result.better}` : "No difference in mAP50-95."),
+    h("h2", { class: "h6 mt-3" }, "mAP50-95 by epoch"), curves,
+    h("h2", { class: "h6 mt-3" }, "What was trained differently"), settingsDiff(result.a, result.b, runA, runB));
+  await epochCurves(curves, [[result.a.name, runA], [result.b.name, runB]]);
+}
+
+// Both runs' validation mAP50-95 per epoch on one chart (a run whose epochs were not recorded is left out).
+async function epochCurves(box, runs) {
+  const shown = runs.filter(([, run]) => run && run.history && run.history.length);
+  if (!shown.length) {
+    box.replaceChildren(h("p", { class: "small text-secondary" }, "No epoch was recorded for these runs (imported models have none)."));
+    return;
+  }
+  const Chart = await charts();
+  const canvas = h("canvas", { role: "img", "aria-label": `mAP50-95 by epoch of ${shown.map(([name]) => name).join(" and ")}` });
+  box.replaceChildren(h("div", { class: "chart-box small-chart" }, canvas));
+  const longest = Math.max(...shown.map(([, run]) => Math.max(...run.history.map((e) => e.epoch))));
+  new Chart(canvas, { type: "line",
+    data: { labels: Array.from({ length: longest }, (_, i) => i + 1),
+      datasets: shown.map(([name, run]) => ({ label: name, data: Array.from({ length: longest },
+        (_, i) => run.history.find((e) => e.epoch === i + 1)?.mAP50_95 ?? null), pointRadius: 2, spanGaps: true })) },
+    options: { animation: false, maintainAspectRatio: false, scales: { y: { beginAtZero: true }, x: { title: { display: true, text: "epoch" } } } } });
+  box.dataset.curves = String(shown.length);
+}
+
+// Dataset, starting point and every hyperparameter of both runs; rows that differ first and marked.
+function settingsDiff(a, b, runA, runB) {
+  const flat = (model, run) => {
+    const spec = run ? run.spec : {};
+    return { dataset: model.lineage.dataset || spec.dataset?.uri, "base model": model.lineage.baseModel || spec.model?.baseModel,
+      architecture: spec.model?.architecture, "input size": model.imgsz, ...(spec.hyperparameters || {}) };
+  };
+  const left = flat(a, runA), right = flat(b, runB);
+  // Numbers as written in a spec: small ones (weight decay) in exponent form, never a long decimal.
+  const show = (value) => value === undefined || value === null ? "–"
+    : typeof value === "number" ? (value !== 0 && Math.abs(value) < 0.001 ? value.toExponential() : String(Math.round(value * 1e3) / 1e3))
+      : String(value);
+  const keys = [...new Set([...Object.keys(left), ...Object.keys(right)])];
+  const differs = (key) => show(left[key]) !== show(right[key]);
+  const ordered = [...keys.filter(differs), ...keys.filter((key) => !differs(key))];
+  return stackTable(["Setting", a.name, b.name, "Compared"], ordered.map((key) =>
+    [key, show(left[key]), show(right[key]), differs(key) ? h("span", { class: "badge text-bg-warning" }, "differs") : "same"]),
+  { class: "table-sm small" });
 }

@@ -152,8 +152,14 @@ class KubeCluster:
         except ApiException as error:
             raise translate(error, f"updating {kind} {name}") from None
 
-    def patch_status(self, kind: str, namespace: str, name: str, status: Obj) -> Obj:
-        """A merge patch of `.status` (the status subresource: spec untouched, no admission rules)."""
+    def patch_status(
+        self, kind: str, namespace: str, name: str, status: Obj, resource_version: str | None = None
+    ) -> Obj:
+        """A merge patch of `.status` (the status subresource: spec untouched, no admission rules);
+        with `resource_version`, only if the object is still that version (else a 409)."""
+        body: Obj = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
         try:
             return _obj(
                 self.custom.patch_namespaced_custom_object_status(
@@ -162,11 +168,13 @@ class KubeCluster:
                     namespace,
                     _plural(kind),
                     name,
-                    {"status": status},
+                    body,
                     _content_type="application/merge-patch+json",
                 )
             )
         except ApiException as error:
+            if error.status == 409:
+                raise ApiError(409, f"{kind} {namespace}/{name} changed meanwhile") from None
             raise translate(error, f"updating the status of {kind} {name}") from None
 
     def delete(self, kind: str, namespace: str, name: str) -> None:

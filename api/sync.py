@@ -80,15 +80,17 @@ def notification_for(kind: str, obj: Obj) -> Notification | None:
             message=status.get("message") or detail,
             dedup_key=f"{code}/{namespace}/{name}/{meta.get('uid', '')}",
         )
-    if kind == "RetrainPolicy" and phase in RETRAIN_OUTCOMES and status.get("run"):
+    if kind == "RetrainPolicy" and phase in RETRAIN_OUTCOMES and status.get("result"):
         code = RETRAIN_OUTCOMES[phase]
+        # One per run; a run that could not start has no name: its trigger's time stands for it.
+        attempt = status.get("run") or (status.get("lastTrigger") or {}).get("time", "")
         return Notification(
             project_name=namespace,
             kind=code,
             subject=name,
-            title=f"Retrain {status['run']} of {obj['spec']['line']}: {phase}",
-            message=(status.get("result") or status.get("message") or "")[:2000],
-            dedup_key=f"{code}/{namespace}/{name}/{meta.get('uid', '')}/{status['run']}",
+            title=f"Retrain {status.get('run') or 'start'} of {obj['spec']['line']}: {phase}",
+            message=status["result"][:2000],
+            dedup_key=f"{code}/{namespace}/{name}/{meta.get('uid', '')}/{attempt}",
         )
     if kind == "EdgeDeployment" and phase == "RolledBack":
         return Notification(

@@ -15,6 +15,8 @@ from visioninapp.k8s import Obj, iso_time, parse_time
 from visioninapp.resources.retrainpolicy import RetrainPolicySpec
 
 __all__ = [
+    "RUN_LABEL",
+    "RUN_UID_LABEL",
     "ConfidenceWindow",
     "LineFacts",
     "RetrainStep",
@@ -23,7 +25,9 @@ __all__ = [
 ]
 
 RUN_LABEL = "visioninapp.io/retrain-policy"
-SETTLED = ("Promoted", "GateFailed", "Failed")
+RUN_UID_LABEL = "visioninapp.io/retrain-policy-uid"  # a run is the policy's only with its uid
+SETTLED = ("Promoted", "GateFailed", "NotPromoted", "Failed")
+FAILED_START_BACKOFF = timedelta(minutes=10)  # a run that could not start is not retried sooner
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,7 @@ class ConfidenceWindow:
 
 @dataclass(frozen=True)
 class LineFacts:
-    ready_frames: tuple[int, ...]  # ids of the line's frames with labels ready, after framesThrough
+    ready_frames: tuple[int, ...]  # ids of the line's frames with labels ready, in no dataset version yet
     pending_frames: int  # the line's frames still waiting for a person
     production: str | None  # the line's production version (fine-tuned from, compared with)
     run: Obj | None  # the latest run's TrainingJob, as stored
@@ -80,8 +84,11 @@ def decide_retrain(
             "day-of-month month day-of-week, UTC), e.g. '0 3 * * 0' for Sundays at 03:00",
         )
     last = parse_time((status.get("lastTrigger") or {}).get("time"))
-    if last is not None and now < last + timedelta(minutes=spec.min_interval_minutes):
-        ready_at = iso_time(last + timedelta(minutes=spec.min_interval_minutes))
+    spacing = timedelta(minutes=spec.min_interval_minutes)
+    if status.get("phase") == "Failed" and not status.get("run"):  # the last start failed
+        spacing = max(spacing, FAILED_START_BACKOFF)
+    if last is not None and now < last + spacing:
+        ready_at = iso_time(last + spacing)
         return _waiting(
             status, counts, f"the last run started at {iso_time(last)}; next trigger from {ready_at}"
         )
@@ -148,7 +155,7 @@ def _follow_run(
     """A run in progress: its TrainingJob, then its candidate's gate, then the promotion."""
     run = status["run"]
     if facts.run is None:
-        message = f"TrainingJob {run} is gone"
+        message = f"TrainingJob {run} was never created, or was deleted: the run is over"
         return RetrainStep({**counts, "phase": "Failed", "message": message, "result": message})
     run_status = facts.run.get("status") or {}
     phase = run_status.get("phase") or "Pending"
@@ -176,6 +183,9 @@ def _follow_run(
     if gate is None:
         message = f"{candidate}: waiting for its quality gate to be checked"
         return RetrainStep({**counts, "phase": "Training", "candidate": candidate, "message": message})
+    if gate["status"] == "Unknown":  # the operator could not read the record now, and retries
+        message = f"{candidate}: waiting for its quality gate to be checked ({gate.get('message', '')})"
+        return RetrainStep({**counts, "phase": "Training", "candidate": candidate, "message": message})
     if gate["status"] != "True":
         reasons = ((facts.candidate.get("status") or {}).get("qualityGate") or {}).get("reasons") or []
         message = f"{candidate} failed the quality gate: " + ("; ".join(reasons) or gate.get("message", ""))
@@ -183,6 +193,17 @@ def _follow_run(
             {**counts, "phase": "GateFailed", "candidate": candidate, "message": message, "result": message},
             event=("Warning", "GateFailed", message),
             conditions=[("Promoted", False, "GateFailed", message)],
+        )
+    baseline = status.get("baseline")
+    if baseline and facts.production != baseline:  # gated against a version no longer in production
+        message = (
+            f"{candidate} passed the quality gate against {baseline}, but the line's production is now "
+            f"{facts.production or 'none'}: not promoted (it was never compared with that version)"
+        )
+        return RetrainStep(
+            {**counts, "phase": "NotPromoted", "candidate": candidate, "message": message, "result": message},
+            event=("Warning", "NotPromoted", message),
+            conditions=[("Promoted", False, "ProductionMoved", message)],
         )
     message = f"{candidate} passed the quality gate and was promoted to {spec.promote_to}"
     return RetrainStep(
@@ -204,7 +225,7 @@ def retrain_job(policy: Obj, spec: RetrainPolicySpec, name: str, production: str
         "metadata": {
             "name": name,
             "namespace": meta["namespace"],
-            "labels": {RUN_LABEL: meta["name"]},
+            "labels": {RUN_LABEL: meta["name"], RUN_UID_LABEL: meta.get("uid", "")},
             "annotations": {"visioninapp.io/created-by": f"retrain-policy/{meta['name']}"},
         },
         "spec": {

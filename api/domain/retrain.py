@@ -20,11 +20,18 @@ from sqlalchemy.orm import Session
 from visioninapp.api.container import ApiContainer
 from visioninapp.api.db import EdgeWindow, FeedbackFrame
 from visioninapp.api.domain.feedback import accept_frames
-from visioninapp.k8s import Obj, parse_time, set_condition
+from visioninapp.k8s import Obj, iso_time, parse_time, set_condition
 from visioninapp.lines import stage_holder
 from visioninapp.resources.base import ADMITTED
 from visioninapp.resources.retrainpolicy import RetrainPolicySpec
-from visioninapp.retrain import ConfidenceWindow, LineFacts, RetrainStep, decide_retrain, retrain_job
+from visioninapp.retrain import (
+    RUN_UID_LABEL,
+    ConfidenceWindow,
+    LineFacts,
+    RetrainStep,
+    decide_retrain,
+    retrain_job,
+)
 from visioninapp.web.errors import ApiError
 
 __all__ = ["KIND", "evaluate_policy", "run_policies"]
@@ -64,11 +71,16 @@ def _run(container: ApiContainer, policy: Obj, artifacts: list[Obj], now: dateti
     meta, status = policy["metadata"], dict(policy.get("status") or {})
     project, name = meta["namespace"], meta["name"]
     spec = RetrainPolicySpec.model_validate(policy["spec"], context=ADMITTED)
-    facts = _gather(container, project, spec, status, artifacts, now)
+    facts = _gather(container, policy, spec, status, artifacts, now)
     step = decide_retrain(spec, status, facts, now, parse_time(meta.get("creationTimestamp")) or now)
     patch = dict(step.status)
+    version = meta.get("resourceVersion")
     if step.start:
-        patch |= _start(container, policy, spec, status, facts, step, now)
+        started = _start(container, policy, spec, facts, step, now)
+        if started is None:  # another API replica claimed this trigger first: it starts the run
+            return policy
+        fields, version = started
+        patch |= fields
     if step.promote is not None:
         container.clusters.training.patch(
             "ModelArtifact", project, step.promote, {"spec": {"stage": spec.promote_to}}
@@ -83,35 +95,53 @@ def _run(container: ApiContainer, policy: Obj, artifacts: list[Obj], now: dateti
     changed = {k: v for k, v in patch.items() if status.get(k) != v}
     if not changed:
         return policy
-    return container.clusters.training.patch_status(KIND, project, name, changed)
+    try:  # only over the version this pass decided from: another replica's newer write wins
+        return container.clusters.training.patch_status(KIND, project, name, changed, version)
+    except ApiError as error:
+        if error.status == 409:
+            return policy
+        raise
 
 
 def _start(
     container: ApiContainer,
     policy: Obj,
     spec: RetrainPolicySpec,
-    status: Obj,
     facts: LineFacts,
     step: RetrainStep,
     now: datetime,
-) -> Obj:
-    """The next dataset version with the frames, then the TrainingJob; what the status records."""
-    project, name = policy["metadata"]["namespace"], policy["metadata"]["name"]
-    number = int(status.get("runs") or 0) + 1
-    run = f"{name[:230]}-r{number}"
+) -> tuple[Obj, str | None] | None:
+    """Claim the run (a status write conditional on the version this pass read: of several API
+    replicas one wins, the others return None), then publish the frames as the dataset's next
+    version and create the TrainingJob; returns what the status then records, and the policy's
+    version after the claim (the status write that follows is conditional on it)."""
+    meta, status = policy["metadata"], policy.get("status") or {}
+    project, name = meta["namespace"], meta["name"]
+    run, number = _free_run_name(container, project, name, int(status.get("runs") or 0) + 1)
     frames = list(step.start[:MAX_FRAMES_PER_RUN])
     reason = step.event[2] if step.event else "triggered"
-    record = {
+    claim = {
         "runs": number,
         "run": run,
         "candidate": None,
         "result": None,
+        "datasetVersion": None,
         "baseline": facts.production,
-        "framesThrough": max(frames),
-        "lastTrigger": {"time": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "reason": reason[:1024]},
+        "phase": "Training",
+        "message": f"starting {run}: publishing {len(frames)} frame(s) into {spec.training.dataset}",
+        "lastTrigger": {"time": iso_time(now), "reason": reason[:1024]},
     }
     try:
-        version = accept_frames(
+        claimed = container.clusters.training.patch_status(
+            KIND, project, name, claim, meta.get("resourceVersion")
+        )
+    except ApiError as error:
+        if error.status == 409:
+            return None
+        raise
+    version = claimed["metadata"].get("resourceVersion")
+    try:
+        published = accept_frames(
             container,
             project,
             spec.training.dataset,
@@ -121,66 +151,76 @@ def _start(
             spec.labels.auto_accept_min_score,
         )
     except ApiError as error:  # e.g. the dataset is gone: nothing was trained, the frames stay ready
-        return {
-            "phase": "Failed",
-            "message": f"cannot publish the frames into {spec.training.dataset}: {error.message}",
-        }
+        message = f"cannot publish the frames into {spec.training.dataset}: {error.message}"
+        return _start_failed(claim, message), version
     assert facts.production is not None  # decide_retrain starts nothing without it
-    job = retrain_job(policy, spec, run, facts.production, version["uri"])
+    job = retrain_job(policy, spec, run, facts.production, published["uri"])
     try:
         container.clusters.training.create(job)
     except ApiError as error:
-        if error.status != 409:  # 409: created by an earlier pass that could not record it
-            return {
-                **record,
-                "datasetVersion": version["version"],
-                "phase": "Failed",
-                "message": f"dataset version {version['version']} published, but TrainingJob {run} "
-                f"could not be created: {error.message}",
-            }
+        message = (
+            f"dataset version {version['version']} published, but TrainingJob {run} could not be created"
+        )
+        return _start_failed(claim, f"{message}: {error.message}"), version
     return {
-        **record,
-        "datasetVersion": version["version"],
-        "message": f"{run} fine-tunes {facts.production} on {spec.training.dataset} v{version['version']} "
+        **claim,
+        "datasetVersion": published["version"],
+        "message": f"{run} fine-tunes {facts.production} on {spec.training.dataset} v{published['version']} "
         f"({len(frames)} new frame(s)); triggered: {reason}",
-    }
+    }, version
+
+
+def _start_failed(claim: Obj, message: str) -> Obj:
+    """No run: the trigger is recorded (the next waits for it to age), the frames stay ready."""
+    return {**claim, "run": None, "phase": "Failed", "message": message, "result": message}
+
+
+def _free_run_name(container: ApiContainer, project: str, policy: str, number: int) -> tuple[str, int]:
+    """`<policy>-r<n>` for the first n from `number` that no TrainingJob has (a policy deleted and
+    created again starts counting anew, and never adopts an earlier policy's run)."""
+    for candidate in range(number, number + 100):
+        run = f"{policy[:230]}-r{candidate}"
+        if _get(container, "TrainingJob", project, run) is None:
+            return run, candidate
+    raise ApiError(409, f"TrainingJobs {policy}-r{number} to -r{number + 99} all exist: delete old runs")
 
 
 def _gather(
     container: ApiContainer,
-    project: str,
+    policy: Obj,
     spec: RetrainPolicySpec,
     status: Obj,
     artifacts: list[Obj],
     now: datetime,
 ) -> LineFacts:
+    project, uid = policy["metadata"]["namespace"], policy["metadata"].get("uid")
     versions = {a["metadata"]["name"] for a in artifacts if a["spec"].get("model") == spec.line}
     production = stage_holder(artifacts, spec.line, "production")
     production_name = production["metadata"]["name"] if production else None
-    through = int(status.get("framesThrough") or 0)
     with container.db.session() as session:
-        ready, pending = _frames(session, project, versions, through, spec.labels.auto_accept_min_score)
+        ready, pending = _frames(session, project, versions, spec.labels.auto_accept_min_score)
         reference, recent = (
             _confidence(session, project, production_name, spec.triggers.confidence_drop.window_minutes, now)
             if spec.triggers.confidence_drop is not None and production_name
             else (None, None)
         )
     run = _get(container, "TrainingJob", project, status.get("run"))
+    if run is not None and (run["metadata"].get("labels") or {}).get(RUN_UID_LABEL) != uid:
+        run = None  # a TrainingJob of that name that this policy did not create
     candidate_name = status.get("candidate") or ((run or {}).get("status") or {}).get("artifact")
     candidate = next((a for a in artifacts if a["metadata"]["name"] == candidate_name), None)
     return LineFacts(tuple(ready), pending, production_name, run, candidate, reference, recent)
 
 
 def _frames(
-    session: Session, project: str, versions: set[str], through: int, auto_accept: float | None
+    session: Session, project: str, versions: set[str], auto_accept: float | None
 ) -> tuple[list[int], int]:
-    """Ids of the line's new frames whose labels are ready (reviewed; or pending with a proposal at
-    the auto-accept score), and how many still wait for a person."""
+    """Ids of the line's frames not in a dataset version yet whose labels are ready (reviewed; or
+    pending with a proposal at the auto-accept score), and how many still wait for a person."""
     rows = session.execute(
         select(FeedbackFrame.id, FeedbackFrame.review_status, FeedbackFrame.top_score)
         .where(
             FeedbackFrame.project_name == project,
-            FeedbackFrame.id > through,
             FeedbackFrame.status == "new",
             FeedbackFrame.model.in_(sorted(versions)),
         )
@@ -212,7 +252,7 @@ def _confidence(
     span = timedelta(minutes=minutes)
     return (
         _mean(session, project, production, first, first + span),
-        _mean(session, project, production, now.replace(tzinfo=None) - span, now.replace(tzinfo=None)),
+        _mean(session, project, production, now - span, now),
     )
 
 

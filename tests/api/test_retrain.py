@@ -6,6 +6,7 @@ a time; a candidate that fails its gate promotes nothing and says why; one that 
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from tests.api import test_reviews
 from tests.api.test_api import artifact
 from tests.api.test_reviews import Seeded, _with_dataset
+from tests.helpers import wait_for
 from visioninapp.api.sync import ClusterSync
 
 seeded = test_reviews.seeded  # the fixture: a project whose deployment sent three hard frames
@@ -122,7 +124,7 @@ def test_no_trigger_at_n_minus_1_frames_a_fine_tune_at_n(seeded: Seeded, tmp_pat
     status = triggered["status"]
     assert triggered["phase"] == "Training" and status["runs"] == 1 and status["run"] == "helmets-loop-r1"
     assert "2 frames with labels ready (trigger at 2)" in status["lastTrigger"]["reason"]
-    assert status["framesThrough"] == third and status["datasetVersion"] == 2 and status["baseline"] == "m1"
+    assert status["datasetVersion"] == 2 and status["baseline"] == "m1"
     [job] = runs(seeded)
     spec = job["spec"]
     assert spec["model"] == {"baseModel": "m1"}  # fine-tuned from the line's production version
@@ -263,3 +265,82 @@ def test_the_evaluation_record_is_served_checked_and_a_failed_gate_is_not_promot
     api.cluster.create(GROUP, "modelartifacts", project, plain)
     missing = api.client.get(f"/api/v1/projects/{project}/models/plain/evaluation", headers=alice)
     assert missing.status_code == 404 and "without a quality gate" in missing.json()["error"]["message"]
+
+
+def test_two_replicas_seeing_one_trigger_start_one_run(seeded: Seeded, tmp_path: Any) -> None:
+    from visioninapp.api.domain import retrain
+
+    start(seeded, tmp_path)
+    for frame in seeded.frames[:2]:
+        seeded.ok("POST", f"/{frame}/accept", json={"revision": 0})
+    container, project = seeded.api.container, seeded.project
+    stale = container.clusters.training.get("RetrainPolicy", project, "helmets-loop")  # read by both
+    artifacts = container.clusters.training.list("ModelArtifact", project)
+    now = datetime.now(UTC)
+    first = retrain._run(container, stale, artifacts, now)
+    second = retrain._run(container, stale, artifacts, now)  # its claim is refused: it does nothing
+    assert first["status"]["run"] == "helmets-loop-r1", first["status"]
+    assert second == stale, second.get("status")
+    assert len(runs(seeded)) == 1
+    versions = seeded.api.client.get(
+        f"/api/v1/projects/{project}/datasets/shapes", headers=seeded.api.as_user("alice")
+    ).json()["versions"]
+    assert [v["version"] for v in versions] == [1, 2]  # one dataset version for the one run
+
+
+def test_a_policy_created_again_never_adopts_an_earlier_run(seeded: Seeded, tmp_path: Any) -> None:
+    start(seeded, tmp_path)
+    for frame in seeded.frames[:2]:
+        seeded.ok("POST", f"/{frame}/accept", json={"revision": 0})
+    evaluate(seeded)
+    finish(seeded, "helmets-loop-r1", "old-r1", gate(True, []))
+    alice = seeded.api.as_user("alice")
+    seeded.api.cluster.delete(GROUP, "retrainpolicies", seeded.project, "helmets-loop")
+    wait_for(
+        lambda: seeded.api.cluster.get(GROUP, "retrainpolicies", seeded.project, "helmets-loop") is None,
+        30,
+        "the policy to be deleted",
+    )
+    again = seeded.api.client.post(
+        f"/api/v1/projects/{seeded.project}/retrain-policies",
+        json=policy(triggers={"reviewedFrames": 1}),
+        headers=alice,
+    )
+    assert again.status_code == 201, again.text
+    seeded.ok("POST", f"/{seeded.frames[2]}/accept", json={"revision": 0})
+    started = evaluate(seeded)  # its first run is r2: r1 (and its candidate) belong to the earlier policy
+    assert started["status"]["run"] == "helmets-loop-r2" and started["status"]["runs"] == 2
+    followed = evaluate(seeded)
+    assert followed["phase"] == "Training" and stage(seeded, "old-r1") == "candidate"
+
+
+def test_the_confidence_trigger_reads_the_fleets_windows(seeded: Seeded, tmp_path: Any) -> None:
+    from visioninapp.api.db import EdgeWindow
+
+    start(
+        seeded, tmp_path, triggers={"confidenceDrop": {"windowMinutes": 10, "drop": 0.1, "minDetections": 20}}
+    )
+    seeded.ok("POST", f"/{seeded.frames[0]}/accept", json={"revision": 0})
+    now = datetime.now(UTC)
+    with seeded.api.container.db.session() as session:
+        for minutes_ago, mean in ((50, 0.81), (48, 0.79), (5, 0.62), (3, 0.60)):  # first windows, last ones
+            end = now - timedelta(minutes=minutes_ago)
+            session.add(
+                EdgeWindow(
+                    project_name=seeded.project,
+                    deployment="dock",
+                    node="jetson-0",
+                    revision="r",
+                    model_version="m1",
+                    window_start=end - timedelta(seconds=15),
+                    window_end=end,
+                    requests=10,
+                    errors=0,
+                    detections_per_class={"circle": 15},
+                    mean_confidence=mean,
+                    stream_offset=10_000 + minutes_ago,
+                )
+            )
+    triggered = evaluate(seeded)
+    assert triggered["phase"] == "Training", triggered["message"]
+    assert "mean confidence fell from 0.800 to 0.610" in triggered["status"]["lastTrigger"]["reason"]

@@ -95,12 +95,9 @@ def test_suspended_or_without_production_nothing_starts() -> None:
     assert not orphan.start and "no production version of line shapes" in orphan.status["message"]
 
 
-def _candidate(passed: bool | None) -> dict[str, Any]:
-    conditions = (
-        []
-        if passed is None
-        else [{"type": "QualityGate", "status": "True" if passed else "False", "message": "m"}]
-    )
+def _candidate(passed: bool | None, unknown: bool = False) -> dict[str, Any]:
+    value = "Unknown" if unknown else "True" if passed else "False"
+    conditions = [] if passed is None else [{"type": "QualityGate", "status": value, "message": "m"}]
     gate = {"reasons": [] if passed else ["held-out mAP50-95 dropped 0.05"]}
     return {"metadata": {"name": "c1"}, "status": {"conditions": conditions, "qualityGate": gate}}
 
@@ -113,6 +110,7 @@ def _candidate(passed: bool | None) -> dict[str, Any]:
         ("Succeeded", None, "Training", None),  # its artifact not seen yet
         ("Succeeded", _candidate(None), "Training", None),  # the gate not checked yet
         ("Succeeded", _candidate(False), "GateFailed", None),
+        ("Succeeded", _candidate(False, unknown=True), "Training", None),  # the check is retried
         ("Succeeded", _candidate(True), "Promoted", "c1"),
     ],
 )
@@ -129,9 +127,15 @@ def test_a_run_is_followed_to_its_outcome(
 
 
 def test_the_fine_tune_is_gated_against_production_on_the_held_out_set() -> None:
-    policy = {"apiVersion": "visioninapp.io/v1alpha1", "metadata": {"name": "loop", "namespace": "ml"}}
+    policy = {
+        "apiVersion": "visioninapp.io/v1alpha1",
+        "metadata": {"name": "loop", "namespace": "ml", "uid": "u-1"},
+    }
     job = retrain_job(policy, spec(), "loop-r2", "v1", "s3://data/shapes/v3")
-    assert job["metadata"]["labels"] == {"visioninapp.io/retrain-policy": "loop"}
+    assert job["metadata"]["labels"] == {
+        "visioninapp.io/retrain-policy": "loop",
+        "visioninapp.io/retrain-policy-uid": "u-1",
+    }
     assert job["spec"]["model"] == {"baseModel": "v1"} and job["spec"]["dataset"] == {
         "uri": "s3://data/shapes/v3"
     }
@@ -140,3 +144,20 @@ def test_the_fine_tune_is_gated_against_production_on_the_held_out_set() -> None
         "baseline": "v1",
         "maxDrop": 0.01,
     }
+
+
+def test_a_candidate_gated_against_a_version_no_longer_in_production_is_not_promoted() -> None:
+    run = {"status": {"phase": "Succeeded", "artifact": "c1"}}
+    status = {"run": "r1", "phase": "Training", "baseline": "v1"}
+    moved = decide_retrain(
+        spec(), status, facts(0, run=run, candidate=_candidate(True), production="v7"), NOW, CREATED
+    )
+    assert moved.promote is None and moved.status["phase"] == "NotPromoted"
+    assert "production is now v7" in moved.status["result"]
+
+
+def test_a_run_that_could_not_start_is_retried_after_a_back_off_only() -> None:
+    policy = spec().model_copy(update={"min_interval_minutes": 0})
+    failed = {"phase": "Failed", "run": None, "lastTrigger": {"time": "2026-11-30T11:55:00Z", "reason": "x"}}
+    assert not decide_retrain(policy, failed, facts(5), NOW, CREATED).start
+    assert decide_retrain(policy, failed, facts(5), NOW + timedelta(minutes=6), CREATED).start

@@ -33,7 +33,9 @@ __all__ = [
     "TriggerRecord",
 ]
 
-RetrainPolicyPhase = Literal["Waiting", "Training", "Promoted", "GateFailed", "Failed", "Suspended"]
+RetrainPolicyPhase = Literal[
+    "Waiting", "Training", "Promoted", "GateFailed", "NotPromoted", "Failed", "Suspended"
+]
 CRON = r"^(\S+\s+){4}\S+$"
 
 
@@ -146,9 +148,6 @@ class RetrainPolicyStatus(KubeModel):
     )
     ready_frames: int = Field(0, ge=0, description="Frames with labels ready since the last run.")
     pending_frames: int = Field(0, ge=0, description="Frames of the line still waiting for review.")
-    frames_through: int = Field(
-        0, ge=0, description="Frames up to this id were considered by a run (the next run takes later ones)."
-    )
     runs: int = Field(0, ge=0, description="Fine-tunes started.")
     run: DnsSubdomain | None = Field(None, description="The TrainingJob of the latest run.")
     candidate: DnsSubdomain | None = Field(None, description="The ModelArtifact of the latest run.")

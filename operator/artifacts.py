@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from visioninapp.backends.storage import ObjectNotFound
 from visioninapp.evaluation import EvaluationRecord
 from visioninapp.k8s import Obj, set_condition
+from visioninapp.lines import promotion_blocked
 from visioninapp.resources import ModelArtifact
 from visioninapp.resources.edgedeployment import models_in_use
 from visioninapp.resources.modelartifact import GateScores, QualityGateStatus
@@ -186,20 +187,6 @@ def _gate(conditions: list[Obj], wanted: Obj, gate: GateCheck, now: datetime, ge
     wanted["qualityGate"] = gate_summary(gate.record).wire()
     status, reason = ("True", "Passed") if verdict.passed else ("False", "Failed")
     return set_condition(conditions, "QualityGate", status, reason, verdict.summary, now, generation)
-
-
-def promotion_blocked(body: Obj) -> str | None:
-    """Why this version must not be promoted (None: nothing against it). A version whose spec names
-    an evaluation record is promotable only once the record is checked and its gate passed."""
-    if not (body.get("spec") or {}).get("evaluation"):
-        return None
-    for condition in (body.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == "QualityGate":
-            if condition.get("status") == "True":
-                return None
-            if condition.get("status") == "False":
-                return f"quality gate {condition.get('reason', '').lower()}: {condition.get('message', '')}"
-    return "quality gate not checked yet"
 
 
 # --- status -------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from visioninapp.evaluation import GateOutcome
@@ -52,7 +52,7 @@ class TrainingEvent(_Event):
     namespace: str = Field(description="Namespace of the TrainingJob.")
     training_job: str = Field(description="Name of the TrainingJob.")
     attempt: int = Field(ge=1, description="Attempt (Job) that produced the event.")
-    time: datetime = Field(default_factory=_now, description="When the event happened (UTC).")
+    time: AwareDatetime = Field(default_factory=_now, description="When the event happened (UTC).")
     epoch: int | None = Field(None, ge=0, description="Completed epoch (1-based).")
     epochs: int | None = Field(None, ge=0, description="Epochs planned.")
     losses: dict[str, float] = Field(default_factory=dict, description="Training losses by name.")
@@ -111,7 +111,7 @@ class EngineReport(_Event):
     key_hash: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the engine key's canonical JSON.")
     key: dict[str, str] = Field(default_factory=dict, description="The engine key's fields.")
     state: EngineState = Field(description="building, ready (built or downloaded, self-tested) or failed.")
-    since: datetime = Field(description="When the engine entered this state (UTC).")
+    since: AwareDatetime = Field(description="When the engine entered this state (UTC).")
     sha256: str | None = Field(None, description="sha256 of the engine file, once built or downloaded.")
     source: Literal["built", "cache", "shared"] | None = Field(
         None, description="Where the ready engine came from: built here, the node's cache, the fleet's."
@@ -129,8 +129,8 @@ class EdgeEvent(_Event):
     revision: str = Field(description="Pod template revision of the runtime.")
     model_sha256: str | None = Field(None, description="sha256 of the model being served.")
     model_version: str | None = Field(None, description="ModelArtifact being served.")
-    window_start: datetime = Field(description="Start of the window (UTC).")
-    window_end: datetime = Field(description="End of the window (UTC).")
+    window_start: AwareDatetime = Field(description="Start of the window (UTC).")
+    window_end: AwareDatetime = Field(description="End of the window (UTC).")
     requests: int = Field(0, ge=0, description="Detect requests in the window.")
     errors: int = Field(0, ge=0, description="Failed requests in the window.")
     p50_ms: float | None = Field(None, ge=0, description="Median latency, ms.")

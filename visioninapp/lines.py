@@ -8,7 +8,7 @@ from datetime import datetime
 
 from visioninapp.k8s import Obj, parse_time
 
-__all__ = ["stage_holder"]
+__all__ = ["promotion_blocked", "stage_holder"]
 
 _NOT_YET_RECORDED = datetime.max  # promoted after the last stage change the operator recorded
 
@@ -47,3 +47,17 @@ def stage_holder(artifacts: Iterable[Obj], line: str, stage: str) -> Obj | None:
     """The version holding `stage` of `line`: the one promoted last."""
     holders = _holders(artifacts, line, stage)
     return holders[0] if holders else None
+
+
+def promotion_blocked(body: Obj) -> str | None:
+    """Why this version must not be promoted (None: nothing against it). A version whose spec names
+    an evaluation record is promotable only once the record is checked and its gate passed."""
+    if not (body.get("spec") or {}).get("evaluation"):
+        return None
+    for condition in (body.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "QualityGate":
+            if condition.get("status") == "True":
+                return None
+            if condition.get("status") == "False":
+                return f"quality gate {condition.get('reason', '').lower()}: {condition.get('message', '')}"
+    return "quality gate not checked yet"

@@ -21,6 +21,7 @@ from visioninapp.api.schemas import ModelOut
 from visioninapp.backends.storage import ChecksumMismatch, ObjectNotFound
 from visioninapp.evaluation import EvaluationRecord
 from visioninapp.k8s import Obj
+from visioninapp.lines import promotion_blocked
 from visioninapp.web.errors import ApiError
 
 __all__ = [
@@ -130,14 +131,14 @@ def evaluation(container: ApiContainer, project: str, name: str) -> dict[str, An
 
 
 def set_stage(container: ApiContainer, project: str, name: str, stage: str) -> dict[str, Any]:
-    gate = get_model(container, project, name)["qualityGate"]
-    if stage in ("staging", "production") and gate and not gate.get("passed"):
-        reasons = "; ".join(gate.get("reasons") or []) or "see its evaluation record"
-        raise ApiError(
-            409,
-            f"{name} failed its quality gate ({reasons}): it is not promoted to {stage}. Train a better "
-            "candidate, or (knowing why) set spec.stage with kubectl",
-        )
+    if stage in ("staging", "production"):
+        blocked = promotion_blocked(container.clusters.training.get(KIND, project, name))
+        if blocked:
+            raise ApiError(
+                409,
+                f"{name} is not promoted to {stage}: {blocked}. Wait for the check, train a better "
+                "candidate, or (knowing why) set spec.stage with kubectl",
+            )
     updated = container.clusters.training.patch(KIND, project, name, {"spec": {"stage": stage}})
     invalidate(container, project, KIND)
     return model_out(updated)

@@ -239,8 +239,20 @@ def test_the_evaluation_record_is_served_checked_and_a_failed_gate_is_not_promot
         "maxDrop": 0.01,
         "reasons": verdict.reasons,
     }
-    api.cluster.patch(GROUP, "modelartifacts", project, "bad", {"status": {"qualityGate": gate}}, "status")
     alice = api.as_user("alice")
+    unchecked = api.client.patch(
+        f"/api/v1/projects/{project}/models/bad", json={"stage": "staging"}, headers=alice
+    )
+    assert unchecked.status_code == 409 and "not checked yet" in unchecked.json()["error"]["message"]
+    condition = {
+        "type": "QualityGate",
+        "status": "False",
+        "reason": "Failed",
+        "message": verdict.summary,
+        "lastTransitionTime": "2026-11-30T21:00:00Z",
+    }
+    status = {"qualityGate": gate, "conditions": [condition]}
+    api.cluster.patch(GROUP, "modelartifacts", project, "bad", {"status": status}, "status")
     served = api.client.get(f"/api/v1/projects/{project}/models/bad/evaluation", headers=alice)
     assert served.status_code == 200, served.text
     body = served.json()
@@ -251,7 +263,7 @@ def test_the_evaluation_record_is_served_checked_and_a_failed_gate_is_not_promot
     refused = api.client.patch(
         f"/api/v1/projects/{project}/models/bad", json={"stage": "production"}, headers=alice
     )
-    assert refused.status_code == 409 and "failed its quality gate" in refused.json()["error"]["message"]
+    assert refused.status_code == 409 and "quality gate failed" in refused.json()["error"]["message"]
     assert (
         api.client.patch(
             f"/api/v1/projects/{project}/models/bad", json={"stage": "archived"}, headers=alice

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from pydantic import ValidationError
 
 from visioninapp.events import TERMINATION_MESSAGE_LIMIT, EdgeEvent, TrainerResult, TrainingEvent
 from visioninapp.resources.modelartifact import ArtifactFormat
@@ -64,3 +65,14 @@ def test_termination_message_fits_the_kubernetes_limit() -> None:
     assert len(big.encode()) <= TERMINATION_MESSAGE_LIMIT
     parsed = TrainerResult.from_termination_message(big)
     assert parsed.class_names is None and parsed.manifest_uri.endswith("manifest.json")
+
+
+def test_an_edge_event_without_a_time_zone_is_refused() -> None:
+    """The API stores windows in UTC columns: a naive time would fail the whole batch there, so the
+    event is refused at decoding (and the consumer skips it, logged with its offset)."""
+    naive = {"namespace": "ns", "deployment": "d", "node": "n", "revision": "r"}
+    naive |= {"windowStart": "2026-11-30T10:00:00", "windowEnd": "2026-11-30T10:00:15"}
+    with pytest.raises(ValidationError, match="timezone"):
+        EdgeEvent.model_validate(naive)
+    aware = {**naive, "windowStart": "2026-11-30T10:00:00Z", "windowEnd": "2026-11-30T10:00:15+00:00"}
+    assert EdgeEvent.model_validate(aware).window_end.tzinfo is not None

@@ -228,8 +228,18 @@ def artifact_status(
             wanted.update(phase="Available")
     stage = body["spec"].get("stage", "candidate")
     current = next((c for c in conditions if c["type"] == "Staged"), None)
-    if current is None or current["reason"] != stage.capitalize():
-        previous = f" (was {current['reason'].lower()})" if current else ""
+    # Recorded anew at each stage change, even back to the same stage (only the stage changes the
+    # generation): its time is when the version entered the stage (visioninapp/lines.py).
+    if (
+        current is None
+        or current["reason"] != stage.capitalize()
+        or current.get("observedGeneration") != generation
+    ):
+        previous = (
+            f" (was {current['reason'].lower()})"
+            if current and current["reason"] != stage.capitalize()
+            else ""
+        )
         conditions = set_condition(
             [c for c in conditions if c["type"] != "Staged"],
             "Staged",

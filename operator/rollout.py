@@ -87,9 +87,7 @@ def plan_rollout(
     rollout = _Rollout(ed, body, nodes, pods, health, now)
     rollout.engines, rollout.line = engines, line
     spec = ed.spec
-    if line is not None:
-        rollout.wanted["lineModel"] = line.holder
-        rollout.condition("FollowsLine", line.model is not None, line.reason, line.message)
+    rollout.wanted["lineModel"] = line.holder if line is not None else None
     entry = (
         _model_entry(artifact, spec.model_ref, spec.format, spec.runtime.precision)
         if spec.model_ref
@@ -131,6 +129,7 @@ class _Rollout(StatusDraft):
     order = CONDITION_TYPES
     engines: Sequence[Obj] = ()
     line: LineTarget | None = None
+    held_back: str | None = None  # why this deployment stays off the line's version, when it does
 
     def __init__(
         self,
@@ -173,6 +172,7 @@ class _Rollout(StatusDraft):
         self, daemonset: Obj | None = None, replace: tuple[str, ...] = (), keep: str | None = None
     ) -> RolloutPlan:
         """The plan; `replace` names nodes whose pod goes (never one already on revision `keep`)."""
+        self.follows_line()
         self.wanted["conditions"] = self.conditions
         self.wanted["history"] = self.history[: self.spec.revision_history_limit or 1]
         patch = {k: v for k, v in self.wanted.items() if self.status.get(k) != v}
@@ -203,15 +203,21 @@ class _Rollout(StatusDraft):
         if self.line is None or self.spec.model is None:
             return
         stage, name = self.spec.model.stage, self.spec.model.line
-        self.condition(
-            "FollowsLine",
-            False,
-            "HeldBack",
+        self.held_back = (
             f"{self.line.holder} ({stage} of {name}) was rolled back here (see RolledBack); this "
             f"deployment stays on {running or 'its previous model'} until the line's {stage} changes, or "
-            "annotate "
-            f"{ACTION_ANNOTATION}=retry",
+            f"annotate {ACTION_ANNOTATION}=retry"
         )
+
+    def follows_line(self) -> None:
+        """`FollowsLine`, set once per pass (its time moves only when its value does); gone from a
+        deployment that names one artifact again."""
+        if self.line is None:
+            self.conditions = [c for c in self.conditions if c["type"] != "FollowsLine"]
+        elif self.held_back is not None:
+            self.condition("FollowsLine", False, "HeldBack", self.held_back)
+        else:
+            self.condition("FollowsLine", self.line.model is not None, self.line.reason, self.line.message)
 
     def rolled_back(self, revision: str) -> RolloutPlan:
         """Rolled back: the fleet goes back to the previous model at once, and stays there."""

@@ -14,14 +14,19 @@ _NOT_YET_RECORDED = datetime.max  # promoted after the last stage change the ope
 
 
 def _promoted_at(artifact: Obj) -> tuple[datetime, str, str]:
-    """When the artifact entered its stage, as the `Staged` condition recorded it; a stage the
-    operator has not recorded yet was entered just now. Ties: the newer object, then the name."""
+    """When the artifact entered its stage, as the `Staged` condition recorded it for the current
+    generation (only `spec.stage` changes one); a stage the operator has not recorded yet was entered
+    just now. Ties (the condition has whole seconds): the newer object, then the name."""
     stage = artifact["spec"].get("stage", "candidate")
     staged = next(
         (c for c in (artifact.get("status") or {}).get("conditions") or [] if c.get("type") == "Staged"),
         None,
     )
-    recorded = staged is not None and staged.get("reason") == stage.capitalize()
+    recorded = (
+        staged is not None
+        and staged.get("reason") == stage.capitalize()
+        and staged.get("observedGeneration") == artifact["metadata"].get("generation")
+    )
     when = parse_time(staged.get("lastTransitionTime")) if recorded and staged else None
     meta = artifact["metadata"]
     return (
@@ -32,19 +37,23 @@ def _promoted_at(artifact: Obj) -> tuple[datetime, str, str]:
 
 
 def _holders(artifacts: Iterable[Obj], line: str, stage: str) -> list[Obj]:
-    """The line's versions in `stage`, latest promoted first."""
+    """The line's versions in `stage` that can hold it (verified, and not refused by their quality
+    gate), latest promoted first."""
     found = [
         a
         for a in artifacts
         if a["spec"].get("model") == line
         and a["spec"].get("stage") == stage
         and not a["metadata"].get("deletionTimestamp")
+        and (a.get("status") or {}).get("phase") == "Available"
+        and promotion_blocked(a) is None
     ]
     return sorted(found, key=_promoted_at, reverse=True)
 
 
 def stage_holder(artifacts: Iterable[Obj], line: str, stage: str) -> Obj | None:
-    """The version holding `stage` of `line`: the one promoted last."""
+    """The version holding `stage` of `line`: of those that can hold it, the one promoted last (one
+    promoted before it is verified, or refused by its gate, takes nothing from the current holder)."""
     holders = _holders(artifacts, line, stage)
     return holders[0] if holders else None
 

@@ -75,6 +75,28 @@ def test_the_version_promoted_last_holds_the_stage() -> None:
     assert stage_holder([other], "shapes", "production") is None
 
 
+def test_a_version_that_cannot_serve_takes_nothing_from_the_holder() -> None:
+    holder = version("v1", recorded="2026-11-23T10:00:00Z")
+    verifying = version("v2", recorded=None)
+    verifying["status"]["phase"] = "Pending"
+    refused = version("v3", recorded=None)
+    refused["spec"]["evaluation"] = {"uri": "s3://models/v3/evaluation.json", "sha256": SHA}
+    refused["status"]["conditions"] = [{"type": "QualityGate", "status": "False", "reason": "Failed"}]
+    unchecked = version("v4", recorded=None)
+    unchecked["spec"]["evaluation"] = refused["spec"]["evaluation"]
+    assert stage_holder([holder, verifying, refused, unchecked], "shapes", "production") is holder
+    assert newer_holder(holder, [holder, verifying, refused, unchecked]) is None  # nothing archived
+
+
+def test_a_stage_entered_again_counts_from_its_new_promotion() -> None:
+    """Archived and set back to production (two generations later): the old record does not count."""
+    earlier = version("v1", recorded="2026-11-23T09:00:00Z")
+    earlier["metadata"]["generation"] = 3
+    earlier["status"]["conditions"][0]["observedGeneration"] = 1  # recorded before the two changes
+    other = version("v2", recorded="2026-11-23T10:00:00Z")
+    assert stage_holder([earlier, other], "shapes", "production") is earlier
+
+
 def test_a_superseded_version_of_the_operator_is_archived() -> None:
     early, late = version("v1", recorded="2026-11-23T10:00:00Z"), version("v2", recorded=None)
     assert newer_holder(early, [early, late]) is late
@@ -210,3 +232,21 @@ def test_a_version_rolled_back_here_is_held_back_until_the_stage_moves_on() -> N
 def test_line_target_names_the_holder() -> None:
     target = line_target("shapes", "production", [version("v1")])
     assert (target.model, target.holder, target.reason) == ("v1", "v1", "OnLine")
+
+
+def test_a_deployment_pinned_to_one_artifact_again_drops_the_line_from_its_status() -> None:
+    on_line = plan_following(following(), [version("v1")], pods({f"n{i}": "old" for i in range(10)}))
+    assert conditions(on_line)["FollowsLine"]["reason"] == "OnLine"
+    pinned = deployment("v1", status={**on_line.status, "phase": "Progressing"})
+    again = plan_rollout(
+        EdgeDeployment.model_validate(pinned, context=ADMITTED),
+        pinned,
+        version("v1"),
+        None,
+        fleet(),
+        pods({f"n{i}": "old" for i in range(10)}),
+        {},
+        NOW,
+        template=EdgeTemplate(image="edge:1"),
+    )
+    assert again.status["lineModel"] is None and "FollowsLine" not in conditions(again)

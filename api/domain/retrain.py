@@ -20,6 +20,8 @@ from sqlalchemy.orm import Session
 from visioninapp.api.container import ApiContainer
 from visioninapp.api.db import EdgeWindow, FeedbackFrame
 from visioninapp.api.domain.feedback import accept_frames
+from visioninapp.api.domain.scopes import check_dataset_ref, check_output_uri
+from visioninapp.api.security import Access
 from visioninapp.k8s import Obj, iso_time, parse_time, set_condition
 from visioninapp.lines import stage_holder
 from visioninapp.resources.base import ADMITTED
@@ -34,11 +36,19 @@ from visioninapp.retrain import (
 )
 from visioninapp.web.errors import ApiError
 
-__all__ = ["KIND", "evaluate_policy", "run_policies"]
+__all__ = ["KIND", "check_references", "evaluate_policy", "run_policies"]
 
 log = logging.getLogger(__name__)
 KIND = "RetrainPolicy"
 MAX_FRAMES_PER_RUN = 10_000  # one dataset version takes at most this many new frames
+
+
+def check_references(container: ApiContainer, spec: RetrainPolicySpec, access: Access) -> None:
+    """What the policy's runs read and write stays in its project, as for a TrainingJob
+    (`api/domain/training.py`): the held-out set, the output URI, and the dataset by name."""
+    if not access.user.is_platform_admin:
+        check_dataset_ref(container, spec.gate.held_out, access.project, "spec.gate.heldOut")
+        check_output_uri(container, access.project, spec.training.output_uri, "spec.training.outputUri")
 
 
 def run_policies(container: ApiContainer, project: str, artifacts: list[Obj]) -> list[Obj]:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import re
 
 from visioninapp.api.container import ApiContainer
+from visioninapp.resources.trainingjob import DatasetRef
 from visioninapp.web.errors import ApiError, ErrorDetail
 
-__all__ = ["below", "check_output_uri", "plain_relative_path", "store_base"]
+__all__ = ["below", "check_dataset_ref", "check_output_uri", "plain_relative_path", "store_base"]
 
 _SAFE_PATH = re.compile(r"[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*/?")
 
@@ -48,3 +49,24 @@ def check_output_uri(container: ApiContainer, project: str, uri: str | None, fie
         f"{allowed}/...) or name a folder under {allowed}/; only platform admins may write elsewhere"
     )
     raise ApiError(403, message, [ErrorDetail(field=field, message=message)])
+
+
+def check_dataset_ref(container: ApiContainer, ref: DatasetRef, project: str, field: str) -> None:
+    """A dataset of `project` (see `check_references`), else 403 (422 for a data YAML path outside it)."""
+    uri = ref.uri
+    relative = f"datasets/{project}"
+    absolute = f"{store_base(container)}/{relative}"
+    if not (below(uri, relative) or below(uri, absolute)):
+        message = (
+            f"{field}.uri: {uri!r} is not a dataset of project {project!r}; use one of its "
+            f"dataset versions, {relative}/<dataset>/v<N> (or {absolute}/<dataset>/v<N>), as "
+            f"GET /api/v1/projects/{project}/datasets lists them; only platform admins may name "
+            "other URIs"
+        )
+        raise ApiError(403, message, [ErrorDetail(field=f"{field}.uri", message=message)])
+    if not plain_relative_path(ref.data_yaml):
+        message = (
+            f"{field}.dataYaml: {ref.data_yaml!r} must be a path inside the dataset "
+            "folder (relative, no `..`), e.g. `data.yaml`"
+        )
+        raise ApiError(422, message, [ErrorDetail(field=f"{field}.dataYaml", message=message)])

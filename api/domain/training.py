@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from visioninapp.api.container import ApiContainer
 from visioninapp.api.db import EpochMetric, LogLine, TrainingRun
-from visioninapp.api.domain.scopes import below, check_output_uri, plain_relative_path, store_base
+from visioninapp.api.domain.scopes import check_dataset_ref, check_output_uri
 from visioninapp.api.listcache import invalidate
 from visioninapp.api.paging import fetch_page, page, page_of, sort_items
 from visioninapp.api.schemas import (
@@ -134,52 +134,42 @@ def create_job(container: ApiContainer, body: TrainingJobIn, access: Access) -> 
 def check_references(container: ApiContainer, spec: TrainingJobSpec, access: Access) -> None:
     """What a run reads and writes stays in its project (platform admins may name any URI):
 
-    - `spec.dataset.uri`: a dataset of the project, `datasets/<project>/...` (a key in the
-      platform's artifact store, as the dataset routes store them) or the same under its full URI;
-      `spec.dataset.dataYaml` a plain path inside that folder;
+    - `spec.dataset.uri` and the gate's `spec.evaluation.heldOut.uri` / `newFrames.uri`: datasets of
+      the project, `datasets/<project>/...` (a key in the platform's artifact store, as the dataset
+      routes store them) or the same under its full URI; their `dataYaml` a plain path inside;
     - `spec.output.uri`: empty (the default, `<artifacts>/<project>/<run>/`) or under
       `<artifacts>/<project>/`;
-    - `spec.model.baseModel`: a ModelArtifact of the project (for everyone: the operator looks it up
-      in the run's namespace, and a name that is not there is a mistake to say now, not later).
+    - `spec.model.baseModel` and `spec.evaluation.baseline`: ModelArtifacts of the project (for
+      everyone: the operator looks them up in the run's namespace, and a name that is not there is
+      a mistake to say now, not later).
     """
+    evaluation = spec.evaluation
     if not access.user.is_platform_admin:
-        _check_dataset(container, spec, access.project)
+        check_dataset_ref(container, spec.dataset, access.project, "spec.dataset")
+        if evaluation is not None:
+            check_dataset_ref(container, evaluation.held_out, access.project, "spec.evaluation.heldOut")
+            if evaluation.new_frames is not None:
+                check_dataset_ref(
+                    container, evaluation.new_frames, access.project, "spec.evaluation.newFrames"
+                )
         check_output_uri(container, access.project, spec.output.uri, "spec.output.uri")
     if spec.model.base_model is not None:
-        _check_base_model(container, spec.model.base_model, access.project)
+        _check_base_model(container, spec.model.base_model, access.project, "spec.model.baseModel")
+    if evaluation is not None and evaluation.baseline is not None:
+        _check_base_model(container, evaluation.baseline, access.project, "spec.evaluation.baseline")
 
 
-def _check_dataset(container: ApiContainer, spec: TrainingJobSpec, project: str) -> None:
-    uri = spec.dataset.uri
-    relative = f"datasets/{project}"
-    absolute = f"{store_base(container)}/{relative}"
-    if not (below(uri, relative) or below(uri, absolute)):
-        message = (
-            f"spec.dataset.uri: {uri!r} is not a dataset of project {project!r}; use one of its "
-            f"dataset versions, {relative}/<dataset>/v<N> (or {absolute}/<dataset>/v<N>), as "
-            f"GET /api/v1/projects/{project}/datasets lists them; only platform admins may train "
-            "on other URIs"
-        )
-        raise ApiError(403, message, [ErrorDetail(field="spec.dataset.uri", message=message)])
-    if not plain_relative_path(spec.dataset.data_yaml):
-        message = (
-            f"spec.dataset.dataYaml: {spec.dataset.data_yaml!r} must be a path inside the dataset "
-            "folder (relative, no `..`), e.g. `data.yaml`"
-        )
-        raise ApiError(422, message, [ErrorDetail(field="spec.dataset.dataYaml", message=message)])
-
-
-def _check_base_model(container: ApiContainer, base: str, project: str) -> None:
+def _check_base_model(container: ApiContainer, base: str, project: str, field: str) -> None:
     try:
         container.clusters.training.get("ModelArtifact", project, base)
     except ApiError as error:
         if error.status != 404:
             raise
         message = (
-            f"spec.model.baseModel: no ModelArtifact {base!r} in project {project!r}; fine-tune "
-            f"from one of its models (GET /api/v1/projects/{project}/models)"
+            f"{field}: no ModelArtifact {base!r} in project {project!r}; name one of its "
+            f"models (GET /api/v1/projects/{project}/models)"
         )
-        raise ApiError(422, message, [ErrorDetail(field="spec.model.baseModel", message=message)]) from None
+        raise ApiError(422, message, [ErrorDetail(field=field, message=message)]) from None
 
 
 def manifest(body: TrainingJobIn, project: str, creator: str) -> Obj:

@@ -44,6 +44,7 @@ def list_policies(access: ProjectReader, container: Container) -> Any:
     summary="Declare when and how a model line is fine-tuned (creates a RetrainPolicy)",
 )
 def create_policy(body: RetrainPolicyIn, access: ProjectWriter, container: Container) -> Any:
+    retrain.check_references(container, body.spec, access)
     obj = {
         "apiVersion": API_VERSION,
         "kind": retrain.KIND,

@@ -22,10 +22,13 @@ seeded = test_reviews.seeded  # the fixture: a project whose deployment sent thr
 pytestmark = pytest.mark.services
 
 GROUP = "visioninapp.io"
-HELD_OUT = "s3://datasets/helmets-held-out"
 
 
-def policy(name: str = "helmets-loop", **spec: Any) -> dict[str, Any]:
+def held_out(project: str) -> str:
+    return f"datasets/{project}/helmets-held-out/v1"  # a dataset of the project: never trained on
+
+
+def policy(project: str, name: str = "helmets-loop", **spec: Any) -> dict[str, Any]:
     return {
         "name": name,
         "spec": {
@@ -33,7 +36,7 @@ def policy(name: str = "helmets-loop", **spec: Any) -> dict[str, Any]:
             "triggers": {"reviewedFrames": 2},
             "minIntervalMinutes": 0,
             "training": {"dataset": "shapes", "hyperparameters": {"epochs": 3, "imgsz": 96}},
-            "gate": {"heldOut": {"uri": HELD_OUT}, "maxDrop": 0.02},
+            "gate": {"heldOut": {"uri": held_out(project)}, "maxDrop": 0.02},
             "promoteTo": "production",
             **spec,
         },
@@ -97,12 +100,16 @@ def stage(seeded: Seeded, name: str) -> str:
 def start(seeded: Seeded, tmp_path: Any, **spec: Any) -> None:
     _with_dataset(seeded, tmp_path)
     alice = seeded.api.as_user("alice")
+    verified = {"status": {"phase": "Available"}}  # as the operator leaves it: it can hold a stage
+    seeded.api.cluster.patch(GROUP, "modelartifacts", seeded.project, "m1", verified, "status")
     promoted = seeded.api.client.patch(
         f"/api/v1/projects/{seeded.project}/models/m1", json={"stage": "production"}, headers=alice
     )
     assert promoted.status_code == 200, promoted.text
     created = seeded.api.client.post(
-        f"/api/v1/projects/{seeded.project}/retrain-policies", json=policy(**spec), headers=alice
+        f"/api/v1/projects/{seeded.project}/retrain-policies",
+        json=policy(seeded.project, **spec),
+        headers=alice,
     )
     assert created.status_code == 201, created.text
 
@@ -135,7 +142,7 @@ def test_no_trigger_at_n_minus_1_frames_a_fine_tune_at_n(seeded: Seeded, tmp_pat
     assert version["provenance"]["addedFrames"] == [first, third]
     assert version["provenance"]["autoAcceptedLabels"] == 0  # the review path: people's labels only
     assert spec["evaluation"] == {
-        "heldOut": {"uri": HELD_OUT, "dataYaml": "data.yaml"},
+        "heldOut": {"uri": held_out(seeded.project), "dataYaml": "data.yaml"},
         "baseline": "m1",
         "maxDrop": 0.02,
     }
@@ -315,7 +322,7 @@ def test_a_policy_created_again_never_adopts_an_earlier_run(seeded: Seeded, tmp_
     )
     again = seeded.api.client.post(
         f"/api/v1/projects/{seeded.project}/retrain-policies",
-        json=policy(triggers={"reviewedFrames": 1}),
+        json=policy(seeded.project, triggers={"reviewedFrames": 1}),
         headers=alice,
     )
     assert again.status_code == 201, again.text
@@ -356,3 +363,23 @@ def test_the_confidence_trigger_reads_the_fleets_windows(seeded: Seeded, tmp_pat
     triggered = evaluate(seeded)
     assert triggered["phase"] == "Training", triggered["message"]
     assert "mean confidence fell from 0.800 to 0.610" in triggered["status"]["lastTrigger"]["reason"]
+
+
+def test_a_policy_reads_and_writes_only_in_its_project(seeded: Seeded) -> None:
+    other = seeded.api.new_project({"alice": "member"})
+    url = f"/api/v1/projects/{seeded.project}/retrain-policies"
+    alice = seeded.api.as_user("alice")
+    foreign = policy(seeded.project)
+    foreign["spec"]["gate"]["heldOut"]["uri"] = held_out(other)
+    refused = seeded.api.client.post(url, json=foreign, headers=alice)
+    assert refused.status_code == 403 and "spec.gate.heldOut.uri" in refused.json()["error"]["message"]
+    elsewhere = policy(seeded.project)
+    elsewhere["spec"]["training"]["outputUri"] = "s3://somebody-elses-bucket/runs"
+    refused = seeded.api.client.post(url, json=elsewhere, headers=alice)
+    assert refused.status_code == 403 and "spec.training.outputUri" in refused.json()["error"]["message"]
+    reader = seeded.api.client.post(url, json=policy(seeded.project), headers=seeded.api.as_user("vera"))
+    assert reader.status_code == 403
+    viewer_evaluate = seeded.api.client.post(
+        f"{url}/helmets-loop/evaluate", headers=seeded.api.as_user("vera")
+    )
+    assert viewer_evaluate.status_code == 403

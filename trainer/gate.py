@@ -3,10 +3,11 @@
 Before training, `prepare_gate` fetches the held-out set, the new frames and the baseline's ONNX
 (sha256-checked) and refuses what would make the gate meaningless: a held-out set that is the
 training dataset or shares an image with its train split, or class names that differ. After export,
-`run_gate` evaluates the candidate and the baseline with the edge's evaluation (onnxruntime, CPU),
-judges (visioninapp/evaluation.py), and stores the record next to the weights; the trainer's result
-carries its URI, sha256 and verdict. A failed gate is a result, not a failure of the run: the
-ModelArtifact is created and says why in its status, and nothing promotes it.
+`run_gate` evaluates the candidate and the baseline with the edge's evaluation (onnxruntime, CPU:
+mAP, per-class AP, PR curves, confusion matrix), judges (visioninapp/evaluation.py), and stores the
+record next to the weights; the trainer's result carries its URI, sha256 and verdict. A failed
+gate is a result, not a failure of the run: the ModelArtifact is created and says why in its
+status, and nothing promotes it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from visioninapp.backends.storage import ArtifactStore, join_uri, sha256_file
 from visioninapp.datasets import fetch_dataset, split_images, validate_dataset
-from visioninapp.edge.evaluate import Evaluation, evaluate
+from visioninapp.edge.evaluate import CONFUSION_CONF, CONFUSION_IOU, RECALL_POINTS, Evaluation, evaluate
 from visioninapp.edge.inference import Detector
 from visioninapp.evaluation import (
     SUMMARY_LIMIT,
@@ -84,12 +85,17 @@ def shared_images(trained: Mapping[str, str], held_out: Mapping[str, str]) -> li
 
 
 def scores_from(evaluation: Evaluation) -> ModelScores:
-    """The record's form of the edge's evaluation."""
+    """The record's form of the edge's evaluation: AP, PR curve and labels by class, the confusion matrix."""
     return ModelScores(
         map50=evaluation.map50,
         map50_95=evaluation.map50_95,
         classes={c.class_id: ClassAP(ap50=c.ap50, ap50_95=c.ap50_95) for c in evaluation.classes},
         labels={c.class_id: c.labels for c in evaluation.classes},
+        recall=[float(r) for r in RECALL_POINTS],
+        precision={c.class_id: list(c.precision50) for c in evaluation.classes if c.precision50},
+        confusion=[list(row) for row in evaluation.confusion] if evaluation.confusion else None,
+        confusion_threshold=CONFUSION_CONF,
+        confusion_iou=CONFUSION_IOU,
     )
 
 
@@ -205,10 +211,7 @@ def run_gate(
         datasets=datasets,
         verdict=verdict,
     )
-    stored = store.put_bytes(
-        record.model_dump_json(by_alias=True, exclude_none=True, indent=2).encode(),
-        join_uri(config.output_uri, EVALUATION_FILE),
-    )
+    stored = store.put_bytes(record.to_json(), join_uri(config.output_uri, EVALUATION_FILE))
     log.info("quality gate %s", verdict.summary)
     summary = verdict.summary
     if len(summary) > SUMMARY_LIMIT:

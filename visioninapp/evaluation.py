@@ -8,6 +8,12 @@ per-class AP as ultralytics defines them), and stores ONE record per candidate n
 the operator checks the checksum and summarises the verdict in the artifact's status; the console's
 comparison page reads the same record. docs/quality-gate.md describes it with an example.
 
+Each model's scores on a dataset may carry what the registry shows to decide by (optional, so still
+`schemaVersion` 1: a record without them reads as before): `prCurves`, each labelled class's
+precision at fixed recall points at IoU 0.5, and `confusion`, the confusion matrix at a confidence
+threshold with a background row and column. Rounded to `CURVE_DECIMALS`, an 80-class record with
+both models on two datasets stays a few hundred KB (tests/unit/test_evaluation.py checks it).
+
 The rule (`judge`): the gate fails when the candidate's held-out mAP50-95 is more than `maxDrop`
 below the baseline's, or (with `maxClassDrop`) when any held-out class's AP50-95 is more than
 `maxClassDrop` below the baseline's, whatever the gain on the new frames, which is only reported.
@@ -18,14 +24,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 __all__ = [
+    "BACKGROUND",
+    "CURVE_DECIMALS",
     "SCHEMA_VERSION",
     "TOLERANCE",
     "ClassAP",
     "ClassComparison",
+    "ClassCurve",
+    "Confusion",
     "DatasetEvaluation",
     "DatasetRole",
     "EvaluatedModel",
@@ -35,8 +45,10 @@ __all__ = [
     "GateVerdict",
     "MapScores",
     "ModelScores",
+    "PRCurves",
     "dataset_evaluation",
     "judge",
+    "model_scores",
 ]
 
 SCHEMA_VERSION: Literal[1] = 1
@@ -44,6 +56,8 @@ SCHEMA_VERSION: Literal[1] = 1
 TOLERANCE = 1e-9
 MAX_REASONS = 32
 SUMMARY_LIMIT = 512  # characters of the one-line summary carried in the termination message
+CURVE_DECIMALS = 4  # a PR curve's precision in the record: enough for a chart, a third of the bytes
+BACKGROUND = "background"  # the confusion matrix's last row (missed labels) and column (false detections)
 
 DatasetRole = Literal["heldOut", "newFrames"]
 Score = Annotated[float, Field(ge=0, le=1)]
@@ -63,11 +77,60 @@ class ClassAP(_Model):
     ap50_95: Score = Field(alias="AP50_95", description="AP averaged over IoU 0.5:0.05:0.95.")
 
 
+class ClassCurve(_Model):
+    """One class's precision-recall curve: its precision at each of `PRCurves.recall`."""
+
+    id: int = Field(ge=0, description="Class id.")
+    name: str = Field(description="Class name.")
+    precision: list[Score] = Field(description="Interpolated precision at each recall point.")
+
+
+class PRCurves(_Model):
+    """One model's precision-recall curves on one dataset, one per labelled class."""
+
+    iou: Score = Field(0.5, description="IoU at which a detection is a true positive.")
+    recall: list[Score] = Field(min_length=2, description="The recall points, ascending.")
+    classes: list[ClassCurve] = Field(default_factory=list, description="By class id.")
+
+    @model_validator(mode="after")
+    def _one_precision_per_recall(self) -> PRCurves:
+        for curve in self.classes:
+            if len(curve.precision) != len(self.recall):
+                raise ValueError(
+                    f"class {curve.id} has {len(curve.precision)} precision values for "
+                    f"{len(self.recall)} recall points"
+                )
+        return self
+
+
+class Confusion(_Model):
+    """One model's confusion matrix on one dataset (ultralytics' `ConfusionMatrix`)."""
+
+    threshold: Score = Field(description="Detections above this confidence count.")
+    iou: Score = Field(description="A detection matches a label (of any class) at an IoU above this.")
+    class_names: list[str] = Field(min_length=2, description=f"By id, then {BACKGROUND!r}.")
+    matrix: list[list[Annotated[int, Field(ge=0)]]] = Field(
+        description=f"Counts: rows predicted, columns true, each ending with {BACKGROUND!r}."
+    )
+
+    @model_validator(mode="after")
+    def _square(self) -> Confusion:
+        size = len(self.class_names)
+        if len(self.matrix) != size or any(len(row) != size for row in self.matrix):
+            raise ValueError(
+                f"the confusion matrix must be {size} x {size}, one row and column per class name"
+            )
+        return self
+
+
 class MapScores(_Model):
-    """One model's mAP on one dataset (its classes are in the dataset's `classes`)."""
+    """One model's mAP on one dataset (its classes are in the dataset's `classes`), with its PR curves
+    and confusion matrix when the evaluation measured them."""
 
     map50: Score = Field(alias="mAP50")
     map50_95: Score = Field(alias="mAP50_95")
+    pr_curves: PRCurves | None = None
+    confusion: Confusion | None = None
 
 
 class ModelScores(_Model):
@@ -78,6 +141,15 @@ class ModelScores(_Model):
     map50_95: Score = Field(alias="mAP50_95")
     classes: dict[int, ClassAP] = Field(default_factory=dict, description="AP by class id.")
     labels: dict[int, int] = Field(default_factory=dict, description="Labels by class id.")
+    recall: list[Score] = Field(default_factory=list, description="The PR curves' recall points.")
+    precision: dict[int, list[float]] = Field(
+        default_factory=dict, description="By class id: precision at each recall point (IoU 0.5)."
+    )
+    confusion: list[list[int]] | None = Field(
+        None, description="Rows predicted, columns true, each ending with the background."
+    )
+    confusion_threshold: Score = 0.25
+    confusion_iou: Score = 0.45
 
 
 class ClassComparison(_Model):
@@ -150,6 +222,11 @@ class EvaluationRecord(_Model):
     def dataset(self, role: DatasetRole) -> DatasetEvaluation | None:
         return next((d for d in self.datasets if d.role == role), None)
 
+    def to_json(self) -> bytes:
+        """The stored bytes: compact JSON (indenting would put each curve point and matrix count on a
+        line of its own and quadruple the size; `jq .` shows it indented)."""
+        return self.model_dump_json(by_alias=True, exclude_none=True).encode()
+
 
 class GateOutcome(_Model):
     """What the trainer's result says of the gate (small: it travels in the termination message)."""
@@ -158,6 +235,37 @@ class GateOutcome(_Model):
     sha256: str = Field(pattern=r"^[a-f0-9]{64}$", description="sha256 of the record's bytes.")
     passed: bool
     summary: str = Field(max_length=SUMMARY_LIMIT)
+
+
+def _name(class_names: list[str], class_id: int) -> str:
+    return class_names[class_id] if class_id < len(class_names) else str(class_id)
+
+
+def model_scores(scores: ModelScores, class_names: list[str]) -> MapScores:
+    """The record's form of one model's scores: mAP, and its PR curves (rounded to `CURVE_DECIMALS`)
+    and confusion matrix (classes named, then the background) when measured."""
+    curves = None
+    if scores.recall and scores.precision:
+        curves = PRCurves(
+            recall=[round(r, CURVE_DECIMALS) for r in scores.recall],
+            classes=[
+                ClassCurve(
+                    id=class_id,
+                    name=_name(class_names, class_id),
+                    precision=[round(p, CURVE_DECIMALS) for p in scores.precision[class_id]],
+                )
+                for class_id in sorted(scores.precision)
+            ],
+        )
+    confusion = None
+    if scores.confusion is not None:
+        confusion = Confusion(
+            threshold=scores.confusion_threshold,
+            iou=scores.confusion_iou,
+            class_names=[_name(class_names, i) for i in range(len(scores.confusion) - 1)] + [BACKGROUND],
+            matrix=scores.confusion,
+        )
+    return MapScores(map50=scores.map50, map50_95=scores.map50_95, pr_curves=curves, confusion=confusion)
 
 
 def dataset_evaluation(
@@ -176,7 +284,7 @@ def dataset_evaluation(
         rows.append(
             ClassComparison(
                 id=class_id,
-                name=class_names[class_id] if class_id < len(class_names) else str(class_id),
+                name=_name(class_names, class_id),
                 labels=candidate.labels[class_id],
                 candidate=mine,
                 baseline=theirs,
@@ -188,8 +296,8 @@ def dataset_evaluation(
         uri=uri,
         images=images,
         labels=sum(candidate.labels.values()),
-        candidate=MapScores(map50=candidate.map50, map50_95=candidate.map50_95),
-        baseline=None if baseline is None else MapScores(map50=baseline.map50, map50_95=baseline.map50_95),
+        candidate=model_scores(candidate, class_names),
+        baseline=None if baseline is None else model_scores(baseline, class_names),
         classes=rows,
     )
 

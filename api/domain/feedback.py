@@ -46,6 +46,7 @@ from visioninapp.web.errors import ApiError
 
 __all__ = [
     "MAX_ID",
+    "PUBLISHING",
     "accept_frames",
     "feedback_out",
     "frame_image",
@@ -56,6 +57,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 MAX_ID = 2**63 - 1  # the database's BIGINT
+PUBLISHING = "publishing"  # a frame's status while the dataset version taking it is published
 ANNOUNCED_BATCH = 500  # announcements imported per project and sync pass
 IMPORT_PAGE = 1000  # the import answers with at most this many of the frames it imported
 PROVENANCE = "provenance.json"  # in a dataset version: where each feedback image's labels came from
@@ -260,6 +262,7 @@ def accept_frames(
         if missing:
             raise ApiError(404, f"feedback frames {missing} not found in {project!r}")
         chosen, excluded = _choose(frames, auto_accept_min_score, creator)
+        seen = {f.id: f.revision for f in frames}
     if not chosen:
         reasons = "; ".join(f"frame {e['frame']}: {e['reason']}" for e in excluded[:20])
         raise ApiError(
@@ -275,23 +278,64 @@ def accept_frames(
         note or f"v{latest_number} + {len(chosen)} feedback frame(s)",
         latest_number,
     )
-    with workspace(container) as work:
-        source = work / "source"
-        fetch_dataset(
-            container.store_for(latest_uri), latest_uri, "data.yaml", source
-        )  # the manifest's files
-        for frame in chosen:
-            image_path = source / "images" / "train" / f"feedback_{frame.frame_id}.jpg"
-            container.store_for(frame.image_uri).get_file(frame.image_uri, image_path)
-            write_pseudo_labels(image_path, _dataset_labels(frame, names, dataset), names)
-        earlier = _earlier_provenance(source)
+    _reserve(container, [(f.frame_id, seen[f.frame_id]) for f in chosen])
+    try:
+        with workspace(container) as work:
+            source = work / "source"
+            fetch_dataset(
+                container.store_for(latest_uri), latest_uri, "data.yaml", source
+            )  # the manifest's files
+            for frame in chosen:
+                image_path = source / "images" / "train" / f"feedback_{frame.frame_id}.jpg"
+                container.store_for(frame.image_uri).get_file(frame.image_uri, image_path)
+                write_pseudo_labels(image_path, _dataset_labels(frame, names, dataset), names)
+            earlier = _earlier_provenance(source)
 
-        def finish(root: Path) -> dict[str, Any]:
-            return _write_provenance(root, earlier, chosen, excluded, auto_accept_min_score)
+            def finish(root: Path) -> dict[str, Any]:
+                return _write_provenance(root, earlier, chosen, excluded, auto_accept_min_score)
 
-        out = publish_version(container, new, source, work, finish)
+            out = publish_version(container, new, source, work, finish)
+    except BaseException:
+        _release(container, [f.frame_id for f in chosen])
+        raise
     _mark_included(container, project, dataset, out["version"], chosen, creator, auto_accept_min_score)
     return out
+
+
+def _reserve(container: ApiContainer, frames: list[tuple[int, int]]) -> None:
+    """The frames, as they were read (by revision), taken out of review while their version is
+    published: a review or another publish meanwhile would otherwise be lost or doubled. 409 (and
+    nothing reserved) when one changed since it was read."""
+    with container.db.session() as session:
+        for frame_id, revision in frames:
+            taken = session.execute(
+                update(FeedbackFrame)
+                .where(
+                    FeedbackFrame.id == frame_id,
+                    FeedbackFrame.revision == revision,
+                    FeedbackFrame.status == "new",
+                )
+                .values(status=PUBLISHING),
+                execution_options={"synchronize_session": False},
+            )
+            if taken.rowcount != 1:  # type: ignore[attr-defined]
+                session.rollback()
+                raise ApiError(
+                    409,
+                    f"frame {frame_id} changed while its dataset version was being prepared (reviewed, "
+                    "edited or added to another version): try again",
+                )
+
+
+def _release(container: ApiContainer, frame_ids: list[int]) -> None:
+    """The version was not published: its frames go back to review as they were."""
+    with container.db.session() as session:
+        session.execute(
+            update(FeedbackFrame)
+            .where(FeedbackFrame.id.in_(frame_ids), FeedbackFrame.status == PUBLISHING)
+            .values(status="new"),
+            execution_options={"synchronize_session": False},
+        )
 
 
 def _choose(

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from visioninapp.api.container import ApiContainer
 from visioninapp.api.db import AnnotationChange, FeedbackFrame, utcnow
-from visioninapp.api.domain.feedback import feedback_out
+from visioninapp.api.domain.feedback import PUBLISHING, feedback_out
 from visioninapp.api.domain.labels import (
     Change,
     Edit,
@@ -40,6 +40,8 @@ from visioninapp.images import ImageError, image_header
 from visioninapp.web.errors import ApiError
 
 __all__ = ["decide_frame", "edit_labels", "get_frame", "history_rows", "review_queue"]
+
+IN_A_VERSION = ("accepted", PUBLISHING)  # in a dataset version, or being added to one
 
 
 def review_queue(container: ApiContainer, project: str, limit: int, offset: int) -> dict[str, Any]:
@@ -73,7 +75,7 @@ def edit_labels(
     with container.db.session() as session:
         frame = _frame(session, project, frame_id)
         check_revision(frame_id, frame.revision, revision, _last_change(session, frame_id))
-        check_editable(frame_id, frame.review_status, frame.status == "accepted")
+        check_editable(frame_id, frame.review_status, frame.status in IN_A_VERSION)
         issued = max((label_number(i) for i in session.scalars(_added_ids(frame_id))), default=0)
         labels, changes = apply_edit(current_labels(frame.labels, frame.detections), edit, facts, issued)
         if changes:
@@ -111,7 +113,7 @@ def decide_frame(
     with container.db.session() as session:
         frame = _frame(session, project, frame_id)
         check_revision(frame_id, frame.revision, revision, _last_change(session, frame_id))
-        check_decidable(frame_id, frame.status == "accepted")
+        check_decidable(frame_id, frame.status in IN_A_VERSION)
         labels = current_labels(frame.labels, frame.detections)
         status, change = review_change(action, frame.review_status, labels)
         written = _Written(labels, status, who, utcnow(), "dismissed" if action == "reject" else "new")

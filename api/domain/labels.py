@@ -430,7 +430,8 @@ def decide(
     Reviewed (or earlier auto-accepted) frames give their current labels; rejected frames nothing;
     pending frames nothing unless a threshold is given, then the model's proposals scoring at least
     that (a frame without any such proposal is left out: an empty label file would teach the model
-    that nothing is there)."""
+    that nothing is there; a frame a person edited is left out too: their boxes are never replaced
+    by the model's)."""
     if review_status == "reviewed":
         return Included(frame_id, "reviewed", list(labels), False)
     if review_status == "auto-accepted":
@@ -439,6 +440,8 @@ def decide(
         return "rejected in review"
     if auto_accept_min_score is None:
         return "pending review (review it, or give autoAcceptMinScore)"
+    if any(label.source == "person" for label in labels):  # a person's edit is never replaced
+        return "edited by a person but not accepted yet: accept it in review"
     proposals = labels_from_proposals(detections, auto_accept_min_score)
     if not proposals:
         return f"no model proposal scores at least {auto_accept_min_score}"

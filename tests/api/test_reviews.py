@@ -423,3 +423,22 @@ def test_auto_accept_takes_proposals_above_the_threshold_and_marks_them(
     assert (later["provenance"]["reviewedFrames"], later["provenance"]["autoAcceptedFrames"]) == (2, 1)
     kept = json.loads(_version_file(seeded, later, "provenance.json"))["images"]
     assert sorted(entry["frame"] for entry in kept.values()) == [first, second, third]
+
+
+def test_frames_being_published_cannot_change_and_a_changed_frame_is_not_published(
+    seeded: Seeded, tmp_path: Any
+) -> None:
+    from visioninapp.api.domain.feedback import _reserve
+    from visioninapp.web.errors import ApiError
+
+    _with_dataset(seeded, tmp_path)
+    first, second, _ = seeded.frames
+    seeded.ok("POST", f"/{first}/accept", json={"revision": 0})  # now at revision 1
+    container = seeded.api.container
+    with pytest.raises(ApiError, match=f"frame {first} changed while its dataset version"):
+        _reserve(container, [(second, 0), (first, 0)])  # first as read before its review: stale
+    assert seeded.get(second)["status"] == "new"  # nothing reserved
+    _reserve(container, [(first, 1)])
+    busy = seeded.call("PATCH", f"/{first}/labels/b1", json={"revision": 1, "classId": 2})
+    assert busy.status_code == 409 and "in a dataset version already" in busy.json()["error"]["message"]
+    assert seeded.call("POST", f"/{first}/reject", json={"revision": 1}).status_code == 409

@@ -200,11 +200,24 @@ try {
     // The quality gate of a fine-tuned version: its verdict and the held-out classes side by side
     // (the evaluation record, read through the API and checked against its sha256 there).
     await page.goto(at("models/shapes-v2"));
-    await page.getByRole("region", { name: "Quality gate" }).getByRole("table").waitFor();
+    await page.getByRole("region", { name: "Held-out classes, both models" }).getByRole("table").waitFor();
     await expectText("model gate", /Quality gate\s*passed/);
     await expectText("model gate", /Held-out set \(16 images\), AP50-95; baseline shapes-v1/);
     await expectText("model gate", /all \(mAP50-95\)\s+46\s+0\.430\s+0\.412\s+\+0\.018/);
     await expectText("model gate", /circle\s+10\s+0\.415\s+0\.397\s+\+0\.018/);
+    // What to decide by: the candidate's PR curves (one line per class) and its confusion matrix;
+    // the select shows the baseline's instead.
+    await page.waitForFunction(() => document.querySelector("[data-series] canvas")?.parentElement.dataset.series === "4");
+    await page.getByRole("region", { name: "Confusion matrix of shapes-v2" }).getByRole("table").waitFor();
+    await expectText("model gate", /Confusion matrix of shapes-v2 on the held-out set: detections above confidence 0\.25 matched at IoU above 0\.45/);
+    await expectText("model gate", /Predicted \\ true\s+circle\s+square\s+triangle\s+cross\s+background/);
+    await expectText("model gate", /square\s+0\s+10\s+0\s+0\s+1\s/);
+    const cell = () => page.locator('td[data-cell="circle|square"]').textContent();
+    if ((await cell()) !== "1") problems.push(`model gate: circle predicted for a square ${await cell()} times, not 1`);
+    await page.getByLabel("Model", { exact: true }).selectOption("baseline");
+    await page.getByRole("region", { name: "Confusion matrix of shapes-v1" }).waitFor();
+    if ((await cell()) !== "2") problems.push(`model gate: the baseline's circle-for-square cell is ${await cell()}, not 2`);
+    if (await page.locator("[data-series]").getAttribute("data-series") !== "4") problems.push("model gate: the baseline's PR chart has not 4 lines");
   });
   await step("model-compare", async () => {
     // Two versions side by side: their runs' epoch curves overlaid, and what was trained differently.

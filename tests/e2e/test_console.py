@@ -189,7 +189,9 @@ def _artifact(name: str, line: str, version: str, uri: str, digest: str, size: i
 
 
 def _evaluation_record(candidate_sha: str) -> bytes:
-    """shapes-v2's evaluation record against shapes-v1: every class side by side, long decimals."""
+    """shapes-v2's evaluation record against shapes-v1: every class side by side, long decimals, each
+    model's PR curves (4 classes) and confusion matrix (known counts: console.mjs reads two cells)."""
+    from visioninapp.edge.evaluate import RECALL_POINTS
     from visioninapp.evaluation import (
         ClassAP,
         EvaluatedModel,
@@ -201,13 +203,23 @@ def _evaluation_record(candidate_sha: str) -> bytes:
     )
     from visioninapp.local.synth import CLASS_NAMES
 
+    # rows predicted (circle, square, triangle, cross, background), columns true; labels 10 + i
+    confusion = {
+        0.4146: [[9, 1, 0, 0, 2], [0, 10, 0, 0, 1], [0, 0, 11, 1, 0], [0, 0, 0, 12, 3], [1, 0, 1, 0, 0]],
+        0.3966: [[8, 2, 0, 0, 4], [1, 9, 0, 0, 2], [0, 0, 12, 0, 1], [0, 0, 0, 11, 5], [1, 0, 0, 2, 0]],
+    }
+
     def scores(base: float) -> ModelScores:
         classes = {i: ClassAP(AP50=min(1.0, base + 0.2 + i / 97), AP50_95=base + i / 97) for i in range(4)}
+        recall = [float(r) for r in RECALL_POINTS]
         return ModelScores(
             mAP50=base + 0.21,
             mAP50_95=base + 0.0154639175,
             classes=classes,
             labels={i: 10 + i for i in range(4)},
+            recall=recall,
+            precision={i: [1 - r ** (2 + i) * (0.9 - base / 7) for r in recall] for i in classes},
+            confusion=confusion[base],
         )
 
     limits = GateLimits(max_drop=0.01)

@@ -1,4 +1,5 @@
-"""The quality gate: per-class AP (edge/evaluate.py), the verdict and the record
+"""The quality gate: per-class AP, PR curves and the confusion matrix (edge/evaluate.py), the
+verdict and the record
 (visioninapp/evaluation.py), the trainer's refusals (trainer/gate.py), and what the operator makes of
 a record (the TrainingJob's condition, the ModelArtifact's `evaluation`, `qualityGate` and
 `QualityGate`)."""
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,20 +26,35 @@ from tests.unit.test_operator_training import (
     training_job,
     with_status,
 )
-from visioninapp.edge.evaluate import IOU_THRESHOLDS, ClassEvaluation, class_average_precision
+from visioninapp.edge import evaluate as edge_evaluate
+from visioninapp.edge.evaluate import (
+    CONFUSION_CONF,
+    CONFUSION_IOU,
+    IOU_THRESHOLDS,
+    RECALL_POINTS,
+    ClassEvaluation,
+    class_average_precision,
+    confusion_matrix,
+    evaluate,
+)
+from visioninapp.edge.inference import Detection, DetectionResult
 from visioninapp.evaluation import (
     SUMMARY_LIMIT,
     ClassAP,
+    Confusion,
     EvaluatedModel,
     EvaluationRecord,
     GateLimits,
     GateOutcome,
+    MapScores,
     ModelScores,
+    PRCurves,
     dataset_evaluation,
     judge,
 )
 from visioninapp.events import TERMINATION_MESSAGE_LIMIT, TrainerResult
 from visioninapp.operator.artifacts import (
+    MAX_RECORD_BYTES,
     GateCheck,
     artifact_status,
     check_evaluation,
@@ -92,13 +109,156 @@ def test_per_class_ap50_95_averages_the_thresholds_and_ap50_is_the_first() -> No
 def test_scores_carry_every_class_into_the_record() -> None:
     from visioninapp.edge.evaluate import Evaluation
 
+    curve = tuple(np.linspace(1, 0, len(RECALL_POINTS)))
+    matrix = ((2, 0, 0, 1), (0, 0, 0, 0), (0, 0, 1, 0), (1, 0, 0, 0))
     evaluation = Evaluation(
-        0.5, 0.3, 4, 3, (ClassEvaluation(0, 0.8, 0.5, 2), ClassEvaluation(2, 0.2, 0.1, 1))
+        0.5,
+        0.3,
+        4,
+        3,
+        (ClassEvaluation(0, 0.8, 0.5, 2, curve), ClassEvaluation(2, 0.2, 0.1, 1, curve)),
+        matrix,
     )
     scores = scores_from(evaluation)
     assert scores.labels == {0: 2, 2: 1}
     assert scores.classes[2] == ClassAP(ap50=0.2, ap50_95=0.1)
     assert (scores.map50, scores.map50_95) == (0.5, 0.3)
+    assert scores.recall == list(RECALL_POINTS) and scores.precision == {0: list(curve), 2: list(curve)}
+    assert scores.confusion == [list(row) for row in matrix]
+    assert (scores.confusion_threshold, scores.confusion_iou) == (0.25, 0.45)
+
+
+# --- PR curves ---------------------------------------------------------------------------------------
+
+
+def _at(curve: tuple[float, ...], recall: float) -> float:
+    return curve[int(np.argmin(np.abs(RECALL_POINTS - recall)))]
+
+
+def test_the_pr_curve_is_the_precision_envelope_at_iou_50_and_ap50_is_its_area() -> None:
+    # two labels; by score: a hit (P 1, R 0.5), a false positive (P 0.5), a hit (P 2/3, R 1)
+    correct = _hits(True, False, True)
+    correct[:, 1:] = False  # at IoU 0.55 and beyond nothing is found: the curve is IoU 0.5's
+    (cls,) = class_average_precision(
+        correct, np.array([0.9, 0.8, 0.7]), np.array([1, 1, 1]), np.array([1, 1])
+    )
+    curve = cls.precision50
+    assert len(curve) == len(RECALL_POINTS) == 101
+    assert all(_at(curve, r) == pytest.approx(1.0) for r in (0.0, 0.2, 0.49))
+    # between recall 0.5 and 1 the envelope holds the later 2/3 (the raw curve dips to 1/2)
+    assert all(_at(curve, r) == pytest.approx(2 / 3) for r in (0.51, 0.75, 0.99))
+    assert _at(curve, 1.0) == 0.0  # past the last recall reached (COCO's sentinel): as AP counts it
+    assert float(np.trapezoid(curve, RECALL_POINTS)) == pytest.approx(cls.ap50)
+    # 1 up to recall 0.5, 2/3 up to 0.99, then down to 0 at 1 (the step at 0.5 blurs it by a hair)
+    assert cls.ap50 == pytest.approx(0.5 + 0.49 * 2 / 3 + 0.01 / 3, abs=2e-3)
+
+
+def test_the_pr_curve_is_read_in_score_order_and_a_class_never_predicted_has_none() -> None:
+    # the same hits given out of order: sorted by score first (a miss ranked first: precision 1/2)
+    correct = _hits(True, False)
+    (ranked,) = class_average_precision(correct, np.array([0.3, 0.9]), np.array([0, 0]), np.array([0]))
+    assert all(_at(ranked.precision50, r) == pytest.approx(0.5) for r in (0.0, 0.5, 0.99))
+    (never,) = class_average_precision(correct, np.array([0.3, 0.9]), np.array([0, 0]), np.array([4]))
+    assert never.precision50 == (0.0,) * len(RECALL_POINTS) and never.ap50 == 0.0
+
+
+# --- the confusion matrix -----------------------------------------------------------------------------
+
+
+def test_the_confusion_matrix_counts_as_ultralytics_does() -> None:
+    # classes 0 and 1; labels: l0 (class 0), l1 and l2 (class 1). IoU is labels x predictions.
+    pred_classes = np.array([0, 0, 1, 1, 1])
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.2])
+    truth = np.array([0, 1, 1])
+    iou = np.array(
+        [
+            [0.8, 0.0, 0.0, 0.5, 0.0],  # l0: p0 right; p3 overlaps it less and stays unmatched
+            [0.0, 0.6, 0.0, 0.0, 0.0],  # l1: found as class 0 by p1 (confused)
+            [0.0, 0.0, 0.0, 0.0, 0.9],  # l2: only p4, below the confidence threshold: missed
+        ]
+    )
+    matrix = confusion_matrix(pred_classes, scores, truth, iou, num_classes=2)
+    # rows predicted (0, 1, background), columns true (0, 1, background)
+    assert matrix.tolist() == [
+        [1, 1, 0],
+        [0, 0, 2],  # p2 (no overlap) and p3 (its label taken): false detections
+        [0, 1, 0],  # l2 missed
+    ]
+    assert matrix[:2].sum() == int((scores > CONFUSION_CONF).sum())  # each prediction counted once
+    assert matrix[:, :2].sum() == len(truth)  # each label counted once
+
+
+def test_the_confusion_matrix_gives_a_label_its_best_overlap_not_its_best_score() -> None:
+    # p0 (class 1, scored higher) overlaps the class-0 label less than p1 (class 0) does
+    matrix = confusion_matrix(
+        np.array([1, 0]), np.array([0.9, 0.8]), np.array([0]), np.array([[0.6, 0.9]]), 2
+    )
+    assert matrix.tolist() == [[1, 0, 0], [0, 0, 1], [0, 0, 0]]
+
+
+def test_the_confusion_thresholds_are_strict_and_empty_sides_count_as_background() -> None:
+    at_iou = confusion_matrix(np.array([0]), np.array([0.9]), np.array([0]), np.array([[CONFUSION_IOU]]), 1)
+    assert at_iou.tolist() == [[0, 1], [1, 0]]  # an IoU of exactly 0.45 is no match
+    at_conf = confusion_matrix(np.array([0]), np.array([CONFUSION_CONF]), np.array([0]), np.array([[0.9]]), 1)
+    assert at_conf.tolist() == [[0, 0], [1, 0]]  # a confidence of exactly 0.25 is not counted
+    above = confusion_matrix(np.array([0]), np.array([0.26]), np.array([0]), np.array([[0.46]]), 1)
+    assert above.tolist() == [[1, 0], [0, 0]]
+    no_labels = confusion_matrix(
+        np.array([1, 1]), np.array([0.9, 0.5]), np.zeros(0, int), np.zeros((0, 2)), 2
+    )
+    assert no_labels.tolist() == [[0, 0, 0], [0, 0, 2], [0, 0, 0]]
+    no_predictions = confusion_matrix(np.zeros(0, int), np.zeros(0), np.array([0, 1]), np.zeros((2, 0)), 2)
+    assert no_predictions.tolist() == [[0, 0, 0], [0, 0, 0], [1, 1, 0]]
+    with pytest.raises(ValueError, match="beyond the model's 2 classes"):
+        confusion_matrix(np.array([2]), np.array([0.9]), np.array([0]), np.array([[0.9]]), 2)
+
+
+class _FakeDetector:
+    """Detections by image name (boxes in pixels of a 100 x 100 image), in descending score order."""
+
+    class_names = ["cat", "dog"]
+
+    def __init__(self, detections: dict[str, list[Detection]]) -> None:
+        self.detections = detections
+        self.current = ""
+
+    def detect(self, image: np.ndarray, conf: float, iou: float, multi_label: bool) -> DetectionResult:
+        return DetectionResult(self.detections[self.current], 100, 100)
+
+
+def test_evaluate_sums_the_confusion_of_every_image_and_keeps_each_classs_curve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images = []
+    for name, labels in {
+        "a": "0 0.25 0.25 0.3 0.3\n1 0.75 0.75 0.3 0.3\n",
+        "b": "1 0.5 0.5 0.4 0.4\n",
+    }.items():
+        (tmp_path / "images").mkdir(exist_ok=True)
+        (tmp_path / "labels").mkdir(exist_ok=True)
+        (tmp_path / "labels" / f"{name}.txt").write_text(labels)
+        images.append(tmp_path / "images" / f"{name}.jpg")
+    detector = _FakeDetector(
+        {
+            "a": [Detection((10, 10, 40, 40), 0.9, 0, "cat"), Detection((60, 60, 90, 90), 0.8, 0, "cat")],
+            "b": [Detection((30, 30, 70, 70), 0.7, 1, "dog")],
+        }
+    )
+
+    def read(path: Path) -> np.ndarray:
+        detector.current = path.stem
+        return np.zeros((100, 100, 3), np.uint8)
+
+    monkeypatch.setattr(edge_evaluate, "read_image", read)
+    result = evaluate(detector, images)  # type: ignore[arg-type]
+    # a: the cat found, the dog taken for a cat; b: the dog found
+    assert result.confusion == ((1, 1, 0), (0, 1, 0), (0, 0, 0))
+    cat, dog = result.classes
+    assert cat.ap50 == pytest.approx(float(np.trapezoid(cat.precision50, RECALL_POINTS)))
+    # the dog: one of two found, by its only detection: precision 1 up to recall 0.5, then COCO's
+    # interpolation down to the sentinel (recall 1, precision 0)
+    assert _at(dog.precision50, 0.4) == 1.0 and _at(dog.precision50, 0.6) == pytest.approx(0.8)
+    assert dog.ap50 == pytest.approx(0.75)
 
 
 # --- the verdict ------------------------------------------------------------------------------------
@@ -211,6 +371,90 @@ def test_the_record_round_trips_through_json_and_is_versioned() -> None:
     assert EvaluationRecord.model_validate_json(text) == original
     with pytest.raises(ValidationError):
         EvaluationRecord.model_validate_json(text.replace('"schemaVersion":1', '"schemaVersion":2'))
+
+
+def measured(precision: dict[int, list[float]], confusion: list[list[int]] | None) -> ModelScores:
+    return scores(0.5, dict.fromkeys(precision, 0.5)).model_copy(
+        update={"recall": list(RECALL_POINTS), "precision": precision, "confusion": confusion}
+    )
+
+
+def test_curves_and_the_confusion_matrix_join_the_record_named_and_rounded() -> None:
+    curve = [1 / 3] * len(RECALL_POINTS)
+    matrix = [[3, 0, 1, 0], [0, 0, 0, 0], [1, 0, 2, 1], [0, 0, 0, 0]]
+    evaluation = held_out(measured({0: curve, 2: curve}, matrix), measured({0: curve}, None))
+    mine = evaluation.candidate
+    assert mine.pr_curves is not None and mine.confusion is not None
+    assert mine.pr_curves.iou == 0.5 and mine.pr_curves.recall[:3] == [0.0, 0.01, 0.02]
+    assert [(c.id, c.name) for c in mine.pr_curves.classes] == [(0, "circle"), (2, "triangle")]
+    assert mine.pr_curves.classes[0].precision[0] == 0.3333  # CURVE_DECIMALS
+    assert mine.confusion.class_names == ["circle", "square", "triangle", "background"]
+    assert mine.confusion.matrix == matrix
+    assert (mine.confusion.threshold, mine.confusion.iou) == (CONFUSION_CONF, CONFUSION_IOU)
+    theirs = evaluation.baseline
+    assert theirs is not None and theirs.confusion is None and theirs.pr_curves is not None
+    # the record keeps them through JSON, without them where not measured
+    original = record().model_copy(update={"datasets": [evaluation]})
+    text = original.to_json()
+    assert EvaluationRecord.model_validate_json(text) == original
+    assert b'"prCurves"' in text and b'"classNames":["circle","square","triangle","background"]' in text
+    assert text.count(b'"confusion"') == 1
+
+
+def test_a_record_without_curves_still_reads_and_a_malformed_one_does_not() -> None:
+    # schema version 1 as written before curves and matrices existed: the optional fields are absent
+    plain = record().to_json()
+    assert b"prCurves" not in plain and b"confusion" not in plain
+    assert EvaluationRecord.model_validate_json(plain).datasets[0].candidate.pr_curves is None
+    with pytest.raises(ValidationError, match="2 precision values for 3 recall points"):
+        PRCurves.model_validate(
+            {"recall": [0, 0.5, 1], "classes": [{"id": 0, "name": "a", "precision": [1, 0]}]}
+        )
+    with pytest.raises(ValidationError, match="must be 2 x 2"):
+        Confusion.model_validate(
+            {"threshold": 0.25, "iou": 0.45, "classNames": ["a", "background"], "matrix": [[1, 0], [0]]}
+        )
+    with pytest.raises(ValidationError):
+        MapScores.model_validate(
+            {
+                "mAP50": 0.5,
+                "mAP50_95": 0.3,
+                "confusion": {
+                    "threshold": 0.25,
+                    "iou": 0.45,
+                    "classNames": ["a", "background"],
+                    "matrix": [[1, -1], [0, 0]],
+                },
+            }
+        )
+
+
+def test_an_80_class_record_with_curves_and_matrices_stays_small() -> None:
+    # COCO's 80 classes, both models on both datasets, every curve point a full-precision float
+    rng = np.random.default_rng(0)
+    names = [f"class-{i:02d}-{'x' * 12}" for i in range(80)]
+
+    def model() -> ModelScores:
+        matrix = rng.integers(0, 30, (81, 81))
+        matrix[np.arange(80), np.arange(80)] = rng.integers(1000, 99999, 80)
+        return ModelScores(
+            map50=0.6,
+            map50_95=0.4,
+            classes={i: ClassAP(ap50=rng.random(), ap50_95=rng.random()) for i in range(80)},
+            labels=dict.fromkeys(range(80), 5000),
+            recall=list(RECALL_POINTS),
+            precision={i: sorted(rng.random(len(RECALL_POINTS)), reverse=True) for i in range(80)},
+            confusion=matrix.tolist(),
+        )
+
+    datasets = [
+        dataset_evaluation(role, "s3://d", 5000, names, model(), model()) for role in ("heldOut", "newFrames")
+    ]
+    big = record().model_copy(update={"class_names": names, "datasets": datasets})
+    size = len(big.to_json())
+    assert size < MAX_RECORD_BYTES / 16  # what the operator reads (16 MiB), with a wide margin
+    assert size < 512 * 1024, size  # a few hundred KB for the API to serve and the console to draw
+    assert EvaluationRecord.model_validate_json(big.to_json()) == big
 
 
 # --- the trainer ------------------------------------------------------------------------------------

@@ -3,6 +3,8 @@ changes, which labels a dataset version takes from a frame, and the provenance c
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from visioninapp.api.domain.labels import (
@@ -104,6 +106,11 @@ def test_what_a_dataset_version_takes_from_a_frame() -> None:
         and [label.id for label in auto.labels] == ["b1"]
     )
     assert decide(1, "pending", labels, PROPOSALS, 0.95) == "no model proposal scores at least 0.95"
+    # A person moved a box but has not accepted the frame: a threshold never replaces their boxes.
+    edited = [dataclasses.replace(labels[0], source="person", box=(1.0, 1.0, 9.0, 9.0)), *labels[1:]]
+    assert decide(1, "pending", edited, PROPOSALS, 0.1) == (
+        "edited by a person but not accepted yet: accept it in review"
+    )
 
 
 def test_provenance_counts_and_image_names() -> None:

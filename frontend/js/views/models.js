@@ -2,7 +2,7 @@
 import { api, blobUrl } from "../api.js";
 import { charts } from "../load.js";
 import { canWrite } from "../main.js";
-import { badge, busy, h, number, scrollArea, setPage, stackTable, toast, when } from "../ui.js";
+import { amount, badge, busy, h, number, scrollArea, setPage, stackTable, toast, when } from "../ui.js";
 
 const STAGES = ["candidate", "staging", "production", "archived"];
 const METRICS = [["mAP50", "mAP50"], ["mAP50_95", "mAP50-95"], ["precision", "Precision"], ["recall", "Recall"]];
@@ -93,7 +93,8 @@ async function detail(project, name) {
 }
 
 // The gate's verdict, then its evaluation record (loaded after the page): held-out classes with the
-// candidate and the baseline side by side; a drop is shown as a signed difference.
+// candidate and the baseline side by side (a drop is shown as a signed difference), then what to
+// decide by: each class's precision-recall curve and the confusion matrix of either model.
 function qualityGate(project, name, model) {
   if (!model.evaluation) return h("p", { class: "small text-secondary" }, "Trained without a quality gate.");
   const gate = model.qualityGate;
@@ -101,6 +102,7 @@ function qualityGate(project, name, model) {
     : h("span", { class: `badge ${gate.passed ? "text-bg-success" : "text-bg-danger"}` }, gate.passed ? "passed" : "failed");
   const table = scrollArea("Held-out classes, both models", { class: "table-responsive" },
     h("p", { class: "small text-secondary" }, "Loading the evaluation record…"));
+  const details = h("div", {});
   api(`/projects/${project}/models/${encodeURIComponent(name)}/evaluation`).then((record) => {
     const heldOut = record.datasets.find((d) => d.role === "heldOut");
     const signed = (value) => value === null || value === undefined ? "–" : `${value > 0 ? "−" : "+"}${Math.abs(value).toFixed(3)}`;
@@ -115,11 +117,111 @@ function qualityGate(project, name, model) {
         row("all (mAP50-95)", heldOut.candidate.mAP50_95, heldOut.baseline?.mAP50_95,
           heldOut.baseline ? heldOut.baseline.mAP50_95 - heldOut.candidate.mAP50_95 : null, heldOut.labels),
         heldOut.classes.map((c) => row(c.name, c.candidate.AP50_95, c.baseline?.AP50_95, c.drop, c.labels)))));
+    decideBy(details, name, record, heldOut)
+      .catch((error) => details.replaceChildren(h("p", { class: "small text-danger" }, error.message)));
   }).catch((error) => table.replaceChildren(h("p", { class: "small text-danger" }, error.message)));
   return h("section", { class: "mb-3", "aria-label": "Quality gate" },
     h("h2", { class: "h6" }, "Quality gate ", verdict),
     gate && gate.reasons.length ? h("ul", { class: "small text-danger" }, gate.reasons.map((r) => h("li", {}, r))) : null,
-    table);
+    table, details);
+}
+
+// The held-out set's precision-recall curves (IoU 0.5, one line per class) and confusion matrix of
+// the candidate, or of the baseline picked in the select; records written before the curves were
+// measured have neither.
+async function decideBy(box, name, record, heldOut) {
+  const models = [["candidate", name], ["baseline", record.baseline?.artifact || "baseline"]]
+    .filter(([role]) => heldOut[role] && (heldOut[role].prCurves || heldOut[role].confusion));
+  if (!models.length) {
+    box.replaceChildren(h("p", { class: "small text-secondary" }, "This record has no precision-recall curves or confusion matrix (written before they were measured)."));
+    return;
+  }
+  const picker = h("select", { class: "form-select form-select-sm w-auto", id: "gate-model" },
+    models.map(([role, label]) => h("option", { value: role }, `${label} (${role})`)));
+  const chartBox = h("div", { class: "chart-box", dataset: { series: "0" } });
+  const matrixBox = h("div", {});
+  box.replaceChildren(
+    h("h3", { class: "h6 mt-3" }, "Held-out precision-recall and confusion"),
+    h("div", { class: "d-flex align-items-center gap-2 mb-2" },
+      h("label", { class: "form-label small m-0", for: "gate-model" }, "Model"), picker),
+    chartBox, matrixBox);
+  const Chart = await charts();
+  let chart = null;
+  const show = () => {
+    const [role, label] = models.find(([r]) => r === picker.value);
+    const scores = heldOut[role];
+    const curves = scores.prCurves;
+    chart?.destroy();
+    chart = null;
+    if (curves && curves.classes.length) {
+      const each = curves.classes.length <= 12
+        ? `: ${curves.classes.map((c) => `${c.name} AP50 ${number(area(curves.recall, c.precision))}`).join(", ")}` : "";
+      const canvas = h("canvas", { role: "img",
+        "aria-label": `Precision-recall curves of ${label} at IoU ${amount(curves.iou)} on the held-out set, one line per class (${curves.classes.length})${each}` });
+      chartBox.replaceChildren(canvas);
+      chart = new Chart(canvas, prChart(curves));
+      chartBox.dataset.series = String(curves.classes.length);
+    } else {
+      chartBox.replaceChildren(h("p", { class: "small text-secondary" }, `No precision-recall curves recorded for ${label}.`));
+      chartBox.dataset.series = "0";
+    }
+    matrixBox.replaceChildren(scores.confusion ? confusionTable(scores.confusion, label)
+      : h("p", { class: "small text-secondary" }, `No confusion matrix recorded for ${label}.`));
+  };
+  picker.addEventListener("change", show);
+  show();
+}
+
+// The area under a curve sampled at `recall` (trapezoids): the class's AP50, as the record's own.
+function area(recall, precision) {
+  let total = 0;
+  for (let i = 1; i < recall.length; i++) total += (recall[i] - recall[i - 1]) * (precision[i] + precision[i - 1]) / 2;
+  return total;
+}
+
+// One line per class on fixed 0..1 axes, in colours spread around the wheel; the legend only while
+// it stays readable (tooltips name the class otherwise).
+function prChart(curves) {
+  const many = curves.classes.length > 20;
+  return { type: "line",
+    data: { datasets: curves.classes.map((c, i) => ({ label: c.name,
+      data: curves.recall.map((x, j) => ({ x, y: c.precision[j] })),
+      borderColor: `hsl(${Math.round((i * 137.5) % 360)} 70% 42%)`, backgroundColor: `hsl(${Math.round((i * 137.5) % 360)} 70% 42%)`,
+      borderWidth: 2, pointRadius: 0, tension: 0 })) },
+    options: { animation: false, maintainAspectRatio: false, interaction: { mode: "nearest", intersect: false },
+      plugins: { legend: { display: !many, position: "bottom", labels: { boxWidth: 12 } },
+        tooltip: { callbacks: { label: (ctx) => `${ctx.dataset.label}: precision ${ctx.parsed.y.toFixed(3)} at recall ${ctx.parsed.x.toFixed(2)}` } } },
+      scales: { x: { type: "linear", min: 0, max: 1, title: { display: true, text: "recall" } },
+        y: { min: 0, max: 1, title: { display: true, text: "precision" } } } } };
+}
+
+// Counts as ultralytics' ConfusionMatrix makes them: rows the predicted class, columns the true class,
+// each ending with the background (a missed label: background row; a false detection: background
+// column). Scrolls sideways in its own focusable area when the classes do not fit.
+function confusionTable(confusion, label) {
+  const names = confusion.classNames;
+  const last = names.length - 1;
+  const most = Math.max(1, ...confusion.matrix.flatMap((row, i) => row.filter((_, j) => i !== j || i === last)));
+  const cell = (count, i, j) => {
+    const value = Math.round(count);
+    const right = i === j && i !== last;
+    const tint = right || !value ? null : `background-color: rgba(220, 53, 69, ${(0.08 + 0.3 * value / most).toFixed(3)})`;
+    return h("td", { class: right ? "fw-bold" : value ? null : "text-body-secondary", style: tint,
+      dataset: { cell: `${names[i]}|${names[j]}` } }, i === last && j === last ? "–" : amount(value, 0));
+  };
+  // The caption for screen readers; the same words shown under the area, where a wide table does not
+  // scroll them out of sight.
+  const about = `Confusion matrix of ${label} on the held-out set: detections above confidence ` +
+    `${amount(confusion.threshold)} matched at IoU above ${amount(confusion.iou)}; rows predicted, columns true`;
+  return h("div", {},
+    scrollArea(`Confusion matrix of ${label}`, { class: "table-responsive" },
+      h("table", { class: "table table-sm table-bordered small text-end mb-1" },
+        h("caption", { class: "visually-hidden" }, about),
+        h("thead", {}, h("tr", {}, h("th", { scope: "col", class: "text-start" }, "Predicted \\ true"),
+          names.map((n) => h("th", { scope: "col" }, n)))),
+        h("tbody", {}, confusion.matrix.map((row, i) => h("tr", {},
+          h("th", { scope: "row", class: "text-start" }, names[i]), row.map((count, j) => cell(count, i, j))))))),
+    h("p", { class: "small text-secondary", "aria-hidden": "true" }, `${about}; right answers in bold.`));
 }
 
 // A file through the API (checked against its sha256 there), saved under the version's name.

@@ -21,6 +21,8 @@ from visioninapp.resources import API_VERSION
 
 __all__ = ["Applier"]
 
+MIRROR_RETRY = 15  # seconds before a failed write to the edge cluster is tried again
+
 
 CAMERAS_REREAD_SECONDS = 10.0
 
@@ -169,10 +171,21 @@ class Applier:
         key = (meta["namespace"], meta["name"])
         if self._mirrored_stage.get(key) == stage:
             return
-        created = await mirror.create(API_VERSION, "modelartifacts", meta["namespace"], copy)
-        if created is None:  # there already: only its stage may differ (the rest is immutable)
-            await mirror.patch(API_VERSION, "modelartifacts", *key, {"spec": {"stage": stage}})
+        try:
+            created = await mirror.create(API_VERSION, "modelartifacts", meta["namespace"], copy)
+            if created is None:  # there already: only its stage may differ (the rest is immutable)
+                await mirror.patch(API_VERSION, "modelartifacts", *key, {"spec": {"stage": stage}})
+        except Exception as error:  # the edge cluster is away: try again (nothing else re-plans it)
+            log.warning(
+                "mirroring ModelArtifact %s/%s failed, retrying in %d s: %s", *key, MIRROR_RETRY, error
+            )
+            self.context.spawn(self._replan_later(key))
+            return
         self._mirrored_stage[key] = stage
+
+    async def _replan_later(self, key: tuple[str, str]) -> None:
+        await asyncio.sleep(MIRROR_RETRY)
+        self.context.artifact_replans.put_nowait(key)
 
     # EdgeDeployment
 

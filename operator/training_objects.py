@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from visioninapp.backends.storage import join_uri
-from visioninapp.events import TrainerResult
+from visioninapp.events import EXIT_CONFIGURATION, TrainerResult
 from visioninapp.k8s import MANAGED_BY, Obj, controller_reference
 from visioninapp.operator.names import job_name
 from visioninapp.resources import API_VERSION, TrainingJob
@@ -206,7 +206,16 @@ def desired_job(
         # without using up the run's retries; it resumes from its last checkpoint.
         "podFailurePolicy": {
             "rules": [
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                # A configuration or dataset the trainer refused: a retry would be refused the same way.
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": "trainer",
+                        "operator": "In",
+                        "values": [EXIT_CONFIGURATION],
+                    },
+                },
             ]
         },
         "suspend": bool(spec.placement.queue_name),  # Kueue admits (unsuspends) queued Jobs

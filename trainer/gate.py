@@ -109,7 +109,7 @@ def _fetch(
     if ref.uri.split("://")[0] != store.scheme:
         raise GateError(f"spec.evaluation.{role} {ref.uri} must be in the same kind of store as the output")
     root = fetch_dataset(store, ref.uri, ref.data_yaml, work / role)
-    names = validate_dataset(root, ref.data_yaml, work / f"{role}.resolved.yaml")
+    names = validate_dataset(root, ref.data_yaml, work / f"{role}.resolved.yaml", splits=("val",))
     if names != class_names:
         raise GateError(
             f"spec.evaluation.{role} {ref.uri} has classes {names[:10]}, the training dataset "

@@ -16,6 +16,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError, NoCredenti
 
 from visioninapp.backends.storage import ObjectNotFound
 from visioninapp.datasets import DatasetError
+from visioninapp.events import EXIT_CONFIGURATION
 from visioninapp.factory import ConfigurationError, artifact_store_for, build_event_bus
 from visioninapp.settings import Settings
 from visioninapp.trainer.config import ConfigError, TrainerConfig, load_config
@@ -50,9 +51,14 @@ class _EventLogHandler(logging.Handler):
             self.handleError(record)
 
 
+# Failures that a retry cannot fix (the configuration, the dataset, the gate's data): the trainer
+# exits with EXIT_CONFIGURATION, on which the operator's Job fails at once instead of using up its retries.
+PERMANENT = (ConfigError, DatasetError, ConfigurationError, GateError)
+
+
 def describe_failure(error: BaseException, config: TrainerConfig | None) -> str:
     """One line a user can act on."""
-    if isinstance(error, (ConfigError, DatasetError, TrainerError, ConfigurationError, GateError)):
+    if isinstance(error, (*PERMANENT, TrainerError)):
         return str(error)
     if isinstance(error, ObjectNotFound):
         return f"object not found: {error}"
@@ -127,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         _write_termination(termination, f"error: {reason}")
         if publisher is not None:
             publisher.log_line(f"failed: {reason}", "ERROR")
-        return 1
+        return EXIT_CONFIGURATION if isinstance(error, PERMANENT) else 1
     finally:
         if publisher is not None and not publisher.flush():
             log.warning("%d event(s) could not be published before exit", publisher.buffered)

@@ -281,6 +281,14 @@ def _in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def _onnx_map50(onnx: Path, images: list[Path]) -> float:
+    """`demo --loop` measures both versions with the edge's evaluation (the CLI wires components)."""
+    from visioninapp.edge.evaluate import evaluate
+    from visioninapp.edge.inference import Detector
+
+    return evaluate(Detector(onnx), images).map50
+
+
 @app.command()
 def demo(
     data_dir: Annotated[
@@ -324,7 +332,7 @@ def demo(
             keep_running=keep_running,
             api_port=port or None,
             kube_port=kube_port or None,
-            loop=loop,
+            loop=_onnx_map50 if loop else None,
         )
     except (DemoError, LocalModeError) as error:
         raise _fail(str(error)) from None

@@ -311,17 +311,20 @@ def _shown(path: Path, root: Path) -> str:
         return str(path.relative_to(root))
 
 
-def validate_dataset(root: Path, data_yaml: str, resolved_yaml: Path) -> list[str]:
+def validate_dataset(
+    root: Path, data_yaml: str, resolved_yaml: Path, splits: tuple[str, ...] = ("train", "val")
+) -> list[str]:
     """Check pairs, class ids and boxes; write `resolved_yaml` with an absolute path for ultralytics.
 
-    The resolved file keeps only train, val and the names of the user's data.yaml (with `path` set to
+    The resolved file keeps only the splits and the names of the user's data.yaml (with `path` set to
     the resolved root), so keys such as `download:` never reach ultralytics. Returns the class names.
+    `splits`: those the dataset must have (a quality gate's fixed data is only evaluated: `val`).
     """
     data = load_data_yaml(contained(root, data_yaml, "data.yaml"))
     names = _class_names(data)
     problems: list[str] = []
     expected_labels: set[Path] = set()
-    for split in ("train", "val"):
+    for split in splits:
         if split not in data:
             raise DatasetError(f"data.yaml: `{split}` is missing")
         images = _split_images(root, data[split], split)
@@ -335,7 +338,8 @@ def validate_dataset(root: Path, data_yaml: str, resolved_yaml: Path) -> list[st
             elif label.is_file() and (problem := _label_problems(label, len(names))):
                 problems.append(f"{_shown(label, root)}: {problem}")
     labels_dir = root.resolve() / "labels"
-    for label in sorted(labels_dir.rglob("*.txt")) if labels_dir.is_dir() else []:
+    every_split = set(splits) == {"train", "val"}  # else labels of the other split are not orphans
+    for label in sorted(labels_dir.rglob("*.txt")) if labels_dir.is_dir() and every_split else []:
         if label not in expected_labels:
             problems.append(f"{_shown(label, root)}: label without an image")
     if problems:
@@ -344,8 +348,7 @@ def validate_dataset(root: Path, data_yaml: str, resolved_yaml: Path) -> list[st
         raise DatasetError(f"dataset has {len(problems)} bad file(s): {shown}{more}")
     resolved = {
         "path": str(root.resolve()),
-        "train": data["train"],
-        "val": data["val"],
+        **{split: data[split] for split in splits},
         "nc": len(names),
         "names": dict(enumerate(names)),
     }

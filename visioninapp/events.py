@@ -17,6 +17,7 @@ from visioninapp.resources.modelartifact import ArtifactFormat
 from visioninapp.resources.trainingjob import TrainingMetrics
 
 __all__ = [
+    "EXIT_CONFIGURATION",
     "MAX_ANNOUNCED",
     "TERMINATION_MESSAGE_LIMIT",
     "CameraState",
@@ -158,6 +159,9 @@ class EdgeEvent(_Event):
     @property
     def error_rate(self) -> float:
         return self.errors / self.requests if self.requests else 0.0
+
+
+EXIT_CONFIGURATION = 3  # the trainer's exit code for a failure no retry fixes: the Job fails at once
 
 
 class TrainerResult(BaseModel):

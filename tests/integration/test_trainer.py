@@ -351,6 +351,6 @@ def test_bad_config_fails_before_anything_else(tmp_path: Path) -> None:
         text=True,
         timeout=120,
     )
-    assert result.returncode == 1
+    assert result.returncode == 3  # EXIT_CONFIGURATION: the Job fails at once, no retry fixes it
     assert result.stderr.strip().startswith("error: invalid config: ")
     assert (tmp_path / "t.txt").read_text().startswith("error: invalid config")

@@ -502,3 +502,18 @@ def test_the_quality_gate_verdict_reaches_the_artifact_and_a_failure_says_why(
     )
     tj = get(cluster, "trainingjobs", "worse")
     assert tj is not None and conditions(tj)["QualityGate"] == ("False", "Failed")
+
+
+def test_a_run_the_trainer_refuses_fails_at_once_without_its_retries(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    """A refused configuration or dataset (the trainer's EXIT_CONFIGURATION) fails the Job on its
+    first pod (podFailurePolicy); any other failure is retried as before."""
+    from visioninapp.events import EXIT_CONFIGURATION
+
+    refused = "error: spec.evaluation.heldOut datasets/x/v1: no images in its `val` split"
+    cluster.set_script(lambda pod: Outcome(exit_code=EXIT_CONFIGURATION, message=refused))
+    cluster.create(GROUP, "trainingjobs", cluster.namespace, training_job(backoffLimit=3))
+    tj = wait_phase(cluster, operator, "Failed")
+    assert "no images in its `val` split" in tj["status"]["message"]
+    assert len(cluster.list("", "pods", cluster.namespace, "job-name=helmets-1")) == 1  # not retried

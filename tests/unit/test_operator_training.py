@@ -238,10 +238,11 @@ def test_status_from_job_reads_each_state() -> None:
     assert (lost.phase, lost.reason) == ("Pending", "PodDisrupted") and "node shutdown" in lost.message
 
 
-def test_a_disrupted_trainer_pod_costs_no_retry() -> None:
+def test_a_disrupted_trainer_pod_costs_no_retry_and_a_refused_one_fails_the_job() -> None:
     rules = make_job(TrainingJob.model_validate(training_job()), 1)["spec"]["podFailurePolicy"]["rules"]
     assert rules == [
-        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [3]}},
     ]
 
 

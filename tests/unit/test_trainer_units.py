@@ -32,6 +32,19 @@ def test_valid_dataset_resolves_an_absolute_path(dataset: Path, tmp_path: Path) 
     assert f"path: {dataset.resolve()}" in (tmp_path / "resolved.yaml").read_text()
 
 
+def test_a_held_out_set_needs_only_its_val_split(dataset: Path, tmp_path: Path) -> None:
+    """The quality gate only evaluates `val`: a held-out set without a train split is fine there."""
+    import shutil
+
+    shutil.rmtree(dataset / "images" / "train")
+    shutil.rmtree(dataset / "labels" / "train")
+    (dataset / "data.yaml").write_text("path: .\nval: images/val\nnames: [circle, square, triangle, cross]\n")
+    names = validate_dataset(dataset, "data.yaml", tmp_path / "held-out.yaml", splits=("val",))
+    assert names == ["circle", "square", "triangle", "cross"]
+    with pytest.raises(DatasetError, match="`train` is missing"):
+        validate_dataset(dataset, "data.yaml", tmp_path / "resolved.yaml")  # training needs both
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [

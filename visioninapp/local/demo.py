@@ -5,7 +5,9 @@ and the console), draws the synthetic shapes
 dataset into the artifact store, applies `manifests/examples/local/` as `kubectl apply` would (a
 TrainingJob sized for a CPU and an EdgeDeployment of its model), follows the run from the
 TrainingJob's status, waits for the rollout to the simulated Jetson, sends validation images to
-the edge runtime there, prints its detections, saves an annotated image and prints the mAP.
+the edge runtime there, prints its detections, saves an annotated image and prints the mAP. With
+`--loop` it then closes the loop (visioninapp/local/loop.py): hard frames of a new kind, reviewed
+through the API, a RetrainPolicy's fine-tune, its quality gate, the promotion and the canary.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -28,6 +30,9 @@ from rich.table import Table
 from visioninapp.local.mode import LOCAL_NAMESPACE, LocalPlatform, seed_dataset, shapes_copy
 from visioninapp.local.synth import CLASS_NAMES
 from visioninapp.settings import Settings
+
+if TYPE_CHECKING:
+    from visioninapp.local.loop import Measure
 
 __all__ = ["EXAMPLES", "DemoError", "class_accuracy", "run_demo"]
 
@@ -215,6 +220,51 @@ def class_accuracy(samples: list[dict[str, Any]]) -> float:
     return right / len(samples) if samples else 0.0
 
 
+def _close_loop(
+    platform: LocalPlatform,
+    cluster: _Cluster,
+    summary: dict[str, Any],
+    dirs: tuple[Path, Path],
+    console: Console,
+    started: float,
+    map50: Measure,
+) -> None:
+    """`--loop`: from the demo's v1 to a fine-tuned v2 in production (visioninapp/local/loop.py); its
+    summary joins the demo's, under `loop`."""
+    from visioninapp.local.loop import LoopError, run_loop
+
+    dataset, data_dir = dirs
+    try:
+        summary["loop"] = run_loop(
+            platform,
+            cluster,
+            artifact=summary["modelArtifact"],
+            deployment=summary["edgeDeployment"],
+            dataset_copy=dataset,
+            work=data_dir / "loop",
+            console=console,
+            follow_training=lambda name: _follow_training(platform, cluster, name, console),
+            map50=map50,
+        )
+    except LoopError as error:
+        raise DemoError(f"the loop stopped: {error}") from None
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    (data_dir / "demo-summary.json").write_text(json.dumps(summary, indent=2))
+    console.print(f"the demo and the closed loop took {summary['seconds']} s")
+
+
+def _keep_running(platform: LocalPlatform, console: Console) -> None:
+    console.print(
+        f"\nthe platform keeps running: console {platform.api_url}/ , "
+        f"`export KUBECONFIG={platform.kubeconfig}`, then `kubectl get visioninapp -A`; "
+        "Ctrl-C stops it"
+    )
+    try:
+        platform.wait()
+    except KeyboardInterrupt:
+        console.print("stopping")
+
+
 def run_demo(
     data_dir: Path,
     manifests: Path = EXAMPLES,
@@ -223,10 +273,11 @@ def run_demo(
     api_port: int | None = 8000,
     kube_port: int | None = 6443,
     console: Console | None = None,
-    loop: bool = False,
+    loop: Measure | None = None,
 ) -> dict[str, Any]:
     """Run the loop from a clean `data_dir`; returns a summary (also in `<data_dir>/demo-summary.json`).
-    `loop`: then close the loop (`visioninapp.local.loop`): hard frames, review, fine-tune, promotion."""
+    `loop`: then close the loop (`visioninapp.local.loop`: hard frames, review, fine-tune, promotion),
+    measuring both versions with this (mAP50 of an ONNX file on labelled images)."""
     console = console or Console()
     started = time.perf_counter()
     documents = _manifests(manifests)
@@ -317,33 +368,8 @@ def run_demo(
             f"{len(samples)} images; annotated images: {data_dir}/annotated-*.jpg; "
             f"the loop took {summary['seconds']} s"
         )
-        if loop:
-            from visioninapp.local.loop import LoopError, run_loop
-
-            try:
-                summary["loop"] = run_loop(
-                    platform,
-                    cluster,
-                    artifact=artifact_name,
-                    deployment=ed_name,
-                    dataset_copy=dataset,
-                    work=data_dir / "loop",
-                    console=console,
-                    follow_training=lambda name: _follow_training(platform, cluster, name, console),
-                )
-            except LoopError as error:
-                raise DemoError(f"the loop stopped: {error}") from None
-            summary["seconds"] = round(time.perf_counter() - started, 1)
-            (data_dir / "demo-summary.json").write_text(json.dumps(summary, indent=2))
-            console.print(f"the demo and the closed loop took {summary['seconds']} s")
+        if loop is not None:
+            _close_loop(platform, cluster, summary, (dataset, data_dir), console, started, loop)
         if keep_running:
-            console.print(
-                f"\nthe platform keeps running: console {platform.api_url}/ , "
-                f"`export KUBECONFIG={platform.kubeconfig}`, then `kubectl get visioninapp -A`; "
-                "Ctrl-C stops it"
-            )
-            try:
-                platform.wait()
-            except KeyboardInterrupt:
-                console.print("stopping")
+            _keep_running(platform, console)
     return summary

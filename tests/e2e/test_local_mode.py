@@ -308,7 +308,6 @@ def test_demo_in_ci_mode_trains_rolls_out_detects_and_closes_the_loop(tmp_path: 
     rotated shapes reach the edge, its hard frames are reviewed through the API, the RetrainPolicy
     fine-tunes, gates and promotes v2, the canary rolls it out, v1 is archived."""
     data_dir = tmp_path / "demo"
-    started = time.monotonic()
     result = subprocess.run(
         [CLI, "demo", "--loop", "--data-dir", str(data_dir), "--port", "0", "--kube-port", "0"],
         env=_clean_env(CI="true", COLUMNS="160"),
@@ -317,7 +316,8 @@ def test_demo_in_ci_mode_trains_rolls_out_detects_and_closes_the_loop(tmp_path: 
         timeout=540,  # below pytest's own 600 s, so a slow run fails here, with the demo's output
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-4000:]
-    assert time.monotonic() - started < 480, "the demo with --loop must finish in 8 minutes on 2 cores"
+    # Its time (3 min 43 s on 2 quiet cores, goal 8 min) is the README's measurement, not a bound
+    # here: the suite must not depend on how fast, or how busy, the machine is.
     summary: dict[str, Any] = json.loads((data_dir / "demo-summary.json").read_text())
     assert summary["trainingPhase"] == "Succeeded"
     assert summary["artifactPhase"] == "Available"

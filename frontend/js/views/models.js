@@ -19,7 +19,8 @@ const size = (model) => {
 };
 
 async function list(project) {
-  const page = await api(`/projects/${project}/models?limit=200`);
+  const [page, policies] = await Promise.all([api(`/projects/${project}/models?limit=200`),
+    api(`/projects/${project}/retrain-policies`)]);
   const picked = new Set();
   const compareButton = h("button", { class: "btn btn-outline-primary", type: "button", disabled: true }, "Compare two");
   compareButton.addEventListener("click", () => {
@@ -45,11 +46,35 @@ async function list(project) {
     return h("section", { class: "mb-4" },
       h("h2", { class: "h5" }, line, " ", h("span", { class: "small text-secondary fw-normal" },
         production ? `production: ${production.version} (${production.name})` : "no production version", ` · ${versions.length} version(s)`)),
+      policies.filter((policy) => policy.line === line).map((policy) => loopStatus(project, policy)),
       stackTable(["", "Name", "Version", "Stage", "Phase", "mAP50", "mAP50-95", "Size", "Run"], rows));
   });
   setPage("Models",
     h("div", { class: "d-flex justify-content-between align-items-center mb-3" }, h("h1", { class: "h4 m-0" }, "Model registry"), compareButton),
     sections.length ? sections : h("p", { class: "text-secondary" }, "No models yet: a finished training run registers one."));
+}
+
+// A line's RetrainPolicy: where the loop is (frames with labels ready against the trigger, the
+// latest run, its candidate and outcome), and "Evaluate now" for writers.
+function loopStatus(project, policy) {
+  const status = policy.status || {};
+  const trigger = policy.spec.triggers?.reviewedFrames;
+  const facts = [`${status.readyFrames ?? 0}${trigger ? ` of ${trigger}` : ""} frame(s) with labels ready`,
+    `${status.pendingFrames ?? 0} waiting for review`, status.run ? `latest run ${status.run}` : "no run yet"];
+  const box = h("div", { class: "border rounded p-2 mb-2", "data-testid": `loop-${policy.name}` },
+    h("div", {}, h("strong", {}, `Retrain policy ${policy.name}: `), badge(policy.phase), " ", h("span", { class: "small" }, facts.join(" · "))),
+    policy.message ? h("div", { class: "small text-secondary" }, policy.message) : null,
+    status.result && status.result !== policy.message ? h("div", { class: "small" }, `Last outcome: ${status.result}`) : null);
+  if (canWrite()) {
+    const evaluate = h("button", { class: "btn btn-sm btn-outline-primary mt-1", type: "button" }, "Evaluate now");
+    evaluate.addEventListener("click", () => busy(evaluate, async () => {
+      const after = await api(`/projects/${project}/retrain-policies/${encodeURIComponent(policy.name)}/evaluate`, { method: "POST" });
+      toast(`${policy.name}: ${after.phase}: ${after.message || ""}`, "success");
+      box.replaceWith(loopStatus(project, after));
+    }));
+    box.append(evaluate);
+  }
+  return box;
 }
 
 async function detail(project, name) {

@@ -64,7 +64,7 @@ export async function render(project) {
     : empty("Nothing has happened yet.");
   const waiting = frames.total
     ? h("p", { class: "m-0" }, h("span", { class: "stat", "data-testid": "frames-waiting" }, String(frames.total)),
-      ` hard frame(s) from the edge wait for review: add them to a dataset version on the `, h("a", { href: `${p}/datasets` }, "Datasets"), " page.")
+      ` hard frame(s) from the edge wait for review: review them in the `, h("a", { href: `${p}/review` }, "review queue"), ".")
     : empty("No hard frame waits for review.");
 
   setPage("Overview",

@@ -111,3 +111,9 @@ def test_crd_files_are_valid_yaml_crds(repo: Path) -> None:
         crd = yaml.safe_load(path.read_text())
         assert crd["kind"] == "CustomResourceDefinition"
         assert crd["metadata"]["name"] == f"{crd['spec']['names']['plural']}.visioninapp.io"
+
+
+def test_the_kustomize_component_lists_every_crd(repo: Path) -> None:
+    """manifests/base (kubectl apply -k, GitOps) installs the CRDs through crds/kustomization.yaml."""
+    listed = yaml.safe_load((repo / "crds" / "kustomization.yaml").read_text())["resources"]
+    assert sorted(listed) == sorted(f"{resource.plural}.yaml" for resource in RESOURCES)

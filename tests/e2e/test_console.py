@@ -120,6 +120,7 @@ def console(
         sign_up(auth_emulator, vera, verified=True)
         base = f"http://127.0.0.1:{port}/api/v1"
         assert httpx.post(f"{base}/projects", json={"name": "vision"}, headers=admin).status_code == 201
+        _empty_project(cluster, "vision")  # the control plane is the session's: start from nothing
         for email, role in ((dev, "member"), (vera, "viewer")):
             response = httpx.put(
                 f"{base}/projects/vision/members/{email}", json={"role": role}, headers=admin
@@ -186,6 +187,19 @@ def _artifact(name: str, line: str, version: str, uri: str, digest: str, size: i
             "stage": extra.get("stage", "candidate"),
         },
     }
+
+
+def _empty_project(cluster: Cluster, namespace: str) -> None:
+    """Our objects an earlier test of the session left in the namespace, gone (no operator runs
+    here to remove finalizers, so they are dropped first)."""
+    plurals = ("trainingjobs", "modelartifacts", "edgedeployments", "retrainpolicies")
+    for plural in plurals:
+        for obj in cluster.list(GROUP, plural, namespace):
+            name = obj["metadata"]["name"]
+            if obj["metadata"].get("finalizers"):
+                cluster.patch(GROUP, plural, namespace, name, {"metadata": {"finalizers": None}})
+            cluster.delete(GROUP, plural, namespace, name)
+    wait_for(lambda: not any(cluster.list(GROUP, p, namespace) for p in plurals), 30, "an empty project")
 
 
 def _evaluation_record(candidate_sha: str) -> bytes:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from visioninapp.k8s import MANAGED_BY, Obj, set_condition
-from visioninapp.lines import stage_holder
+from visioninapp.lines import promoted_at, stage_holder
 
 __all__ = [
     "EXCLUSIVE_STAGES",
@@ -46,7 +46,8 @@ def newer_holder(artifact: Obj, artifacts: Iterable[Obj]) -> Obj | None:
     holder = stage_holder(artifacts, artifact["spec"]["model"], stage)
     if holder is None or holder["metadata"]["name"] == artifact["metadata"]["name"]:
         return None
-    return holder
+    # A version promoted later that cannot hold the stage yet (being verified) gives nothing up.
+    return holder if promoted_at(holder) > promoted_at(artifact) else None
 
 
 def is_operators(artifact: Obj) -> bool:

@@ -8,12 +8,12 @@ from datetime import datetime
 
 from visioninapp.k8s import Obj, parse_time
 
-__all__ = ["promotion_blocked", "stage_holder"]
+__all__ = ["promoted_at", "promotion_blocked", "stage_holder"]
 
 _NOT_YET_RECORDED = datetime.max  # promoted after the last stage change the operator recorded
 
 
-def _promoted_at(artifact: Obj) -> tuple[datetime, str, str]:
+def promoted_at(artifact: Obj) -> tuple[datetime, str, str]:
     """When the artifact entered its stage, as the `Staged` condition recorded it for the current
     generation (only `spec.stage` changes one); a stage the operator has not recorded yet was entered
     just now. Ties (the condition has whole seconds): the newer object, then the name."""
@@ -48,7 +48,7 @@ def _holders(artifacts: Iterable[Obj], line: str, stage: str) -> list[Obj]:
         and (a.get("status") or {}).get("phase") == "Available"
         and promotion_blocked(a) is None
     ]
-    return sorted(found, key=_promoted_at, reverse=True)
+    return sorted(found, key=promoted_at, reverse=True)
 
 
 def stage_holder(artifacts: Iterable[Obj], line: str, stage: str) -> Obj | None:

@@ -86,6 +86,8 @@ def test_a_version_that_cannot_serve_takes_nothing_from_the_holder() -> None:
     unchecked["spec"]["evaluation"] = refused["spec"]["evaluation"]
     assert stage_holder([holder, verifying, refused, unchecked], "shapes", "production") is holder
     assert newer_holder(holder, [holder, verifying, refused, unchecked]) is None  # nothing archived
+    # ...and the later one, still being verified, is not archived for the holder promoted before it.
+    assert newer_holder(verifying, [holder, verifying]) is None
 
 
 def test_a_stage_entered_again_counts_from_its_new_promotion() -> None:

@@ -442,7 +442,7 @@ def _promoted(run: _Run) -> str:
 
     def settled() -> dict[str, Any] | None:
         found = run.policy()
-        return found if found["phase"] in ("Promoted", "GateFailed", "Failed") else None
+        return found if found["phase"] in ("Promoted", "GateFailed", "NotPromoted", "Failed") else None
 
     with run.console.status(f"{POLICY}: waiting for the quality gate and the promotion"):
         state = run.until(f"{POLICY} to settle", settled)

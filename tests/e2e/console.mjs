@@ -6,6 +6,7 @@ import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "nod
 import { createHash } from "node:crypto";
 import { createRequire } from "node:module";
 import { join } from "node:path";
+import { DESKTOP, PHONE, pageChecker } from "./pages.mjs";
 
 const require = createRequire(join(process.env.CONSOLE_DIR, "package.json"));
 const { chromium } = require("playwright-core");
@@ -35,45 +36,9 @@ page.on("request", (request) => {
   if (["http:", "https:"].includes(url.protocol) && !allowedHosts.has(url.host)) problems.push(`request to ${url.host}`);
 });
 
-const PHONE = { width: 390, height: 844 };
-const DESKTOP = { width: 1280, height: 900 };
-const manifest = JSON.parse(readFileSync(join(process.env.CONSOLE_DIR, "vendor", "manifest.json"), "utf8"));
-const axePath = join(process.env.CONSOLE_DIR, manifest["axe.js"]);
 const checked = {};
+const checkPage = pageChecker({ page, problems, artifacts, consoleDir: process.env.CONSOLE_DIR, titles, checked });
 
-// Every page: a title, labelled fields, no leaked `[object …]`/undefined/NaN/long floats, no axe
-// violation of serious or critical impact, no horizontal overflow on a phone; a screenshot.
-async function checkPage(name) {
-  await page.waitForFunction(() => !document.title.startsWith("Loading") && document.title.includes("VisionInApp"));
-  await page.waitForLoadState("networkidle").catch(() => {});
-  titles[name] = await page.title();
-  await page.mouse.move(0, 0);  // a pointer resting on a toast keeps it open
-  const unlabelled = await page.evaluate(() => [...document.querySelectorAll("input, select, textarea")]
-    .filter((el) => el.type !== "hidden" && !el.hidden && el.offsetParent !== null)
-    .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute("aria-label"))
-    .map((el) => el.outerHTML.slice(0, 120)));
-  for (const field of unlabelled) problems.push(`${name}: form field without a label: ${field}`);
-  const text = await page.evaluate(() => document.body.innerText);
-  for (const [label, pattern] of [["[object", /\[object/], ["undefined", /\bundefined\b/], ["NaN", /\bNaN\b/],
-    ["a float with more than 3 decimals", /\b\d+\.\d{4,}\b/]]) {
-    const found = text.match(pattern);
-    if (found) problems.push(`${name}: the page shows ${label}: “…${text.slice(Math.max(0, found.index - 40), found.index + 40).replace(/\s+/g, " ")}…”`);
-  }
-  const width = page.viewportSize().width;
-  if (width <= PHONE.width) {
-    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
-    if (overflow > 1) problems.push(`${name}: at ${width} px the page is ${overflow}px wider than the screen`);
-  }
-  await page.addScriptTag({ path: axePath });
-  const violations = await page.evaluate(async () => {
-    const result = await window.axe.run(document, { resultTypes: ["violations"] });
-    return result.violations.filter((v) => ["serious", "critical"].includes(v.impact))
-      .map((v) => `${v.id} (${v.impact}): ${v.help} at ${v.nodes.slice(0, 3).map((n) => n.target.join(" ")).join(", ")}`);
-  });
-  for (const violation of violations) problems.push(`${name} at ${width} px: axe ${violation}`);
-  checked[name] = (checked[name] || []).concat(width);
-  await page.screenshot({ path: join(artifacts, `${name}-${width}.png`), fullPage: true });
-}
 
 const step = async (name, action) => {
   try {

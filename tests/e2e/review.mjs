@@ -2,9 +2,10 @@
 // the mouse, changes its class with a number key, draws a new box, accepts with Enter; checks the
 // pages (axe, labels, overflow at 390 px) and prints one JSON line with what the history showed.
 // Env: APP_URL, AUTH_HOST, EMAIL, PASSWORD, PROJECT, FRAME, ARTIFACTS, CONSOLE_DIR.
-import { mkdirSync, readFileSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import { createRequire } from "node:module";
 import { join } from "node:path";
+import { DESKTOP, PHONE, pageChecker } from "./pages.mjs";
 
 const require = createRequire(join(process.env.CONSOLE_DIR, "package.json"));
 const { chromium } = require("playwright-core");
@@ -13,10 +14,6 @@ const app = new URL(process.env.APP_URL);
 const artifacts = process.env.ARTIFACTS;
 mkdirSync(artifacts, { recursive: true });
 const problems = [];
-const PHONE = { width: 390, height: 844 };
-const DESKTOP = { width: 1280, height: 900 };
-const manifest = JSON.parse(readFileSync(join(process.env.CONSOLE_DIR, "vendor", "manifest.json"), "utf8"));
-const axePath = join(process.env.CONSOLE_DIR, manifest["axe.js"]);
 
 const browser = await chromium.launch({
   executablePath: "/usr/bin/chromium",
@@ -26,36 +23,8 @@ const page = await (await browser.newContext({ viewport: DESKTOP })).newPage();
 page.setDefaultTimeout(30000);
 page.on("console", (message) => message.type() === "error" && problems.push(`console error: ${message.text()}`));
 page.on("pageerror", (error) => problems.push(`page error: ${error.message}`));
+const checkPage = pageChecker({ page, problems, artifacts, consoleDir: process.env.CONSOLE_DIR });
 
-// As console.mjs checks every page: labelled fields, no leaked values, axe (serious, critical), no
-// horizontal overflow on a phone; a screenshot.
-async function checkPage(name) {
-  await page.waitForFunction(() => !document.title.startsWith("Loading") && document.title.includes("VisionInApp"));
-  await page.waitForLoadState("networkidle").catch(() => {});
-  const unlabelled = await page.evaluate(() => [...document.querySelectorAll("input, select, textarea")]
-    .filter((el) => el.type !== "hidden" && !el.hidden && el.offsetParent !== null)
-    .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute("aria-label"))
-    .map((el) => el.outerHTML.slice(0, 120)));
-  for (const field of unlabelled) problems.push(`${name}: form field without a label: ${field}`);
-  const text = await page.evaluate(() => document.body.innerText);
-  for (const [label, pattern] of [["[object", /\[object/], ["undefined", /\bundefined\b/], ["NaN", /\bNaN\b/],
-    ["a float with more than 3 decimals", /\b\d+\.\d{4,}\b/]]) {
-    if (pattern.test(text)) problems.push(`${name}: the page shows ${label}`);
-  }
-  const width = page.viewportSize().width;
-  if (width <= PHONE.width) {
-    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
-    if (overflow > 1) problems.push(`${name}: at ${width} px the page is ${overflow}px wider than the screen`);
-  }
-  await page.addScriptTag({ path: axePath });
-  const violations = await page.evaluate(async () => {
-    const result = await window.axe.run(document, { resultTypes: ["violations"] });
-    return result.violations.filter((v) => ["serious", "critical"].includes(v.impact))
-      .map((v) => `${v.id} (${v.impact}): ${v.help} at ${v.nodes.slice(0, 3).map((n) => n.target.join(" ")).join(", ")}`);
-  });
-  for (const violation of violations) problems.push(`${name} at ${width} px: axe ${violation}`);
-  await page.screenshot({ path: join(artifacts, `${name}-${width}.png`), fullPage: true });
-}
 
 const historyActions = () => page.evaluate(() =>
   [...document.querySelectorAll("[data-testid=review-history] [data-action]")].map((li) => li.dataset.action).reverse());

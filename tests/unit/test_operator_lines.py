@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.unit.test_operator_rollout import NOW, deployment, fleet, pods, revision_of
+from tests.unit.test_operator_rollout import (
+    NOW,
+    crash_on_first_node,
+    deployment,
+    fleet,
+    pods,
+    revision_of,
+    v2_canary_started,
+)
 from visioninapp.k8s import MANAGED_BY
 from visioninapp.lines import stage_holder
 from visioninapp.operator.daemonset import EdgeTemplate
@@ -192,24 +200,8 @@ def test_a_version_rolled_back_here_is_held_back_until_the_stage_moves_on() -> N
     v1 = version("v1", stage="archived")
     v2 = version("v2", recorded="2026-11-23T11:00:00Z")
     old, new = revision_of("v1"), revision_of("v2")
-    status = {
-        "revision": new,
-        "currentModel": "v2",
-        "previousModel": "v1",
-        "phase": "Progressing",
-        "currentStep": 0,
-        "stepStartTime": "2026-11-23T11:59:50Z",
-        "history": [
-            {
-                "revision": new,
-                "model": "v2",
-                "format": "onnx",
-                "time": "2026-11-23T11:59:50Z",
-                "outcome": "Progressing",
-            }
-        ],
-    }
-    crashing = [PodView("n0", "n0-pod", new, False, None, 9), *pods({f"n{i}": old for i in range(1, 10)})]
+    status = v2_canary_started(new)
+    crashing = crash_on_first_node(old, new)
     rolled = plan_following(following(status), [v1, v2], crashing)
     assert rolled.status["phase"] == "RolledBack" and rolled.status["currentModel"] == "v1"
     held = conditions(rolled)["FollowsLine"]

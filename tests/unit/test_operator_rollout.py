@@ -241,28 +241,36 @@ def test_a_new_model_starts_a_rollout_and_records_history() -> None:
     assert result.events[0][:2] == ("Normal", "RolloutStarted")
 
 
+def v2_canary_started(new: str) -> dict[str, Any]:
+    """The status of a rollout from v1 to v2 (revision `new`) ten seconds into its first step."""
+    return {
+        "revision": new,
+        "currentModel": "v2",
+        "previousModel": "v1",
+        "phase": "Progressing",
+        "currentStep": 0,
+        "stepStartTime": "2026-11-23T11:59:50Z",
+        "history": [
+            {
+                "revision": new,
+                "model": "v2",
+                "format": "onnx",
+                "time": "2026-11-23T11:59:50Z",
+                "outcome": "Progressing",
+            }
+        ],
+    }
+
+
+def crash_on_first_node(old: str, new: str) -> list[PodView]:
+    """The first canary node's new pod crash-loops; the other nine still run `old`."""
+    return [PodView("n0", "n0-pod", new, False, None, 9), *pods({f"n{i}": old for i in range(1, 10)})]
+
+
 def test_a_failed_gate_rolls_back_to_the_previous_model_at_once() -> None:
     old, new = revision_of("v1"), revision_of("v2")
-    body = deployment(
-        status={
-            "revision": new,
-            "currentModel": "v2",
-            "previousModel": "v1",
-            "phase": "Progressing",
-            "currentStep": 0,
-            "stepStartTime": "2026-11-23T11:59:50Z",
-            "history": [
-                {
-                    "revision": new,
-                    "model": "v2",
-                    "format": "onnx",
-                    "time": "2026-11-23T11:59:50Z",
-                    "outcome": "Progressing",
-                }
-            ],
-        }
-    )
-    crashing = [PodView("n0", "n0-pod", new, False, None, 9), *pods({f"n{i}": old for i in range(1, 10)})]
+    body = deployment(status=v2_canary_started(new))
+    crashing = crash_on_first_node(old, new)
     result = plan(body, crashing)
     assert result.status["phase"] == "RolledBack" and result.status["revision"] == old
     assert result.status["currentModel"] == "v1" and result.delete_pods == ("n0-pod",)

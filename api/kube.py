@@ -118,6 +118,15 @@ class KubeCluster:
                 raise ApiError(404, f"{kind} {namespace}/{name} not found") from None
             raise translate(error, f"reading {kind} {name}") from None
 
+    def find(self, kind: str, namespace: str, name: str) -> Obj | None:
+        """`get`, or None when there is no such object."""
+        try:
+            return self.get(kind, namespace, name)
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+
     def create(self, obj: Obj) -> Obj:
         check(obj)
         kind = obj["kind"]

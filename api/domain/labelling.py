@@ -245,18 +245,12 @@ def _class_names(
 ) -> list[str]:
     """The classes of the model that made the frame's proposals, else of the deployment's model now."""
     candidates = [model] if model else []
-    try:
-        ed = container.clusters.rollout.get("EdgeDeployment", project, deployment)
+    ed = container.clusters.rollout.find("EdgeDeployment", project, deployment)
+    if ed is not None:
         candidates.append(str((ed.get("spec") or {}).get("modelRef") or ""))
-    except ApiError as error:
-        if error.status != 404:
-            raise
     for name in filter(None, candidates):
-        try:
-            artifact = container.clusters.training.get("ModelArtifact", project, name)
-        except ApiError as error:
-            if error.status != 404:
-                raise
+        artifact = container.clusters.training.find("ModelArtifact", project, name)
+        if artifact is None:
             continue
         names = (artifact.get("spec") or {}).get("classNames")
         if names:

@@ -190,7 +190,7 @@ def _free_run_name(container: ApiContainer, project: str, policy: str, number: i
     created again starts counting anew, and never adopts an earlier policy's run)."""
     for candidate in range(number, number + 100):
         run = f"{policy[:230]}-r{candidate}"
-        if _get(container, "TrainingJob", project, run) is None:
+        if container.clusters.training.find("TrainingJob", project, run) is None:
             return run, candidate
     raise ApiError(409, f"TrainingJobs {policy}-r{number} to -r{number + 99} all exist: delete old runs")
 
@@ -214,7 +214,9 @@ def _gather(
             if spec.triggers.confidence_drop is not None and production_name
             else (None, None)
         )
-    run = _get(container, "TrainingJob", project, status.get("run"))
+    run = (
+        container.clusters.training.find("TrainingJob", project, status["run"]) if status.get("run") else None
+    )
     if run is not None and (run["metadata"].get("labels") or {}).get(RUN_UID_LABEL) != uid:
         run = None  # a TrainingJob of that name that this policy did not create
     candidate_name = status.get("candidate") or ((run or {}).get("status") or {}).get("artifact")
@@ -283,14 +285,3 @@ def _mean(
     if not detections:
         return None
     return ConfidenceWindow(sum(mean * count for mean, count in weighted) / detections, detections)
-
-
-def _get(container: ApiContainer, kind: str, project: str, name: str | None) -> Obj | None:
-    if not name:
-        return None
-    try:
-        return container.clusters.training.get(kind, project, name)
-    except ApiError as error:
-        if error.status == 404:
-            return None
-        raise

@@ -40,12 +40,7 @@ def _metric(artifact: Obj, name: str = "mAP50_95") -> Any:
 def gather(container: ApiContainer, project: str, name: str) -> RunFacts:
     """What the summary graph needs: the run (live, else from the history), its epochs, its dataset's
     class counts, earlier finished runs and the production model of the project."""
-    try:
-        tj: Obj | None = container.clusters.training.get(KIND, project, name)
-    except ApiError as error:
-        if error.status != 404:
-            raise
-        tj = None
+    tj = container.clusters.training.find(KIND, project, name)
     with container.db.session() as session:
         spec, phase, artifact = _run_state(session, tj, project, name)
         epochs = _epochs(session, project, name)

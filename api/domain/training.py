@@ -160,16 +160,12 @@ def check_references(container: ApiContainer, spec: TrainingJobSpec, access: Acc
 
 
 def _check_base_model(container: ApiContainer, base: str, project: str, field: str) -> None:
-    try:
-        container.clusters.training.get("ModelArtifact", project, base)
-    except ApiError as error:
-        if error.status != 404:
-            raise
+    if container.clusters.training.find("ModelArtifact", project, base) is None:
         message = (
             f"{field}: no ModelArtifact {base!r} in project {project!r}; name one of its "
             f"models (GET /api/v1/projects/{project}/models)"
         )
-        raise ApiError(422, message, [ErrorDetail(field=field, message=message)]) from None
+        raise ApiError(422, message, [ErrorDetail(field=field, message=message)])
 
 
 def manifest(body: TrainingJobIn, project: str, creator: str) -> Obj:

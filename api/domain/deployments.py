@@ -24,6 +24,7 @@ __all__ = [
     "KIND",
     "create_deployment",
     "delete_deployment",
+    "deployed_model",
     "deployment_out",
     "fleet_history",
     "get_deployment",
@@ -38,12 +39,18 @@ ACTION_ANNOTATION = "visioninapp.io/rollout-action"  # read by the operator's ro
 SORTABLE = ("name", "phase", "model", "createdAt")
 
 
+def deployed_model(obj: Obj) -> str:
+    """The ModelArtifact a deployment names, or, when it follows a line's stage, the one its fleet
+    is moving to or runs ("" before its first rollout)."""
+    return str((obj.get("spec") or {}).get("modelRef") or (obj.get("status") or {}).get("currentModel") or "")
+
+
 def deployment_out(obj: Obj) -> dict[str, Any]:
     meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
     return DeploymentOut(
         name=meta["name"],
         project=meta["namespace"],
-        model=spec.get("modelRef") or status.get("currentModel") or "",
+        model=deployed_model(obj),
         phase=status.get("phase") or "Progressing",
         paused=bool(spec.get("paused")),
         current_step=status.get("currentStep"),

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from visioninapp.api.container import ApiContainer
 from visioninapp.api.db import AnnotationChange, FeedbackFrame, utcnow
+from visioninapp.api.domain.deployments import deployed_model
 from visioninapp.api.domain.feedback import PUBLISHING, feedback_out
 from visioninapp.api.domain.labels import (
     Change,
@@ -247,7 +248,7 @@ def _class_names(
     candidates = [model] if model else []
     ed = container.clusters.rollout.find("EdgeDeployment", project, deployment)
     if ed is not None:
-        candidates.append(str((ed.get("spec") or {}).get("modelRef") or ""))
+        candidates.append(deployed_model(ed))
     for name in filter(None, candidates):
         artifact = container.clusters.training.find("ModelArtifact", project, name)
         if artifact is None:

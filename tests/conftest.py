@@ -143,6 +143,35 @@ class ExportedModel:
     imgsz: int
 
 
+def _zeroed_yolo11n(root: Path, class_names: list[str]) -> Path:
+    """An untrained yolo11n (seeded: the same weights in every session) whose class biases are zeroed."""
+    from visioninapp.trainer.offline import prepare_offline_ultralytics
+
+    prepare_offline_ultralytics(root / "ultralytics")
+    import torch
+    from ultralytics import YOLO
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    model = YOLO("yolo11n.yaml")
+    model.model = DetectionModel("yolo11n.yaml", nc=len(class_names), verbose=False)
+    head = model.model.model[-1]
+    with torch.no_grad():
+        for branch in head.cv3:
+            branch[-1].bias.zero_()
+    model.model.names = dict(enumerate(class_names))
+    weights = root / "zeroed.pt"
+    model.save(str(weights))
+    return weights
+
+
+def _export(weights: Path, size: int, to: Path) -> Path:
+    from ultralytics import YOLO
+
+    path = YOLO(str(weights)).export(format="onnx", imgsz=size, opset=17, simplify=True, verbose=False)
+    return Path(path).rename(to)  # each export writes <weights>.onnx: move it
+
+
 @pytest.fixture(scope="session")
 def exported_model(tmp_path_factory: pytest.TempPathFactory) -> ExportedModel:
     """An untrained yolo11n whose class biases are zeroed, so every image yields many boxes.
@@ -151,29 +180,20 @@ def exported_model(tmp_path_factory: pytest.TempPathFactory) -> ExportedModel:
     rescaling on hundreds of boxes per image, in seconds, without a training run.
     """
     from visioninapp.local.synth import CLASS_NAMES, generate_dataset
-    from visioninapp.trainer.offline import prepare_offline_ultralytics
 
     root = tmp_path_factory.mktemp("exported")
     generate_dataset(root / "ds", train=4, val=8, imgsz=96, seed=5)
-    prepare_offline_ultralytics(root / "ultralytics")
-    import torch
-    from ultralytics import YOLO
-    from ultralytics.nn.tasks import DetectionModel
+    weights = _zeroed_yolo11n(root, list(CLASS_NAMES))
+    onnx, small = _export(weights, 96, root / "model.onnx"), _export(weights, 64, root / "small.onnx")
+    return ExportedModel(root / "ds", weights, onnx, small, 96)
 
-    model = YOLO("yolo11n.yaml")
-    model.model = DetectionModel("yolo11n.yaml", nc=len(CLASS_NAMES), verbose=False)
-    head = model.model.model[-1]
-    with torch.no_grad():
-        for branch in head.cv3:
-            branch[-1].bias.zero_()
-    model.model.names = dict(enumerate(CLASS_NAMES))
-    weights = root / "zeroed.pt"
-    model.save(str(weights))
-    exported = {}
-    for name, size in (("model.onnx", 96), ("small.onnx", 64)):  # each export writes zeroed.onnx: move it
-        path = YOLO(str(weights)).export(format="onnx", imgsz=size, opset=17, simplify=True, verbose=False)
-        exported[name] = Path(path).rename(root / name)
-    return ExportedModel(root / "ds", weights, exported["model.onnx"], exported["small.onnx"], 96)
+
+@pytest.fixture(scope="session")
+def one_class_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same kind of model with one class (96 px ONNX): where a test is about a frame budget, class
+    balance (which splits it between the classes an untrained model happens to see) plays no part."""
+    root = tmp_path_factory.mktemp("one-class")
+    return _export(_zeroed_yolo11n(root, ["object"]), 96, root / "model.onnx")
 
 
 FIREBASE_PROJECT = "demo-visioninapp"

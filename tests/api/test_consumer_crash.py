@@ -120,6 +120,7 @@ class Consumer:
     """One consumer process with the hook; its reports arrive on a queue (a reader thread)."""
 
     def __init__(self, env: dict[str, str], log: Any) -> None:
+        self.log = Path(log.name)
         self.process = subprocess.Popen(
             [sys.executable, "-c", CONSUMER],
             env=env,
@@ -139,11 +140,17 @@ class Consumer:
                 self.reports.put((int(words[1]), int(words[2])))
         self.reports.put(None)  # the process closed its output: it exited
 
-    def next_batch(self, timeout: float = 60) -> tuple[int, int]:
+    def next_batch(self, timeout: float = 180) -> tuple[int, int]:
         """The next batch the consumer holds (its first and last offset)."""
-        report = self.reports.get(timeout=timeout)
-        assert report is not None, f"the consumer exited (status {self.process.wait(5)})"
+        try:
+            report = self.reports.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no batch in {timeout} s; consumers' log:\n{self._log_tail()}") from None
+        assert report is not None, f"the consumer exited ({self.process.wait(5)}):\n{self._log_tail()}"
         return report
+
+    def _log_tail(self) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
 
     def go(self) -> None:
         assert self.process.stdin is not None

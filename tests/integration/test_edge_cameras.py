@@ -239,7 +239,7 @@ def test_wrong_credentials_and_missing_secrets_are_reported_per_camera(
 
 
 def test_hard_frames_from_streams_carry_their_provenance_and_skip_duplicates(
-    exported_model: ExportedModel, videos: dict[str, Path], tmp_path: Path
+    one_class_model: Path, videos: dict[str, Path], tmp_path: Path
 ) -> None:
     still = tmp_path / "still.avi"  # one frame over and over: a parked car for an hour
     scenes = tmp_path / "scenes.avi"  # a different scene in every frame
@@ -258,7 +258,7 @@ def test_hard_frames_from_streams_carry_their_provenance_and_skip_duplicates(
     ]
     runtime = _runtime(
         tmp_path,
-        exported_model.onnx,
+        one_class_model,
         cameras,
         feedback_enabled=True,
         feedback_min_score=0.0,
@@ -281,7 +281,7 @@ def test_hard_frames_from_streams_carry_their_provenance_and_skip_duplicates(
     assert {r["camera"] for r in records} == {"still", "scenes"}
     assert sum(r["camera"] == "still" for r in records) == 1, "a still scene is one frame, not many"
     assert all(r["model"] == "shapes-v1" and r["revision"] == "r1" for r in records)
-    assert all(r["sha256"] == _sha(exported_model.onnx) for r in records)
+    assert all(r["sha256"] == _sha(one_class_model) for r in records)
     assert 'visioninapp_edge_hard_frames_total{outcome="duplicate"}' in metrics
     assert 'visioninapp_edge_hard_frames_total{outcome="budget"}' in metrics
 

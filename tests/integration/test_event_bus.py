@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 
+from tests.helpers import wait_for
 from visioninapp.backends.rabbitmq import RabbitStreamBus
 
 pytestmark = pytest.mark.services
@@ -48,3 +49,27 @@ def test_reads_of_a_never_quiet_stream_return_and_resume_exactly(rabbitmq_stream
         for bus in (writer, reader):  # the session deletes the stream (tests/services.delete_test_streams)
             bus.close()
     assert seen == list(range(1, len(seen) + 1))  # in order, nothing lost or repeated
+
+
+def test_closing_the_bus_ends_a_call_waiting_in_another_thread(rabbitmq_stream_port: int) -> None:
+    """A consumer cancelled mid-read closes its bus while the read's thread still waits (an operator
+    stopping on SIGTERM): that call fails at once, so the process can exit."""
+    import asyncio
+
+    bus = RabbitStreamBus("127.0.0.1", rabbitmq_stream_port)
+    outcome: list[BaseException | None] = []
+
+    def wait_for_ever() -> None:
+        try:
+            bus._run(asyncio.Event().wait(), timeout=3600)  # stands in for a read that waits long
+            outcome.append(None)
+        except BaseException as error:
+            outcome.append(error)
+
+    caller = threading.Thread(target=wait_for_ever, daemon=True)
+    caller.start()
+    wait_for(lambda: bus._in_flight, 10, "the call in flight")
+    bus.close()
+    caller.join(30)
+    assert not caller.is_alive(), "the call still waits after the bus was closed"
+    assert isinstance(outcome[0], ConnectionError) and "closed" in str(outcome[0])

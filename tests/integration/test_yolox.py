@@ -7,6 +7,7 @@ inference (its model, its `ValTransform` and `postprocess`, as its evaluator run
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -19,13 +20,14 @@ from typing import Any
 
 import cv2
 import numpy as np
+import onnx
 import pytest
 import requests
 import torch
 import yaml
 
 from tests.integration import test_trainer as trainer_tests
-from tests.integration.test_edge import _iou, _put_model, _Server, _settings
+from tests.integration.test_edge import _iou, _put_model, _Server, _settings, _sha
 from tests.integration.test_trainer import (
     _config,
     _env,
@@ -45,8 +47,9 @@ from visioninapp.local.synth import generate_dataset
 from visioninapp.operator.artifacts import verify_formats
 from visioninapp.operator.training_objects import artifact_from_result
 from visioninapp.resources import ModelArtifact, TrainingJob
+from visioninapp.resources.trainingjob import ExportOptions
 from visioninapp.settings import Settings
-from visioninapp.trainer.yolox_train import optimizer_state_digest
+from visioninapp.trainer.yolox_train import export_yolox_onnx, optimizer_state_digest
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 s3, bus, stream = trainer_tests.s3, trainer_tests.bus, trainer_tests.stream  # the trainer tests' fixtures
@@ -149,19 +152,19 @@ def _verified(config: Path, result: TrainerResult, s3_endpoint: str) -> None:
     assert verify_formats(artifact, store.checksum, store.size) == []
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["decoded-in-graph", "raw-head"])
-def trained(
-    request: pytest.FixtureRequest,
+@pytest.fixture(scope="module")
+def trained_run(
     s3: Any,
     s3_endpoint: str,
     dataset_uri: str,
     rabbitmq_stream_port: int,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Trained:
+    """One training through the real trainer (its ONNX decodes in the graph)."""
     tmp_path = tmp_path_factory.mktemp("yolox")
     stream_name = f"training-events-{uuid.uuid4().hex[:8]}"
     bucket, output = _new_output(s3)
-    config = _yolox_config(tmp_path, dataset_uri, output, export={"decodeInGraph": request.param})
+    config = _yolox_config(tmp_path, dataset_uri, output)
     started = time.monotonic()
     run = _run_trainer(config, _env(s3_endpoint, stream_name, tmp_path))
     assert run.returncode == 0, run.stderr[-3000:]
@@ -205,6 +208,19 @@ def trained(
     )
 
 
+@pytest.fixture(scope="module", params=[True, False], ids=["decoded-in-graph", "raw-head"])
+def trained(request: pytest.FixtureRequest, trained_run: Trained) -> Trained:
+    """The run's own ONNX, or the same weights exported by the trainer's export with the graph ending
+    at the raw head (`export.decodeInGraph: false`): one training serves both (it took 45 s each)."""
+    if request.param:
+        return trained_run
+    options = ExportOptions.model_validate({"decodeInGraph": False})
+    raw = export_yolox_onnx(trained_run.weights, options, trained_run.onnx.with_name("raw-head.onnx"))
+    metadata = {p.key: p.value for p in onnx.load(str(raw)).metadata_props}
+    assert metadata["decoded"] == "false", metadata  # the edge decodes it: grid, strides, exp
+    return dataclasses.replace(trained_run, onnx=raw)
+
+
 def _yolox_reference(weights: Path, images: list[Path]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """YOLOX's own inference: its model, ValTransform (BGR from cv2, as its datasets load) and
     postprocess; boxes scaled back by the resize ratio as its evaluator does, clipped to the image
@@ -242,11 +258,10 @@ def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_edge_boxes_over_http_match_yolox_pytorch(trained: Trained, tmp_path: Path) -> None:
     reference = _yolox_reference(trained.weights, trained.images)
-    onnx = next(f for f in trained.result.formats if f.format == "onnx")
     runtime = EdgeRuntime(_settings(tmp_path), bus=LocalEventLog(tmp_path / "events"))
     worst_iou, worst_score, fewest = 1.0, 0.0, 10**6
     with _Server(runtime) as base:
-        assert _put_model(base, trained.onnx, "yolox", onnx.sha256).status_code == 200
+        assert _put_model(base, trained.onnx, "yolox", _sha(trained.onnx)).status_code == 200
         for path, (boxes, scores, classes) in zip(trained.images, reference, strict=True):
             response = requests.post(
                 f"{base}/v1/detect", params={"conf": CONF, "iou": IOU}, data=path.read_bytes(), timeout=60

@@ -114,13 +114,15 @@ def member_roles(session: Session, user: Principal, projects: list[str]) -> dict
 
 
 def _rate_limit(container: ApiContainer, user: Principal) -> None:
-    window = int(time.time() // 60)
+    now = time.time()
+    window = int(now // 60)
     count = container.cache.incr(f"rate:{user.uid}:{window}", 60)
     if count > container.settings.api_write_rate_per_minute:
         raise ApiError(
             429,
             f"too many write requests: at most {container.settings.api_write_rate_per_minute} per minute; "
             "retry after the time in Retry-After",
+            retry_after=max(1, (window + 1) * 60 - int(now)),  # when this minute's count starts again
         )
 
 

@@ -250,6 +250,15 @@ def datasets_synth(
 # Options of the commands that start local mode
 ApiPort = Annotated[int, typer.Option(help="Port of the API and console (0: any free port).")]
 KubePort = Annotated[int, typer.Option(help="Port of the local Kubernetes API (0: any free port).")]
+EdgeCluster = Annotated[
+    bool,
+    typer.Option(
+        "--edge-cluster/--one-cluster",
+        help="The production topology: the edge nodes in a second cluster with its own operator "
+        "(role rollout), artifacts and promotions mirrored to it from the training cluster.",
+    ),
+]
+EdgeNodes = Annotated[int, typer.Option("--edge-nodes", min=1, max=8, help="Simulated Jetsons.")]
 
 
 def _require_local_mode() -> None:
@@ -316,6 +325,8 @@ def demo(
             "the API, a RetrainPolicy fine-tunes, gates and promotes v2, the canary rolls it out.",
         ),
     ] = False,
+    edge_cluster: EdgeCluster = False,
+    edge_nodes: EdgeNodes = 1,
 ) -> None:
     """The whole loop on this machine: local mode, synthetic data, CPU training, rollout, detection."""
     _require_local_mode()
@@ -333,6 +344,8 @@ def demo(
             api_port=port or None,
             kube_port=kube_port or None,
             loop=_onnx_map50 if loop else None,
+            edge_cluster=edge_cluster,
+            edge_nodes=edge_nodes,
         )
     except (DemoError, LocalModeError) as error:
         raise _fail(str(error)) from None
@@ -351,6 +364,8 @@ def local_up(
     ] = None,
     port: ApiPort = 8000,
     kube_port: KubePort = 6443,
+    edge_cluster: EdgeCluster = False,
+    edge_nodes: EdgeNodes = 1,
 ) -> None:
     """Run the platform on this machine until Ctrl-C: a real Kubernetes control plane (built from
     source on first use, about 5 minutes on 2 cores) with two local nodes, the operator, the API and
@@ -361,12 +376,19 @@ def local_up(
 
     directory = data_dir or Settings().data_dir
     _stop_on_signals()
-    platform = LocalPlatform(directory, api_port=port or None, kube_port=kube_port or None, say=typer.echo)
+    platform = LocalPlatform(
+        directory,
+        api_port=port or None,
+        kube_port=kube_port or None,
+        say=typer.echo,
+        edge_cluster=edge_cluster,
+        edge_nodes=edge_nodes,
+    )
     try:
         platform.start()
         typer.echo("VisionInApp local mode is up:")
         for what, where in platform.describe():
-            typer.echo(f"  {what:<15} {where}")
+            typer.echo(f"  {what:<16} {where}")
         typer.echo(
             "then: kubectl apply -f manifests/examples/local/ && kubectl get tj,ma,ed -w   (Ctrl-C stops)"
         )

@@ -304,12 +304,16 @@ def test_a_second_up_in_the_same_directory_is_refused(tmp_path: Path, started: l
 
 
 def test_demo_in_ci_mode_trains_rolls_out_detects_and_closes_the_loop(tmp_path: Path) -> None:
-    """`visioninapp demo --loop` once (CI time matters): v1 trained on upright shapes, rolled out; then
-    rotated shapes reach the edge, its hard frames are reviewed through the API, the RetrainPolicy
-    fine-tunes, gates and promotes v2, the canary rolls it out, v1 is archived."""
+    """`visioninapp demo --loop` once (CI time matters), unattended from the first apply, in the
+    production topology: a training cluster and an edge cluster of three simulated Jetsons, each with
+    its operator (roles training and rollout), joined by the artifact mirror. v1 trained on upright
+    shapes, rolled out; then rotated shapes reach the edge, its hard frames are reviewed through the
+    API, the RetrainPolicy fine-tunes, gates and promotes v2 (in the training cluster), the promotion
+    reaches the edge cluster, the canary rolls it out to every node, v1 is archived in both."""
     data_dir = tmp_path / "demo"
+    command = [CLI, "demo", "--loop", "--edge-cluster", "--edge-nodes", "3", "--data-dir", str(data_dir)]
     result = subprocess.run(
-        [CLI, "demo", "--loop", "--data-dir", str(data_dir), "--port", "0", "--kube-port", "0"],
+        [*command, "--port", "0", "--kube-port", "0"],
         env=_clean_env(CI="true", COLUMNS="160"),
         capture_output=True,
         text=True,
@@ -337,7 +341,11 @@ def test_demo_in_ci_mode_trains_rolls_out_detects_and_closes_the_loop(tmp_path: 
     v1, v2 = loop["v1"]["name"], loop["v2"]["name"]
     assert v1 == "shapes-yolo11n" and loop["policyPhase"] == "Promoted"
     assert loop["v2"]["stage"] == "production" and loop["v1"]["stage"] == "archived"
-    assert loop["edgePods"] and all(model == v2 for model in loop["edgePods"].values()), loop["edgePods"]
+    assert summary["edgeCluster"] and summary["edgeNodes"] == [f"local-edge-{i}" for i in range(3)]
+    assert "edge cluster" in result.stdout and "training cluster" in result.stdout
+    assert len(loop["edgePods"]) == 3 and all(m == v2 for m in loop["edgePods"].values()), loop["edgePods"]
+    # the promotion and the archiving reached the edge cluster's copies through the mirror
+    assert loop["edgeClusterStages"] == {v1: "archived", v2: "production"}, loop["edgeClusterStages"]
     # v2 learnt the variant; the held-out set (original style, never trained on) did not suffer
     assert loop["variantImages"] >= 50
     assert loop["variantMAP50"]["v2"] >= loop["variantMAP50"]["v1"] + 0.2, loop["variantMAP50"]
@@ -358,8 +366,9 @@ def test_demo_in_ci_mode_trains_rolls_out_detects_and_closes_the_loop(tmp_path: 
     # lineage through the API: v2 → dataset version → frames → deployment → v1
     lineage = loop["v2"]["lineage"]
     assert lineage["baseModel"] == v1 and lineage["dataset"] == loop["datasetVersion"]["uri"]
+    # hard frames from every node (each node's picker keeps its share of the policy's N)
     assert {(f["deployment"], f["node"], f["model"]) for f in loop["frames"]} == {
-        ("shapes-edge", "local-edge-0", v1)
+        ("shapes-edge", node, v1) for node in summary["edgeNodes"]
     }
     assert len(loop["lineage"]) == 5 and v1 in loop["lineage"][-1] and "archived" in loop["lineage"][-1]
     assert "lineage (through the API)" in result.stdout

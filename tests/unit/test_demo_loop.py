@@ -63,6 +63,9 @@ def test_the_policy_fine_tunes_briefly_gates_on_the_held_out_set_and_promotes() 
     feedback = feedback_spec(settings)
     assert feedback["enabled"] and feedback["sampleRate"] == 1.0 and feedback["maxFramesPerHour"] == 30
     assert feedback["minScore"] < feedback["maxScore"]
+    # three nodes share the policy's N: the fleet keeps N (or a few more when N does not divide)
+    assert feedback_spec(settings, nodes=3)["maxFramesPerHour"] == 10
+    assert feedback_spec(LoopSettings(reviewed_frames=32), nodes=3)["maxFramesPerHour"] == 11
 
 
 def test_the_lineage_reads_from_v2_back_to_v1() -> None:

@@ -80,31 +80,40 @@ def _manifests(directory: Path) -> list[dict[str, Any]]:
 
 
 class _Cluster:
-    """The few calls the demo makes, through the kubernetes client and the platform's kubeconfig."""
+    """The few calls the demo makes, through the kubernetes client and the platform's kubeconfigs:
+    EdgeDeployments and their pods in the edge cluster when there is one, the rest in training's."""
 
-    def __init__(self, kubeconfig: Path) -> None:
+    def __init__(self, kubeconfig: Path, edge_kubeconfig: Path | None = None) -> None:
         import kubernetes
 
         from visioninapp.podlogs import api_client
 
-        api, _ = api_client(kubeconfig)
-        self.custom: Any = kubernetes.client.CustomObjectsApi(api)
-        self.core: Any = kubernetes.client.CoreV1Api(api)
+        training, _ = api_client(kubeconfig)
+        edge = api_client(edge_kubeconfig)[0] if edge_kubeconfig is not None else training
+        self.custom: Any = kubernetes.client.CustomObjectsApi(training)
+        self.edge_custom: Any = kubernetes.client.CustomObjectsApi(edge)
+        self.edge_core: Any = kubernetes.client.CoreV1Api(edge)
+
+    def _api(self, kind: str, edge: bool = False) -> Any:
+        return self.edge_custom if edge or kind == "EdgeDeployment" else self.custom
 
     def apply(self, obj: dict[str, Any]) -> None:
-        self.custom.create_namespaced_custom_object(
+        self._api(obj["kind"]).create_namespaced_custom_object(
             GROUP, VERSION, LOCAL_NAMESPACE, PLURALS[obj["kind"]], obj
         )
 
     def patch(self, kind: str, name: str, body: dict[str, Any]) -> None:
         """A JSON merge patch (a null removes the field)."""
-        self.custom.patch_namespaced_custom_object(GROUP, VERSION, LOCAL_NAMESPACE, PLURALS[kind], name, body)
+        self._api(kind).patch_namespaced_custom_object(
+            GROUP, VERSION, LOCAL_NAMESPACE, PLURALS[kind], name, body
+        )
 
-    def get(self, kind: str, name: str) -> dict[str, Any]:
+    def get(self, kind: str, name: str, edge: bool = False) -> dict[str, Any]:
+        """The object ({} if absent); `edge`: its copy in the edge cluster (a mirrored ModelArtifact)."""
         from kubernetes.client import ApiException
 
         try:
-            found = self.custom.get_namespaced_custom_object(
+            found = self._api(kind, edge).get_namespaced_custom_object(
                 GROUP, VERSION, LOCAL_NAMESPACE, PLURALS[kind], name
             )
         except ApiException as error:
@@ -114,7 +123,7 @@ class _Cluster:
         return dict(found)
 
     def edge_pods(self, deployment: str) -> list[Any]:
-        pods = self.core.list_namespaced_pod(
+        pods = self.edge_core.list_namespaced_pod(
             LOCAL_NAMESPACE, label_selector=f"visioninapp.io/edge-deployment={deployment}"
         )
         return list(pods.items)
@@ -186,10 +195,10 @@ def _annotate(image: np.ndarray, detections: list[dict[str, Any]], scale: int = 
     return out
 
 
-def _detect(edge_url: str, dataset: Path, out: Path, console: Console) -> list[dict[str, Any]]:
+def _detect(edge_url: str, node: str, dataset: Path, out: Path, console: Console) -> list[dict[str, Any]]:
     """Send every validation image to the edge runtime; print the first few as a table and save them
     annotated. Returns per image what was labelled and what was detected (most confident first)."""
-    table = Table(title=f"detections by the edge runtime on local-edge-0 ({edge_url})")
+    table = Table(title=f"detections by the edge runtime on {node} ({edge_url})")
     for column in ("image", "class", "score", "box (x1, y1, x2, y2)", "labelled"):
         table.add_column(column)
     samples = []
@@ -274,10 +283,13 @@ def run_demo(
     kube_port: int | None = 6443,
     console: Console | None = None,
     loop: Measure | None = None,
+    edge_cluster: bool = False,
+    edge_nodes: int = 1,
 ) -> dict[str, Any]:
     """Run the loop from a clean `data_dir`; returns a summary (also in `<data_dir>/demo-summary.json`).
     `loop`: then close the loop (`visioninapp.local.loop`: hard frames, review, fine-tune, promotion),
-    measuring both versions with this (mAP50 of an ONNX file on labelled images)."""
+    measuring both versions with this (mAP50 of an ONNX file on labelled images). `edge_cluster`:
+    the edge nodes (`edge_nodes` of them) in a cluster of their own (`LocalPlatform`)."""
     console = console or Console()
     started = time.perf_counter()
     documents = _manifests(manifests)
@@ -296,10 +308,17 @@ def run_demo(
         task = progress.add_task("draw", total=80)
         dataset_uri = seed_dataset(settings, dataset, on_image=lambda: progress.advance(task))
     console.print(f"dataset: {dataset_uri} ({len(CLASS_NAMES)} classes: {', '.join(CLASS_NAMES)})")
-    with LocalPlatform(data_dir, api_port=api_port, kube_port=kube_port, say=console.print) as platform:
+    with LocalPlatform(
+        data_dir,
+        api_port=api_port,
+        kube_port=kube_port,
+        say=console.print,
+        edge_cluster=edge_cluster,
+        edge_nodes=edge_nodes,
+    ) as platform:
         for what, where in platform.describe():
-            console.print(f"  [bold]{what:<15}[/bold] {where}")
-        cluster = _Cluster(platform.kubeconfig)
+            console.print(f"  [bold]{what:<16}[/bold] {where}")
+        cluster = _Cluster(platform.kubeconfig, platform.edge_kubeconfig if edge_cluster else None)
         for obj in documents:
             cluster.apply(obj)
             console.print(f"applied {obj['kind'].lower()}.{GROUP}/{obj['metadata']['name']}")
@@ -331,7 +350,8 @@ def run_demo(
         def rollout() -> dict[str, Any]:
             return cluster.get("EdgeDeployment", ed_name).get("status") or {}
 
-        with console.status(f"rolling {artifact_name} out to local-edge-0 (EdgeDeployment {ed_name})"):
+        nodes = ", ".join(platform.edge_nodes)
+        with console.status(f"rolling {artifact_name} out to {nodes} (EdgeDeployment {ed_name})"):
             _wait(
                 platform,
                 f"EdgeDeployment {ed_name} to be Healthy",
@@ -344,7 +364,7 @@ def run_demo(
         edge_url = f"http://{pod.status.pod_ip}:{port}"
         console.print(f"EdgeDeployment {ed_name}: Healthy on {pod.spec.node_name} ({edge_url})")
 
-        samples = _detect(edge_url, dataset, data_dir, console)
+        samples = _detect(edge_url, pod.spec.node_name, dataset, data_dir, console)
         classes = sorted({c for sample in samples for c in sample["detected"]})
         summary = {
             "trainingJob": tj_name,
@@ -352,6 +372,8 @@ def run_demo(
             "modelArtifact": artifact_name,
             "artifactPhase": artifact_phase(),
             "edgeDeployment": ed_name,
+            "edgeCluster": edge_cluster,
+            "edgeNodes": platform.edge_nodes,
             "rolloutPhase": rollout().get("phase"),
             "mAP50": metrics.get("mAP50"),
             "mAP50_95": metrics.get("mAP50_95"),

@@ -19,6 +19,7 @@ the rest is calls to the platform.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ POLICY = "shapes-loop"
 DATASET = "shapes"  # the project's dataset the demo trains on (local mode registers it)
 Measure = Callable[[Path, list[Path]], float]  # mAP50 of an ONNX file on YOLO-labelled images
 REVISION_LABEL = "visioninapp.io/revision"  # an edge pod's template revision (operator/daemonset.py)
+RATE_LIMIT_RETRIES = 5
 EDGE_JPEG_QUALITY = 92  # the edge runtime re-encodes each kept frame so (edge/runtime.py `_jpeg`)
 
 
@@ -152,14 +154,16 @@ def policy_spec(settings: LoopSettings, line: str, dataset: str, held_out_uri: s
     }
 
 
-def feedback_spec(settings: LoopSettings) -> dict[str, Any]:
-    """Every uncertain frame is a candidate (sample rate 1), the budget is the policy's N."""
+def feedback_spec(settings: LoopSettings, nodes: int = 1) -> dict[str, Any]:
+    """Every uncertain frame is a candidate (sample rate 1); the per-node budget splits the policy's N
+    between the nodes, so the fleet keeps N frames at most: which frames make v2's data is then decided
+    by each node's picker (the frames it is sent, in order), not by when each node's frames arrive."""
     return {
         "enabled": True,
         "minScore": settings.min_score,
         "maxScore": settings.max_score,
         "sampleRate": 1.0,
-        "maxFramesPerHour": settings.reviewed_frames,
+        "maxFramesPerHour": math.ceil(settings.reviewed_frames / nodes),
     }
 
 
@@ -190,6 +194,11 @@ class _Api:
 
     def call(self, method: str, path: str, json: Any = None, expect: int = 200) -> Any:
         response = requests.request(method, f"{self.base}{path}", json=json, timeout=60)
+        for _ in range(RATE_LIMIT_RETRIES):  # the API's write limit: a reviewer of many frames waits
+            if response.status_code != 429:
+                break
+            time.sleep(min(60.0, float(response.headers.get("Retry-After") or 1)))
+            response = requests.request(method, f"{self.base}{path}", json=json, timeout=60)
         if response.status_code != expect:
             raise LoopError(f"{method} {path}: {response.status_code} {response.text[:500]}")
         return response.json() if response.content else None
@@ -290,6 +299,15 @@ def _serving(url: str) -> str | None:
     return response.json().get("model") if response.status_code == 200 else None
 
 
+def _on_line(status: dict[str, Any], model: str) -> bool:
+    """A line-following deployment has resolved its line to `model`. Until then (with two clusters,
+    the promotion is still on its way through the mirror) the operator leaves the fleet as it was:
+    Healthy on the old template, which the line's first resolution then replaces."""
+    conditions = {c["type"]: c for c in status.get("conditions") or []}
+    following = conditions.get("FollowsLine") or {}
+    return status.get("lineModel") == model and following.get("status") == "True"
+
+
 def _rolled_out(cluster: Any, deployment: str, model: str) -> Callable[[], bool]:
     def check() -> bool:
         ed = cluster.get("EdgeDeployment", deployment)
@@ -299,6 +317,7 @@ def _rolled_out(cluster: Any, deployment: str, model: str) -> Callable[[], bool]
             and status.get("phase") == "Healthy"
             and status.get("currentModel") == model
             and status.get("updatedNodes") == status.get("desiredNodes")
+            and (not ed["spec"].get("model") or _on_line(status, model))
         )
         pods = _edge_urls(cluster, deployment) if settled else []
         current = _edge_urls(cluster, deployment, status.get("revision")) if settled else []
@@ -312,7 +331,7 @@ class _Run:
     """What one loop works with: the platform, the demo's cluster client, the API and its outputs."""
 
     platform: LocalPlatform
-    cluster: Any  # the demo's client: get, patch, edge_pods
+    cluster: Any  # the demo's client: get (in the edge cluster too), patch, edge_pods
     api: _Api
     console: Console
     settings: LoopSettings
@@ -393,16 +412,16 @@ def _declare(run: _Run, held_out_uri: str) -> None:
     settings, api = run.settings, run.api
     api.call("PATCH", f"/models/{run.artifact}", {"stage": "production"})
     follow = {"modelRef": None, "model": {"line": run.line, "stage": "production"}}
-    run.cluster.patch(
-        "EdgeDeployment", run.deployment, {"spec": {**follow, "feedback": feedback_spec(settings)}}
-    )
+    feedback = feedback_spec(settings, len(run.platform.edge_nodes))
+    run.cluster.patch("EdgeDeployment", run.deployment, {"spec": {**follow, "feedback": feedback}})
     spec = policy_spec(settings, run.line, DATASET, held_out_uri)
     api.call("POST", "/retrain-policies", {"name": POLICY, "spec": spec}, expect=201)
     run.console.print(
         f"promoted {run.artifact} to production; EdgeDeployment {run.deployment} follows "
         f"{run.line}/production with hard-frame feedback (scores {settings.min_score}-{settings.max_score}, "
-        f"budget {settings.reviewed_frames}/h); RetrainPolicy {POLICY}: {settings.reviewed_frames} reviewed "
-        f"frames → {settings.epochs}-epoch fine-tune, gate maxDrop {settings.max_drop}, promote to production"
+        f"budget {feedback['maxFramesPerHour']}/h per node); RetrainPolicy {POLICY}: "
+        f"{settings.reviewed_frames} reviewed frames → {settings.epochs}-epoch fine-tune, "
+        f"gate maxDrop {settings.max_drop}, promote to production"
     )
     with run.console.status(f"{run.deployment}: rolling out the feedback settings"):
         run.rolled_out(run.artifact)
@@ -522,5 +541,10 @@ def _report(run: _Run, candidate: str, variant: list[Path]) -> dict[str, Any]:
         ],
         "history": frames[0]["history"],
         "edgePods": {u: _serving(u) for u in _edge_urls(run.cluster, run.deployment)},
+        # the stages where the deployments are: mirrored there from the training cluster (if apart)
+        "edgeClusterStages": {
+            name: (run.cluster.get("ModelArtifact", name, edge=True).get("spec") or {}).get("stage")
+            for name in (run.artifact, candidate)
+        },
         "lineage": chain,
     }

@@ -8,6 +8,11 @@ with the console as child processes. Every service a user has not configured fal
 embedded default (file store, local event log, SQLite, in-process cache, local admin on loopback);
 configured ones are used as is.
 
+With `edge_cluster`, the production topology: the edge nodes join a second control plane (the edge
+cluster, as K3s at a site), with an operator of its own in the `rollout` role; the training
+cluster's operator (role `training`) mirrors each ModelArtifact and its stage there, and the API
+works with both (kubeconfig contexts `training` and `edge`).
+
 What users made lives in etcd in the data directory, so it survives a restart; pods that were
 running when the platform stopped are treated as a node restart treats them (a Job's pod is
 replaced without using up its retries, a DaemonSet's pod restarts).
@@ -18,6 +23,7 @@ directory first stops whatever a crashed one left behind (processes carry the se
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import io
@@ -35,6 +41,7 @@ from types import TracebackType
 from typing import IO, Any, Self
 
 import requests
+import yaml
 
 from visioninapp.backends.storage import join_uri
 from visioninapp.factory import artifact_store_for
@@ -53,6 +60,7 @@ __all__ = [
     "LocalModeError",
     "LocalPlatform",
     "local_kubeconfig",
+    "merge_kubeconfigs",
     "register_seeded_dataset",
     "seed_dataset",
     "session_processes",
@@ -75,6 +83,28 @@ EDGE_LABELS = {
     "node-role.kubernetes.io/edge": "true",
 }
 EDGE_TAINT = {"key": "visioninapp.io/edge", "value": "true", "effect": "NoSchedule"}
+
+
+EDGE_CLUSTER_SECRET = "edge-cluster"  # the edge cluster's kubeconfig, for the training operator's mirror
+
+
+def merge_kubeconfigs(configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One kubeconfig with a context per cluster (named by the keys; the first is current), from
+    single-context kubeconfigs whose cluster and user names may clash."""
+    merged: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [],
+        "users": [],
+        "contexts": [],
+    }
+    for name, config in configs.items():
+        context = config["contexts"][0]["context"]
+        merged["clusters"].append({"name": name, "cluster": config["clusters"][0]["cluster"]})
+        merged["users"].append({"name": name, "user": config["users"][0]["user"]})
+        merged["contexts"].append({"name": name, "context": {**context, "cluster": name, "user": name}})
+    merged["current-context"] = next(iter(configs))
+    return merged
 
 
 def seed_dataset(settings: Settings, local_copy: Path, on_image: Callable[[], None] | None = None) -> str:
@@ -202,13 +232,18 @@ class LocalPlatform:
         api_port: int | None = 8000,
         kube_port: int | None = 6443,
         say: Callable[[str], None] = print,
+        edge_cluster: bool = False,
+        edge_nodes: int = 1,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.home = self.data_dir / "local"
         self.api_port = api_port or _free_port()
         self.kube_port = kube_port
         self.say = say
+        self.edge_nodes = [f"local-edge-{index}" for index in range(edge_nodes)]
+        self.with_edge_cluster = edge_cluster
         self.cluster: Cluster | None = None
+        self.edge_cluster: Cluster | None = None  # with `edge_cluster`: where the edge nodes are
         self.children: list[_Child] = []
         self._lock: IO[str] | None = None
         self._saved_env: dict[str, str | None] = {}
@@ -245,6 +280,13 @@ class LocalPlatform:
         self._set_env(
             {SESSION_ENV: str(self.data_dir), "VISIONINAPP_DATA_DIR": str(self.data_dir), "KUBECONFIG": None}
         )
+        self._start_clusters()
+        self._start_processes()
+        self._create_project()
+        self.dataset_uri = seed_dataset(Settings(data_dir=self.data_dir), shapes_copy(self.data_dir))
+        self._register_dataset(shapes_copy(self.data_dir))
+
+    def _start_clusters(self) -> None:
         try:
             self.cluster = Cluster(self.home / "cluster", port=self.kube_port, say=self.say).start()
         except (BuildError, ControlPlaneError) as error:
@@ -252,37 +294,114 @@ class LocalPlatform:
         self.cluster.add_node(
             TRAINING_NODE, cpu=str(os.cpu_count() or 2), labels={"visioninapp.io/pool": "cpu"}
         )
-        self.cluster.add_node(
-            EDGE_NODE, cpu="6", memory="8Gi", gpus=1, labels=EDGE_LABELS, taints=[EDGE_TAINT]
-        )
-        if self.cluster.get("", "namespaces", None, LOCAL_NAMESPACE) is None:
-            self.cluster.create_namespace(LOCAL_NAMESPACE, {"visioninapp.io/project": "true"})
-        self.cluster.write_kubeconfig(self.kubeconfig, LOCAL_NAMESPACE)
+        if self.with_edge_cluster:
+            try:
+                self.edge_cluster = Cluster(self.home / "edge-cluster", port=None, say=self.say).start()
+            except (BuildError, ControlPlaneError) as error:
+                raise LocalModeError(f"the edge cluster's control plane did not start: {error}") from None
+        for node in self.edge_nodes:
+            self.edge_side.add_node(
+                node, cpu="6", memory="8Gi", gpus=1, labels=EDGE_LABELS, taints=[EDGE_TAINT]
+            )
+        for cluster in {id(c): c for c in (self.cluster, self.edge_side)}.values():
+            if cluster.get("", "namespaces", None, LOCAL_NAMESPACE) is None:
+                cluster.create_namespace(LOCAL_NAMESPACE, {"visioninapp.io/project": "true"})
+        self._write_kubeconfigs()
+
+    def _start_processes(self) -> None:
+        """The operator(s) and the API, each ready."""
         env = {"KUBECONFIG": str(self.kubeconfig)}
         self.operator_liveness_port = _free_port()
+        operator_env = {
+            "VISIONINAPP_OPERATOR_METRICS_PORT": str(_free_port()),
+            "VISIONINAPP_OPERATOR_TRAINER_WORK_DIR": str(self.home / "scratch"),
+            "VISIONINAPP_OPERATOR_EDGE_CACHE_PATH": str(self.home / "node-cache"),
+            "VISIONINAPP_OPERATOR_STATUS_INTERVAL_SECONDS": "1",
+            "VISIONINAPP_OPERATOR_ROLLOUT_RESYNC_SECONDS": "1",
+        }
+        api_env = {
+            **env,
+            "VISIONINAPP_API_PORT": str(self.api_port),
+            # One person (or their labelling script) on loopback: a shared API's 120 writes a minute
+            # would only slow a review down here. A limit the user set stands.
+            "VISIONINAPP_API_WRITE_RATE_PER_MINUTE": os.environ.get(
+                "VISIONINAPP_API_WRITE_RATE_PER_MINUTE", "1200"
+            ),
+        }
+        if self.edge_cluster is not None:
+            self._mirror_secret()
+            self.edge_operator_liveness_port = _free_port()
+            self._spawn(
+                "edge-operator",
+                [sys.executable, "-m", "visioninapp.operator.main"],
+                {
+                    **operator_env,
+                    "KUBECONFIG": str(self.edge_kubeconfig),
+                    "VISIONINAPP_OPERATOR_ROLES": '["rollout"]',
+                    "VISIONINAPP_OPERATOR_LIVENESS_PORT": str(self.edge_operator_liveness_port),
+                    "VISIONINAPP_OPERATOR_METRICS_PORT": str(_free_port()),
+                },
+            )
+            operator_env |= {
+                "VISIONINAPP_OPERATOR_ROLES": '["training"]',
+                "VISIONINAPP_OPERATOR_MIRROR_KUBECONFIG_SECRET": f"{LOCAL_NAMESPACE}/{EDGE_CLUSTER_SECRET}",
+            }
+            api_env |= {
+                "VISIONINAPP_KUBE_CONTEXT_TRAINING": "training",
+                "VISIONINAPP_KUBE_CONTEXT_ROLLOUT": "edge",
+            }
         self._spawn(
             "operator",
             [sys.executable, "-m", "visioninapp.operator.main"],
-            {
-                **env,
-                "VISIONINAPP_OPERATOR_LIVENESS_PORT": str(self.operator_liveness_port),
-                "VISIONINAPP_OPERATOR_METRICS_PORT": str(_free_port()),
-                "VISIONINAPP_OPERATOR_TRAINER_WORK_DIR": str(self.home / "scratch"),
-                "VISIONINAPP_OPERATOR_EDGE_CACHE_PATH": str(self.home / "node-cache"),
-                "VISIONINAPP_OPERATOR_STATUS_INTERVAL_SECONDS": "1",
-                "VISIONINAPP_OPERATOR_ROLLOUT_RESYNC_SECONDS": "1",
-            },
+            {**env, **operator_env, "VISIONINAPP_OPERATOR_LIVENESS_PORT": str(self.operator_liveness_port)},
         )
         self._spawn(
-            "api",
-            [sys.executable, "-m", "visioninapp.api.main", "serve", "--host", "127.0.0.1"],
-            {**env, "VISIONINAPP_API_PORT": str(self.api_port)},
+            "api", [sys.executable, "-m", "visioninapp.api.main", "serve", "--host", "127.0.0.1"], api_env
         )
         self._wait_ready("operator", f"http://127.0.0.1:{self.operator_liveness_port}/healthz", 60)
+        if self.edge_cluster is not None:
+            self._wait_ready(
+                "edge-operator", f"http://127.0.0.1:{self.edge_operator_liveness_port}/healthz", 60
+            )
         self._wait_ready("api", f"{self.api_url}/readyz", 90)
-        self._create_project()
-        self.dataset_uri = seed_dataset(Settings(data_dir=self.data_dir), shapes_copy(self.data_dir))
-        self._register_dataset(shapes_copy(self.data_dir))
+
+    @property
+    def edge_side(self) -> Cluster:
+        """The cluster the edge nodes are in: the edge cluster, else the one cluster."""
+        cluster = self.edge_cluster or self.cluster
+        assert cluster is not None, "the platform is not started"
+        return cluster
+
+    @property
+    def edge_kubeconfig(self) -> Path:
+        """The edge cluster's own kubeconfig (its operator's); the user's has it as context `edge`."""
+        return self.home / "edge.kubeconfig"
+
+    def _write_kubeconfigs(self) -> None:
+        assert self.cluster is not None
+        if self.edge_cluster is None:
+            self.cluster.write_kubeconfig(self.kubeconfig, LOCAL_NAMESPACE)
+            return
+        self.edge_cluster.write_kubeconfig(self.edge_kubeconfig, LOCAL_NAMESPACE)
+        merged = merge_kubeconfigs(
+            {
+                "training": self.cluster.kubeconfig_dict(LOCAL_NAMESPACE),
+                "edge": self.edge_cluster.kubeconfig_dict(LOCAL_NAMESPACE),
+            }
+        )
+        self.kubeconfig.write_text(yaml.safe_dump(merged))
+
+    def _mirror_secret(self) -> None:
+        """The edge cluster's kubeconfig as the Secret the training operator mirrors artifacts with."""
+        assert self.cluster is not None
+        secret = {
+            "metadata": {"name": EDGE_CLUSTER_SECRET},
+            "data": {"kubeconfig": base64.b64encode(self.edge_kubeconfig.read_bytes()).decode()},
+        }
+        if self.cluster.get("", "secrets", LOCAL_NAMESPACE, EDGE_CLUSTER_SECRET) is None:
+            self.cluster.create("", "secrets", LOCAL_NAMESPACE, secret)
+        else:
+            self.cluster.patch("", "secrets", LOCAL_NAMESPACE, EDGE_CLUSTER_SECRET, {"data": secret["data"]})
 
     def _take_lock(self) -> None:
         self._lock = (self.home / "up.lock").open("w")
@@ -374,9 +493,10 @@ class LocalPlatform:
                     os.killpg(child.process.pid, signal.SIGKILL)
                 child.process.wait()
         self.children.clear()
-        if self.cluster is not None:
-            self.cluster.stop(graceful=True)  # a node shutdown: runs resume without using a retry
-            self.cluster = None
+        for cluster in (self.edge_cluster, self.cluster):
+            if cluster is not None:
+                cluster.stop(graceful=True)  # a node shutdown: runs resume without using a retry
+        self.cluster = self.edge_cluster = None
         stop_leftovers(self.data_dir, grace=2.0)
         for key, value in self._saved_env.items():
             if value is None:
@@ -397,16 +517,22 @@ class LocalPlatform:
     def describe(self) -> list[tuple[str, str]]:
         """What runs where, for the banner."""
         assert self.cluster is not None
+        edge = f"{', '.join(self.edge_nodes)} (edge, labelled and tainted like a Jetson)"
+        clusters = (
+            [("Kubernetes API", self.cluster.url)]
+            if self.edge_cluster is None
+            else [
+                ("training cluster", f"{self.cluster.url} (context training; {TRAINING_NODE})"),
+                ("edge cluster", f"{self.edge_cluster.url} (context edge; its own operator, role rollout)"),
+            ]
+        )
         return [
             ("console", f"{self.api_url}/"),
             ("API", f"{self.api_url}/api/v1 (OpenAPI: {self.api_url}/api/openapi.json)"),
-            ("Kubernetes API", self.cluster.url),
+            *clusters,
             ("kubeconfig", f"export KUBECONFIG={self.kubeconfig}"),
-            (
-                "nodes",
-                f"{TRAINING_NODE} (training, CPU), {EDGE_NODE} (edge, labelled and tainted like a Jetson)",
-            ),
+            ("nodes", f"{TRAINING_NODE} (training, CPU), {edge}"),
             ("data", f"{self.data_dir} (artifacts, event log, SQLite, pod logs)"),
             ("dataset", f"{self.dataset_uri} (what manifests/examples/local/ trains on)"),
-            ("logs", f"{self.home}/operator.log, {self.home}/api.log"),
+            ("logs", ", ".join(str(c.log_path) for c in self.children)),
         ]

@@ -53,13 +53,19 @@ class ErrorBody(BaseModel):
 
 class ApiError(Exception):
     def __init__(
-        self, status: int, message: str, details: list[ErrorDetail] | None = None, code: str | None = None
+        self,
+        status: int,
+        message: str,
+        details: list[ErrorDetail] | None = None,
+        code: str | None = None,
+        retry_after: int | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.details = details or []
         self.code = code or _CODES.get(status, "error")
+        self.retry_after = retry_after  # seconds, sent as Retry-After with a 429
 
 
 def error_response(
@@ -68,6 +74,7 @@ def error_response(
     message: str,
     details: list[ErrorDetail] | None = None,
     code: str | None = None,
+    retry_after: int = 60,
 ) -> JSONResponse:
     info = ErrorInfo(
         status=status,
@@ -76,7 +83,7 @@ def error_response(
         details=details or [],
         requestId=getattr(request.state, "request_id", None),
     )
-    headers = {"Retry-After": "60"} if status == 429 else None
+    headers = {"Retry-After": str(retry_after)} if status == 429 else None
     if status == 401:
         headers = {"WWW-Authenticate": 'Bearer realm="visioninapp"'}
     return JSONResponse(
@@ -92,7 +99,8 @@ def _location(loc: tuple[Any, ...] | list[Any]) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, error: ApiError) -> JSONResponse:
-        return error_response(request, error.status, error.message, error.details, error.code)
+        retry_after = error.retry_after if error.retry_after is not None else 60
+        return error_response(request, error.status, error.message, error.details, error.code, retry_after)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:

@@ -5,6 +5,7 @@ overlap, so the history reads as a person's edits), the policy and feedback sett
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import cv2
 import numpy as np
@@ -84,3 +85,29 @@ def test_the_lineage_reads_from_v2_back_to_v1() -> None:
     assert chain[0] == "shapes-loop-r1 (production) trained by shapes-loop-r1 from v1 on file:///d/v2"
     assert "2 frame(s) added, 3 label(s) reviewed, 0 auto-accepted" in chain[1]
     assert "EdgeDeployment shapes-edge, model v1" in chain[2]
+
+
+def test_two_clusters_kubeconfigs_merge_into_one_context_each() -> None:
+    """Both local control planes name their cluster, user and context alike: merged, each keeps its
+    own server and credentials under the context's name, and the training cluster is current."""
+    from visioninapp.local.mode import merge_kubeconfigs
+
+    def single(server: str, cert: str) -> dict[str, Any]:
+        return {
+            "clusters": [{"name": "local", "cluster": {"server": server}}],
+            "users": [{"name": "user", "user": {"client-certificate-data": cert}}],
+            "contexts": [
+                {"name": "local", "context": {"cluster": "local", "user": "user", "namespace": "demo"}}
+            ],
+        }
+
+    merged = merge_kubeconfigs({"training": single("https://a", "A"), "edge": single("https://b", "B")})
+    assert merged["current-context"] == "training"
+    contexts = {c["name"]: c["context"] for c in merged["contexts"]}
+    clusters = {c["name"]: c["cluster"]["server"] for c in merged["clusters"]}
+    users = {u["name"]: u["user"]["client-certificate-data"] for u in merged["users"]}
+    assert contexts["edge"] == {"cluster": "edge", "user": "edge", "namespace": "demo"}
+    assert clusters == {"training": "https://a", "edge": "https://b"} and users == {
+        "training": "A",
+        "edge": "B",
+    }

@@ -69,10 +69,16 @@ class Store(dict[Key, Obj]):
         return newest
 
     def forget(self, meta: Mapping[str, Any]) -> Obj | None:
-        """The watch saw `meta`'s object deleted: drop it, and remember that it is gone."""
-        if meta.get("uid"):
-            self._deletions.add(meta["uid"])
-        return self.pop(_key_of(meta), None)
+        """The watch saw `meta`'s object deleted: drop it, and remember that it is gone. A newer object
+        of the same name stays (kopf handles each object on its own, so a deleted object's event may
+        come after its successor's creation)."""
+        uid, key = meta.get("uid"), _key_of(meta)
+        if uid:
+            self._deletions.add(uid)
+            cached_uid = (self.get(key) or {}).get("metadata", {}).get("uid")
+            if cached_uid is not None and cached_uid != uid:
+                return None
+        return self.pop(key, None)
 
     def is_own_write(self, body: Mapping[str, Any]) -> bool:
         """The event shows exactly what our last write returned: it was planned on already."""

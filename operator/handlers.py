@@ -152,7 +152,8 @@ async def _on_deployment(type: str | None, body: kopf.Body, memo: kopf.Memo, **_
     key = (meta["namespace"], meta["name"])
     if type == "DELETED":
         gone = deployments.forget(meta)
-        operator.rollout.deleted(key)
+        if key not in deployments:  # not when a newer deployment of the same name is already there
+            operator.rollout.deleted(key)
         for model in models_in_use(gone or _plain(body)):  # `deployedTo` and the in-use finalizer
             await operator.artifacts.reconcile(key[0], model)
         return

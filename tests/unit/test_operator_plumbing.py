@@ -94,3 +94,19 @@ async def test_a_read_that_keeps_failing_hands_the_connection_back(monkeypatch: 
     with pytest.raises(ConnectionError):  # keep_following logs it and builds a new bus
         await asyncio.wait_for(streams.follow(bus, reader), 10)  # type: ignore[arg-type]
     assert bus.reads == streams.READ_RETRIES and reader.batches == []
+
+
+def test_a_late_deletion_never_drops_a_newer_object_of_the_same_name() -> None:
+    """Deleted and made again at once: kopf may hand over the old object's deletion after the new
+    one's creation. The cache keeps the new one (it dropped it, and the new deployment was never
+    planned again: its cameras map was neither re-owned nor made again)."""
+    from visioninapp.operator.cache import ObjectCache
+
+    cache = ObjectCache().deployments
+    old = {"metadata": {"namespace": "ns", "name": "helmets", "uid": "old", "resourceVersion": "1"}}
+    new = {"metadata": {"namespace": "ns", "name": "helmets", "uid": "new", "resourceVersion": "2"}}
+    cache.remember(new)
+    assert cache.forget(old["metadata"]) is None
+    assert cache.get(("ns", "helmets")) == new
+    assert cache.forget(new["metadata"]) == new and ("ns", "helmets") not in cache
+    assert cache.remember(old) == old and ("ns", "helmets") not in cache  # a deleted object never comes back

@@ -63,11 +63,7 @@ def pods(cluster: Cluster) -> dict[str, str]:
 def test_cameras_reach_their_nodes_and_move_with_node_labels(
     cluster: Cluster, operator_factory: Any, sites: Fleet
 ) -> None:
-    # Debug logs: the map's re-creation after delete-and-create failed once in 11 runs; its log tail
-    # then says what the rollout controller did (the INFO log says nothing of it).
-    operator: OperatorProcess = operator_factory(
-        cluster, VISIONINAPP_OPERATOR_ROLLOUT_RESYNC_SECONDS="0.3", VISIONINAPP_LOG_LEVEL="DEBUG"
-    )
+    operator: OperatorProcess = operator_factory(cluster, VISIONINAPP_OPERATOR_ROLLOUT_RESYNC_SECONDS="0.3")
     wait_for(
         lambda: (
             (cluster.get(GROUP, "modelartifacts", cluster.namespace, "v1") or {})

@@ -58,7 +58,7 @@ class ApiError(Exception):
         message: str,
         details: list[ErrorDetail] | None = None,
         code: str | None = None,
-        retry_after: int | None = None,
+        retry_after: int = 60,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -99,8 +99,9 @@ def _location(loc: tuple[Any, ...] | list[Any]) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, error: ApiError) -> JSONResponse:
-        retry_after = error.retry_after if error.retry_after is not None else 60
-        return error_response(request, error.status, error.message, error.details, error.code, retry_after)
+        return error_response(
+            request, error.status, error.message, error.details, error.code, error.retry_after
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:

@@ -156,7 +156,7 @@ def policy_spec(settings: LoopSettings, line: str, dataset: str, held_out_uri: s
 
 def feedback_spec(settings: LoopSettings, nodes: int = 1) -> dict[str, Any]:
     """Every uncertain frame is a candidate (sample rate 1); the per-node budget splits the policy's N
-    between the nodes, so the fleet keeps N frames at most: which frames make v2's data is then decided
+    between the nodes (rounded up), so the fleet keeps about N frames: which frames make v2's data is decided
     by each node's picker (the frames it is sent, in order), not by when each node's frames arrive."""
     return {
         "enabled": True,
